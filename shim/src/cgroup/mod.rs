@@ -1,0 +1,1 @@
+//! cgroup v2 (owned by the cgroup owner).

@@ -1,0 +1,1 @@
+//! Launcher (owned by the launcher owner).

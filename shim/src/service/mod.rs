@@ -1,0 +1,1 @@
+//! Task service (owned by the shim-service owner).

@@ -1,0 +1,1 @@
+//! Converts an OCI image into a lazy image (owned by the converter owner).

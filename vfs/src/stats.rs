@@ -1,0 +1,59 @@
+//! Counters of one mount. Shared by the filesystem (bytes served) and the chunk source (fetches,
+//! cache hits); read by `lazyctl stats` through the `user.lazy.stats` xattr of the mount root.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Name of the virtual xattr on the mount root whose value is [`Snapshot`] as JSON. It is answered
+/// by getxattr only and never listed, so it cannot disturb a copy of the filesystem.
+pub const STATS_XATTR: &str = "user.lazy.stats";
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Sum of all regular file sizes in the image.
+    pub image_bytes: AtomicU64,
+    /// Bytes returned to read(2) callers.
+    pub bytes_served: AtomicU64,
+    /// Compressed bytes received from the registry.
+    pub bytes_fetched: AtomicU64,
+    /// HTTP range requests sent to the registry.
+    pub requests: AtomicU64,
+    /// Chunk reads answered by the node cache or an in-flight fetch of the same chunk.
+    pub cache_hits: AtomicU64,
+    /// Chunk reads that had to go to the registry.
+    pub cache_misses: AtomicU64,
+    /// Chunks whose digest did not match.
+    pub verify_failures: AtomicU64,
+    /// Chunks fetched by the prefetcher.
+    pub prefetched_chunks: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub image_bytes: u64,
+    pub bytes_served: u64,
+    pub bytes_fetched: u64,
+    pub requests: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub verify_failures: u64,
+    pub prefetched_chunks: u64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            image_bytes: self.image_bytes.load(Relaxed),
+            bytes_served: self.bytes_served.load(Relaxed),
+            bytes_fetched: self.bytes_fetched.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            cache_hits: self.cache_hits.load(Relaxed),
+            cache_misses: self.cache_misses.load(Relaxed),
+            verify_failures: self.verify_failures.load(Relaxed),
+            prefetched_chunks: self.prefetched_chunks.load(Relaxed),
+        }
+    }
+}
