@@ -4,35 +4,23 @@
 //! byte ranges of blobs by digest. Everything is async (tokio); blocking callers (FUSE threads) go
 //! through a runtime handle in [`crate::fetch`].
 //!
-//! CONTRACT (signatures other modules rely on; the registry owner implements the bodies and may add
-//! private modules such as auth.rs, config.rs, reference.rs under this directory):
+//! - [`reference`]: `host[:port]/repo[:tag][@digest]` parsing and docker.io normalisation.
+//! - [`config`]: [`ClientConfig`] (plain HTTP policy, TLS, credentials, timeouts, deadline).
+//! - [`auth`]: `WWW-Authenticate` challenges, the bearer token flow, docker config.json.
+//! - [`client`]: [`Client`], the retry loop and the API calls.
 //!
-//! ```ignore
-//! pub struct Reference { pub registry: String, pub repository: String, pub tag: Option<String>, pub digest: Option<Digest> }
-//! impl FromStr for Reference   // "host[:port]/repo[:tag][@sha256:..]"; docker.io normalisation ("busybox" -> docker.io/library/busybox)
-//! impl Display for Reference
-//!
-//! pub struct ClientConfig {
-//!     pub plain_http: PlainHttp,                 // Always | Never | Auto (Auto = http for loopback hosts, as containerd does)
-//!     pub ca_file: Option<PathBuf>, pub client_cert: Option<(PathBuf, PathBuf)>,
-//!     pub credentials: Option<(String, String)>, // else docker config.json (DOCKER_CONFIG or /root/.docker/config.json)
-//!     pub connect_timeout: Duration, pub request_timeout: Duration,
-//!     pub deadline: Duration,                    // give up retrying a request after this long
-//!     pub max_concurrency: usize,
-//! }
-//! impl Default for ClientConfig
-//!
-//! #[derive(Clone)] pub struct Client   // cheap to clone, one per registry host+repository is fine
-//! impl Client {
-//!     pub fn new(config: ClientConfig) -> Result<Client, RegistryError>;
-//!     pub async fn get_manifest(&self, r: &Reference) -> Result<Manifest { media_type: String, digest: Digest, bytes: Bytes }, RegistryError>;
-//!     pub async fn get_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError>;           // whole blob, verified
-//!     pub async fn get_blob_to_file(&self, r: &Reference, digest: &Digest, dest: &Path) -> Result<u64, RegistryError>; // streamed, verified
-//!     pub async fn get_blob_range(&self, r: &Reference, digest: &Digest, range: Range<u64>) -> Result<Bytes, RegistryError>;
-//!     pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError>;
-//!     pub async fn push_blob(&self, r: &Reference, digest: &Digest, data: Bytes) -> Result<(), RegistryError>;   // skips if present
-//!     pub async fn push_blob_file(&self, r: &Reference, digest: &Digest, path: &Path) -> Result<(), RegistryError>;
-//!     pub async fn push_manifest(&self, r: &Reference, media_type: &str, bytes: Bytes) -> Result<Digest, RegistryError>;
-//!     pub fn stats(&self) -> &Arc<crate::stats::Stats> ... (or take a Stats in new); bytes received / requests counted
-//! }
-//! ```
+//! Retries: connection errors, timeouts, HTTP 5xx and 429 are retried with exponential backoff and
+//! jitter until [`ClientConfig::deadline`] has passed since the call began; other 4xx are final. A
+//! 401 triggers (re-)authentication and one retry, so an expired token mid-mount costs one round
+//! trip, not a failed read.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod reference;
+
+pub use client::{Client, Manifest, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
+pub use config::{ClientConfig, PlainHttp};
+pub use error::RegistryError;
+pub use reference::{Reference, ReferenceError};

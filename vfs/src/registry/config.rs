@@ -1,0 +1,60 @@
+//! How the client talks to registries: plain HTTP policy, TLS material, credentials, timeouts,
+//! the retry deadline and the concurrency bound.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Whether to speak plain HTTP instead of HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlainHttp {
+    Always,
+    Never,
+    /// Plain HTTP for loopback registries (127.0.0.0/8, localhost, ::1), HTTPS otherwise: what
+    /// containerd does, so a local test registry works without flags.
+    #[default]
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub plain_http: PlainHttp,
+    /// PEM bundle of extra trusted CA certificates (private registries).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for registries that require mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Username and password (or token) for every registry; else docker's config.json.
+    pub credentials: Option<(String, String)>,
+    /// Explicit docker config.json; else `$DOCKER_CONFIG/config.json`, `$HOME/.docker/config.json`,
+    /// `/root/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Bound on one HTTP exchange including its body: a stalled connection is retried, not waited on.
+    pub request_timeout: Duration,
+    /// Give up retrying a request after this long. A read of the lazy filesystem fails (EIO) after at
+    /// most about this long when the registry is down.
+    pub deadline: Duration,
+    /// Requests in flight at once, across all registries this client talks to.
+    pub max_concurrency: usize,
+    /// First retry delay; doubles each attempt (with jitter) up to [`ClientConfig::max_backoff`].
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            plain_http: PlainHttp::Auto,
+            ca_file: None,
+            client_cert: None,
+            credentials: None,
+            docker_config: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(30),
+            max_concurrency: 8,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
