@@ -1,0 +1,207 @@
+//! The public mount API: what the shim embeds and `lazyctl mount` drives.
+//!
+//! ```ignore
+//! let mounted = vfs::fs::mount(index, source, stats, Path::new("/run/x/rootfs"), MountOptions::default())?;
+//! // ... the container runs ...
+//! mounted.unmount()?; // or drop it: Drop unmounts too
+//! ```
+//!
+//! A [`Mounted`] never leaks its mount: unmount (explicit or on drop) stops the prefetcher, unmounts,
+//! and joins the FUSE threads; if the mount is busy (a process still has a file open, or an overlay
+//! uses it as a lower layer) it is detached lazily (`MNT_DETACH`), and the request threads keep
+//! serving the remaining users until the kernel lets go of the filesystem.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{BackgroundSession, MountOption, SessionACL};
+use nix::errno::Errno;
+
+use crate::fetch::ChunkSource;
+use crate::index::Index;
+use crate::stats::{Snapshot, Stats, STATS_XATTR};
+
+use super::core::LazyFs;
+use super::fuse::FuseAdapter;
+use super::prefetch::{PrefetchMode, Prefetcher};
+use super::record::Recorder;
+use super::FsError;
+
+/// How long unmount waits for a prefetch batch in flight before leaving it behind.
+const PREFETCH_STOP_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// What to fetch in the background after mounting.
+    pub prefetch: PrefetchMode,
+    /// Prefetch threads (each asks the source for a few chunks at a time).
+    pub prefetch_workers: usize,
+    /// Write the order in which files are first read to this file (see [`super::record`]).
+    pub record: Option<PathBuf>,
+    /// FUSE request threads: reads waiting on the network must not block metadata requests.
+    pub threads: usize,
+    /// Source name shown in /proc/mounts (`lazy` by default; the shim may put the image name here).
+    pub fsname: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            prefetch: PrefetchMode::Prioritized,
+            prefetch_workers: 2,
+            record: None,
+            threads: 8,
+            fsname: "lazy".to_string(),
+        }
+    }
+}
+
+/// A mounted lazy filesystem. Unmounts on drop.
+pub struct Mounted {
+    mountpoint: PathBuf,
+    fs: Arc<LazyFs>,
+    session: Option<BackgroundSession>,
+    prefetcher: Option<Prefetcher>,
+}
+
+/// Mounts `index` read-only at `mountpoint`, serving file contents from `source`. Returns once the
+/// kernel has completed the FUSE handshake, so the mount is usable immediately. Starts prefetch.
+pub fn mount(
+    index: Arc<Index>,
+    source: Arc<dyn ChunkSource>,
+    stats: Arc<Stats>,
+    mountpoint: &Path,
+    opts: MountOptions,
+) -> Result<Mounted, FsError> {
+    let mountpoint = mountpoint
+        .canonicalize()
+        .map_err(|source| FsError::Mountpoint { path: mountpoint.to_path_buf(), source })?;
+    let recorder = match &opts.record {
+        Some(path) => Some(Recorder::create(path, index.inodes.len())?),
+        None => None,
+    };
+    let fs = Arc::new(LazyFs::new(index, source, stats, recorder));
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("lazy".to_string()),
+        MountOption::RO,
+        // The kernel checks modes and owners itself: the index has them, and it is faster.
+        MountOption::DefaultPermissions,
+        // A container root filesystem needs its device nodes and setuid binaries to work.
+        MountOption::Dev,
+        MountOption::Suid,
+        MountOption::Exec,
+    ];
+    // allow_other: the container's processes run as other users, and overlayfs accesses the lower
+    // layer with the mounter's credentials only for some operations.
+    config.acl = SessionACL::All;
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+
+    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone()), &mountpoint, &config)
+        .map_err(|source| FsError::Mount { path: mountpoint.clone(), source })?;
+    log::debug!("lazy filesystem mounted at {} ({} inodes)", mountpoint.display(), fs.index().inodes.len());
+    let prefetcher = Prefetcher::start(fs.clone(), opts.prefetch, opts.prefetch_workers);
+    Ok(Mounted { mountpoint, fs, session: Some(session), prefetcher })
+}
+
+impl Mounted {
+    /// The canonical mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        self.fs.stats()
+    }
+
+    /// True while prefetch workers are still running.
+    pub fn prefetching(&self) -> bool {
+        self.prefetcher.as_ref().is_some_and(|p| !p.is_finished())
+    }
+
+    /// Unmounts now. A busy mount is detached lazily (and this still returns `Ok`, with a warning).
+    pub fn unmount(mut self) -> Result<(), FsError> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<(), FsError> {
+        if let Some(p) = self.prefetcher.take() {
+            p.stop(PREFETCH_STOP_WAIT);
+        }
+        let Some(session) = self.session.take() else { return Ok(()) };
+        match nix::mount::umount(&self.mountpoint) {
+            // EINVAL: no longer a mount point (someone ran umount): the session ends on its own.
+            Ok(()) | Err(Errno::EINVAL) => {
+                if let Err(err) = session.join() {
+                    log::warn!("lazy filesystem at {}: request threads ended with: {err}", self.mountpoint.display());
+                }
+                Ok(())
+            }
+            Err(Errno::EBUSY) => {
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(|source| FsError::Unmount { path: self.mountpoint.clone(), source })?;
+                log::warn!(
+                    "lazy filesystem at {} was busy: detached it; it keeps serving open files until they are closed",
+                    self.mountpoint.display()
+                );
+                // Do not join (the threads serve the remaining users) and do not let the session's
+                // own drop unmount by path: the path may hold another mount by then. The threads
+                // exit by themselves when the kernel releases the connection.
+                std::mem::forget(session);
+                Ok(())
+            }
+            Err(source) => {
+                self.session = Some(session);
+                Err(FsError::Unmount { path: self.mountpoint.clone(), source })
+            }
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(err) = self.unmount_inner() {
+            log::error!("{err}");
+        }
+    }
+}
+
+/// Reads the counters of the lazy filesystem mounted at `mountpoint` (the [`STATS_XATTR`] of its root).
+pub fn read_stats(mountpoint: &Path) -> Result<Snapshot, FsError> {
+    let err = |reason: String| FsError::Stats { path: mountpoint.to_path_buf(), reason };
+    let value = get_xattr(mountpoint, STATS_XATTR).map_err(|e| match e {
+        Errno::ENODATA | Errno::ENOTSUP => err("not a lazy filesystem mount (no stats xattr on its root)".to_string()),
+        e => err(format!("getxattr {STATS_XATTR}: {e}")),
+    })?;
+    serde_json::from_slice(&value).map_err(|e| err(format!("bad stats JSON: {e}")))
+}
+
+fn get_xattr(path: &Path, name: &str) -> Result<Vec<u8>, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+    // The value can grow between the size probe and the read (counters): retry on ERANGE.
+    for _ in 0..5 {
+        // SAFETY: both pointers are valid NUL-terminated strings; a NULL buffer with size 0 asks for the size.
+        let size = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(Errno::last());
+        }
+        let mut buf = vec![0u8; size as usize + 64];
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes, the length we pass.
+        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        let e = Errno::last();
+        if e != Errno::ERANGE {
+            return Err(e);
+        }
+    }
+    Err(Errno::ERANGE)
+}

@@ -1,0 +1,194 @@
+//! Root-only: mounts the fixture through the kernel and checks what a user sees (stat, readdir,
+//! read, readlink, xattrs, statfs, EROFS), then stacks overlayfs on it the way a container runtime
+//! does. Skips (saying why) without root or /dev/fuse; with CI=true a missing prerequisite fails.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::mount::{mount, read_stats, MountOptions};
+use super::prefetch::PrefetchMode;
+use super::testutil::{fixture, DATA, MTIME, MTIME_NSEC, SH};
+use crate::stats::Stats;
+
+fn prerequisites_missing() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".to_string());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".to_string());
+    }
+    None
+}
+
+/// True if the test must be skipped; panics instead under CI=true.
+fn skip(test: &str) -> bool {
+    let Some(why) = prerequisites_missing() else { return false };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: prerequisite missing under CI: {why}");
+    }
+    eprintln!("SKIP {test}: {why}");
+    true
+}
+
+fn mounted_at(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let want = path.to_str().unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(want))
+}
+
+fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated strings; `buf` is writable for `buf.len()` bytes.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+fn listxattr(path: &Path) -> Vec<u8> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated string; `buf` is writable for `buf.len()` bytes.
+    let len = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(len >= 0, "listxattr {}: {}", path.display(), std::io::Error::last_os_error());
+    buf.truncate(len as usize);
+    buf
+}
+
+/// Unmounts an overlay even when the test fails half-way.
+struct OverlayGuard(PathBuf);
+
+impl Drop for OverlayGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn fuse_mount_serves_the_index_and_stacks_under_overlay() {
+    if skip("fuse_mount_serves_the_index_and_stacks_under_overlay") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("lower");
+    std::fs::create_dir(&mnt).unwrap();
+    let (index, src) = fixture();
+    let stats = Arc::new(Stats::default());
+    let record = tmp.path().join("record.txt");
+    let opts = MountOptions { prefetch: PrefetchMode::None, record: Some(record.clone()), ..MountOptions::default() };
+    let mounted = mount(index, src.clone(), stats, &mnt, opts).unwrap();
+    let mnt = mounted.mountpoint().to_path_buf();
+    assert!(mounted_at(&mnt));
+
+    // stat: types, modes, owners, times with nanoseconds, hardlinks, devices.
+    let data = std::fs::symlink_metadata(mnt.join("data")).unwrap();
+    let hard = std::fs::symlink_metadata(mnt.join("hard")).unwrap();
+    assert_eq!(data.ino(), hard.ino());
+    assert_eq!(data.nlink(), 2);
+    assert_eq!((data.mode(), data.size()), (0o100644, DATA.len() as u64));
+    assert_eq!((data.mtime(), data.mtime_nsec()), (MTIME, MTIME_NSEC as i64));
+    assert_eq!((data.atime(), data.ctime()), (MTIME, MTIME));
+    let sh = std::fs::symlink_metadata(mnt.join("bin/sh")).unwrap();
+    assert_eq!(sh.mode(), 0o104755);
+    let secret = std::fs::symlink_metadata(mnt.join("secret")).unwrap();
+    assert_eq!((secret.uid(), secret.gid(), secret.mode() & 0o7777), (1000, 1000, 0o600));
+    let null = std::fs::symlink_metadata(mnt.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), libc::makedev(1, 3));
+    let sda = std::fs::symlink_metadata(mnt.join("dev/sda")).unwrap();
+    assert!(sda.file_type().is_block_device());
+    assert_eq!(sda.rdev(), libc::makedev(8, 0));
+    assert!(std::fs::symlink_metadata(mnt.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(mnt.join("sock")).unwrap().file_type().is_socket());
+    assert_eq!(std::fs::metadata(&mnt).unwrap().ino(), 1);
+
+    // readdir, readlink.
+    let mut names: Vec<String> =
+        std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["abs", "bin", "data", "dev", "empty", "fifo", "hard", "link", "secret", "sock"]);
+    assert_eq!(std::fs::read_link(mnt.join("link")).unwrap(), Path::new("data"));
+    assert_eq!(std::fs::read_link(mnt.join("abs")).unwrap(), Path::new("/bin/sh"));
+    assert!(src.total_calls() == 0, "metadata through the kernel touched the source");
+
+    // Contents.
+    assert_eq!(std::fs::read(mnt.join("data")).unwrap(), DATA);
+    assert_eq!(std::fs::read(mnt.join("link")).unwrap(), DATA);
+    assert_eq!(std::fs::read(mnt.join("bin/sh")).unwrap(), SH);
+    assert_eq!(std::fs::read(mnt.join("empty")).unwrap(), b"");
+
+    // xattrs: the index's are listed and readable; the stats xattr is readable on the root only.
+    assert_eq!(getxattr(&mnt.join("data"), "user.color").unwrap(), b"blue");
+    assert_eq!(getxattr(&mnt.join("data"), "security.capability").unwrap(), [1, 0, 0, 2]);
+    assert_eq!(listxattr(&mnt.join("data")), b"security.capability\0user.color\0");
+    assert_eq!(getxattr(&mnt.join("data"), "user.nope").unwrap_err().raw_os_error(), Some(libc::ENODATA));
+    assert!(listxattr(&mnt).is_empty());
+    let snap = read_stats(&mnt).unwrap();
+    assert_eq!(snap.bytes_served, (DATA.len() + SH.len()) as u64);
+    assert_eq!(snap.image_bytes, (DATA.len() + SH.len() + 10) as u64);
+    assert!(read_stats(tmp.path()).is_err());
+
+    // Read-only.
+    let err = std::fs::File::create(mnt.join("new")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let err = std::fs::OpenOptions::new().append(true).open(mnt.join("data")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+
+    // statfs.
+    let vfs = nix::sys::statvfs::statvfs(&mnt).unwrap();
+    assert_eq!((vfs.block_size(), vfs.files(), vfs.name_max()), (4096, 13, 255));
+    assert!(vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+
+    // Overlay on top: reads come from below, writes and copy-up go to the upper layer.
+    let (upper, work, merged) = (tmp.path().join("upper"), tmp.path().join("work"), tmp.path().join("merged"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let options = format!("lowerdir={},upperdir={},workdir={}", mnt.display(), upper.display(), work.display());
+    nix::mount::mount(Some("overlay"), &merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
+        .unwrap();
+    let overlay = OverlayGuard(merged.clone());
+    assert_eq!(std::fs::read(merged.join("bin/sh")).unwrap(), SH);
+    std::fs::write(merged.join("new"), b"new file").unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(merged.join("data")).unwrap();
+    std::io::Write::write_all(&mut f, b"+more").unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(merged.join("data")).unwrap(), [DATA, b"+more"].concat());
+    assert_eq!(std::fs::read(upper.join("data")).unwrap(), [DATA, b"+more"].concat(), "copied up");
+    assert_eq!(std::fs::read(mnt.join("data")).unwrap(), DATA, "lower layer unchanged");
+    std::fs::remove_file(merged.join("secret")).unwrap();
+    assert!(!merged.join("secret").exists());
+    assert!(mnt.join("secret").exists());
+    drop(overlay);
+    assert!(!mounted_at(&merged));
+
+    // Record: each regular file once, in first-read order.
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), "/data\n/bin/sh\n/empty\n");
+
+    mounted.unmount().unwrap();
+    assert!(!mounted_at(&mnt));
+}
+
+#[test]
+fn busy_mount_is_detached_and_open_files_keep_working() {
+    if skip("busy_mount_is_detached_and_open_files_keep_working") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (index, src) = fixture();
+    let mounted = mount(index, src, Arc::new(Stats::default()), tmp.path(), MountOptions::default()).unwrap();
+    let mnt = mounted.mountpoint().to_path_buf();
+    let mut open = std::fs::File::open(mnt.join("data")).unwrap();
+    drop(mounted); // Drop unmounts: busy, so detached.
+    assert!(!mounted_at(&mnt));
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut open, &mut buf).unwrap();
+    assert_eq!(buf, DATA);
+}

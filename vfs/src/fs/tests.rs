@@ -1,0 +1,264 @@
+//! Unit tests of the filesystem logic against the in-memory fake source (no mount).
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use nix::errno::Errno;
+
+use super::core::{FileKind, LazyFs, XattrReply};
+use super::prefetch::{plan, PrefetchMode, Prefetcher};
+use super::record::Recorder;
+use super::testutil::{fixture, FakeSource, DATA, MTIME, MTIME_NSEC, SH};
+use crate::index::Index;
+use crate::stats::{Snapshot, Stats, STATS_XATTR};
+
+fn new_fs() -> (LazyFs, Arc<FakeSource>) {
+    let (index, src) = fixture();
+    (LazyFs::new(index, src.clone(), Arc::new(Stats::default()), None), src)
+}
+
+fn ino(fs: &LazyFs, path: &str) -> u64 {
+    Index::fuse_ino(fs.index().resolve(path.as_bytes()).unwrap_or_else(|| panic!("{path} in fixture")))
+}
+
+#[test]
+fn hardlinks_share_inode_and_count_links() {
+    let (fs, src) = new_fs();
+    let a = fs.lookup(1, b"data").unwrap();
+    let b = fs.lookup(1, b"hard").unwrap();
+    assert_eq!(a.ino, b.ino);
+    assert_eq!(a.nlink, 2);
+    // Root: ".", its entry in itself as "..", plus one per subdirectory (bin, dev).
+    assert_eq!(fs.getattr(1).unwrap().nlink, 4);
+    assert_eq!(fs.getattr(ino(&fs, "/bin")).unwrap().nlink, 2);
+    assert_eq!(src.total_calls(), 0, "metadata must not touch the source");
+}
+
+#[test]
+fn attributes_are_exact() {
+    let (fs, _) = new_fs();
+    let sh = fs.getattr(ino(&fs, "/bin/sh")).unwrap();
+    assert_eq!((sh.kind, sh.perm, sh.size), (FileKind::RegularFile, 0o4755, SH.len() as u64));
+    assert_eq!(sh.time, UNIX_EPOCH + Duration::new(MTIME as u64, MTIME_NSEC));
+    let secret = fs.getattr(ino(&fs, "/secret")).unwrap();
+    assert_eq!((secret.uid, secret.gid, secret.perm), (1000, 1000, 0o600));
+    let null = fs.getattr(ino(&fs, "/dev/null")).unwrap();
+    assert_eq!((null.kind, null.rdev), (FileKind::CharDevice, 0x103));
+    let sda = fs.getattr(ino(&fs, "/dev/sda")).unwrap();
+    assert_eq!((sda.kind, sda.rdev), (FileKind::BlockDevice, 0x800));
+    assert_eq!(fs.getattr(ino(&fs, "/fifo")).unwrap().kind, FileKind::NamedPipe);
+    assert_eq!(fs.getattr(ino(&fs, "/sock")).unwrap().kind, FileKind::Socket);
+    assert_eq!(fs.getattr(ino(&fs, "/link")).unwrap().size, 4);
+    assert_eq!(fs.getattr(999).unwrap_err(), Errno::ENOENT);
+    assert_eq!(fs.getattr(0).unwrap_err(), Errno::ENOENT);
+}
+
+#[test]
+fn lookup_errors_and_dots() {
+    let (fs, _) = new_fs();
+    assert_eq!(fs.lookup(1, b"nope").unwrap_err(), Errno::ENOENT);
+    assert_eq!(fs.lookup(ino(&fs, "/data"), b"x").unwrap_err(), Errno::ENOTDIR);
+    assert_eq!(fs.lookup(1, &[b'a'; 256]).unwrap_err(), Errno::ENAMETOOLONG);
+    let bin = ino(&fs, "/bin");
+    assert_eq!(fs.lookup(bin, b"..").unwrap().ino, 1);
+    assert_eq!(fs.lookup(bin, b".").unwrap().ino, bin);
+}
+
+#[test]
+fn readdir_lists_dots_then_entries_and_resumes_at_offsets() {
+    let (fs, src) = new_fs();
+    let all: Vec<(Vec<u8>, u64, u64)> =
+        fs.readdir(1, 0).unwrap().map(|e| (e.name.to_vec(), e.ino, e.next_offset)).collect();
+    let names: Vec<&[u8]> = all.iter().map(|e| e.0.as_slice()).collect();
+    assert_eq!(
+        names,
+        [&b"."[..], b"..", b"abs", b"bin", b"data", b"dev", b"empty", b"fifo", b"hard", b"link", b"secret", b"sock"]
+    );
+    assert_eq!((all[0].1, all[1].1), (1, 1), "root is its own parent");
+    // Resuming at every offset the kernel could pass back yields exactly the rest.
+    for (i, entry) in all.iter().enumerate() {
+        let rest: Vec<Vec<u8>> = fs.readdir(1, entry.2).unwrap().map(|e| e.name.to_vec()).collect();
+        assert_eq!(rest, all[i + 1..].iter().map(|e| e.0.clone()).collect::<Vec<_>>());
+    }
+    assert_eq!(fs.readdir(1, 1000).unwrap().count(), 0);
+    let dev: Vec<(Vec<u8>, FileKind)> = fs.readdir(ino(&fs, "/dev"), 2).unwrap().map(|e| (e.name.to_vec(), e.kind)).collect();
+    assert_eq!(dev, [(b"null".to_vec(), FileKind::CharDevice), (b"sda".to_vec(), FileKind::BlockDevice)]);
+    assert_eq!(fs.readdir(ino(&fs, "/data"), 0).err(), Some(Errno::ENOTDIR));
+    assert_eq!(src.total_calls(), 0);
+}
+
+#[test]
+fn readlink_returns_targets() {
+    let (fs, _) = new_fs();
+    assert_eq!(fs.readlink(ino(&fs, "/link")).unwrap(), b"data");
+    assert_eq!(fs.readlink(ino(&fs, "/abs")).unwrap(), b"/bin/sh");
+    assert_eq!(fs.readlink(ino(&fs, "/data")).unwrap_err(), Errno::EINVAL);
+}
+
+#[test]
+fn read_spans_chunk_boundaries_with_one_source_call() {
+    let (fs, src) = new_fs();
+    let data = ino(&fs, "/data");
+    // Every (offset, size) pair over the file, including past its end.
+    for offset in 0..=DATA.len() as u64 + 2 {
+        for size in [1u32, 5, 15, 16, 17, 33, 100] {
+            src.calls.lock().clear();
+            let got = fs.read(data, offset, size).unwrap();
+            let start = (offset as usize).min(DATA.len());
+            let end = (offset as usize + size as usize).min(DATA.len());
+            assert_eq!(&got[..], &DATA[start..end], "offset {offset} size {size}");
+            let calls = src.calls.lock();
+            if start == end {
+                assert!(calls.is_empty(), "an empty read fetches nothing");
+            } else {
+                assert_eq!(calls.len(), 1, "one read_chunks call per read");
+                let want: Vec<usize> = (start / 16..=(end - 1) / 16).collect();
+                assert_eq!(calls[0], ("/data".to_string(), want), "exactly the covering chunks");
+            }
+        }
+    }
+}
+
+#[test]
+fn read_counts_served_bytes_and_empty_files_need_no_fetch() {
+    let (fs, src) = new_fs();
+    assert_eq!(fs.read(ino(&fs, "/empty"), 0, 4096).unwrap().len(), 0);
+    assert_eq!(src.total_calls(), 0);
+    assert_eq!(&fs.read(ino(&fs, "/bin/sh"), 0, 4096).unwrap()[..], SH);
+    assert_eq!(fs.stats().snapshot().bytes_served, SH.len() as u64);
+    assert_eq!(fs.read(1, 0, 10).unwrap_err(), Errno::EISDIR);
+    assert_eq!(fs.read(ino(&fs, "/link"), 0, 10).unwrap_err(), Errno::EINVAL);
+}
+
+#[test]
+fn fetch_error_is_eio_and_other_chunks_still_read() {
+    let (fs, src) = new_fs();
+    let data = ino(&fs, "/data");
+    let Some(crate::index::Kind::File { chunks, .. }) = fs.index().inode(3).map(|i| i.kind.clone()) else { panic!() };
+    src.failing.lock().insert(chunks[1].digest);
+    assert_eq!(fs.read(data, 0, 40).unwrap_err(), Errno::EIO);
+    assert_eq!(fs.read(data, 10, 10).unwrap_err(), Errno::EIO);
+    assert_eq!(&fs.read(data, 0, 16).unwrap()[..], &DATA[..16]);
+    assert_eq!(&fs.read(data, 32, 8).unwrap()[..], &DATA[32..]);
+    src.failing.lock().clear();
+    assert_eq!(&fs.read(data, 0, 40).unwrap()[..], DATA, "recovers once the source does");
+}
+
+#[test]
+fn open_refuses_writes() {
+    let (fs, _) = new_fs();
+    let data = ino(&fs, "/data");
+    assert!(fs.open(data, libc::O_RDONLY).is_ok());
+    assert_eq!(fs.open(data, libc::O_WRONLY).unwrap_err(), Errno::EROFS);
+    assert_eq!(fs.open(data, libc::O_RDWR).unwrap_err(), Errno::EROFS);
+    assert_eq!(fs.open(data, libc::O_RDONLY | libc::O_TRUNC).unwrap_err(), Errno::EROFS);
+    assert_eq!(fs.open(1, libc::O_RDONLY).unwrap_err(), Errno::EISDIR);
+    assert!(fs.opendir(1, libc::O_RDONLY).is_ok());
+    assert_eq!(fs.opendir(data, libc::O_RDONLY).unwrap_err(), Errno::ENOTDIR);
+}
+
+#[test]
+fn xattr_size_probing_follows_the_fuse_protocol() {
+    let (fs, src) = new_fs();
+    let data = ino(&fs, "/data");
+    assert_eq!(fs.getxattr(data, b"user.color", 0).unwrap(), XattrReply::Size(4));
+    assert_eq!(fs.getxattr(data, b"user.color", 3).unwrap_err(), Errno::ERANGE);
+    assert_eq!(fs.getxattr(data, b"user.color", 4).unwrap(), XattrReply::Data(b"blue".to_vec()));
+    assert_eq!(fs.getxattr(data, b"security.capability", 64).unwrap(), XattrReply::Data(vec![1, 0, 0, 2]));
+    assert_eq!(fs.getxattr(data, b"user.nope", 64).unwrap_err(), Errno::ENODATA);
+    let list = b"security.capability\0user.color\0".to_vec();
+    assert_eq!(fs.listxattr(data, 0).unwrap(), XattrReply::Size(list.len() as u32));
+    assert_eq!(fs.listxattr(data, 5).unwrap_err(), Errno::ERANGE);
+    assert_eq!(fs.listxattr(data, 1024).unwrap(), XattrReply::Data(list));
+    assert_eq!(fs.listxattr(1, 0).unwrap(), XattrReply::Size(0));
+    assert_eq!(src.total_calls(), 0);
+}
+
+#[test]
+fn stats_xattr_only_on_root_and_never_listed() {
+    let (fs, _) = new_fs();
+    fs.read(ino(&fs, "/bin/sh"), 0, 5).unwrap();
+    let XattrReply::Data(json) = fs.getxattr(1, STATS_XATTR.as_bytes(), 4096).unwrap() else { panic!() };
+    let snap: Snapshot = serde_json::from_slice(&json).unwrap();
+    assert_eq!(snap.bytes_served, 5);
+    assert_eq!(snap.image_bytes, (DATA.len() + SH.len() + b"top secret".len()) as u64);
+    assert_eq!(fs.getxattr(ino(&fs, "/bin"), STATS_XATTR.as_bytes(), 4096).unwrap_err(), Errno::ENODATA);
+    assert_eq!(fs.listxattr(1, 4096).unwrap(), XattrReply::Data(Vec::new()));
+}
+
+#[test]
+fn statfs_reports_image_size_and_inode_count() {
+    let (fs, _) = new_fs();
+    let s = fs.statfs();
+    assert_eq!((s.blocks, s.files, s.bsize, s.namelen), (1, 13, 4096, 255));
+}
+
+#[test]
+fn record_lists_first_reads_once_by_path() {
+    let (index, src) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec");
+    let rec = Recorder::create(&path, index.inodes.len()).unwrap();
+    let fs = LazyFs::new(index, src, Arc::new(Stats::default()), Some(rec));
+    fs.open(ino(&fs, "/secret"), libc::O_RDONLY).unwrap();
+    fs.read(ino(&fs, "/hard"), 0, 4).unwrap();
+    fs.read(ino(&fs, "/data"), 0, 4).unwrap();
+    fs.read(ino(&fs, "/bin/sh"), 0, 4).unwrap();
+    fs.getattr(ino(&fs, "/empty")).unwrap();
+    // A hardlinked file is recorded once, under its first path.
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "/secret\n/data\n/bin/sh\n");
+}
+
+#[test]
+fn prefetch_plan_orders_prioritized_first() {
+    let (fs, _) = new_fs();
+    let paths = |mode| plan(&fs, mode).into_iter().map(|i| fs.path(i).to_string()).collect::<Vec<_>>();
+    assert!(paths(PrefetchMode::None).is_empty());
+    assert_eq!(paths(PrefetchMode::Prioritized), ["/secret", "/bin/sh"]);
+    // Then every other non-empty regular file once (the hardlink is not fetched twice).
+    assert_eq!(paths(PrefetchMode::All), ["/secret", "/bin/sh", "/data"]);
+}
+
+#[test]
+fn prefetcher_fetches_everything_and_counts_chunks() {
+    let (index, src) = fixture();
+    let fs = Arc::new(LazyFs::new(index, src.clone(), Arc::new(Stats::default()), None));
+    let p = Prefetcher::start(fs.clone(), PrefetchMode::All, 1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.stop(Duration::from_secs(1));
+    let calls = src.prefetch_calls.lock().clone();
+    let order: Vec<&str> = calls.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(order, ["/secret", "/bin/sh", "/data"]);
+    assert_eq!(fs.stats().snapshot().prefetched_chunks, 1 + 2 + 3);
+    assert!(src.calls.lock().is_empty(), "prefetch goes through ChunkSource::prefetch");
+    assert!(Prefetcher::start(fs, PrefetchMode::None, 2).is_none());
+}
+
+#[test]
+fn prefetcher_gives_up_on_a_failing_source() {
+    let (index, src) = fixture();
+    for inode in &index.inodes {
+        if let crate::index::Kind::File { chunks, .. } = &inode.kind {
+            src.failing.lock().extend(chunks.iter().map(|c| c.digest));
+        }
+    }
+    let fs = Arc::new(LazyFs::new(index, src.clone(), Arc::new(Stats::default()), None));
+    let p = Prefetcher::start(fs.clone(), PrefetchMode::All, 1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(p.is_finished());
+    assert_eq!(fs.stats().snapshot().prefetched_chunks, 0);
+    assert_eq!(src.prefetch_calls.lock().len(), 3);
+}
+
+#[test]
+fn prefetch_mode_parses() {
+    assert_eq!("all".parse::<PrefetchMode>().unwrap(), PrefetchMode::All);
+    assert_eq!("none".parse::<PrefetchMode>().unwrap().to_string(), "none");
+    assert!("some".parse::<PrefetchMode>().unwrap_err().contains("none, prioritized or all"));
+}

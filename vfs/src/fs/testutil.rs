@@ -1,0 +1,131 @@
+//! Test fixtures: a small index holding every kind of entry, and an in-memory [`ChunkSource`] that
+//! records what it was asked for and can be told to fail.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::digest::Digest;
+use crate::fetch::{ChunkRef, ChunkSource, FetchError};
+use crate::index::{BlobRef, Chunk, DirEntry, Index, Inode, Kind, Xattr};
+
+pub const CHUNK: u32 = 16;
+/// 40 bytes: three chunks (16 + 16 + 8).
+pub const DATA: &[u8] = b"0123456789abcdefGHIJKLMNOPQRSTUVwxyz!?#$";
+pub const SH: &[u8] = b"#!/bin/sh\necho hi\n";
+pub const MTIME: i64 = 1_700_000_000;
+pub const MTIME_NSEC: u32 = 123_456_789;
+
+#[derive(Default)]
+pub struct FakeSource {
+    chunks: HashMap<Digest, Bytes>,
+    pub failing: Mutex<HashSet<Digest>>,
+    /// Every read_chunks call: (path, chunk numbers).
+    pub calls: Mutex<Vec<(String, Vec<usize>)>>,
+    pub prefetch_calls: Mutex<Vec<(String, Vec<usize>)>>,
+}
+
+impl FakeSource {
+    pub fn total_calls(&self) -> usize {
+        self.calls.lock().len() + self.prefetch_calls.lock().len()
+    }
+
+    fn get(&self, r: &ChunkRef<'_>) -> Result<Bytes, FetchError> {
+        if self.failing.lock().contains(&r.chunk.digest) {
+            return Err(FetchError::Unavailable {
+                path: r.path.to_string(),
+                chunk_no: r.chunk_no,
+                chunk: r.chunk.digest,
+                reason: "fake outage".to_string(),
+            });
+        }
+        Ok(self.chunks.get(&r.chunk.digest).cloned().expect("fake source knows every chunk of the fixture"))
+    }
+}
+
+impl ChunkSource for FakeSource {
+    fn read_chunks(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<Bytes, FetchError>> {
+        self.calls.lock().push((chunks[0].path.to_string(), chunks.iter().map(|c| c.chunk_no).collect()));
+        chunks.iter().map(|c| self.get(c)).collect()
+    }
+
+    fn prefetch(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<(), FetchError>> {
+        self.prefetch_calls.lock().push((chunks[0].path.to_string(), chunks.iter().map(|c| c.chunk_no).collect()));
+        chunks.iter().map(|c| self.get(c).map(|_| ())).collect()
+    }
+}
+
+fn meta(kind: Kind, mode: u32) -> Inode {
+    Inode { kind, mode, uid: 0, gid: 0, mtime: MTIME, mtime_nsec: MTIME_NSEC, xattrs: Vec::new() }
+}
+
+fn file(data: &[u8], src: &mut FakeSource) -> Kind {
+    let chunks = data
+        .chunks(CHUNK as usize)
+        .enumerate()
+        .map(|(i, piece)| {
+            let digest = Digest::of(piece);
+            src.chunks.insert(digest, Bytes::copy_from_slice(piece));
+            Chunk { blob: 0, offset: i as u64 * 100, compressed_len: piece.len() as u32, len: piece.len() as u32, digest }
+        })
+        .collect();
+    Kind::File { size: data.len() as u64, chunks }
+}
+
+fn dir(mut entries: Vec<(&str, u32)>) -> Kind {
+    entries.sort();
+    Kind::Dir { entries: entries.into_iter().map(|(n, ino)| DirEntry { name: n.as_bytes().to_vec(), ino }).collect() }
+}
+
+/// The fixture tree (index positions in brackets):
+/// ```text
+/// / [0]  bin/ [1]  bin/sh [2]  data [3] (xattrs, hardlinked as hard)  empty [4]  link -> data [5]
+/// abs -> /bin/sh [6]  dev/ [7]  dev/null [8] (c 1,3)  dev/sda [9] (b 8,0)  fifo [10]  sock [11]
+/// secret [12] (0600, uid 1000)
+/// ```
+/// The prefetch list is [secret, bin/sh].
+pub fn fixture() -> (Arc<Index>, Arc<FakeSource>) {
+    let mut src = FakeSource::default();
+    let mut data = meta(file(DATA, &mut src), 0o644);
+    data.xattrs = vec![
+        Xattr { name: b"security.capability".to_vec(), value: vec![1, 0, 0, 2] },
+        Xattr { name: b"user.color".to_vec(), value: b"blue".to_vec() },
+    ];
+    let mut secret = meta(file(b"top secret", &mut src), 0o600);
+    secret.uid = 1000;
+    secret.gid = 1000;
+    let inodes = vec![
+        meta(
+            dir(vec![
+                ("bin", 1),
+                ("data", 3),
+                ("hard", 3),
+                ("empty", 4),
+                ("link", 5),
+                ("abs", 6),
+                ("dev", 7),
+                ("fifo", 10),
+                ("sock", 11),
+                ("secret", 12),
+            ]),
+            0o755,
+        ),
+        meta(dir(vec![("sh", 2)]), 0o755),
+        meta(file(SH, &mut src), 0o4755),
+        data,
+        meta(file(b"", &mut src), 0o644),
+        meta(Kind::Symlink { target: b"data".to_vec() }, 0o777),
+        meta(Kind::Symlink { target: b"/bin/sh".to_vec() }, 0o777),
+        meta(dir(vec![("null", 8), ("sda", 9)]), 0o755),
+        meta(Kind::CharDevice { major: 1, minor: 3 }, 0o666),
+        meta(Kind::BlockDevice { major: 8, minor: 0 }, 0o660),
+        meta(Kind::Fifo, 0o644),
+        meta(Kind::Socket, 0o755),
+        secret,
+    ];
+    let blobs = vec![BlobRef { digest: Digest::of(b"blob"), size: 4096 }];
+    let index = Index::new(CHUNK, "127.0.0.1:5000/test".to_string(), blobs, inodes, vec![12, 2]);
+    (Arc::new(index), Arc::new(src))
+}
