@@ -165,7 +165,7 @@ mod tests {
         assert!(x.is_loopback());
         let d = Digest::of(b"x");
         let x = r(&format!("localhost:5000/a/b@{d}"));
-        assert_eq!((x.registry.as_str(), x.repository.as_str(), x.tag, x.digest), ("localhost:5000", "a/b", None, Some(d)));
+        assert_eq!((x.registry.as_str(), x.repository.as_str(), x.tag.clone(), x.digest), ("localhost:5000", "a/b", None, Some(d)));
         assert_eq!(x.manifest_ref(), d.to_string());
         let x = r("registry.example.com/team/app");
         assert_eq!((x.registry.as_str(), x.manifest_ref().as_str()), ("registry.example.com", "latest"));
