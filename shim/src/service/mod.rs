@@ -1,1 +1,110 @@
-//! Task service (owned by the shim-service owner).
+//! The shim process: the `start` and `delete` actions containerd runs, and the ttrpc server with
+//! the task service.
+//!
+//! - [`start`]: `start` action (pod grouping, prints only the address, detaches the server).
+//! - [`delete`]: `delete` action after a shim crash (processes, cgroup, mounts).
+//! - [`task`]: the Task service; [`process`]: process state; [`stdio`]: FIFOs, terminal, log URIs.
+//! - [`reaper`]: subreaper + SIGCHLD loop; [`events`]: ordered task events.
+//! - [`config`]: the TOML config; [`rootfs`] and [`lazy`]: the container's root filesystem.
+//! - [`error`]: the one mapping from our errors to ttrpc codes.
+
+pub mod config;
+pub mod delete;
+pub mod error;
+pub mod events;
+pub mod lazy;
+pub mod process;
+pub mod reaper;
+pub mod rootfs;
+pub mod start;
+pub mod stdio;
+pub mod task;
+
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+
+use anyhow::Context;
+use containerd_shim::protos::shim_async::create_task;
+use containerd_shim::protos::ttrpc::r#async::transport::Listener;
+use containerd_shim::protos::ttrpc::r#async::Server;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::ExitSignal;
+
+/// Entry of every invocation except `init`: parses containerd's flags and runs the action.
+pub fn main() -> i32 {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-lazy-v2: {e}");
+            return 2;
+        }
+    };
+    if flags.version {
+        println!("containerd-shim-lazy-v2 version {}", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    let result = match flags.action.as_str() {
+        "start" => start::run(&flags),
+        "delete" => delete::run(&flags),
+        "" => serve(&flags),
+        other => Err(anyhow::anyhow!("unknown action {other:?} (containerd runs `start`, `delete` or the server)")),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("containerd-shim-lazy-v2: {e:#}");
+            1
+        }
+    }
+}
+
+fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
+    start::check_socket_flag(flags)?;
+    // The log FIFO in the bundle is read by containerd; without it (run by hand) log to stderr.
+    if containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).is_err() {
+        eprintln!("containerd-shim-lazy-v2: no `log` FIFO in the working directory; logging is off");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    rt.block_on(serve_async(flags))
+}
+
+fn listener(flags: &containerd_shim::Flags) -> anyhow::Result<UnixListener> {
+    if let Some(fd) = std::env::var(start::LISTEN_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) {
+        std::env::remove_var(start::LISTEN_FD_ENV);
+        // SAFETY: `start` bound this socket and passed its fd number; nothing else in this process
+        // owns it.
+        let l = unsafe { UnixListener::from_raw_fd(fd) };
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .context("setting FD_CLOEXEC on the listener")?;
+        return Ok(l);
+    }
+    let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
+    UnixListener::bind(path).with_context(|| format!("binding {path}"))
+}
+
+async fn serve_async(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
+    let reaper = reaper::Reaper::install().context("becoming a child subreaper")?;
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
+    let remote = RemotePublisher::new(&ttrpc_address)
+        .await
+        .with_context(|| format!("connecting to containerd's events at {ttrpc_address}"))?;
+    let exit = Arc::new(ExitSignal::default());
+    let service = task::TaskService::new(&flags.namespace, events::Publisher::new(remote, &flags.namespace), reaper, exit.clone());
+    let listener = Listener::try_from(listener(flags)?).context("ttrpc listener")?;
+    let mut server = Server::new().add_listener(listener).register_service(create_task(Arc::new(service)));
+    server.start().await.context("starting the ttrpc server")?;
+    log::info!("containerd-shim-lazy-v2 serving on {}", flags.socket);
+    exit.wait().await;
+    // Let the reply to Shutdown/Delete reach containerd before the connection goes away.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let _ = server.shutdown().await;
+    let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}

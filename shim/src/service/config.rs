@@ -1,0 +1,270 @@
+//! Shim configuration: a TOML file, default [`DEFAULT_CONFIG_PATH`] (a missing default file means
+//! defaults), overridden by the runtime option `ConfigPath` (runtimeoptions.v1.Options, what
+//! containerd 1.6's CRI and `ctr --runtime-config-path` send) and by `config_body` (containerd 1.7+
+//! sends the runtime's options table as TOML there).
+//!
+//! Also decodes the `options` Any of CreateTaskRequest: every options type containerd clients send
+//! to a non-runc runtime is accepted; only runtimeoptions' ConfigPath/config_body are used.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::CodedInputStream;
+use serde::Deserialize;
+
+use super::error::{Error, Result};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd-shim-lazy/config.toml";
+
+/// runtimeoptions.v1.Options (containerd's pkg/runtimeoptions): not in containerd-shim-protos.
+const RUNTIMEOPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Shim log level (error, warn, info, debug, trace); containerd's `--log-level debug` also
+    /// turns on debug.
+    pub log_level: String,
+    pub cache: CacheConfig,
+    pub fetch: FetchConfig,
+    pub registry: RegistryConfig,
+    pub cgroup: CgroupConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Node-wide chunk cache shared by every lazy container.
+    pub dir: PathBuf,
+    /// Size cap of the cache in MiB; least recently used chunks are evicted past it.
+    pub max_size_mb: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    pub connect_timeout_secs: u64,
+    /// Bound on one HTTP exchange including its body.
+    pub request_timeout_secs: u64,
+    /// A read of the lazy filesystem fails (EIO) after retrying this long while the registry is down.
+    pub deadline_secs: u64,
+    /// Registry requests in flight at once per container.
+    pub concurrency: usize,
+    pub prefetch: PrefetchMode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefetchMode {
+    /// Fetch only what is read.
+    Off,
+    /// Fetch the image's prefetch list (files read at start when it was converted) in the
+    /// background, after on-demand reads.
+    Background,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// containerd's hosts.toml directory (`<dir>/<host[:port]>/hosts.toml`): plain HTTP, CA,
+    /// client certificates. Loopback registries fall back to plain HTTP as containerd does.
+    pub hosts_dir: PathBuf,
+    /// docker config.json with registry credentials; default: docker's usual places.
+    pub credentials_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupConfig {
+    /// Run containers whose hard limits (memory, cpu, pids, io) this host cannot enforce (e.g. a
+    /// cgroup v2 hierarchy without those controllers) instead of failing Create.
+    pub allow_unenforced_limits: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            log_level: "info".into(),
+            cache: CacheConfig::default(),
+            fetch: FetchConfig::default(),
+            registry: RegistryConfig::default(),
+            cgroup: CgroupConfig::default(),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { dir: PathBuf::from("/var/lib/containerd-shim-lazy/cache"), max_size_mb: 10 * 1024 }
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            connect_timeout_secs: 5,
+            request_timeout_secs: 60,
+            deadline_secs: 30,
+            concurrency: 8,
+            prefetch: PrefetchMode::Background,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { hosts_dir: PathBuf::from("/etc/containerd/certs.d"), credentials_file: None }
+    }
+}
+
+impl FetchConfig {
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline_secs)
+    }
+}
+
+/// What the Create request's options said about configuration.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RuntimeOptions {
+    pub config_path: Option<PathBuf>,
+    pub config_body: Option<String>,
+}
+
+impl Config {
+    /// Parses a TOML document; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::Config { path: origin.into(), reason: e.to_string().trim().into() })
+    }
+
+    /// Reads a config file. A missing file is an error unless it is the default path.
+    pub fn load(path: &Path, missing_ok: bool) -> Result<Config> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, &path.display().to_string()),
+            Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(Error::Config { path: path.display().to_string(), reason: format!("cannot read: {e}") }),
+        }
+    }
+
+    /// The effective config for one Create: config_body wins over ConfigPath, which wins over the
+    /// default file.
+    pub fn resolve(opts: &RuntimeOptions) -> Result<Config> {
+        if let Some(body) = opts.config_body.as_deref().filter(|b| !b.trim().is_empty()) {
+            return Config::parse(body, "config_body of the runtime options");
+        }
+        match &opts.config_path {
+            Some(path) => Config::load(path, false),
+            None => Config::load(Path::new(DEFAULT_CONFIG_PATH), true),
+        }
+    }
+}
+
+/// Decodes CreateTaskRequest.options. Options types we do not use are ignored (debug log), because
+/// failing on them breaks ordinary clients (containerd's Go client sends runc CreateOptions).
+pub fn runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
+    let Some(any) = any else { return Ok(RuntimeOptions::default()) };
+    let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+    if type_name != RUNTIMEOPTIONS_TYPE {
+        log::debug!("ignoring runtime options of type {:?}: only {RUNTIMEOPTIONS_TYPE} is used", any.type_url);
+        return Ok(RuntimeOptions::default());
+    }
+    decode_runtimeoptions(&any.value)
+        .map_err(|e| Error::InvalidArgument(format!("runtime options {RUNTIMEOPTIONS_TYPE}: cannot decode: {e}")))
+}
+
+fn decode_runtimeoptions(bytes: &[u8]) -> std::result::Result<RuntimeOptions, containerd_shim::protos::protobuf::Error> {
+    let mut input = CodedInputStream::from_bytes(bytes);
+    let mut out = RuntimeOptions::default();
+    while let Some(tag) = input.read_raw_tag_or_eof()? {
+        match tag {
+            // field 1 type_url, 2 config_path, 3 config_body: all strings (wire type 2).
+            0x0a => {
+                input.read_string()?;
+            }
+            0x12 => out.config_path = Some(PathBuf::from(input.read_string()?)).filter(|p| !p.as_os_str().is_empty()),
+            0x1a => out.config_body = Some(input.read_string()?),
+            other => {
+                let wire = containerd_shim::protos::protobuf::rt::WireType::new(other & 7)
+                    .ok_or_else(|| containerd_shim::protos::protobuf::Error::from(std::io::Error::other("bad wire type")))?;
+                input.skip_field(wire)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(type_url: &str, value: Vec<u8>) -> Any {
+        Any { type_url: type_url.into(), value, ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_when_default_file_missing() {
+        let c = Config::load(Path::new("/nonexistent/config.toml"), true).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn explicit_missing_file_is_a_clear_error() {
+        let e = Config::load(Path::new("/nonexistent/x.toml"), false).unwrap_err().to_string();
+        assert!(e.starts_with("config /nonexistent/x.toml: cannot read"), "{e}");
+        assert!(e.ends_with("fix or remove it"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let e = Config::parse("[fetch]\nconcurency = 3\n", "/c.toml").unwrap_err().to_string();
+        assert!(e.contains("concurency"), "{e}");
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::parse(
+            r#"
+log_level = "debug"
+[cache]
+dir = "/var/cache/lazy"
+max_size_mb = 512
+[fetch]
+connect_timeout_secs = 1
+request_timeout_secs = 2
+deadline_secs = 3
+concurrency = 4
+prefetch = "off"
+[registry]
+hosts_dir = "/etc/hosts.d"
+credentials_file = "/root/.docker/config.json"
+[cgroup]
+allow_unenforced_limits = true
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.fetch.prefetch, PrefetchMode::Off);
+        assert_eq!(c.cache.max_size_mb, 512);
+        assert!(c.cgroup.allow_unenforced_limits);
+    }
+
+    #[test]
+    fn runtimeoptions_config_path_and_body() {
+        // type_url="x", config_path="/a.toml", config_body="log_level = \"warn\""
+        let mut v = vec![0x0a, 1, b'x', 0x12, 7];
+        v.extend_from_slice(b"/a.toml");
+        let body = b"log_level = \"warn\"";
+        v.push(0x1a);
+        v.push(body.len() as u8);
+        v.extend_from_slice(body);
+        let o = runtime_options(Some(&any("runtimeoptions.v1.Options", v))).unwrap();
+        assert_eq!(o.config_path, Some(PathBuf::from("/a.toml")));
+        assert_eq!(Config::resolve(&o).unwrap().log_level, "warn");
+    }
+
+    #[test]
+    fn other_option_types_are_ignored() {
+        let o = runtime_options(Some(&any("containerd.linux.runc.CreateOptions", vec![0xff, 0xff]))).unwrap();
+        assert_eq!(o, RuntimeOptions::default());
+    }
+}

@@ -1,0 +1,64 @@
+//! The shim service's error type and its ONE mapping to ttrpc status codes.
+//!
+//! containerd shows these messages to users verbatim (`ctr: ...`), so every variant names the thing
+//! that failed and, where there is one, what to do about it.
+
+use containerd_shim::protos::ttrpc::{self, Code};
+
+use crate::cgroup::CgroupError;
+use crate::launcher::LaunchError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("container {0} not found in this shim")]
+    NotFound(String),
+    #[error("process {exec_id} of container {id} not found")]
+    ProcessNotFound { id: String, exec_id: String },
+    #[error("{0} already exists in this shim: pick another id or delete the old one first")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0} is not supported by containerd-shim-lazy-v2")]
+    Unimplemented(String),
+    #[error("config {path}: {reason}: fix or remove it")]
+    Config { path: String, reason: String },
+    #[error("launching the container failed: {0}")]
+    Launch(#[from] LaunchError),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error("rootfs: {0}")]
+    Rootfs(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done and to which path.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> ttrpc::Error {
+        let code = match &e {
+            Error::NotFound(_) | Error::ProcessNotFound { .. } => Code::NOT_FOUND,
+            Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
+            Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Error::Launch(_) | Error::Cgroup(_) | Error::Rootfs(_) | Error::Io { .. } | Error::Other(_) => {
+                Code::UNKNOWN
+            }
+        };
+        log::debug!("request failed ({code:?}): {e}");
+        ttrpc::error::get_rpc_status(code, e.to_string())
+    }
+}
