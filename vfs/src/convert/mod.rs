@@ -1,1 +1,267 @@
-//! Converts an OCI image into a lazy image (owned by the converter owner).
+//! Converts an OCI image into a lazy image: the merged tree of all layers becomes an [`Index`], file
+//! contents become zstd chunks in one data blob per source layer, and a stub image carries the index.
+//!
+//! - [`source`]: where the image comes from (registry or OCI layout) and platform selection.
+//! - [`layers`]: tar streams (gzip/zstd/plain) merged into one tree (metadata only).
+//! - [`chunker`]: file contents into deduplicated, compressed chunks.
+//! - [`blobs`]: data blob temp files.
+//! - [`push`]: data blobs, stub image and the image index into the destination repository.
+//!
+//! The core ([`convert_layers`]) is synchronous and works on local files only, so it is testable
+//! without a registry; callers run it on a blocking thread.
+
+pub mod blobs;
+pub mod chunker;
+pub mod layers;
+pub mod push;
+pub mod source;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub use blobs::BlobFile;
+pub use layers::LayerBlob;
+pub use source::{Platform, SourceImage, SourceRef};
+
+use crate::digest::Digest;
+use crate::index::{BlobRef, DirEntry, Index, Inode, Kind, Xattr};
+use layers::{NodeId, NodeKind, Tree, ROOT_NODE};
+
+/// Default uncompressed chunk size.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{}: {what}: {source}", path.display())]
+    Io { path: PathBuf, what: String, source: std::io::Error },
+    #[error("layer {layer}: {reason}")]
+    Layer { layer: Digest, reason: String },
+    #[error("zstd compression failed: {0}")]
+    Compress(String),
+    #[error("source image {image}: {reason}")]
+    Source { image: String, reason: String },
+    #[error("chunk size {0} is invalid: use a power of two between 4096 and 67108864 (64 MiB)")]
+    ChunkSize(u32),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Stub(#[from] crate::stub::StubError),
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub chunk_size: u32,
+    /// Repository that will hold the data blobs (`registry/repo`, no tag): becomes `Index::source`.
+    pub source_repo: String,
+    /// Absolute paths to prefetch first, in order (what `lazyctl mount --record` writes).
+    pub prefetch: Vec<String>,
+}
+
+/// What a conversion produced: the index, the data blobs (temp files) and its figures.
+#[derive(Debug)]
+pub struct Converted {
+    pub index: Index,
+    pub blobs: Vec<BlobFile>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub other: u64,
+    /// Bytes of regular files, each hardlinked file once.
+    pub bytes: u64,
+    /// Chunk references over all files.
+    pub chunks: u64,
+    /// Chunks actually stored (after deduplication).
+    pub unique_chunks: u64,
+    pub stored_bytes: u64,
+    pub compressed_bytes: u64,
+    pub blobs: u64,
+    pub prefetch: u64,
+}
+
+impl Summary {
+    /// Logical bytes per stored byte (uncompressed): 1.0 means no duplicate chunks.
+    pub fn dedup_ratio(&self) -> f64 {
+        if self.stored_bytes == 0 {
+            1.0
+        } else {
+            self.bytes as f64 / self.stored_bytes as f64
+        }
+    }
+}
+
+/// Progress of a conversion, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// Reading layer `n` (1-based) of `of` for metadata.
+    Scanning { layer: usize, of: usize },
+    /// Chunking starts: `total` bytes of file content to go.
+    Chunking { total: u64 },
+    /// `n` more bytes of file content chunked.
+    Advance(u64),
+}
+
+pub fn check_chunk_size(chunk_size: u32) -> Result<(), ConvertError> {
+    use crate::index::codec::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+    if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(ConvertError::ChunkSize(chunk_size));
+    }
+    Ok(())
+}
+
+/// Converts local layer blobs (bottom first) into an index and data blobs written under `tmp`.
+pub fn convert_layers(
+    layers: &[LayerBlob],
+    opts: &ConvertOptions,
+    tmp: &Path,
+    progress: &dyn Fn(Progress),
+) -> Result<Converted, ConvertError> {
+    check_chunk_size(opts.chunk_size)?;
+    let mut tree = Tree::new();
+    for (n, layer) in layers.iter().enumerate() {
+        progress(Progress::Scanning { layer: n + 1, of: layers.len() });
+        tree.apply_layer(n, layer)?;
+    }
+    let numbering = number_inodes(&tree);
+
+    // Files whose final content each layer holds: tar ordinal -> node.
+    let mut wanted: Vec<HashMap<u64, NodeId>> = vec![HashMap::new(); layers.len()];
+    let mut total = 0u64;
+    for &node in &numbering.order {
+        if let NodeKind::File { size, layer, ordinal } = tree.nodes[node].kind {
+            wanted[layer].insert(ordinal, node);
+            total += size;
+        }
+    }
+    progress(Progress::Chunking { total });
+    let mut chunker = chunker::Chunker::new(opts.chunk_size);
+    for (layer, wanted) in layers.iter().zip(&wanted) {
+        chunker.chunk_layer(layer, wanted, tmp, &|n| progress(Progress::Advance(n)))?;
+    }
+
+    let mut summary = Summary {
+        chunks: chunker.chunks_total,
+        unique_chunks: chunker.unique_chunks(),
+        stored_bytes: chunker.bytes_stored,
+        compressed_bytes: chunker.bytes_compressed,
+        blobs: chunker.blobs.len() as u64,
+        ..Summary::default()
+    };
+    let mut inodes = Vec::with_capacity(numbering.order.len());
+    for &node in &numbering.order {
+        let n = &tree.nodes[node];
+        let kind = match &n.kind {
+            NodeKind::Dir(entries) => {
+                summary.dirs += 1;
+                Kind::Dir {
+                    entries: entries
+                        .iter()
+                        .map(|(name, child)| DirEntry { name: name.clone(), ino: numbering.ino[*child] })
+                        .collect(),
+                }
+            }
+            NodeKind::File { size, .. } => {
+                summary.files += 1;
+                summary.bytes += size;
+                Kind::File { size: *size, chunks: chunker.files.remove(&node).unwrap_or_default() }
+            }
+            NodeKind::Symlink(t) => {
+                summary.symlinks += 1;
+                Kind::Symlink { target: t.clone() }
+            }
+            other => {
+                summary.other += 1;
+                match other {
+                    NodeKind::Char(a, b) => Kind::CharDevice { major: *a, minor: *b },
+                    NodeKind::Block(a, b) => Kind::BlockDevice { major: *a, minor: *b },
+                    _ => Kind::Fifo,
+                }
+            }
+        };
+        let m = &n.meta;
+        inodes.push(Inode {
+            kind,
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            mtime: m.mtime,
+            mtime_nsec: m.mtime_nsec,
+            xattrs: m.xattrs.iter().map(|(k, v)| Xattr { name: k.clone(), value: v.clone() }).collect(),
+        });
+    }
+    let blob_refs = chunker.blobs.iter().map(|b| BlobRef { digest: b.digest, size: b.size }).collect();
+    let mut index = Index::new(opts.chunk_size, opts.source_repo.clone(), blob_refs, inodes, Vec::new());
+    index.prefetch = resolve_prefetch(&index, &opts.prefetch);
+    summary.prefetch = index.prefetch.len() as u64;
+    Ok(Converted { index, blobs: chunker.blobs, summary })
+}
+
+struct Numbering {
+    /// Node of each inode number.
+    order: Vec<NodeId>,
+    /// Inode number of each node (u32::MAX: unreachable).
+    ino: Vec<u32>,
+}
+
+/// Numbers the reachable nodes: root 0, then depth-first with each directory's children together.
+/// Unreachable nodes (replaced, whited out) are dropped here, so their content is never stored.
+fn number_inodes(tree: &Tree) -> Numbering {
+    let mut ino = vec![u32::MAX; tree.nodes.len()];
+    let mut order = vec![ROOT_NODE];
+    ino[ROOT_NODE] = 0;
+    let mut stack = vec![ROOT_NODE];
+    while let Some(dir) = stack.pop() {
+        let NodeKind::Dir(entries) = &tree.nodes[dir].kind else { continue };
+        let mut subdirs = Vec::new();
+        for &child in entries.values() {
+            if ino[child] == u32::MAX {
+                ino[child] = order.len() as u32;
+                order.push(child);
+                if matches!(tree.nodes[child].kind, NodeKind::Dir(_)) {
+                    subdirs.push(child);
+                }
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Numbering { order, ino }
+}
+
+/// Maps prefetch paths to regular-file inodes; unknown paths are warned about, others skipped.
+fn resolve_prefetch(index: &Index, paths: &[String]) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for p in paths {
+        match index.resolve(p.as_bytes()) {
+            None => log::warn!("prefetch list: {p}: no such path in the image; ignored"),
+            Some(ino) => match index.inode(ino).map(|i| &i.kind) {
+                Some(Kind::File { .. }) => {
+                    if seen.insert(ino) {
+                        out.push(ino);
+                    }
+                }
+                _ => log::info!("prefetch list: {p}: not a regular file; skipped"),
+            },
+        }
+    }
+    out
+}
+
+/// Reads a prefetch list file: one absolute path per line; blank lines and `#` comments ignored.
+pub fn read_prefetch_list(path: &Path) -> Result<Vec<String>, ConvertError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConvertError::Io { path: path.to_path_buf(), what: "read prefetch list".into(), source: e })?;
+    Ok(text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests;
