@@ -98,13 +98,14 @@ pub struct LazyFs {
 
 impl LazyFs {
     pub fn new(index: Arc<Index>, source: Arc<dyn ChunkSource>, stats: Arc<Stats>, recorder: Option<Recorder>) -> LazyFs {
-        let mut paths: Vec<Box<str>> = vec![Box::from(""); index.inodes.len()];
-        for (path, ino) in index.walk().into_iter().rev() {
-            // Reverse so the FIRST path in walk order wins for hardlinked files.
-            if let Some(slot) = paths.get_mut(ino as usize) {
-                *slot = String::from_utf8_lossy(&path).into();
+        let mut paths: Vec<Option<Box<str>>> = vec![None; index.inodes.len()];
+        for (path, ino) in paths_in_order(&index) {
+            // The first path in name order wins for hardlinked files.
+            if let Some(slot @ None) = paths.get_mut(ino as usize) {
+                *slot = Some(String::from_utf8_lossy(&path).into());
             }
         }
+        let paths = paths.into_iter().map(|p| p.unwrap_or_else(|| Box::from("?"))).collect();
         stats.image_bytes.store(index.image_bytes(), Ordering::Relaxed);
         LazyFs { index, source, stats, paths, recorder, errors: RateLimit::new(Duration::from_secs(10), 20) }
     }
@@ -355,6 +356,36 @@ fn sized_reply(value: Vec<u8>, size: u32) -> Result<XattrReply, Errno> {
     } else {
         Ok(XattrReply::Data(value))
     }
+}
+
+/// Every path with its index inode, depth-first in name order (`/`, `/a`, `/a/x`, `/b`, ...): the
+/// order a recursive listing shows, used to name hardlinked files and to order full prefetch.
+pub fn paths_in_order(index: &Index) -> Vec<(Vec<u8>, u32)> {
+    let mut out = Vec::with_capacity(index.inodes.len());
+    if index.inodes.is_empty() {
+        return out;
+    }
+    // Directories are never hardlinked (the codec enforces it); `expanded` still guards against a
+    // hand-built index with a directory cycle.
+    let mut expanded = vec![false; index.inodes.len()];
+    let mut stack = vec![(b"/".to_vec(), ROOT)];
+    while let Some((path, ino)) = stack.pop() {
+        if let Some(Inode { kind: Kind::Dir { entries }, .. }) = index.inode(ino) {
+            if std::mem::replace(&mut expanded[ino as usize], true) {
+                continue;
+            }
+            for e in entries.iter().rev() {
+                let mut child = path.clone();
+                if child.len() > 1 {
+                    child.push(b'/');
+                }
+                child.extend_from_slice(&e.name);
+                stack.push((child, e.ino));
+            }
+        }
+        out.push((path, ino));
+    }
+    out
 }
 
 pub fn kind_of(inode: &Inode) -> FileKind {

@@ -17,7 +17,7 @@ use crate::fetch::ChunkRef;
 use crate::index::Kind;
 use crate::stats::Stats;
 
-use super::core::LazyFs;
+use super::core::{paths_in_order, LazyFs};
 
 /// Chunks asked for per call: small enough that a stop is noticed quickly, large enough to coalesce.
 const BATCH: usize = 8;
@@ -73,7 +73,7 @@ pub fn plan(fs: &LazyFs, mode: PrefetchMode) -> Vec<u32> {
         }
     }
     if mode == PrefetchMode::All {
-        for (_, ino) in index.walk() {
+        for (_, ino) in paths_in_order(index) {
             if is_file(ino) && !std::mem::replace(&mut seen[ino as usize], true) {
                 order.push(ino);
             }

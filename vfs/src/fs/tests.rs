@@ -8,7 +8,7 @@ use nix::errno::Errno;
 use super::core::{FileKind, LazyFs, XattrReply};
 use super::prefetch::{plan, PrefetchMode, Prefetcher};
 use super::record::Recorder;
-use super::testutil::{fixture, FakeSource, DATA, MTIME, MTIME_NSEC, SH};
+use super::testutil::{fixture, CAP_NET_BIND_SERVICE, FakeSource, DATA, MTIME, MTIME_NSEC, SH};
 use crate::index::Index;
 use crate::stats::{Snapshot, Stats, STATS_XATTR};
 
@@ -164,7 +164,7 @@ fn xattr_size_probing_follows_the_fuse_protocol() {
     assert_eq!(fs.getxattr(data, b"user.color", 0).unwrap(), XattrReply::Size(4));
     assert_eq!(fs.getxattr(data, b"user.color", 3).unwrap_err(), Errno::ERANGE);
     assert_eq!(fs.getxattr(data, b"user.color", 4).unwrap(), XattrReply::Data(b"blue".to_vec()));
-    assert_eq!(fs.getxattr(data, b"security.capability", 64).unwrap(), XattrReply::Data(vec![1, 0, 0, 2]));
+    assert_eq!(fs.getxattr(data, b"security.capability", 64).unwrap(), XattrReply::Data(CAP_NET_BIND_SERVICE.to_vec()));
     assert_eq!(fs.getxattr(data, b"user.nope", 64).unwrap_err(), Errno::ENODATA);
     let list = b"security.capability\0user.color\0".to_vec();
     assert_eq!(fs.listxattr(data, 0).unwrap(), XattrReply::Size(list.len() as u32));

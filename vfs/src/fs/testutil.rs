@@ -15,6 +15,9 @@ pub const CHUNK: u32 = 16;
 /// 40 bytes: three chunks (16 + 16 + 8).
 pub const DATA: &[u8] = b"0123456789abcdefGHIJKLMNOPQRSTUVwxyz!?#$";
 pub const SH: &[u8] = b"#!/bin/sh\necho hi\n";
+/// A valid `vfs_cap_data` (revision 2, effective, permitted = cap_net_bind_service): the kernel
+/// validates security.capability values it reads.
+pub const CAP_NET_BIND_SERVICE: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 pub const MTIME: i64 = 1_700_000_000;
 pub const MTIME_NSEC: u32 = 123_456_789;
 
@@ -90,7 +93,7 @@ pub fn fixture() -> (Arc<Index>, Arc<FakeSource>) {
     let mut src = FakeSource::default();
     let mut data = meta(file(DATA, &mut src), 0o644);
     data.xattrs = vec![
-        Xattr { name: b"security.capability".to_vec(), value: vec![1, 0, 0, 2] },
+        Xattr { name: b"security.capability".to_vec(), value: CAP_NET_BIND_SERVICE.to_vec() },
         Xattr { name: b"user.color".to_vec(), value: b"blue".to_vec() },
     ];
     let mut secret = meta(file(b"top secret", &mut src), 0o600);
