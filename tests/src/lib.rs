@@ -1,2 +1,53 @@
 //! Shared end-to-end harness: start a docker-registry, a containerd, build and push images, boot
 //! the cgroup v2 VM, and clean up everything each test created, also when it fails.
+//!
+//! Every resource a test creates is owned by a guard whose `Drop` releases it (processes are
+//! killed and reaped, mounts unmounted, temp dirs removed), so a failing assertion never leaves a
+//! registry listening or a FUSE mount behind for the next test.
+//!
+//! - [`prereq`]: decide whether a test can run here; skip with a reason, or FAIL when `CI=true`.
+//! - [`bins`]: where the workspace's binaries (`lazyctl`, the shim) are.
+//! - [`cleanup`]: drop guards for child processes and mounts.
+//! - [`registry`]: a docker-registry on loopback that counts the bytes it serves and can be
+//!   stopped and restarted on the same port and storage.
+//! - [`images`]: build OCI image layouts in Rust (any tar feature a test needs) and push them.
+//! - [`lazyctl`]: drive `lazyctl convert/mount/stats/inspect` exactly as a user would.
+//! - [`scenario`]: steps the vfs tests share (publish + convert, read with errno).
+//! - [`tree`]: snapshot a directory tree's metadata and contents to compare two trees.
+
+pub mod bins;
+pub mod cleanup;
+pub mod containerd;
+pub mod images;
+pub mod lazyctl;
+pub mod prereq;
+pub mod registry;
+pub mod scenario;
+pub mod tree;
+
+pub use prereq::{prerequisites_met, Prereq};
+
+/// Makes `log` output of the harness visible in test output (`RUST_LOG` applies). Idempotent.
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        struct Stderr;
+        impl log::Log for Stderr {
+            fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+                m.level() <= log::max_level()
+            }
+            fn log(&self, r: &log::Record<'_>) {
+                eprintln!("[harness {}] {}", r.level(), r.args());
+            }
+            fn flush(&self) {}
+        }
+        static LOGGER: Stderr = Stderr;
+        if log::set_logger(&LOGGER).is_ok() {
+            let level = match std::env::var("RUST_LOG").as_deref() {
+                Ok("debug") | Ok("trace") => log::LevelFilter::Debug,
+                _ => log::LevelFilter::Info,
+            };
+            log::set_max_level(level);
+        }
+    });
+}

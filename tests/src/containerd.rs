@@ -1,0 +1,310 @@
+//! A private containerd 1.6 for end-to-end shim tests: its own root, state and sockets under a temp
+//! dir, the workspace's binary dir first on PATH (so `io.containerd.lazy.v2` finds
+//! `containerd-shim-lazy-v2`), a unique namespace per instance, and a `ctr` wrapper.
+//!
+//! containerd still writes fixed host paths (PLATFORM.md): shim sockets under /run/containerd/s,
+//! runc state under /run/containerd/runc/<ns>, cgroups /<ns>/<id>. Drop kills every shim and
+//! container process of this instance, stops containerd, unmounts everything under the temp dir
+//! and removes those host paths, also when the test failed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cleanup::{force_unmount, temp_dir, ChildGuard};
+use crate::images::{Entry, Image, Layer};
+
+/// The runtime type of our shim.
+pub const RUNTIME: &str = "io.containerd.lazy.v2";
+const CGROUP_ROOTS: &[&str] = &["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
+
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    namespace: String,
+    child: Option<ChildGuard>,
+}
+
+/// What `ctr` printed and how it exited.
+#[derive(Debug)]
+pub struct CtrOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtrOutput {
+    fn from(out: Output) -> CtrOutput {
+        CtrOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// stdout and stderr together (what a user sees on the terminal).
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl Containerd {
+    /// Starts containerd and waits until `ctr version` answers.
+    pub fn start() -> Result<Containerd> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let namespace = format!("lt{}x{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let dir = temp_dir("containerd");
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  level = \"debug\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("containerd.sock").display(),
+        );
+        std::fs::write(d.join("config.toml"), config)?;
+        let path = format!("{}:{}", crate::bins::shim().parent().expect("bin dir").display(), std::env::var("PATH").unwrap_or_default());
+        let log = std::fs::File::create(d.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd (apt-get install containerd)")?;
+        let mut c = Containerd { dir, namespace, child: Some(ChildGuard::new("containerd", child)) };
+        let start = Instant::now();
+        loop {
+            if c.ctr(&["version"]).code == 0 {
+                return Ok(c);
+            }
+            if !c.child.as_mut().is_some_and(|g| g.is_running()) || start.elapsed() > Duration::from_secs(20) {
+                bail!("containerd did not come up; its log:\n{}", c.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The bundle containerd makes for a task of ours.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir.path().join("state/io.containerd.runtime.v2.task").join(&self.namespace).join(id)
+    }
+
+    /// A scratch dir inside this instance's temp dir.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join("scratch").join(name);
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        p
+    }
+
+    /// The `ctr` command for this containerd and namespace (to add a pty wrapper etc.).
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(self.socket()).args(["--namespace", &self.namespace]).args(args);
+        cmd
+    }
+
+    /// Runs `ctr` with stdin from /dev/null and a 120 s bound.
+    pub fn ctr(&self, args: &[&str]) -> CtrOutput {
+        let mut cmd = self.ctr_command(args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        run_bounded(cmd, Duration::from_secs(120))
+    }
+
+    /// Runs `ctr` and fails with its output unless it exits 0.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args);
+        if out.code != 0 {
+            bail!("ctr {} exited {}:\n{}", args.join(" "), out.code, out.all());
+        }
+        Ok(out.stdout)
+    }
+
+    /// Pids of our shim processes serving this containerd (found by their `-address` argument).
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let sock = self.socket().display().to_string();
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let args: Vec<String> =
+                cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let ours = args.first().is_some_and(|a| a.ends_with("containerd-shim-lazy-v2"))
+                && args.iter().any(|a| a == &sock)
+                && !args.iter().any(|a| a == "start" || a == "delete");
+            if ours {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// cgroup v2 directories of this namespace's containers that still exist.
+    pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for root in CGROUP_ROOTS {
+            let ns = Path::new(root).join(&self.namespace);
+            for e in std::fs::read_dir(&ns).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
+
+    /// Mount points under this instance's temp dir (rootfs overlays, lazy FUSE mounts).
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        mounts_under(self.dir.path())
+    }
+
+    /// Pulls `reference` over plain HTTP.
+    pub fn pull(&self, reference: &str) -> Result<()> {
+        self.ctr_ok(&["images", "pull", "--plain-http", reference]).map(|_| ())
+    }
+}
+
+fn run_bounded(mut cmd: Command, limit: Duration) -> CtrOutput {
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return CtrOutput { code: -1, stdout: String::new(), stderr: format!("spawning ctr: {e}") },
+    };
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(out)) => CtrOutput::from(out),
+        Ok(Err(e)) => CtrOutput { code: -1, stdout: String::new(), stderr: format!("waiting for ctr: {e}") },
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let out = rx.recv().ok().and_then(|r| r.ok());
+            let mut o = out.map(CtrOutput::from).unwrap_or(CtrOutput { code: -1, stdout: String::new(), stderr: String::new() });
+            o.code = -1;
+            o.stderr.push_str(&format!("\n(ctr killed after {limit:?})"));
+            o
+        }
+    }
+}
+
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(&dir))
+        .collect()
+}
+
+fn kill_cgroup(dir: &Path) {
+    // Children first (a container may have made sub-cgroups).
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            kill_cgroup(&e.path());
+        }
+    }
+    if dir.join("cgroup.kill").exists() {
+        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    }
+    for _ in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for pid in self.shim_pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        // Remove shim sockets (named in each bundle's `address` file) before the bundles go.
+        let tasks = self.dir.path().join("state/io.containerd.runtime.v2.task").join(&self.namespace);
+        for e in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            if let Ok(a) = std::fs::read_to_string(e.path().join("address")) {
+                let _ = std::fs::remove_file(a.trim().trim_start_matches("unix://"));
+            }
+        }
+        // Every cgroup controller hierarchy (v1 for runc on hybrid hosts, v2 for our shim).
+        for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let ns = e.path().join(&self.namespace);
+            if ns.is_dir() {
+                kill_cgroup(&ns);
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            c.terminate(Duration::from_secs(10));
+        }
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in mounts {
+            if let Err(e) = force_unmount(&m) {
+                log::error!("cleanup: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
+    }
+}
+
+/// A busybox image (busybox-static with a symlink per applet) with `/etc/passwd` and `/etc/group`
+/// so `id` names users as it would in a real image.
+pub fn busybox_image() -> Result<Image> {
+    let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (apt-get install busybox-static)")?;
+    let list = Command::new("/bin/busybox").arg("--list").output().context("busybox --list")?;
+    let mut layer = Layer::new()
+        .add(Entry::dir("bin"))
+        .add(Entry::dir("etc"))
+        .add(Entry::dir("tmp").mode(0o1777))
+        .add(Entry::dir("root").mode(0o700))
+        .add(Entry::dir("proc"))
+        .add(Entry::dir("sys"))
+        .add(Entry::dir("dev"))
+        .add(Entry::file("bin/busybox", busybox).mode(0o755))
+        .add(Entry::file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"))
+        .add(Entry::file("etc/group", "root:x:0:\nnogroup:x:65534:\n"));
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if !applet.is_empty() && applet != "busybox" {
+            layer.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
+        }
+    }
+    let mut image = Image::new(vec![layer]);
+    image.env = vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()];
+    Ok(image)
+}
+
+/// Builds the busybox image and pushes it to `registry` as `busybox:1`; returns the reference.
+pub fn push_busybox(registry: &crate::registry::Registry) -> Result<String> {
+    let dir = temp_dir("busybox-layout");
+    busybox_image()?.write_layout(dir.path(), "1")?;
+    let reference = registry.reference("busybox:1");
+    crate::images::push(dir.path(), "1", &reference)?;
+    Ok(reference)
+}

@@ -1,0 +1,273 @@
+//! End-to-end: containerd 1.6 + ctr drive `containerd-shim-lazy-v2` (runtime io.containerd.lazy.v2)
+//! on a plain busybox OCI image pushed to a local docker-registry. Each test has its own registry,
+//! containerd and namespace, and checks that nothing (shim process, mount, cgroup) is left behind.
+
+use std::time::{Duration, Instant};
+
+use harness::containerd::{push_busybox, Containerd, RUNTIME};
+use harness::registry::Registry;
+use harness::{prerequisites_met, Prereq};
+
+struct Env {
+    ctrd: Containerd,
+    image: String,
+    _registry: Registry,
+}
+
+fn setup(test: &str) -> Option<Env> {
+    let prereqs = [
+        Prereq::Root,
+        Prereq::Tool("containerd"),
+        Prereq::Tool("ctr"),
+        Prereq::Tool("docker-registry"),
+        Prereq::Tool("skopeo"),
+    ];
+    if !prerequisites_met(test, &prereqs) {
+        return None;
+    }
+    harness::init_logging();
+    let registry = Registry::start().expect("starting docker-registry");
+    let image = push_busybox(&registry).expect("pushing the busybox image");
+    let ctrd = Containerd::start().expect("starting containerd");
+    ctrd.pull(&image).expect("pulling the busybox image");
+    Some(Env { ctrd, image, _registry: registry })
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// After every container is deleted: the shim exits and no mount or cgroup of ours remains.
+fn assert_clean(env: &Env) {
+    wait_until("every shim process has exited", Duration::from_secs(15), || env.ctrd.shim_pids().is_empty());
+    assert_eq!(env.ctrd.mounts(), Vec::<std::path::PathBuf>::new(), "mounts left behind");
+    assert_eq!(env.ctrd.leftover_cgroups(), Vec::<std::path::PathBuf>::new(), "cgroups left behind");
+}
+
+fn task_status(env: &Env, id: &str) -> String {
+    let out = env.ctrd.ctr(&["task", "ls"]);
+    out.stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn task_pid(env: &Env, id: &str) -> i32 {
+    let out = env.ctrd.ctr(&["task", "ls"]);
+    out.stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn shim_run_rm_prints_output_and_exit_code() {
+    let Some(env) = setup("shim_run_rm_prints_output_and_exit_code") else { return };
+    let out = env.ctrd.ctr(&["run", "--rm", "--runtime", RUNTIME, &env.image, "hi", "sh", "-c", "echo hi; exit 3"]);
+    assert_eq!(out.code, 3, "ctr run exit code; output:\n{}\ncontainerd log:\n{}", out.all(), env.ctrd.log());
+    assert_eq!(out.stdout, "hi\n", "stdout; stderr: {}", out.stderr);
+    // Output of a process that exits at once is not lost, 20 times in a row.
+    for i in 0..20 {
+        let id = format!("quick{i}");
+        let out = env.ctrd.ctr(&["run", "--rm", "--runtime", RUNTIME, &env.image, &id, "echo", "quick"]);
+        assert_eq!((out.code, out.stdout.as_str()), (0, "quick\n"), "run {i}: {}", out.all());
+    }
+    assert_clean(&env);
+}
+
+#[test]
+fn shim_detached_exec_ps_pause_kill_metrics_delete() {
+    let Some(env) = setup("shim_detached_exec_ps_pause_kill_metrics_delete") else { return };
+    let c = &env.ctrd;
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &env.image, "d1", "sleep", "1000"]).unwrap();
+    assert_eq!(task_status(&env, "d1"), "RUNNING");
+    let init = task_pid(&env, "d1");
+    assert!(init > 0);
+
+    let out = c.ctr(&["task", "exec", "--exec-id", "e1", "d1", "sh", "-c", "echo from-exec; exit 5"]);
+    assert_eq!((out.code, out.stdout.as_str()), (5, "from-exec\n"), "{}", out.all());
+
+    c.ctr_ok(&["task", "exec", "-d", "--exec-id", "bg", "d1", "sleep", "999"]).unwrap();
+    let ps = c.ctr_ok(&["task", "ps", "d1"]).unwrap();
+    let pids: Vec<i32> = ps.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    assert!(pids.contains(&init), "ctr task ps lists the init pid {init}: {ps}");
+    assert_eq!(pids.len(), 2, "init and the background exec: {ps}");
+
+    // Kill one exec process.
+    c.ctr_ok(&["task", "kill", "--exec-id", "bg", "-s", "SIGKILL", "d1"]).unwrap();
+    wait_until("the killed exec is gone from ps", Duration::from_secs(10), || {
+        c.ctr_ok(&["task", "ps", "d1"]).unwrap().lines().skip(1).count() == 1
+    });
+
+    c.ctr_ok(&["task", "pause", "d1"]).unwrap();
+    assert_eq!(task_status(&env, "d1"), "PAUSED");
+    let state = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    assert!(state.lines().any(|l| l.starts_with("State:") && l.contains("S")), "{state}");
+    c.ctr_ok(&["task", "resume", "d1"]).unwrap();
+    assert_eq!(task_status(&env, "d1"), "RUNNING");
+
+    let metrics = c.ctr(&["task", "metrics", "d1"]);
+    assert_eq!(metrics.code, 0, "ctr task metrics: {}", metrics.all());
+    assert!(!metrics.stdout.trim().is_empty());
+
+    c.ctr_ok(&["task", "kill", "--all", "-s", "SIGKILL", "d1"]).unwrap();
+    wait_until("d1 stopped", Duration::from_secs(10), || task_status(&env, "d1") == "STOPPED");
+    c.ctr_ok(&["task", "delete", "d1"]).unwrap();
+    c.ctr_ok(&["container", "rm", "d1"]).unwrap();
+    assert!(!std::path::Path::new(&format!("/proc/{init}")).exists(), "init {init} still exists");
+    assert_clean(&env);
+}
+
+#[test]
+fn shim_terminal_mode_with_size() {
+    let Some(env) = setup("shim_terminal_mode_with_size") else { return };
+    if !prerequisites_met("shim_terminal_mode_with_size", &[Prereq::Tool("script")]) {
+        return;
+    }
+    // `script` gives ctr a pty; stty sets its size, which ctr sends as ResizePty.
+    let ctr = env
+        .ctrd
+        .ctr_command(&["run", "--rm", "-t", "--runtime", RUNTIME, &env.image, "tty1", "sh", "-c", "stty size; tty; exit 4"]);
+    let cmdline: Vec<String> = std::iter::once(ctr.get_program())
+        .chain(ctr.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let out = std::process::Command::new("script")
+        .args(["-qec", &format!("stty rows 33 cols 101; {}", cmdline.join(" ")), "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("33 101"), "terminal size inside the container: {text:?}");
+    assert!(text.contains("/dev/pts/"), "stdin is a pty: {text:?}");
+    assert_eq!(out.status.code(), Some(4), "exit code through the terminal: {text:?}");
+    assert_clean(&env);
+}
+
+#[test]
+fn shim_pod_group_shares_one_shim() {
+    let Some(env) = setup("shim_pod_group_shares_one_shim") else { return };
+    let c = &env.ctrd;
+    for id in ["p1", "p2"] {
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            "io.kubernetes.cri.sandbox-id=pod-x",
+            &env.image,
+            id,
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+    }
+    assert_eq!(c.shim_pids().len(), 1, "one shim serves both containers of the pod");
+    let shim = c.shim_pids()[0];
+    for id in ["p1", "p2"] {
+        c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]).unwrap();
+        wait_until("stopped", Duration::from_secs(10), || task_status(&env, id) == "STOPPED");
+        c.ctr_ok(&["task", "delete", id]).unwrap();
+        c.ctr_ok(&["container", "rm", id]).unwrap();
+        if id == "p1" {
+            assert_eq!(c.shim_pids(), vec![shim], "the shim stays while p2 lives");
+        }
+    }
+    assert_clean(&env);
+}
+
+#[test]
+fn shim_killed_then_task_delete_leaves_nothing() {
+    let Some(env) = setup("shim_killed_then_task_delete_leaves_nothing") else { return };
+    let c = &env.ctrd;
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &env.image, "k1", "sleep", "1000"]).unwrap();
+    let init = task_pid(&env, "k1");
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the shim is gone", Duration::from_secs(10), || c.shim_pids().is_empty());
+    let _ = c.ctr(&["task", "delete", "k1"]);
+    c.ctr_ok(&["container", "rm", "k1"]).unwrap();
+    wait_until("the container's init is gone", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{init}")).exists()
+    });
+    assert_clean(&env);
+}
+
+#[test]
+fn shim_bad_input_gives_clear_errors_and_leaks_nothing() {
+    let Some(env) = setup("shim_bad_input_gives_clear_errors_and_leaks_nothing") else { return };
+    let c = &env.ctrd;
+
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, &env.image, "b1", "/no/such/binary"]);
+    assert_ne!(out.code, 0);
+    assert!(out.all().contains("/no/such/binary"), "names the missing executable: {}", out.all());
+    let _ = c.ctr(&["container", "rm", "b1"]);
+
+    let cfg = c.scratch("cfg").join("missing.toml");
+    let cfg = cfg.display().to_string();
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &cfg, &env.image, "b2", "true"]);
+    assert_ne!(out.code, 0);
+    assert!(out.all().contains(&format!("config {cfg}")) && out.all().contains("fix or remove it"), "{}", out.all());
+    let _ = c.ctr(&["container", "rm", "b2"]);
+
+    let bad = c.scratch("cfg").join("bad.toml");
+    std::fs::write(&bad, "[fetch]\nconcurency = 3\n").unwrap();
+    let bad = bad.display().to_string();
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &bad, &env.image, "b3", "true"]);
+    assert_ne!(out.code, 0);
+    assert!(out.all().contains("concurency"), "names the bad key: {}", out.all());
+    let _ = c.ctr(&["container", "rm", "b3"]);
+
+    // An invalid spec field: a systemd-style cgroupsPath.
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--cgroup", "system.slice:lazy:b4", &env.image, "b4", "true"]);
+    assert_ne!(out.code, 0);
+    assert!(out.all().contains("system.slice:lazy:b4"), "names the bad cgroupsPath: {}", out.all());
+    let _ = c.ctr(&["container", "rm", "b4"]);
+
+    let left = c.ctr_ok(&["container", "ls", "-q"]).unwrap();
+    assert_eq!(left.trim(), "", "containers left");
+    assert_clean(&env);
+}
+
+#[test]
+fn shim_runc_parity() {
+    let Some(env) = setup("shim_runc_parity") else { return };
+    if !prerequisites_met("shim_runc_parity", &[Prereq::Tool("runc"), Prereq::Tool("containerd-shim-runc-v2")]) {
+        return;
+    }
+    let probes: &[(&str, &str)] = &[
+        ("id", "id"),
+        ("caps", "grep ^Cap /proc/self/status"),
+        ("mount points", "awk '{print $5}' /proc/self/mountinfo | sort"),
+        ("ls -l /dev", "ls -l /dev | awk '{$6=\"\"; $7=\"\"; $8=\"\"; print}'"),
+        ("hostname", "hostname"),
+        ("env", "env | sort"),
+        ("pwd", "pwd"),
+        ("ulimit -a", "ulimit -a"),
+    ];
+    let mut diffs = Vec::new();
+    for (name, script) in probes {
+        let run = |runtime: &str| {
+            let out = env.ctrd.ctr(&["run", "--rm", "--runtime", runtime, &env.image, "parity", "sh", "-c", script]);
+            assert_eq!(out.code, 0, "{runtime} {name}: {}", out.all());
+            out.stdout
+        };
+        let runc = run("io.containerd.runc.v2");
+        let ours = run(RUNTIME);
+        if runc != ours {
+            diffs.push(format!("--- {name} (runc)\n{runc}+++ {name} (lazy)\n{ours}"));
+        }
+    }
+    assert!(diffs.is_empty(), "differences from runc:\n{}", diffs.join("\n"));
+    assert_clean(&env);
+}
