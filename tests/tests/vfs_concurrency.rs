@@ -1,0 +1,98 @@
+//! Concurrency (issue 2 acceptance): 8 processes read the same cold files at once; each gets the
+//! right bytes, and each chunk is fetched once: the fetch counters equal those of a single reader
+//! on a fresh cache, and the registry serves about one copy.
+
+use std::process::{Command, Stdio};
+
+use harness::images::{Entry, Image, Layer};
+use harness::lazyctl::{LazyMount, MountOptions, Stats};
+use harness::prerequisites_met;
+use harness::registry::Registry;
+use harness::scenario::{mib, publish_and_convert, VFS_PREREQS};
+
+const MIB: u64 = 1024 * 1024;
+const READERS: usize = 8;
+
+fn files() -> Vec<(String, u64, u64)> {
+    let mut out: Vec<(String, u64, u64)> = (0..4).map(|i| (format!("data/f{i}.bin"), 10 + i, 6 * MIB + i * 777)).collect();
+    out.push(("data/tiny.bin".into(), 20, 3000));
+    out
+}
+
+/// Reads every file in `readers` concurrent `sha256sum` processes; returns each one's stdout.
+fn read_all(mount: &LazyMount, readers: usize) -> Vec<String> {
+    let paths: Vec<_> = files().iter().map(|(p, ..)| mount.join(p)).collect();
+    let children: Vec<_> = (0..readers)
+        .map(|_| Command::new("sha256sum").args(&paths).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sha256sum"))
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("waiting for sha256sum");
+            assert!(out.status.success(), "a reader failed: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect()
+}
+
+fn pass(registry: &Registry, image: &str, readers: usize) -> (Stats, u64, Vec<String>) {
+    let before = registry.served_bytes();
+    let mount = LazyMount::start(image, MountOptions::default()).expect("mounting");
+    let outputs = read_all(&mount, readers);
+    let stats = mount.stats().expect("lazyctl stats");
+    mount.unmount().expect("clean unmount");
+    (stats, registry.served_bytes() - before, outputs)
+}
+
+#[test]
+fn eight_cold_readers_fetch_each_chunk_once() {
+    harness::init_logging();
+    if !prerequisites_met("vfs_concurrency", VFS_PREREQS) {
+        return;
+    }
+    let registry = Registry::start().expect("starting docker-registry");
+    let mut layer = Layer::new().add(Entry::dir("data"));
+    for (path, seed, len) in files() {
+        layer.push(Entry::random_file(&path, seed, len));
+    }
+    let image = Image::new(vec![layer]);
+    let published = publish_and_convert(&registry, &image, "concurrency", &[]).expect("publish and convert");
+    let expected: Vec<String> = files()
+        .iter()
+        .map(|(p, ..)| image.content(p).expect("in image").sha256())
+        .collect();
+    let data_blob_bytes: u64 = registry
+        .lazy_data_blobs(&published.lazy_repo, &published.tag)
+        .expect("data blobs")
+        .iter()
+        .map(|(_, s)| s)
+        .sum();
+
+    let (one, one_served, _) = pass(&registry, &published.lazy, 1);
+    let (many, many_served, outputs) = pass(&registry, &published.lazy, READERS);
+    eprintln!(
+        "1 reader: fetched {} in {} requests, {} misses, registry served {}\n\
+         {READERS} readers: fetched {} in {} requests, {} misses, registry served {}\n\
+         data blobs total {}",
+        mib(one.bytes_fetched), one.requests, one.cache_misses, mib(one_served),
+        mib(many.bytes_fetched), many.requests, many.cache_misses, mib(many_served),
+        mib(data_blob_bytes)
+    );
+    for (i, out) in outputs.iter().enumerate() {
+        let got: Vec<&str> = out.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+        assert_eq!(got, expected, "reader {i} got wrong bytes:\n{out}");
+    }
+    assert_eq!(many.bytes_fetched, one.bytes_fetched, "8 readers must fetch exactly what 1 reader fetches");
+    assert_eq!(many.cache_misses, one.cache_misses, "8 readers must miss the same chunks as 1 reader");
+    assert!(many.bytes_fetched <= data_blob_bytes, "fetched more than all data blobs: some chunk twice");
+    assert!(
+        many.requests <= one.requests.max(1) * 2,
+        "8 readers sent {} requests vs {} for one reader",
+        many.requests,
+        one.requests
+    );
+    assert!(
+        many_served <= one_served + one_served / 10 + 64 * 1024,
+        "registry served {many_served} bytes to 8 readers vs {one_served} to one"
+    );
+}

@@ -1,0 +1,51 @@
+//! Outage (issue 2 acceptance): with the registry stopped, cached files still read, an uncached
+//! read fails with EIO within the configured deadline (no hang), and after the registry comes back
+//! the same read succeeds on the same mount.
+
+use std::time::Duration;
+
+use harness::images::{Content, Entry, Image, Layer};
+use harness::lazyctl::{drop_caches, LazyMount, MountOptions};
+use harness::prerequisites_met;
+use harness::registry::Registry;
+use harness::scenario::{publish_and_convert, read_errno, timed_read, VFS_PREREQS};
+
+const MIB: u64 = 1024 * 1024;
+const DEADLINE: u64 = 5;
+
+#[test]
+fn registry_outage_fails_fast_and_recovers() {
+    harness::init_logging();
+    if !prerequisites_met("vfs_outage", VFS_PREREQS) {
+        return;
+    }
+    let mut registry = Registry::start().expect("starting docker-registry");
+    let image = Image::new(vec![Layer::new()
+        .add(Entry::dir("srv"))
+        .add(Entry::random_file("srv/a.bin", 1, 2 * MIB))
+        .add(Entry::random_file("srv/b.bin", 2, 3 * MIB))]);
+    let published = publish_and_convert(&registry, &image, "outage", &[]).expect("publish and convert");
+    let (a, b) = (Content::Random { seed: 1, len: 2 * MIB }.to_vec(), Content::Random { seed: 2, len: 3 * MIB }.to_vec());
+
+    let opts = MountOptions { deadline: Some(DEADLINE), ..Default::default() };
+    let mount = LazyMount::start(&published.lazy, opts).expect("mounting");
+    assert!(read_errno(&mount.join("srv/a.bin")).expect("reading A while the registry is up") == a, "A's bytes");
+
+    registry.stop();
+    if !drop_caches() {
+        eprintln!("note: cannot drop the page cache; A may come from the kernel's page cache");
+    }
+    assert!(read_errno(&mount.join("srv/a.bin")).expect("cached A must read with the registry down") == a);
+
+    let (result, took) = timed_read(&mount.join("srv/b.bin"));
+    eprintln!("uncached read during the outage returned {:?} after {took:.1?}", result.as_ref().err());
+    assert_eq!(result.expect_err("uncached B cannot read with the registry down"), libc::EIO, "want EIO");
+    let limit = Duration::from_secs(DEADLINE + 5);
+    assert!(took < limit, "uncached read took {took:?}: must fail within the deadline ({DEADLINE} s) + margin");
+
+    registry.restart().expect("restarting the registry on the same port and storage");
+    let (result, took) = timed_read(&mount.join("srv/b.bin"));
+    assert!(result.expect("B reads again once the registry is back") == b, "B's bytes after the outage");
+    eprintln!("read after recovery took {took:.1?}");
+    mount.unmount().expect("clean unmount");
+}
