@@ -58,7 +58,10 @@ pub(crate) fn detect(media_type: &str, head: &[u8]) -> Result<Compression, Strin
     match (by_type, by_magic) {
         (Some(t), m) if t == m => Ok(m),
         (Some(Compression::None), m) => Ok(m),
-        (Some(t), Compression::None) => Err(format!("media type {media_type} says {t:?}, but the data has no {t:?} magic bytes")),
+        (Some(t), m) if m != Compression::None => {
+            Err(format!("media type {media_type} says {t:?}, but the data starts with {m:?} magic bytes"))
+        }
+        (Some(t), _) => Err(format!("media type {media_type} says {t:?}, but the data has no {t:?} magic bytes")),
         (_, m) => Ok(m),
     }
 }
