@@ -1,0 +1,335 @@
+//! Client tests against a tiny HTTP/1.1 server on 127.0.0.1 whose answers each test scripts.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn resp(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    Resp { status, headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body: body.to_vec() }
+}
+
+type Handler = Arc<dyn Fn(&Req, &str) -> Resp + Send + Sync>;
+
+/// Serves `handler` on 127.0.0.1:<free port> until dropped (the task ends with the runtime).
+/// The handler also gets the server's own `host:port`, to write absolute URLs.
+struct Server {
+    addr: String,
+    log: Arc<parking_lot::Mutex<Vec<Req>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(handler: impl Fn(&Req, &str) -> Resp + Send + Sync + 'static) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let handler: Handler = Arc::new(handler);
+    let (log2, addr2) = (log.clone(), addr.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let (handler, log, addr) = (handler.clone(), log2.clone(), addr2.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 8192];
+                let head_end = loop {
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                    match sock.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let mut lines = head.split("\r\n");
+                let mut first = lines.next().unwrap_or("").split(' ');
+                let (method, path) = (first.next().unwrap_or("").to_string(), first.next().unwrap_or("").to_string());
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = buf[head_end..].to_vec();
+                while body.len() < len {
+                    match sock.read(&mut tmp).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                let req = Req { method, path, headers, body };
+                log.lock().push(req.clone());
+                let r = handler(&req, &addr);
+                let mut out = format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n", r.status, r.body.len());
+                for (k, v) in &r.headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                let mut bytes = out.into_bytes();
+                if req.method != "HEAD" {
+                    bytes.extend_from_slice(&r.body);
+                }
+                let _ = sock.write_all(&bytes).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Server { addr, log, task }
+}
+
+fn client(deadline: Duration) -> Client {
+    Client::new(ClientConfig {
+        deadline,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        docker_config: Some("/nonexistent/lazy-test-config.json".into()),
+        ..ClientConfig::default()
+    })
+    .unwrap()
+}
+
+fn reference(addr: &str) -> Reference {
+    format!("{addr}/test/repo").parse().unwrap()
+}
+
+const BLOB: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+fn range_of(req: &Req) -> Option<(usize, usize)> {
+    let v = req.header("range")?.strip_prefix("bytes=")?;
+    let (s, e) = v.split_once('-')?;
+    Some((s.parse().ok()?, e.parse().ok()?))
+}
+
+#[tokio::test]
+async fn range_reads_check_content_range_and_slice_full_answers() {
+    let good = serve(|req, _| match range_of(req) {
+        Some((s, e)) => resp(206, &[("Content-Range", &format!("bytes {s}-{e}/{}", BLOB.len()))], &BLOB[s..=e]),
+        None => resp(200, &[], BLOB),
+    })
+    .await;
+    let c = client(Duration::from_secs(5));
+    let d = Digest::of(BLOB);
+    let got = c.get_blob_range(&reference(&good.addr), &d, 10..20).await.unwrap();
+    assert_eq!(&got[..], &BLOB[10..20]);
+    assert_eq!(good.log.lock()[0].path, format!("/v2/test/repo/blobs/{d}"));
+    assert_eq!(&c.get_blob(&reference(&good.addr), &d).await.unwrap()[..], BLOB);
+    let wrong = c.get_blob(&reference(&good.addr), &Digest::of(b"other")).await.unwrap_err().to_string();
+    assert!(wrong.contains("digest mismatch"), "{wrong}");
+
+    let ignores_range = serve(|_, _| resp(200, &[], BLOB)).await;
+    let got = c.get_blob_range(&reference(&ignores_range.addr), &d, 30..36).await.unwrap();
+    assert_eq!(&got[..], &BLOB[30..36]);
+
+    let lies = serve(|_, _| resp(206, &[("Content-Range", "bytes 0-9/36")], &BLOB[..10])).await;
+    let e = c.get_blob_range(&reference(&lies.addr), &d, 10..20).await.unwrap_err().to_string();
+    assert!(e.contains("Content-Range") && e.contains("test/repo") && e.contains(&d.to_string()), "{e}");
+}
+
+#[tokio::test]
+async fn retries_5xx_then_succeeds_and_404_is_final() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let s = serve(move |req, _| {
+        if req.path.contains("missing") {
+            return resp(404, &[], b"{}");
+        }
+        if n2.fetch_add(1, Ordering::SeqCst) < 2 {
+            resp(503, &[], b"busy")
+        } else {
+            resp(200, &[], BLOB)
+        }
+    })
+    .await;
+    let c = client(Duration::from_secs(5));
+    assert_eq!(&c.get_blob(&reference(&s.addr), &Digest::of(BLOB)).await.unwrap()[..], BLOB);
+    assert_eq!(n.load(Ordering::SeqCst), 3);
+    let r: Reference = format!("{}/test/missing", s.addr).parse().unwrap();
+    let e = c.get_blob(&r, &Digest::of(BLOB)).await.unwrap_err();
+    assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains("test/missing") && e.to_string().contains("not found"), "{e}");
+    assert_eq!(s.log.lock().iter().filter(|r| r.path.contains("missing")).count(), 1, "404 is not retried");
+}
+
+#[tokio::test]
+async fn connection_refused_gives_up_at_the_deadline_with_a_clear_message() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let c = client(Duration::from_millis(800));
+    let t = Instant::now();
+    let e = c.get_blob_range(&reference(&format!("127.0.0.1:{port}")), &Digest::of(BLOB), 0..4).await.unwrap_err();
+    let took = t.elapsed();
+    assert!(e.is_unavailable());
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("registry 127.0.0.1:{port}")) && msg.contains("deadline"), "{msg}");
+    assert!(msg.to_lowercase().contains("refused"), "{msg}");
+    assert!(took < Duration::from_secs(2), "gave up after {took:?}");
+    assert!(c.stats().snapshot().requests >= 2, "it retried");
+}
+
+#[tokio::test]
+async fn bearer_flow_and_reauth_on_expired_token() {
+    let current = Arc::new(parking_lot::Mutex::new("tok1".to_string()));
+    let cur = current.clone();
+    let s = serve(move |req, addr| {
+        if req.path.starts_with("/token") {
+            assert!(req.path.contains("scope=repository%3Atest%2Frepo%3Apull"), "{}", req.path);
+            assert!(req.path.contains("service=test-registry"), "{}", req.path);
+            let tok = cur.lock().clone();
+            return resp(200, &[("Content-Type", "application/json")], format!(r#"{{"token":"{tok}"}}"#).as_bytes());
+        }
+        let want = format!("Bearer {}", cur.lock());
+        if req.header("authorization") != Some(want.as_str()) {
+            let challenge = format!(r#"Bearer realm="http://{addr}/token",service="test-registry",scope="repository:test/repo:pull""#);
+            return resp(401, &[("WWW-Authenticate", &challenge)], b"");
+        }
+        resp(200, &[], BLOB)
+    })
+    .await;
+    let c = client(Duration::from_secs(5));
+    let r = reference(&s.addr);
+    let d = Digest::of(BLOB);
+    assert_eq!(&c.get_blob(&r, &d).await.unwrap()[..], BLOB);
+    assert_eq!(s.log.lock().len(), 3, "401, token, retry");
+    assert_eq!(&c.get_blob(&r, &d).await.unwrap()[..], BLOB);
+    assert_eq!(s.log.lock().len(), 4, "the token is reused");
+    *current.lock() = "tok2".into(); // the old token expired
+    assert_eq!(&c.get_blob(&r, &d).await.unwrap()[..], BLOB);
+    assert_eq!(s.log.lock().len(), 7, "401, new token, retry: the read does not fail");
+}
+
+#[tokio::test]
+async fn basic_auth_uses_configured_credentials_and_says_when_there_are_none() {
+    let s = serve(|req, _| match req.header("authorization") {
+        Some("Basic YWxpY2U6c2VjcmV0") => resp(200, &[], BLOB),
+        _ => resp(401, &[("WWW-Authenticate", r#"Basic realm="test""#)], b""),
+    })
+    .await;
+    let d = Digest::of(BLOB);
+    let anon = client(Duration::from_secs(2));
+    let e = anon.get_blob(&reference(&s.addr), &d).await.unwrap_err().to_string();
+    assert!(e.contains("docker login") && e.contains("test/repo"), "{e}");
+    let mut cfg = ClientConfig { credentials: Some(("alice".into(), "secret".into())), ..ClientConfig::default() };
+    cfg.deadline = Duration::from_secs(2);
+    let c = Client::new(cfg).unwrap();
+    assert_eq!(&c.get_blob(&reference(&s.addr), &d).await.unwrap()[..], BLOB);
+}
+
+#[tokio::test]
+async fn push_blob_and_manifest_then_read_back() {
+    let store = Arc::new(parking_lot::Mutex::new(HashMap::<String, (String, Vec<u8>)>::new()));
+    let st = store.clone();
+    let s = serve(move |req, _| {
+        let path = req.path.clone();
+        let (p, query) = path.split_once('?').unwrap_or((&path, ""));
+        match req.method.as_str() {
+            "HEAD" | "GET" => match st.lock().get(p) {
+                Some((ct, body)) => resp(200, &[("Content-Type", ct)], body),
+                None => resp(404, &[], b""),
+            },
+            "POST" if p == "/v2/test/repo/blobs/uploads/" => resp(202, &[("Location", "/v2/test/repo/blobs/uploads/u1?state=x")], b""),
+            "PUT" if p == "/v2/test/repo/blobs/uploads/u1" => {
+                assert!(query.contains("state=x"), "{query}");
+                let digest = query.split('&').find_map(|kv| kv.strip_prefix("digest=")).unwrap().replace("%3A", ":");
+                assert_eq!(req.header("content-type"), Some("application/octet-stream"));
+                assert_eq!(Digest::of(&req.body).to_string(), digest);
+                st.lock().insert(format!("/v2/test/repo/blobs/{digest}"), ("application/octet-stream".into(), req.body.clone()));
+                resp(201, &[], b"")
+            }
+            "PUT" if p.starts_with("/v2/test/repo/manifests/") => {
+                let ct = req.header("content-type").unwrap().to_string();
+                let d = Digest::of(&req.body).to_string();
+                st.lock().insert(p.to_string(), (ct.clone(), req.body.clone()));
+                st.lock().insert(format!("/v2/test/repo/manifests/{d}"), (ct, req.body.clone()));
+                resp(201, &[("Docker-Content-Digest", &d)], b"")
+            }
+            _ => resp(405, &[], b""),
+        }
+    })
+    .await;
+    let c = client(Duration::from_secs(5));
+    let r = reference(&s.addr);
+    let d = Digest::of(BLOB);
+    assert!(!c.blob_exists(&r, &d).await.unwrap());
+    c.push_blob(&r, &d, Bytes::from_static(BLOB)).await.unwrap();
+    assert!(c.blob_exists(&r, &d).await.unwrap());
+    let posts = s.log.lock().iter().filter(|r| r.method == "POST").count();
+    c.push_blob(&r, &d, Bytes::from_static(BLOB)).await.unwrap();
+    assert_eq!(s.log.lock().iter().filter(|r| r.method == "POST").count(), posts, "an existing blob is not uploaded again");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &big).unwrap();
+    c.push_blob_file(&r, &Digest::of(&big), &file).await.unwrap();
+    let out = dir.path().join("copy");
+    assert_eq!(c.get_blob_to_file(&r, &Digest::of(&big), &out).await.unwrap(), big.len() as u64);
+    assert_eq!(std::fs::read(&out).unwrap(), big);
+
+    let manifest = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#);
+    let tagged: Reference = format!("{}/test/repo:v1", s.addr).parse().unwrap();
+    let md = c.push_manifest(&tagged, MEDIA_OCI_MANIFEST, manifest.clone()).await.unwrap();
+    assert_eq!(md, Digest::of(&manifest));
+    let m = c.get_manifest(&tagged).await.unwrap();
+    assert_eq!((m.media_type.as_str(), m.digest, &m.bytes), (MEDIA_OCI_MANIFEST, md, &manifest));
+    let by_digest = Reference { digest: Some(md), tag: None, ..tagged.clone() };
+    assert_eq!(c.get_manifest(&by_digest).await.unwrap().bytes, manifest);
+    let accept = s.log.lock().iter().rev().find(|r| r.method == "GET").unwrap().header("accept").unwrap().to_string();
+    for mt in [MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST] {
+        assert!(accept.contains(mt), "{accept}");
+    }
+}
+
+#[tokio::test]
+async fn redirects_to_storage_are_followed() {
+    let s = serve(|req, addr| {
+        if req.path.starts_with("/storage/") {
+            return resp(206, &[("Content-Range", "bytes 1-3/36")], &BLOB[1..4]);
+        }
+        resp(307, &[("Location", &format!("http://{addr}/storage/blob"))], b"")
+    })
+    .await;
+    let c = client(Duration::from_secs(5));
+    let got = c.get_blob_range(&reference(&s.addr), &Digest::of(BLOB), 1..4).await.unwrap();
+    assert_eq!(&got[..], &BLOB[1..4]);
+}
+
+#[test]
+fn content_range_parsing() {
+    assert_eq!(parse_content_range("bytes 10-19/100"), Some((10, 19)));
+    assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, 0)));
+    assert_eq!(parse_content_range("bytes 5-4/100"), None);
+    assert_eq!(parse_content_range("items 1-2/3"), None);
+}

@@ -1,0 +1,248 @@
+//! Tests of the registry-backed chunk source against an in-memory blob reader.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Blobs in memory; records every range read; can be "down" or slow.
+#[derive(Default)]
+struct FakeBlobs {
+    blobs: Mutex<HashMap<Digest, Vec<u8>>>,
+    calls: Mutex<Vec<(Digest, Range<u64>)>>,
+    down: AtomicBool,
+    hang: AtomicBool,
+    delay_ms: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl BlobReader for FakeBlobs {
+    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
+        Box::pin(async move {
+            self.calls.lock().push((*blob, range.clone()));
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
+            if self.hang.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(RegistryError::Unreachable {
+                    registry: "127.0.0.1:1".into(),
+                    what: format!("blob {blob}"),
+                    reason: "connection refused".into(),
+                    deadline: Duration::from_secs(1),
+                });
+            }
+            let blobs = self.blobs.lock();
+            let data = blobs.get(blob).expect("test asked for a blob the fake does not have");
+            Ok(Bytes::copy_from_slice(&data[range.start as usize..range.end as usize]))
+        })
+    }
+}
+
+/// A blob holding `contents` as consecutive zstd chunks, and the chunk table.
+fn make_blob(contents: &[Vec<u8>]) -> (BlobRef, Vec<u8>, Vec<Chunk>) {
+    let mut blob = Vec::new();
+    let mut chunks = Vec::new();
+    for c in contents {
+        let z = zstd::bulk::compress(c, 3).unwrap();
+        chunks.push(Chunk { blob: 0, offset: blob.len() as u64, compressed_len: z.len() as u32, len: c.len() as u32, digest: Digest::of(c) });
+        blob.extend_from_slice(&z);
+    }
+    (BlobRef { digest: Digest::of(&blob), size: blob.len() as u64 }, blob, chunks)
+}
+
+struct Rig {
+    _rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    fake: Arc<FakeBlobs>,
+    cache: Arc<ChunkCache>,
+    source: Arc<RegistryChunkSource>,
+    chunks: Vec<Chunk>,
+    contents: Vec<Vec<u8>>,
+}
+
+fn rig(contents: Vec<Vec<u8>>, opts: FetchOptions) -> Rig {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(ChunkCache::open(dir.path(), 0).unwrap());
+    let (blob_ref, blob, chunks) = make_blob(&contents);
+    let fake = Arc::new(FakeBlobs::default());
+    fake.blobs.lock().insert(blob_ref.digest, blob);
+    let source = Arc::new(RegistryChunkSource::with_reader(
+        vec![blob_ref],
+        fake.clone(),
+        Some(cache.clone()),
+        Arc::new(Stats::default()),
+        rt.handle().clone(),
+        opts,
+    ));
+    Rig { _rt: rt, _dir: dir, fake, cache, source, chunks, contents }
+}
+
+fn refs(chunks: &[Chunk]) -> Vec<ChunkRef<'_>> {
+    chunks.iter().enumerate().map(|(i, c)| ChunkRef { path: "/usr/bin/app", chunk_no: i, chunk: c }).collect()
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn adjacent_misses_become_one_range_request_and_then_hit_the_cache() {
+    let r = rig((0..4).map(|i| pattern(i, 64 << 10)).collect(), FetchOptions::default());
+    let out = r.source.read_chunks(&refs(&r.chunks));
+    for (got, want) in out.iter().zip(&r.contents) {
+        assert_eq!(got.as_ref().unwrap().as_ref(), &want[..]);
+    }
+    let calls = r.fake.calls.lock().clone();
+    assert_eq!(calls.len(), 1, "four adjacent chunks, one request: {calls:?}");
+    let last = r.chunks.last().unwrap();
+    assert_eq!(calls[0].1, 0..last.offset + last.compressed_len as u64);
+    let s = r.source.stats().snapshot();
+    assert_eq!((s.requests, s.cache_misses, s.cache_hits), (1, 4, 0));
+    assert_eq!(s.bytes_fetched, calls[0].1.end);
+
+    // Served from the node cache now: no new request.
+    let again = r.source.read_chunks(&refs(&r.chunks[1..3]));
+    assert_eq!(again[0].as_ref().unwrap().as_ref(), &r.contents[1][..]);
+    assert_eq!(r.fake.calls.lock().len(), 1);
+    assert_eq!(r.source.stats().snapshot().cache_hits, 2);
+    assert!(r.cache.contains(&r.chunks[3].digest));
+}
+
+#[test]
+fn span_cap_splits_requests_and_gaps_are_not_bridged() {
+    let opts = FetchOptions { max_span: 1, ..FetchOptions::default() };
+    let r = rig((0..3).map(|i| pattern(i, 1000)).collect(), opts);
+    r.source.read_chunks(&refs(&r.chunks));
+    assert_eq!(r.fake.calls.lock().len(), 3, "each chunk alone exceeds the span cap");
+
+    let r = rig((0..3).map(|i| pattern(i, 1000)).collect(), FetchOptions::default());
+    let picked = [r.chunks[0], r.chunks[2]];
+    let out = r.source.read_chunks(&refs(&picked));
+    assert_eq!(out[1].as_ref().unwrap().as_ref(), &r.contents[2][..]);
+    assert_eq!(r.fake.calls.lock().len(), 2, "chunks 0 and 2 are not adjacent");
+}
+
+#[test]
+fn wrong_content_is_a_digest_mismatch_never_cached_and_other_chunks_still_read() {
+    let mut r = rig(vec![pattern(1, 5000), pattern(2, 5000)], FetchOptions::default());
+    // The index claims chunk 0 holds different bytes than the blob does (a tampered blob).
+    let claimed = pattern(9, 5000);
+    r.chunks[0].digest = Digest::of(&claimed);
+    let out = r.source.read_chunks(&refs(&r.chunks));
+    match &out[0] {
+        Err(FetchError::DigestMismatch { path, chunk_no: 0, chunk, got }) => {
+            assert_eq!(path, "/usr/bin/app");
+            assert_eq!(*chunk, Digest::of(&claimed));
+            assert_eq!(*got, Digest::of(&r.contents[0]));
+        }
+        other => panic!("expected a digest mismatch, got {other:?}"),
+    }
+    assert_eq!(out[1].as_ref().unwrap().as_ref(), &r.contents[1][..]);
+    assert!(!r.cache.contains(&r.chunks[0].digest), "a bad chunk is never cached");
+    assert_eq!(r.source.stats().snapshot().verify_failures, 1);
+    // Reading it again fetches again (nothing bad was remembered as good) and fails again.
+    assert!(matches!(r.source.read_chunks(&refs(&r.chunks[..1]))[0], Err(FetchError::DigestMismatch { .. })));
+    assert_eq!(r.fake.calls.lock().len(), 2);
+}
+
+#[test]
+fn flipped_byte_in_blob_fails_the_read_and_caches_nothing() {
+    let r = rig(vec![vec![b'a'; 4000], pattern(3, 4000)], FetchOptions::default());
+    {
+        let mut blobs = r.fake.blobs.lock();
+        let blob = blobs.values_mut().next().unwrap();
+        blob[r.chunks[1].offset as usize + (r.chunks[1].compressed_len as usize) / 2] ^= 0x01;
+    }
+    let out = r.source.read_chunks(&refs(&r.chunks));
+    assert!(out[0].is_ok());
+    assert!(
+        matches!(out[1], Err(FetchError::DigestMismatch { .. }) | Err(FetchError::Corrupt { .. })),
+        "{:?}",
+        out[1]
+    );
+    assert!(!r.cache.contains(&r.chunks[1].digest));
+}
+
+#[test]
+fn decompression_is_bounded_by_the_chunk_length() {
+    let mut r = rig(vec![vec![0u8; 1 << 20]], FetchOptions::default());
+    r.chunks[0].len = 1000; // hostile index/blob pair: the frame inflates far beyond the claimed length
+    let out = r.source.read_chunks(&refs(&r.chunks));
+    assert!(matches!(&out[0], Err(FetchError::Corrupt { reason, .. }) if reason.contains("1000")), "{:?}", out[0]);
+}
+
+#[test]
+fn concurrent_readers_of_a_cold_chunk_share_one_fetch() {
+    let r = rig(vec![pattern(5, 100_000), pattern(6, 100_000)], FetchOptions::default());
+    r.fake.delay_ms.store(200, Ordering::SeqCst);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (source, chunks) = (r.source.clone(), r.chunks.clone());
+            std::thread::spawn(move || {
+                source.read_chunks(&refs(&chunks)).into_iter().map(|x| x.unwrap().to_vec()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), r.contents);
+    }
+    assert_eq!(r.fake.calls.lock().len(), 1, "8 readers, one fetch");
+    let s = r.source.stats().snapshot();
+    assert_eq!((s.cache_misses, s.cache_hits), (2, 14));
+}
+
+#[test]
+fn identical_chunks_in_one_read_are_fetched_once() {
+    let r = rig(vec![vec![0u8; 4096]], FetchOptions::default());
+    let same = [r.chunks[0], r.chunks[0], r.chunks[0]];
+    let out = r.source.read_chunks(&refs(&same));
+    assert!(out.iter().all(|x| x.as_ref().unwrap().len() == 4096));
+    assert_eq!(r.fake.calls.lock().len(), 1);
+}
+
+#[test]
+fn outage_fails_within_the_deadline_and_recovers() {
+    let opts = FetchOptions { deadline: Duration::from_millis(500), ..FetchOptions::default() };
+    let r = rig(vec![pattern(7, 3000)], opts);
+    r.fake.down.store(true, Ordering::SeqCst);
+    assert!(matches!(&r.source.read_chunks(&refs(&r.chunks))[0], Err(FetchError::Unavailable { reason, .. }) if reason.contains("connection refused")));
+
+    r.fake.down.store(false, Ordering::SeqCst);
+    r.fake.hang.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    let out = r.source.read_chunks(&refs(&r.chunks));
+    assert!(matches!(&out[0], Err(FetchError::Unavailable { .. })), "{:?}", out[0]);
+    assert!(t.elapsed() < Duration::from_secs(2), "a hung registry must not hang the read: {:?}", t.elapsed());
+    assert!(!r.cache.contains(&r.chunks[0].digest));
+
+    r.fake.hang.store(false, Ordering::SeqCst);
+    assert_eq!(r.source.read_chunks(&refs(&r.chunks))[0].as_ref().unwrap().as_ref(), &r.contents[0][..]);
+}
+
+#[test]
+fn prefetch_is_bounded_separately_and_does_not_starve_reads() {
+    let opts = FetchOptions { prefetch_concurrency: 1, max_span: 1, ..FetchOptions::default() };
+    let r = rig((0..5).map(|i| pattern(i, 2000)).collect(), opts);
+    r.fake.delay_ms.store(100, Ordering::SeqCst);
+    let prefetcher = {
+        let (source, chunks) = (r.source.clone(), r.chunks.clone());
+        std::thread::spawn(move || source.prefetch(&refs(&chunks[..4])))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    let out = r.source.read_chunks(&refs(&r.chunks[4..]));
+    assert_eq!(out[0].as_ref().unwrap().as_ref(), &r.contents[4][..]);
+    assert!(t.elapsed() < Duration::from_millis(300), "read waited for the prefetcher: {:?}", t.elapsed());
+    assert!(prefetcher.join().unwrap().iter().all(|x| x.is_ok()));
+    assert!(r.chunks.iter().all(|c| r.cache.contains(&c.digest)));
+    assert_eq!(r.fake.max_in_flight.load(Ordering::SeqCst), 2, "one prefetch + one read at a time");
+    assert_eq!(r.source.stats().snapshot().prefetched_chunks, 4);
+}
