@@ -118,6 +118,11 @@ impl Mounted {
         self.fs.stats()
     }
 
+    /// False once the filesystem was unmounted from outside (e.g. `umount`): its request threads ended.
+    pub fn is_alive(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| !s.guard.is_finished())
+    }
+
     /// True while prefetch workers are still running.
     pub fn prefetching(&self) -> bool {
         self.prefetcher.as_ref().is_some_and(|p| !p.is_finished())

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use crate::fetch::ChunkRef;
 use crate::index::Kind;
-use crate::stats::Stats;
 
 use super::core::{paths_in_order, LazyFs};
 
@@ -155,9 +154,8 @@ fn worker(fs: &LazyFs, order: &[u32], cursor: &AtomicUsize, stop: &AtomicBool) {
                 .enumerate()
                 .map(|(k, chunk)| ChunkRef { path, chunk_no: b * BATCH + k, chunk })
                 .collect();
+            // The source counts Stats::prefetched_chunks: only it knows which chunks it had to fetch.
             let results = fs.source().prefetch(&refs);
-            let ok = results.iter().filter(|r| r.is_ok()).count();
-            Stats::add(&fs.stats().prefetched_chunks, ok as u64);
             match results.into_iter().find_map(Result::err) {
                 None => failed_batches = 0,
                 Some(err) => {
