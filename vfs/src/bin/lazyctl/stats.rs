@@ -1,6 +1,15 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `lazyctl stats`: print the counters of a mounted lazy image as JSON.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where the lazy image is mounted (by `lazyctl mount` or the shim).
+    mountpoint: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let snapshot = vfs::fs::read_stats(&args.mountpoint)?;
+    println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    Ok(())
 }
