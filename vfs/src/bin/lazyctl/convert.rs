@@ -1,6 +1,137 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `lazyctl convert`: OCI image (registry or `oci:DIR[:TAG]`) -> lazy image pushed to DST.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use vfs::convert::{self, ConvertOptions, Platform, Progress, SourceRef};
+use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Talk plain HTTP to the registries (default: only for loopback registries).
+    #[arg(long)]
+    plain_http: bool,
+    /// Uncompressed chunk size: a power of two from 4K to 64M (suffixes K and M allowed).
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_size)]
+    chunk_size: u32,
+    /// Files to prefetch first, one absolute path per line (what `lazyctl mount --record` writes).
+    #[arg(long, value_name = "FILE")]
+    prefetch_list: Option<PathBuf>,
+    /// Platform to convert from a multi-platform image (default: this host's), e.g. linux/arm64/v8.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<Platform>,
+    /// Source image: a registry reference, or an OCI layout as oci:DIR[:TAG].
+    src: SourceRef,
+    /// Destination registry reference for the lazy image (data blobs go to the same repository).
+    dst: Reference,
+}
+
+fn parse_size(s: &str) -> Result<u32, String> {
+    let (num, mul) = match s.trim_end_matches(['i', 'B']).char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1u64 << 20),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. 1048576, 512K or 4M"))?;
+    let bytes = n.checked_mul(mul).filter(|b| *b <= u32::MAX as u64).ok_or_else(|| format!("size {s:?} is too large"))?;
+    let bytes = bytes as u32;
+    convert::check_chunk_size(bytes).map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the network runtime")?;
+    let client = Client::new(ClientConfig {
+        plain_http: if args.plain_http { PlainHttp::Always } else { PlainHttp::Auto },
+        ..ClientConfig::default()
+    })?;
+    let platform = args.platform.clone().unwrap_or_else(Platform::host);
+    let prefetch = match &args.prefetch_list {
+        Some(p) => convert::read_prefetch_list(p)?,
+        None => Vec::new(),
+    };
+    let tmp = tempfile::Builder::new().prefix("lazyctl-convert-").tempdir().context("creating a temp dir")?;
+
+    let source = match &args.src {
+        SourceRef::Layout { dir, tag } => convert::source::open_layout(dir, tag.as_deref(), &platform)?,
+        SourceRef::Registry(r) => {
+            log::info!("pulling {r} ({platform})");
+            runtime.block_on(convert::source::fetch_registry(&client, r, &platform, tmp.path()))?
+        }
+    };
+    let layer_bytes: u64 = source.layers.iter().map(|l| l.size).sum();
+    log::info!("converting {} ({}, {} layers, {:.1} MB compressed)", args.src, source.platform, source.layers.len(), mb(layer_bytes));
+
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    let on_progress = |p: Progress| match p {
+        Progress::Scanning { layer, of } => {
+            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+            bar.set_message(format!("reading layer {layer}/{of}"));
+            bar.tick();
+        }
+        Progress::Chunking { total } => {
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("template"),
+            );
+            bar.set_length(total);
+            bar.set_position(0);
+        }
+        Progress::Advance(n) => bar.inc(n),
+    };
+    let opts = ConvertOptions { chunk_size: args.chunk_size, source_repo: format!("{}/{}", args.dst.registry, args.dst.repository), prefetch };
+    let convert_started = Instant::now();
+    let converted = convert::convert_layers(&source.layers, &opts, tmp.path(), &on_progress)?;
+    let convert_secs = convert_started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let stub = vfs::stub::build(&source.config, &source.platform, &converted.index);
+    let pushed = runtime.block_on(convert::push::push(&client, &args.dst, &converted.blobs, &stub))?;
+    let total_secs = started.elapsed().as_secs_f64();
+
+    let s = &converted.summary;
+    println!("converted {} -> {} ({})", args.src, args.dst, pushed.index_digest);
+    println!(
+        "  files {}  dirs {}  symlinks {}  other {}  bytes {:.1} MB",
+        s.files,
+        s.dirs,
+        s.symlinks,
+        s.other,
+        mb(s.bytes)
+    );
+    println!(
+        "  chunks {} ({} unique, chunk size {})  dedup ratio {:.2}  stored {:.1} MB -> {:.1} MB zstd",
+        s.chunks,
+        s.unique_chunks,
+        args.chunk_size,
+        s.dedup_ratio(),
+        mb(s.stored_bytes),
+        mb(s.compressed_bytes)
+    );
+    println!(
+        "  blobs {} ({} pushed, {} already present, {:.1} MB uploaded)  index {} bytes  prefetch {}",
+        s.blobs,
+        pushed.blobs_pushed,
+        pushed.blobs_present,
+        mb(pushed.bytes_pushed),
+        stub.layer.len(),
+        s.prefetch
+    );
+    println!(
+        "  time {total_secs:.2} s (convert {convert_secs:.2} s: {:.1} MB/s)  overall {:.1} MB/s",
+        mb(s.bytes) / convert_secs.max(1e-9),
+        mb(s.bytes) / total_secs.max(1e-9)
+    );
+    Ok(())
 }

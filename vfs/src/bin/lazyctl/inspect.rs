@@ -1,6 +1,118 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `lazyctl inspect`: summarise a lazy image's index (from a registry, a local index file, or an
+//! unpacked stub directory).
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::Context;
+use vfs::index::Kind;
+use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
+use vfs::Index;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Talk plain HTTP to the registry (default: only for loopback registries).
+    #[arg(long)]
+    plain_http: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Lazy image reference, a local index file (e.g. `.lazy/index`), or an unpacked stub directory.
+    image: String,
+}
+
+#[derive(serde::Serialize)]
+struct Summary {
+    source: String,
+    chunk_size: u32,
+    inodes: usize,
+    files: u64,
+    dirs: u64,
+    symlinks: u64,
+    other: u64,
+    hardlinked_files: u64,
+    image_bytes: u64,
+    chunks: u64,
+    unique_chunks: usize,
+    blobs: usize,
+    blob_bytes: u64,
+    prefetch: usize,
+    prefetch_bytes: u64,
+}
+
+fn summarize(index: &Index) -> Summary {
+    let mut s = Summary {
+        source: index.source.clone(),
+        chunk_size: index.chunk_size,
+        inodes: index.inodes.len(),
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        other: 0,
+        hardlinked_files: 0,
+        image_bytes: index.image_bytes(),
+        chunks: 0,
+        unique_chunks: 0,
+        blobs: index.blobs.len(),
+        blob_bytes: index.blobs.iter().map(|b| b.size).sum(),
+        prefetch: index.prefetch.len(),
+        prefetch_bytes: index.prefetch.iter().filter_map(|&i| index.inode(i)).map(|i| i.size()).sum(),
+    };
+    let mut unique = HashSet::new();
+    for (ino, inode) in index.inodes.iter().enumerate() {
+        match &inode.kind {
+            Kind::Dir { .. } => s.dirs += 1,
+            Kind::File { chunks, .. } => {
+                s.files += 1;
+                s.chunks += chunks.len() as u64;
+                unique.extend(chunks.iter().map(|c| c.digest));
+                if index.nlink(ino as u32) > 1 {
+                    s.hardlinked_files += 1;
+                }
+            }
+            Kind::Symlink { .. } => s.symlinks += 1,
+            _ => s.other += 1,
+        }
+    }
+    s.unique_chunks = unique.len();
+    s
+}
+
+fn load(args: &Args) -> anyhow::Result<Index> {
+    let path = Path::new(&args.image);
+    if path.is_dir() {
+        return vfs::stub::read_index_from_dir(path)?
+            .with_context(|| format!("{}: no {} here: not an unpacked lazy stub image", args.image, vfs::index::INDEX_PATH));
+    }
+    if path.is_file() {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", args.image))?;
+        return Index::decode(&bytes).with_context(|| format!("index file {}", args.image));
+    }
+    let reference: Reference = args.image.parse()?;
+    let client = Client::new(ClientConfig {
+        plain_http: if args.plain_http { PlainHttp::Always } else { PlainHttp::Auto },
+        ..ClientConfig::default()
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
+    Ok(runtime.block_on(vfs::stub::fetch_index(&client, &reference))?)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let index = load(&args)?;
+    let s = summarize(&index);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("source        {}", s.source);
+    println!("chunk size    {}", s.chunk_size);
+    println!("files         {} ({} hardlinked)", s.files, s.hardlinked_files);
+    println!("dirs          {}", s.dirs);
+    println!("symlinks      {}", s.symlinks);
+    println!("other         {}", s.other);
+    println!("image bytes   {}", s.image_bytes);
+    println!("chunks        {} ({} unique)", s.chunks, s.unique_chunks);
+    println!("blobs         {} ({} bytes)", s.blobs, s.blob_bytes);
+    println!("prefetch      {} files ({} bytes)", s.prefetch, s.prefetch_bytes);
+    Ok(())
 }
