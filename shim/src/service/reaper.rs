@@ -29,6 +29,9 @@ pub struct Exit {
 #[derive(Default)]
 pub struct Reaper {
     inner: Mutex<Inner>,
+    /// Held while someone else waits for its own child (OCI poststart/poststop hooks run with
+    /// std::process): the loop does not reap meanwhile, so it cannot steal that exit.
+    exclusive: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -51,7 +54,8 @@ impl Reaper {
         let r = reaper.clone();
         tokio::spawn(async move {
             loop {
-                r.reap_all();
+                let r2 = r.clone();
+                let _ = tokio::task::spawn_blocking(move || r2.reap_all()).await;
                 if sigchld.recv().await.is_none() {
                     break;
                 }
@@ -72,7 +76,14 @@ impl Reaper {
         rx
     }
 
+    /// Runs `f` (which spawns and waits for its own children) while the loop does not reap.
+    pub fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _guard = self.exclusive.lock();
+        f()
+    }
+
     fn reap_all(&self) {
+        let _guard = self.exclusive.lock();
         loop {
             let exit = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => Exit { pid: pid.as_raw(), status: code, at: SystemTime::now() },

@@ -276,6 +276,7 @@ impl Shared {
             c.init.state.set_phase(Phase::Running);
             self.publisher.publish(Event::Start { id: req.id.clone(), pid: pid as u32 }).await;
             c.init.state.allow_exit_event();
+            self.run_hooks(&req.id, c, "running", pid).await;
             return Ok(StartResponse { pid: pid as u32, ..Default::default() });
         }
 
@@ -379,6 +380,7 @@ impl Shared {
             rootfs.unmount();
         })
         .await?;
+        self.run_hooks(&req.id, &c, "stopped", pid as i32).await;
         log::info!("deleted container {} (bundle {})", req.id, c.bundle.display());
         self.publisher
             .publish(Event::Delete { id: req.id.clone(), pid, status: exit.status, at: exit.at })
@@ -399,6 +401,23 @@ impl Shared {
             exited_at: Some(timestamp(exit.at)).into(),
             ..Default::default()
         })
+    }
+
+    /// OCI poststart ("running") and poststop ("stopped") hooks: a failure is logged, as the
+    /// runtime spec says it must not fail the operation.
+    async fn run_hooks(&self, id: &str, c: &Container, status: &str, pid: i32) {
+        let hooks = c.spec.hooks().as_ref().and_then(|h| match status {
+            "running" => h.poststart().clone(),
+            _ => h.poststop().clone(),
+        });
+        let Some(hooks) = hooks.filter(|h| !h.is_empty()) else { return };
+        let state = launcher::ContainerState::new(&c.spec, id, &c.bundle, status, pid);
+        let reaper = self.reaper.clone();
+        match blocking(move || reaper.exclusive(|| launcher::run_hooks(&hooks, &state))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("container {id}: {e}"),
+            Err(e) => log::warn!("container {id}: hooks: {e}"),
+        }
     }
 
     async fn kill(&self, req: KillRequest) -> Result<()> {
