@@ -24,6 +24,7 @@ pub mod prereq;
 pub mod registry;
 pub mod scenario;
 pub mod tree;
+pub mod vm;
 
 pub use prereq::{prerequisites_met, Prereq};
 
