@@ -541,21 +541,37 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     (s <= e).then_some((s, e))
 }
 
-/// A reqwest error with its cause chain, phrased for a user ("connection refused" beats
-/// "error sending request").
+/// A reqwest error phrased for a user: "cannot connect: Connection refused (os error 111)" beats
+/// "error sending request for url (...): client error (Connect)".
 fn describe(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() { "timed out".to_string() } else { e.to_string() };
+    let mut io: Option<&std::io::Error> = None;
     let mut src = std::error::Error::source(e);
+    let mut chain = Vec::new();
     while let Some(s) = src {
-        let text = s.to_string();
+        if let Some(x) = s.downcast_ref::<std::io::Error>() {
+            io = Some(x);
+        }
+        chain.push(s.to_string());
+        src = s.source();
+    }
+    if e.is_timeout() {
+        return "timed out (no complete answer within the request timeout)".to_string();
+    }
+    if e.is_connect() {
+        return match io {
+            Some(io) => format!("cannot connect: {io}"),
+            None => format!("cannot connect: {}", chain.last().map_or("unknown error", String::as_str)),
+        };
+    }
+    let mut out = e.to_string();
+    if let Some(url) = e.url() {
+        out = out.replace(&format!(" for url ({url})"), "");
+    }
+    for text in chain {
         if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        src = s.source();
-    }
-    if let Some(url) = e.url() {
-        out = out.replace(&format!(" for url ({url})"), "");
     }
     out
 }

@@ -12,7 +12,7 @@ pub enum RegistryError {
     #[error("registry client configuration: {0}")]
     Config(String),
 
-    #[error("registry {registry}: {what}: {reason}; is it running and reachable? (gave up after {deadline:?} deadline)")]
+    #[error("registry {registry}: {what}: {reason}; is it running and reachable? (gave up within the {deadline:?} retry deadline)")]
     Unreachable { registry: String, what: String, reason: String, deadline: Duration },
 
     #[error("registry {registry}: repository {repository}: {what}: not found (HTTP 404); check the reference and that the image was pushed")]

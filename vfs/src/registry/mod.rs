@@ -24,3 +24,6 @@ pub use client::{Client, Manifest, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MED
 pub use config::{ClientConfig, PlainHttp};
 pub use error::RegistryError;
 pub use reference::{Reference, ReferenceError};
+
+#[cfg(test)]
+mod real_registry_tests;
