@@ -256,9 +256,11 @@ fn shim_runc_parity() {
         ("ulimit -a", "ulimit -a"),
     ];
     let mut diffs = Vec::new();
-    for (name, script) in probes {
+    for (i, (name, script)) in probes.iter().enumerate() {
         let run = |runtime: &str| {
-            let out = env.ctrd.ctr(&["run", "--rm", "--runtime", runtime, &env.image, "parity", "sh", "-c", script]);
+            // Distinct ids: runc's shim of the previous run may still be exiting under the same id.
+            let id = format!("parity-{i}-{}", if runtime == RUNTIME { "lazy" } else { "runc" });
+            let out = env.ctrd.ctr(&["run", "--rm", "--runtime", runtime, &env.image, &id, "sh", "-c", script]);
             assert_eq!(out.code, 0, "{runtime} {name}: {}", out.all());
             out.stdout
         };
