@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::mount::{mount, read_stats, MountOptions};
 use super::prefetch::PrefetchMode;
-use super::testutil::{fixture, CAP_NET_BIND_SERVICE, DATA, MTIME, MTIME_NSEC, SH};
+use super::testutil::{fixture, single_file, CAP_NET_BIND_SERVICE, DATA, MTIME, MTIME_NSEC, SH};
 use crate::stats::Stats;
 
 fn prerequisites_missing() -> Option<String> {
@@ -191,4 +191,22 @@ fn busy_mount_is_detached_and_open_files_keep_working() {
     let mut buf = Vec::new();
     std::io::Read::read_to_end(&mut open, &mut buf).unwrap();
     assert_eq!(buf, DATA);
+}
+
+#[test]
+fn sequential_reads_reach_the_source_in_large_requests() {
+    if skip("sequential_reads_reach_the_source_in_large_requests") {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let data: Vec<u8> = (0..8 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    let (index, src) = single_file(&data, MIB as u32);
+    let tmp = tempfile::tempdir().unwrap();
+    let mounted = mount(index, src.clone(), Arc::new(Stats::default()), tmp.path(), MountOptions::default()).unwrap();
+    let got = std::fs::read(mounted.mountpoint().join("big")).unwrap();
+    assert!(got == data, "8 MiB file read back differs");
+    let calls = src.calls.lock().len();
+    // 128 KiB requests (the kernel's default readahead) would make 64 calls; we ask for 1 MiB+.
+    assert!(calls <= 10, "{calls} source calls for 8 MiB: readahead/max_pages not in effect");
+    mounted.unmount().unwrap();
 }

@@ -65,13 +65,17 @@ fn meta(kind: Kind, mode: u32) -> Inode {
 }
 
 fn file(data: &[u8], src: &mut FakeSource) -> Kind {
+    file_chunked(data, CHUNK, src)
+}
+
+fn file_chunked(data: &[u8], chunk_size: u32, src: &mut FakeSource) -> Kind {
     let chunks = data
-        .chunks(CHUNK as usize)
+        .chunks(chunk_size as usize)
         .enumerate()
         .map(|(i, piece)| {
             let digest = Digest::of(piece);
             src.chunks.insert(digest, Bytes::copy_from_slice(piece));
-            Chunk { blob: 0, offset: i as u64 * 100, compressed_len: piece.len() as u32, len: piece.len() as u32, digest }
+            Chunk { blob: 0, offset: i as u64 * chunk_size as u64, compressed_len: piece.len() as u32, len: piece.len() as u32, digest }
         })
         .collect();
     Kind::File { size: data.len() as u64, chunks }
@@ -131,4 +135,12 @@ pub fn fixture() -> (Arc<Index>, Arc<FakeSource>) {
     let blobs = vec![BlobRef { digest: Digest::of(b"blob"), size: 4096 }];
     let index = Index::new(CHUNK, "127.0.0.1:5000/test".to_string(), blobs, inodes, vec![12, 2]);
     (Arc::new(index), Arc::new(src))
+}
+
+/// An index whose root holds one file, `big`, with `data` cut into `chunk_size` chunks.
+pub fn single_file(data: &[u8], chunk_size: u32) -> (Arc<Index>, Arc<FakeSource>) {
+    let mut src = FakeSource::default();
+    let inodes = vec![meta(dir(vec![("big", 1)]), 0o755), meta(file_chunked(data, chunk_size, &mut src), 0o644)];
+    let blobs = vec![BlobRef { digest: Digest::of(b"blob"), size: data.len() as u64 }];
+    (Arc::new(Index::new(chunk_size, "127.0.0.1:5000/test".to_string(), blobs, inodes, Vec::new())), Arc::new(src))
 }
