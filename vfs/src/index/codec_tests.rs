@@ -288,3 +288,25 @@ fn deep_trees_do_not_overflow_the_stack() {
     let back = Index::decode(&index.encode()).unwrap();
     assert_eq!(back.inodes.len(), depth as usize + 1);
 }
+
+/// Writes the fuzz seed corpus (vfs/fuzz/seeds/index_decode) when LAZY_FUZZ_SEEDS is set to a dir:
+/// `LAZY_FUZZ_SEEDS=$PWD/vfs/fuzz/seeds/index_decode cargo test -p lazy-vfs --lib fuzz_seeds`.
+#[test]
+fn fuzz_seeds() {
+    let Some(dir) = std::env::var_os("LAZY_FUZZ_SEEDS") else { return };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut small = sample();
+    small.prefetch.clear();
+    for (name, index) in [("sample", sample()), ("no-prefetch", small)] {
+        let encoded = index.encode();
+        let body_len = u64::from_le_bytes(encoded[12..20].try_into().unwrap()) as usize;
+        let body = zstd::bulk::decompress(&encoded[20..], body_len).unwrap();
+        let mut whole = vec![0u8];
+        whole.extend_from_slice(&encoded);
+        let mut raw = vec![1u8];
+        raw.extend_from_slice(&body);
+        std::fs::write(dir.join(format!("{name}-encoded")), whole).unwrap();
+        std::fs::write(dir.join(format!("{name}-body")), raw).unwrap();
+    }
+}
