@@ -74,6 +74,23 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+fn negative_attr() -> FileAttr {
+    let mut attr = file_attr(&Attr {
+        ino: 0,
+        size: 0,
+        blocks: 0,
+        time: SystemTime::UNIX_EPOCH,
+        kind: FileKind::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+    });
+    attr.ino = INodeNo(0);
+    attr
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for (flag, name) in [
@@ -96,6 +113,9 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name.as_bytes()) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            // A node id of 0 is a NEGATIVE entry the kernel caches for the TTL: interpreters probe
+            // many paths that do not exist (sys.path, ld.so), and the answer never changes.
+            Err(nix::errno::Errno::ENOENT) => reply.entry(&TTL, &negative_attr(), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -116,6 +116,11 @@ fn fuse_mount_serves_the_index_and_stacks_under_overlay() {
     assert_eq!(names, ["abs", "bin", "data", "dev", "empty", "fifo", "hard", "link", "secret", "sock"]);
     assert_eq!(std::fs::read_link(mnt.join("link")).unwrap(), Path::new("data"));
     assert_eq!(std::fs::read_link(mnt.join("abs")).unwrap(), Path::new("/bin/sh"));
+    // Missing names are ENOENT, also the second time (answered from the kernel's negative entry).
+    for _ in 0..2 {
+        let err = std::fs::symlink_metadata(mnt.join("bin/missing")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
     assert!(src.total_calls() == 0, "metadata through the kernel touched the source");
 
     // Contents.
