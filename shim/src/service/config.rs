@@ -58,10 +58,22 @@ pub struct FetchConfig {
 #[serde(rename_all = "lowercase")]
 pub enum PrefetchMode {
     /// Fetch only what is read.
-    Off,
+    None,
     /// Fetch the image's prefetch list (files read at start when it was converted) in the
-    /// background, after on-demand reads.
-    Background,
+    /// background; on-demand reads go first.
+    Prioritized,
+    /// The prefetch list, then every other file: the whole image ends up on the node.
+    All,
+}
+
+impl From<PrefetchMode> for vfs::fs::PrefetchMode {
+    fn from(m: PrefetchMode) -> Self {
+        match m {
+            PrefetchMode::None => vfs::fs::PrefetchMode::None,
+            PrefetchMode::Prioritized => vfs::fs::PrefetchMode::Prioritized,
+            PrefetchMode::All => vfs::fs::PrefetchMode::All,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -107,7 +119,7 @@ impl Default for FetchConfig {
             request_timeout_secs: 60,
             deadline_secs: 30,
             concurrency: 8,
-            prefetch: PrefetchMode::Background,
+            prefetch: PrefetchMode::Prioritized,
         }
     }
 }
@@ -233,7 +245,7 @@ connect_timeout_secs = 1
 request_timeout_secs = 2
 deadline_secs = 3
 concurrency = 4
-prefetch = "off"
+prefetch = "none"
 [registry]
 hosts_dir = "/etc/hosts.d"
 credentials_file = "/root/.docker/config.json"
@@ -243,7 +255,7 @@ allow_unenforced_limits = true
             "t",
         )
         .unwrap();
-        assert_eq!(c.fetch.prefetch, PrefetchMode::Off);
+        assert_eq!(c.fetch.prefetch, PrefetchMode::None);
         assert_eq!(c.cache.max_size_mb, 512);
         assert!(c.cgroup.allow_unenforced_limits);
     }
