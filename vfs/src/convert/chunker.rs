@@ -38,6 +38,64 @@ struct Pending {
     data: Vec<u8>,
 }
 
+/// What the reader thread hands over: files that start in this batch (so empty files are known
+/// too), and the chunks cut since the last batch, in file order.
+#[derive(Default)]
+struct Batch {
+    files: Vec<NodeId>,
+    chunks: Vec<Pending>,
+}
+
+/// The reader thread: decompresses the layer, walks its tar entries and sends the wanted files'
+/// contents as chunk-sized buffers, batched. Stops early when the receiver hangs up.
+fn read_chunks(
+    layer: &LayerBlob,
+    wanted: &HashMap<u64, NodeId>,
+    chunk_size: u32,
+    batch_limit: usize,
+    tx: std::sync::mpsc::SyncSender<Batch>,
+) -> Result<(), ConvertError> {
+    let layer_err = |reason: String| ConvertError::Layer { layer: layer.digest, reason };
+    let mut archive = tar::Archive::new(open_layer(layer)?);
+    let mut batch = Batch::default();
+    let mut batch_bytes = 0usize;
+    let mut found = 0usize;
+    let entries = archive.entries().map_err(|e| layer_err(format!("not a tar stream: {e}")))?;
+    for (ordinal, entry) in entries.enumerate() {
+        let mut entry = entry.map_err(|e| layer_err(format!("tar entry {ordinal}: {e}")))?;
+        let Some(&node) = wanted.get(&(ordinal as u64)) else { continue };
+        found += 1;
+        batch.files.push(node);
+        let size = entry.size();
+        let mut left = size;
+        while left > 0 {
+            let want = left.min(chunk_size as u64) as usize;
+            let mut data = vec![0u8; want];
+            let n = read_full(&mut entry, &mut data).map_err(|e| layer_err(format!("tar entry {ordinal}: read content: {e}")))?;
+            if n != want {
+                return Err(layer_err(format!("tar entry {ordinal}: content ends after {} of {size} bytes", size - left + n as u64)));
+            }
+            left -= n as u64;
+            batch_bytes += n;
+            batch.chunks.push(Pending { node, data });
+            if batch_bytes >= batch_limit {
+                if tx.send(std::mem::take(&mut batch)).is_err() {
+                    return Ok(()); // the consumer failed and reports its own error
+                }
+                batch_bytes = 0;
+            }
+        }
+        if found == wanted.len() {
+            break;
+        }
+    }
+    if found != wanted.len() {
+        return Err(layer_err(format!("second read found {found} of {} files: the blob changed during conversion", wanted.len())));
+    }
+    let _ = tx.send(batch);
+    Ok(())
+}
+
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -74,6 +132,9 @@ impl Chunker {
 
     /// Chunks the entries `wanted` (tar ordinal -> file node) of one layer into at most one new
     /// data blob (none if every chunk was already stored). `progress` gets bytes of file content.
+    ///
+    /// A reader thread decompresses the layer and cuts chunks while this thread hashes, compresses
+    /// and writes the previous batch: decompression and compression overlap.
     pub fn chunk_layer(
         &mut self,
         layer: &LayerBlob,
@@ -84,46 +145,31 @@ impl Chunker {
         if wanted.is_empty() {
             return Ok(());
         }
-        let layer_err = |reason: String| ConvertError::Layer { layer: layer.digest, reason };
-        let mut archive = tar::Archive::new(open_layer(layer)?);
-        let mut writer: Option<BlobWriter> = None;
-        let mut batch: Vec<Pending> = Vec::new();
-        let mut batch_bytes = 0usize;
         let batch_limit = (self.chunk_size as usize * 2 * self.threads).max(8 << 20);
-        let mut found = 0usize;
-        let entries = archive.entries().map_err(|e| layer_err(format!("not a tar stream: {e}")))?;
-        for (ordinal, entry) in entries.enumerate() {
-            let mut entry = entry.map_err(|e| layer_err(format!("tar entry {ordinal}: {e}")))?;
-            let Some(&node) = wanted.get(&(ordinal as u64)) else { continue };
-            found += 1;
-            self.files.entry(node).or_default();
-            let size = entry.size();
-            let mut left = size;
-            while left > 0 {
-                let want = left.min(self.chunk_size as u64) as usize;
-                let mut data = vec![0u8; want];
-                let n = read_full(&mut entry, &mut data)
-                    .map_err(|e| layer_err(format!("tar entry {ordinal}: read content: {e}")))?;
-                if n != want {
-                    return Err(layer_err(format!("tar entry {ordinal}: content ends after {} of {size} bytes", size - left + n as u64)));
+        let chunk_size = self.chunk_size;
+        let mut writer: Option<BlobWriter> = None;
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+            let reader = s.spawn(move || read_chunks(layer, wanted, chunk_size, batch_limit, tx));
+            let mut failed = None;
+            for batch in rx {
+                let bytes: u64 = batch.chunks.iter().map(|p| p.data.len() as u64).sum();
+                for node in &batch.files {
+                    self.files.entry(*node).or_default();
                 }
-                left -= n as u64;
-                batch_bytes += n;
-                progress(n as u64);
-                batch.push(Pending { node, data });
-                if batch_bytes >= batch_limit {
-                    self.flush(&mut batch, &mut writer, tmp, &layer.digest)?;
-                    batch_bytes = 0;
+                let mut chunks = batch.chunks;
+                if let Err(e) = self.flush(&mut chunks, &mut writer, tmp, &layer.digest) {
+                    failed = Some(e);
+                    break; // dropping rx stops the reader
                 }
+                progress(bytes);
             }
-            if found == wanted.len() {
-                break;
+            let read = reader.join().expect("layer reader thread panicked");
+            match failed {
+                Some(e) => Err(e),
+                None => read,
             }
-        }
-        self.flush(&mut batch, &mut writer, tmp, &layer.digest)?;
-        if found != wanted.len() {
-            return Err(layer_err(format!("second read found {found} of {} files: the blob changed during conversion", wanted.len())));
-        }
+        })?;
         if let Some(w) = writer {
             self.blobs.push(w.finish()?);
         }

@@ -121,6 +121,7 @@ pub fn convert_layers(
     progress: &dyn Fn(Progress),
 ) -> Result<Converted, ConvertError> {
     check_chunk_size(opts.chunk_size)?;
+    let started = std::time::Instant::now();
     let mut tree = Tree::new();
     for (n, layer) in layers.iter().enumerate() {
         progress(Progress::Scanning { layer: n + 1, of: layers.len() });
@@ -137,12 +138,14 @@ pub fn convert_layers(
             total += size;
         }
     }
+    log::debug!("read {} layers for metadata in {:.2?}", layers.len(), started.elapsed());
     progress(Progress::Chunking { total });
     let mut chunker = chunker::Chunker::new(opts.chunk_size);
     for (layer, wanted) in layers.iter().zip(&wanted) {
         chunker.chunk_layer(layer, wanted, tmp, &|n| progress(Progress::Advance(n)))?;
     }
 
+    log::debug!("chunked {total} bytes in {:.2?} since start", started.elapsed());
     let mut summary = Summary {
         chunks: chunker.chunks_total,
         unique_chunks: chunker.unique_chunks(),
