@@ -98,21 +98,28 @@ fn load(args: &Args) -> anyhow::Result<Index> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     let index = load(&args)?;
     let s = summarize(&index);
+    let mut out = String::new();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
+        out = serde_json::to_string_pretty(&s)?;
+        out.push('\n');
+    } else {
+        writeln!(out, "source        {}", s.source)?;
+        writeln!(out, "chunk size    {}", s.chunk_size)?;
+        writeln!(out, "files         {} ({} hardlinked)", s.files, s.hardlinked_files)?;
+        writeln!(out, "dirs          {}", s.dirs)?;
+        writeln!(out, "symlinks      {}", s.symlinks)?;
+        writeln!(out, "other         {}", s.other)?;
+        writeln!(out, "image bytes   {}", s.image_bytes)?;
+        writeln!(out, "chunks        {} ({} unique)", s.chunks, s.unique_chunks)?;
+        writeln!(out, "blobs         {} ({} bytes)", s.blobs, s.blob_bytes)?;
+        writeln!(out, "prefetch      {} files ({} bytes)", s.prefetch, s.prefetch_bytes)?;
     }
-    println!("source        {}", s.source);
-    println!("chunk size    {}", s.chunk_size);
-    println!("files         {} ({} hardlinked)", s.files, s.hardlinked_files);
-    println!("dirs          {}", s.dirs);
-    println!("symlinks      {}", s.symlinks);
-    println!("other         {}", s.other);
-    println!("image bytes   {}", s.image_bytes);
-    println!("chunks        {} ({} unique)", s.chunks, s.unique_chunks);
-    println!("blobs         {} ({} bytes)", s.blobs, s.blob_bytes);
-    println!("prefetch      {} files ({} bytes)", s.prefetch, s.prefetch_bytes);
-    Ok(())
+    // A closed pipe (`| head`) is not an error worth a panic.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
