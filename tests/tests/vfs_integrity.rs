@@ -24,12 +24,13 @@ fn corrupt_chunk_is_eio_and_never_cached() {
         .add(Entry::file("data/other.txt", "me too\n".repeat(1000)))]);
     let published = publish_and_convert(&registry, &image, "integrity", &[]).expect("publish and convert");
 
-    // The random file dominates the data blobs (incompressible), so the middle byte of the biggest
-    // blob is inside one of victim.bin's chunks.
+    // The random file dominates the data blobs (incompressible), so a byte near the middle of the
+    // biggest blob is inside one of victim.bin's chunks. The offset is kept off 1 MiB multiples so
+    // it lands in a chunk's payload (a digest mismatch), not in a zstd frame header.
     let blobs = registry.lazy_data_blobs(&published.lazy_repo, &published.tag).expect("listing data blobs");
     let (blob, size) = blobs.iter().max_by_key(|(_, s)| *s).expect("at least one data blob").clone();
     assert!(size >= 5 * MIB, "biggest data blob {blob} is only {size} bytes; expected victim.bin's chunks");
-    flip_byte(&registry.blob_path(&blob), size / 2).expect("corrupting the blob");
+    flip_byte(&registry.blob_path(&blob), size / 2 + 54_321).expect("corrupting the blob");
 
     let mount = LazyMount::start(&published.lazy, MountOptions::default()).expect("mounting");
     let err = read_errno(&mount.join("data/victim.bin")).expect_err("reading a file with a corrupt chunk must fail");

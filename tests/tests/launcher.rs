@@ -1,0 +1,573 @@
+//! The launcher driven directly (no containerd): a busybox-static rootfs and an OCI spec shaped
+//! like containerd's default (`ctr oci spec`), through `shim::launcher::{create, start, exec}`.
+//! Each test checks what a user of the container sees: output, exit status, hostname, mounts,
+//! devices, capabilities, user, masked and read-only paths, errors.
+//!
+//! Needs root and /bin/busybox (busybox-static), and the shim binary built
+//! (`cargo build -p containerd-shim-lazy`): the launcher re-executes it as its helper.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use harness::{prerequisites_met, Prereq};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use shim::launcher::{self, CreateRequest, ExecRequest, LaunchError, Stdio};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Root, busybox-static and the built shim binary; otherwise SKIP (or FAIL with CI=true).
+fn ready(test: &str) -> bool {
+    if !prerequisites_met(test, &[Prereq::Root]) {
+        return false;
+    }
+    let shim = harness::bins::bin_dir().join("containerd-shim-lazy-v2");
+    let mut missing = Vec::new();
+    if !Path::new(BUSYBOX).is_file() {
+        missing.push("needs /bin/busybox (apt-get install busybox-static)".to_string());
+    }
+    if !shim.is_file() {
+        missing.push(format!(
+            "needs {} (cargo build -p containerd-shim-lazy)",
+            shim.display()
+        ));
+    }
+    if !missing.is_empty() {
+        let text = format!("{test}: {}", missing.join("; "));
+        if harness::prereq::in_ci() {
+            panic!("CI=true and a prerequisite is missing, refusing to skip: {text}");
+        }
+        eprintln!("SKIP {text}");
+        return false;
+    }
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        launcher::set_helper_exe(shim);
+        // The container's init is re-parented to us when the helper exits (the shim is a
+        // subreaper too), so we can wait for it.
+        // SAFETY: prctl with an integer argument; affects only this process.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
+    });
+    true
+}
+
+/// A bundle (config.json written by [`Bundle::run`]) with a busybox rootfs. Drop kills what is
+/// still running and removes the directory.
+struct Bundle {
+    dir: tempfile::TempDir,
+    pids: Vec<i32>,
+}
+
+impl Bundle {
+    fn new() -> Bundle {
+        let dir = tempfile::Builder::new().prefix("launcher-test").tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "root", "home/user", "run"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+        let list = std::process::Command::new(BUSYBOX).arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+            }
+        }
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nwheel:x:10:\nuser:x:1000:\n").unwrap();
+        std::fs::set_permissions(
+            rootfs.join("tmp"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        Bundle { dir, pids: Vec::new() }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Creates (and, when `start`, starts) the container; returns its init pid and the readers
+    /// of its stdout/stderr.
+    fn create(&mut self, spec: &Value, start: bool) -> Result<Running, LaunchError> {
+        std::fs::write(self.path().join("config.json"), serde_json::to_vec_pretty(spec).unwrap()).unwrap();
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(spec.clone()).unwrap();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        let stdio = Stdio { stdin: None, stdout: Some(out_w), stderr: Some(err_w) };
+        let req = CreateRequest { id: "launcher-test", bundle: self.path(), spec: &spec, stdio };
+        let mut placed = Vec::new();
+        let result = launcher::create(req, &mut |pid| {
+            placed.push(pid);
+            Ok(())
+        });
+        let mut created = match result {
+            Ok(c) => c,
+            Err(e) => {
+                for pid in placed {
+                    self.pids.push(pid);
+                }
+                return Err(e);
+            }
+        };
+        assert_eq!(placed, vec![created.pid], "place is called once with the init pid");
+        self.pids.push(created.pid);
+        reap(created.helper_pid);
+        if start {
+            created.start()?;
+        }
+        Ok(Running { pid: created.pid, stdout: out_r, stderr: err_r, created, })
+    }
+
+    /// Runs `args` to completion in a container made from `spec` (with `args` put in).
+    fn run(&mut self, mut spec: Value, args: &[&str]) -> Outcome {
+        spec["process"]["args"] = json!(args);
+        let running = self.create(&spec, true).unwrap_or_else(|e| panic!("create/start failed: {e}"));
+        running.wait()
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+struct Running {
+    pid: i32,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    #[allow(dead_code)]
+    created: launcher::Created,
+}
+
+#[derive(Debug)]
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Running {
+    fn wait(self) -> Outcome {
+        let read_all = |fd: OwnedFd| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = std::fs::File::from(fd).read_to_string(&mut s);
+                s
+            })
+        };
+        let (out, err) = (read_all(self.stdout), read_all(self.stderr));
+        let code = wait_exit(self.pid, Duration::from_secs(60));
+        Outcome { code, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+    }
+}
+
+fn reap(pid: i32) {
+    let _ = waitpid(Pid::from_raw(pid), None);
+}
+
+/// Exit code (128+signal for a signal) of a child (or re-parented orphan) of this process.
+fn wait_exit(pid: i32, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => {}
+            // Not (yet) ours: the helper that forked it has not exited, so it was not re-parented.
+            Err(nix::errno::Errno::ECHILD) => {}
+            Err(e) => panic!("waitpid {pid}: {e}"),
+        }
+        if Instant::now() > deadline {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            panic!("container process {pid} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// containerd 1.6's default spec (`ctr oci spec`) plus what `ctr run` adds (cgroup mount,
+/// hostname, env).
+fn default_spec() -> Value {
+    let caps = json!([
+        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+        "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"
+    ]);
+    json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": ["true"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "launcher-test",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+#[test]
+fn output_and_exit_status_reach_the_caller() {
+    if !ready("output_and_exit_status_reach_the_caller") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let out = b.run(default_spec(), &["sh", "-c", "echo hi; echo oops >&2; exit 3"]);
+    assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (3, "hi\n", "oops\n"));
+}
+
+#[test]
+fn hostname_user_groups_cwd_env_umask_and_pid1() {
+    if !ready("hostname_user_groups_cwd_env_umask_and_pid1") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let mut spec = default_spec();
+    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10], "umask": 63});
+    spec["process"]["cwd"] = json!("/tmp");
+    spec["process"]["env"].as_array_mut().unwrap().push(json!("FOO=bar"));
+    let out = b.run(
+        spec,
+        &["sh", "-c", "hostname; id -u; id -g; id -G; pwd; echo $FOO $HOME; umask; echo $$; ulimit -n"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "launcher-test\n1000\n1000\n1000 10\n/tmp\nbar /home/user\n0077\n1\n1024\n",
+        "{out:?}"
+    );
+}
+
+#[test]
+fn mounts_devices_and_symlinks_look_like_runc() {
+    if !ready("mounts_devices_and_symlinks_look_like_runc") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let out = b.run(
+        default_spec(),
+        &["sh", "-c", "cut -d' ' -f5 /proc/self/mountinfo; ls -l /dev /dev/null; echo x > /dev/null && echo devnull-ok"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    for mp in ["/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/run"] {
+        assert!(lines.contains(&mp), "mount point {mp} missing in {out:?}");
+    }
+    assert!(lines.contains(&"/proc/keys"), "masked /proc/keys must be a mount: {out:?}");
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with("crw-rw-rw-") && l.ends_with(&format!(" {dev}"))),
+            "/dev/{dev} must be a 0666 char device: {out:?}"
+        );
+    }
+    for link in ["fd -> /proc/self/fd", "stdin -> /proc/self/fd/0", "stdout -> /proc/self/fd/1", "stderr -> /proc/self/fd/2", "ptmx -> pts/ptmx"] {
+        assert!(out.stdout.contains(link), "/dev/{link} missing: {out:?}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains(" 1,   3 ") && l.ends_with(" /dev/null")),
+        "/dev/null is 1:3: {out:?}"
+    );
+    assert!(out.stdout.contains("devnull-ok"), "{out:?}");
+}
+
+#[test]
+fn capabilities_are_the_specs_sets() {
+    if !ready("capabilities_are_the_specs_sets") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let out = b.run(default_spec(), &["sh", "-c", "grep Cap /proc/self/status"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // The 14 default capabilities of containerd: the same mask runc shows for `ctr run`.
+    let want = "00000000a80425fb";
+    assert_eq!(
+        out.stdout,
+        format!("CapInh:\t0000000000000000\nCapPrm:\t{want}\nCapEff:\t{want}\nCapBnd:\t{want}\nCapAmb:\t0000000000000000\n"),
+        "{out:?}"
+    );
+    // A non-root user without ambient caps ends up with none effective (as with runc).
+    let mut spec = default_spec();
+    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    spec["process"]["capabilities"]["effective"] = json!([]);
+    spec["process"]["capabilities"]["permitted"] = json!([]);
+    let out = b.run(spec, &["sh", "-c", "grep CapEff /proc/self/status; id -u"]);
+    assert_eq!(out.stdout, "CapEff:\t0000000000000000\n1000\n", "{out:?}");
+}
+
+#[test]
+fn masked_and_readonly_paths_hold() {
+    if !ready("masked_and_readonly_paths_hold") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let out = b.run(
+        default_spec(),
+        &["sh", "-c", "wc -c < /proc/keys; ls /proc/acpi | wc -l; (echo evil > /proc/sys/kernel/hostname) 2>&1; hostname; touch /sys/x 2>&1"],
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0].trim(), "0", "/proc/keys must read as /dev/null: {out:?}");
+    assert_eq!(lines[1].trim(), "0", "/proc/acpi must be an empty tmpfs: {out:?}");
+    assert!(lines[2].contains("Read-only file system"), "/proc/sys must be read-only: {out:?}");
+    assert_eq!(lines[3], "launcher-test", "{out:?}");
+    assert!(lines[4].contains("Read-only file system"), "/sys is mounted ro: {out:?}");
+}
+
+#[test]
+fn readonly_rootfs_refuses_writes_but_tmpfs_mounts_work() {
+    if !ready("readonly_rootfs_refuses_writes_but_tmpfs_mounts_work") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let mut spec = default_spec();
+    spec["root"]["readonly"] = json!(true);
+    let out = b.run(spec, &["sh", "-c", "touch /newfile; echo rc=$?; touch /run/ok && echo run-ok"]);
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert_eq!(out.stdout, "rc=1\nrun-ok\n", "{out:?}");
+    assert!(!b.path().join("rootfs/newfile").exists());
+}
+
+#[test]
+fn missing_executable_fails_create_like_runc_and_leaves_no_process() {
+    if !ready("missing_executable_fails_create_like_runc_and_leaves_no_process") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let mut spec = default_spec();
+    spec["process"]["args"] = json!(["no-such-program", "arg"]);
+    let err = match b.create(&spec, false) {
+        Ok(r) => panic!("create must fail, got pid {}", r.pid),
+        Err(e) => e,
+    };
+    assert_eq!(err.to_string(), "exec: \"no-such-program\": executable file not found in $PATH");
+    assert!(err.is_user_error());
+    // The init exits on its own after reporting; it is re-parented to us and must go away.
+    for pid in b.pids.clone() {
+        assert!(wait_exit(pid, Duration::from_secs(10)) != 0);
+    }
+    spec["process"]["args"] = json!(["/bin/nope"]);
+    let err = b.create(&spec, false).err().expect("create must fail");
+    assert_eq!(err.to_string(), "exec: \"/bin/nope\": stat /bin/nope: no such file or directory");
+}
+
+/// A profile shaped like containerd's default (default ERRNO/EPERM, three x86 arches, a long allow
+/// list including names libseccomp may not know, argument conditions on personality, clone and
+/// socket) that additionally leaves mkdir/mkdirat out.
+fn seccomp_profile() -> Value {
+    let header = std::fs::read_to_string("/usr/include/x86_64-linux-gnu/asm/unistd_64.h").unwrap_or_default();
+    let mut names: Vec<String> = header
+        .lines()
+        .filter_map(|l| l.strip_prefix("#define __NR_"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|n| !["mkdir", "mkdirat", "personality", "clone", "socket"].contains(&n.as_str()))
+        .collect();
+    if names.is_empty() {
+        names = ["read", "write", "openat", "close", "execve", "exit_group", "brk", "mmap"].iter().map(|s| s.to_string()).collect();
+    }
+    names.push("no_such_syscall_in_this_kernel".into());
+    json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": names, "action": "SCMP_ACT_ALLOW"},
+            {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 4294967295u64, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["clone"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 2114060288, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}]}
+        ]
+    })
+}
+
+#[test]
+fn seccomp_profile_loads_and_denies_a_syscall() {
+    if !ready("seccomp_profile_loads_and_denies_a_syscall") {
+        return;
+    }
+    let mut b = Bundle::new();
+    for nnp in [true, false] {
+        let mut spec = default_spec();
+        spec["process"]["noNewPrivileges"] = json!(nnp);
+        spec["linux"]["seccomp"] = seccomp_profile();
+        let out = b.run(spec, &["sh", "-c", "mkdir /tmp/d; echo rc=$?; touch /tmp/f && echo touch-ok; grep Seccomp: /proc/self/status"]);
+        assert!(out.stderr.contains("Operation not permitted"), "nnp={nnp}: {out:?}");
+        assert_eq!(out.stdout, "rc=1\ntouch-ok\nSeccomp:\t2\n", "nnp={nnp}: {out:?}");
+    }
+}
+
+#[test]
+fn exec_joins_the_running_containers_namespaces() {
+    if !ready("exec_joins_the_running_containers_namespaces") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let mut spec = default_spec();
+    spec["process"]["args"] = json!(["sleep", "60"]);
+    let running = b.create(&spec, true).expect("create");
+    let spec_obj: oci_spec::runtime::Spec = serde_json::from_value(spec.clone()).unwrap();
+    let mut process = spec_obj.process().clone().unwrap();
+    process.set_args(Some(vec!["sh".into(), "-c".into(), "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /home".into()]));
+    process.set_cwd("/tmp".into());
+    let (out_r, out_w) = nix::unistd::pipe().unwrap();
+    let req = ExecRequest {
+        container_pid: running.pid,
+        spec: &spec_obj,
+        process: &process,
+        stdio: Stdio { stdin: None, stdout: Some(out_w), stderr: None },
+    };
+    let mut placed = None;
+    let execd = launcher::exec(req, &mut |pid| {
+        placed = Some(pid);
+        Ok(())
+    })
+    .expect("exec");
+    assert_eq!(placed, Some(execd.pid));
+    b.pids.push(execd.pid);
+    reap(execd.helper_pid);
+    let mut out = String::new();
+    std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
+    assert_eq!(wait_exit(execd.pid, Duration::from_secs(30)), 0);
+    assert_eq!(out, "launcher-test\nsleep 60 \nuser\n");
+    // A missing executable in exec is reported the same way.
+    process.set_args(Some(vec!["nope".into()]));
+    let req = ExecRequest { container_pid: running.pid, spec: &spec_obj, process: &process, stdio: Stdio::default() };
+    let mut failed = None;
+    let err = launcher::exec(req, &mut |pid| {
+        failed = Some(pid);
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(err.to_string(), "exec: \"nope\": executable file not found in $PATH");
+    // The failed process exits by itself; reap it, or the container's init could not finish
+    // dying (a pid namespace's init waits for every member to be reaped).
+    assert_eq!(wait_exit(failed.expect("placed"), Duration::from_secs(10)), 1);
+    let _ = kill(Pid::from_raw(running.pid), Signal::SIGKILL);
+    assert_eq!(wait_exit(running.pid, Duration::from_secs(10)), 137);
+}
+
+#[test]
+fn hooks_run_in_order_with_state_and_a_failing_hook_fails_create() {
+    if !ready("hooks_run_in_order_with_state_and_a_failing_hook_fails_create") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let log = b.path().join("hooks.log");
+    let hook = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} $(cat) >> {}", log.display())]})
+    };
+    let mut spec = default_spec();
+    spec["hooks"] = json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "createContainer": [hook("createContainer")],
+    });
+    // startContainer runs inside the container: its path resolves in the container's rootfs.
+    spec["hooks"]["startContainer"] = json!([{"path": "/bin/sh", "args": ["sh", "-c", "echo started > /tmp/hook"]}]);
+    let out = b.run(spec.clone(), &["cat", "/tmp/hook"]);
+    assert_eq!(out.stdout, "started\n", "{out:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let phases: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(phases, ["prestart", "createRuntime", "createContainer"], "{text}");
+    let state: Value = serde_json::from_str(text.lines().nth(1).unwrap().split_once(' ').unwrap().1).unwrap();
+    assert_eq!(state["id"], "launcher-test");
+    assert_eq!(state["status"], "creating");
+    assert_eq!(state["bundle"], b.path().to_str().unwrap());
+    assert!(state["pid"].as_i64().unwrap() > 1);
+
+    spec["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 4"]}]});
+    let err = b.create(&spec, false).err().expect("a failing createRuntime hook fails create");
+    assert_eq!(err.to_string(), "createRuntime hook /bin/sh: exit status 4: no network for you");
+}
+
+#[test]
+fn terminal_gives_a_controlling_pty_with_the_requested_size() {
+    if !ready("terminal_gives_a_controlling_pty_with_the_requested_size") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let mut spec = default_spec();
+    spec["process"]["terminal"] = json!(true);
+    spec["process"]["consoleSize"] = json!({"height": 40, "width": 120});
+    spec["process"]["args"] = json!(["sh", "-c", "tty; stty size"]);
+    let running = b.create(&spec, true).expect("create with terminal");
+    let master = running.created.pty_master.as_ref().expect("pty master").try_clone().unwrap();
+    let pid = running.pid;
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut f = std::fs::File::from(master);
+        let mut buf = [0u8; 1024];
+        // EIO once the slave side is closed.
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    assert_eq!(wait_exit(pid, Duration::from_secs(30)), 0);
+    drop(running);
+    let out = reader.join().unwrap();
+    assert_eq!(out.replace('\r', ""), "/dev/pts/0\n40 120\n");
+}
+
+#[test]
+fn unsupported_spec_fields_are_clear_errors() {
+    if !ready("unsupported_spec_fields_are_clear_errors") {
+        return;
+    }
+    let mut b = Bundle::new();
+    let mut spec = default_spec();
+    spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    let err = b.create(&spec, false).err().expect("user namespace refused");
+    assert!(matches!(err, LaunchError::InvalidSpec(_)), "{err:?}");
+    assert!(err.to_string().contains("user namespaces are not supported"), "{err}");
+
+    let mut spec = default_spec();
+    spec["process"]["apparmorProfile"] = json!("cri-containerd.apparmor.d");
+    let err = b.create(&spec, false).err().expect("apparmor refused");
+    assert!(err.to_string().contains("apparmorProfile"), "{err}");
+
+    // Lowering oom_score_adj needs CAP_SYS_RESOURCE; runc fails then, so do we (where it fails).
+    let mut spec = default_spec();
+    spec["process"]["oomScoreAdj"] = json!(-998);
+    let original = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    let lowering_allowed = std::fs::write("/proc/self/oom_score_adj", "-999").is_ok();
+    let _ = std::fs::write("/proc/self/oom_score_adj", original.trim());
+    match b.create(&spec, false) {
+        Ok(_) => assert!(lowering_allowed, "create must fail where lowering oom_score_adj is denied"),
+        Err(e) => assert!(e.to_string().contains("oom_score_adj -998"), "{e}"),
+    }
+}

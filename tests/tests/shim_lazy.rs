@@ -1,0 +1,93 @@
+//! End-to-end: a LAZY image (converted with `lazyctl convert`) run through containerd 1.6 and
+//! `containerd-shim-lazy-v2`: the shim mounts the lazy filesystem in-process under the container's
+//! overlay, the container runs before the image's content is downloaded, `lazyctl stats
+//! <bundle>/lazy` shows how little was fetched, and a killed shim leaves nothing behind after
+//! `ctr task delete` + `ctr container rm`.
+
+use std::time::{Duration, Instant};
+
+use harness::containerd::{busybox_image, Containerd, RUNTIME};
+use harness::images::Entry;
+use harness::registry::Registry;
+use harness::{prerequisites_met, Prereq};
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash() {
+    let prereqs = [
+        Prereq::Root,
+        Prereq::Fuse,
+        Prereq::Tool("containerd"),
+        Prereq::Tool("ctr"),
+        Prereq::Tool("docker-registry"),
+        Prereq::Tool("skopeo"),
+    ];
+    if !prerequisites_met("shim_lazy_image", &prereqs) {
+        return;
+    }
+    harness::init_logging();
+    let registry = Registry::start().expect("starting docker-registry");
+    // busybox plus 64 MiB the container never reads.
+    let mut image = busybox_image().unwrap();
+    image.layers[0].push(Entry::dir("data"));
+    image.layers[0].push(Entry::random_file("data/unused.bin", 7, 64 << 20));
+    let published = harness::scenario::publish_and_convert(&registry, &image, "bb", &[]).expect("publish + convert");
+
+    let ctrd = Containerd::start().expect("starting containerd");
+    let cfg_dir = ctrd.scratch("shimcfg");
+    let cache = cfg_dir.join("cache");
+    let cfg = cfg_dir.join("config.toml");
+    std::fs::write(&cfg, format!("[cache]\ndir = \"{}\"\n[fetch]\nprefetch = \"none\"\n", cache.display())).unwrap();
+    let cfg = cfg.display().to_string();
+    ctrd.pull(&published.lazy).expect("pulling the lazy stub image");
+
+    // Foreground run: output and exit code as with a plain image.
+    let out = ctrd.ctr(&[
+        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &cfg, &published.lazy, "l0", "sh", "-c",
+        "echo hi; exit 3",
+    ]);
+    assert_eq!((out.code, out.stdout.as_str()), (3, "hi\n"), "{}\ncontainerd log:\n{}", out.all(), ctrd.log());
+
+    // Detached run: the lazy mount is visible and its stats show a lazy start.
+    ctrd.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", &cfg, &published.lazy, "l1", "sleep", "1000"])
+        .unwrap();
+    let bundle = ctrd.bundle("l1");
+    let lazy = bundle.join("lazy");
+    assert!(ctrd.mounts().contains(&lazy), "lazy FUSE mount at {}: {:?}", lazy.display(), ctrd.mounts());
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "w", "l1", "sh", "-c", "echo written > /tmp/f; cat /tmp/f; ls /data"]);
+    assert_eq!((out.code, out.stdout.as_str()), (0, "written\nunused.bin\n"), "{}", out.all());
+    let stats = harness::lazyctl::run(&["stats", &lazy.display().to_string()]).expect("lazyctl stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let image_bytes = stats["image_bytes"].as_u64().unwrap();
+    let fetched = stats["bytes_fetched"].as_u64().unwrap();
+    assert!(image_bytes > 64 << 20, "{stats}");
+    assert!(fetched > 0, "something was fetched: {stats}");
+    assert!(fetched * 10 < image_bytes, "fetched {fetched} of {image_bytes} bytes: not lazy: {stats}");
+
+    // SIGKILL the shim of the running lazy container: delete + rm must leave nothing.
+    let init: i32 = ctrd
+        .ctr_ok(&["task", "ls"])
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("l1 "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    let shims = ctrd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the shim is gone", Duration::from_secs(10), || ctrd.shim_pids().is_empty());
+    let _ = ctrd.ctr(&["task", "delete", "l1"]);
+    ctrd.ctr_ok(&["container", "rm", "l1"]).unwrap();
+    wait_until("the container's init is gone", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{init}")).exists()
+    });
+    assert_eq!(ctrd.mounts(), Vec::<std::path::PathBuf>::new(), "mounts left behind");
+    assert_eq!(ctrd.leftover_cgroups(), Vec::<std::path::PathBuf>::new(), "cgroups left behind");
+}
