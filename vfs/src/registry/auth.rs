@@ -171,6 +171,7 @@ pub async fn fetch_token(
     service: Option<&str>,
     scope: &str,
     creds: Option<&(String, String)>,
+    timeout: std::time::Duration,
 ) -> Result<String, RegistryError> {
     let err = |reason: String| RegistryError::Auth { registry: registry.to_string(), reason };
     let mut url = reqwest::Url::parse(realm).map_err(|e| err(format!("token realm {realm:?} is not a URL: {e}")))?;
@@ -181,7 +182,7 @@ pub async fn fetch_token(
         }
         q.append_pair("scope", scope);
     }
-    let mut req = http.get(url.clone());
+    let mut req = http.get(url.clone()).timeout(timeout);
     if let Some((u, p)) = creds {
         req = req.basic_auth(u, Some(p));
     }

@@ -148,7 +148,8 @@ impl Client {
         let creds = self.credentials(registry);
         let header = match challenge.and_then(Challenge::parse) {
             Some(Challenge::Bearer { realm, service, .. }) => {
-                auth::fetch_token(&self.inner.http, registry, &realm, service.as_deref(), &scope, creds.as_ref()).await?
+                let timeout = self.inner.config.request_timeout.min(self.inner.config.deadline);
+                auth::fetch_token(&self.inner.http, registry, &realm, service.as_deref(), &scope, creds.as_ref(), timeout).await?
             }
             Some(Challenge::Basic) | None => match &creds {
                 Some((u, p)) => auth::basic_header(u, p),

@@ -141,3 +141,122 @@ fn real_registry_push_range_read_verify_outage_and_recovery() {
     assert_eq!(out[0].as_ref().unwrap().as_ref(), &contents[2][..]);
     println!("after restart: ok; stats {:?}", stats.snapshot());
 }
+
+/// Throughput figures (printed, not asserted beyond correctness): 64 MiB of incompressible data in
+/// 1 MiB chunks, read cold through the chunk source in batches of 8 chunks and one at a time,
+/// compared with one whole-blob GET, then read warm from the node cache.
+#[test]
+#[ignore = "needs the docker-registry binary; prints figures; run with --ignored --nocapture"]
+fn real_registry_throughput_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("storage").display()
+        ),
+    )
+    .unwrap();
+    let _registry = RegistryProc::start(&config, port);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let client = Client::new(ClientConfig::default()).unwrap();
+    let repo: Reference = format!("127.0.0.1:{port}/lazy/bench").parse().unwrap();
+
+    const N: usize = 64;
+    let mut state = 0x9E3779B97F4A7C15u64;
+    let mut blob = Vec::new();
+    let mut chunks = Vec::new();
+    for _ in 0..N {
+        let c: Vec<u8> = (0..(1 << 20) / 8)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()
+            })
+            .collect();
+        let z = zstd::bulk::compress(&c, 1).unwrap();
+        chunks.push(Chunk { blob: 0, offset: blob.len() as u64, compressed_len: z.len() as u32, len: c.len() as u32, digest: Digest::of(&c) });
+        blob.extend_from_slice(&z);
+    }
+    let blob_ref = BlobRef { digest: Digest::of(&blob), size: blob.len() as u64 };
+    rt.block_on(client.push_blob(&repo, &blob_ref.digest, Bytes::from(blob.clone()))).unwrap();
+    let mib = blob.len() as f64 / (1 << 20) as f64;
+
+    let t = Instant::now();
+    rt.block_on(client.get_blob(&repo, &blob_ref.digest)).unwrap();
+    let whole = t.elapsed();
+    println!("whole-blob GET ({mib:.0} MiB, verified): {:?} = {:.0} MiB/s", whole, mib / whole.as_secs_f64());
+
+    {
+        let t = Instant::now();
+        let mut parts = Vec::new();
+        for c in &chunks {
+            parts.push(rt.block_on(client.get_blob_range(&repo, &blob_ref.digest, c.offset..c.offset + c.compressed_len as u64)).unwrap());
+        }
+        let t_fetch = t.elapsed();
+        let t = Instant::now();
+        let plain: Vec<Vec<u8>> = chunks.iter().zip(&parts).map(|(c, p)| zstd::bulk::decompress(p, c.len as usize).unwrap()).collect();
+        let t_zstd = t.elapsed();
+        let t = Instant::now();
+        for p in &plain {
+            Digest::of(p);
+        }
+        let t_hash = t.elapsed();
+        let cd = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(cd.path(), 0).unwrap();
+        let t = Instant::now();
+        for (c, p) in chunks.iter().zip(&plain) {
+            cache.put(&c.digest, p).unwrap();
+        }
+        println!("breakdown: 64 range GETs {t_fetch:?}, zstd {t_zstd:?}, sha256 {t_hash:?}, cache put {:?}", t.elapsed());
+    }
+    for batch in [8usize, 1] {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ChunkCache::open(cache_dir.path(), 0).unwrap());
+        let stats = Arc::new(Stats::default());
+        let source = RegistryChunkSource::new(
+            vec![blob_ref],
+            repo.clone(),
+            client.clone(),
+            Some(cache.clone()),
+            stats.clone(),
+            rt.handle().clone(),
+            FetchOptions::default(),
+        );
+        let refs: Vec<ChunkRef<'_>> = chunks.iter().enumerate().map(|(i, c)| ChunkRef { path: "/bench", chunk_no: i, chunk: c }).collect();
+        let t = Instant::now();
+        for part in refs.chunks(batch) {
+            assert!(source.read_chunks(part).iter().all(|r| r.is_ok()));
+        }
+        let cold = t.elapsed();
+        let s = stats.snapshot();
+        println!(
+            "cold read, {batch} chunk(s) per call: {cold:?} = {:.0} MiB/s, {} requests",
+            mib / cold.as_secs_f64(),
+            s.requests
+        );
+        // Warm: a new cache handle over the same directory (as a new process would have) re-hashes
+        // each chunk on first use; the second pass trusts the length only.
+        let cache = Arc::new(ChunkCache::open(cache_dir.path(), 0).unwrap());
+        let source = RegistryChunkSource::new(
+            vec![blob_ref],
+            repo.clone(),
+            client.clone(),
+            Some(cache),
+            stats.clone(),
+            rt.handle().clone(),
+            FetchOptions::default(),
+        );
+        for round in ["warm, first use (re-hash)", "warm, verified"] {
+            let t = Instant::now();
+            for part in refs.chunks(batch) {
+                assert!(source.read_chunks(part).iter().all(|r| r.is_ok()));
+            }
+            println!("{round}, {batch} per call: {:?} = {:.0} MiB/s", t.elapsed(), mib / t.elapsed().as_secs_f64());
+        }
+        assert_eq!(stats.snapshot().requests, s.requests, "warm reads send no requests");
+    }
+}
