@@ -160,33 +160,65 @@ impl Mounted {
             p.stop(PREFETCH_STOP_WAIT);
         }
         let Some(session) = self.session.take() else { return Ok(()) };
-        match nix::mount::umount(&self.mountpoint) {
-            // EINVAL: no longer a mount point (someone ran umount): the session ends on its own.
-            Ok(()) | Err(Errno::EINVAL) => {
-                if let Err(err) = session.join() {
-                    log::warn!("lazy filesystem at {}: request threads ended with: {err}", self.mountpoint.display());
-                }
-                Ok(())
-            }
-            Err(Errno::EBUSY) => {
+        // fuser unmounts (plain umount(2), so a busy mount is refused, not yanked away from users)
+        // and joins the request threads, which end when the kernel closes the connection.
+        let err = match session.umount_and_join() {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        match err.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::EBUSY) => {
                 nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
                     .map_err(|source| FsError::Unmount { path: self.mountpoint.clone(), source })?;
+                // The request threads keep serving the open files and exit by themselves when the
+                // kernel releases the connection; the session no longer owns the mount, so nothing
+                // will unmount this path again (it may hold another mount by then).
                 log::warn!(
                     "lazy filesystem at {} was busy: detached it; it keeps serving open files until they are closed",
                     self.mountpoint.display()
                 );
-                // Do not join (the threads serve the remaining users) and do not let the session's
-                // own drop unmount by path: the path may hold another mount by then. The threads
-                // exit by themselves when the kernel releases the connection.
-                std::mem::forget(session);
                 Ok(())
             }
-            Err(source) => {
-                self.session = Some(session);
-                Err(FsError::Unmount { path: self.mountpoint.clone(), source })
+            // Not mounted any more (someone ran umount): the request threads end on their own.
+            Some(Errno::EINVAL) => Ok(()),
+            _ if !is_mounted(&self.mountpoint) => {
+                log::warn!("lazy filesystem at {}: request threads ended with: {err}", self.mountpoint.display());
+                Ok(())
+            }
+            _ => Err(FsError::Unmount {
+                path: self.mountpoint.clone(),
+                source: err.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO),
+            }),
+        }
+    }
+}
+
+/// Whether `path` is a mount point, per /proc/self/mountinfo (field 5, octal-escaped).
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.as_os_str().as_encoded_bytes();
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| unescape_mountinfo(mp) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
             }
         }
     }
+    out
 }
 
 impl Drop for Mounted {
@@ -231,4 +263,15 @@ fn get_xattr(path: &Path, name: &str) -> Result<Vec<u8>, Errno> {
         }
     }
     Err(Errno::ERANGE)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(super::unescape_mountinfo(r"/run/a\040b\011c\134d"), b"/run/a b\tc\\d");
+        assert_eq!(super::unescape_mountinfo(r"/plain\0"), b"/plain\\0");
+        assert!(super::is_mounted(std::path::Path::new("/proc")));
+        assert!(!super::is_mounted(std::path::Path::new("/proc/self")));
+    }
 }
