@@ -145,10 +145,10 @@ fn main() -> Result<()> {
     println!("local disk: {} ({disk_fs}); page cache dropped between samples: {}",
         work.path().display(),
         if can_drop { "yes" } else { "NO (no permission for /proc/sys/vm/drop_caches: disk and warm figures include page cache)" });
-    println!("{:<58} {:>10} {:>11}", "case", "median", "throughput");
+    println!("{:<64} {:>10} {:>12}", "case", "median", "throughput");
     let row = |name: &str, times: &[Duration], bytes: u64| {
         let m = median(times);
-        println!("{name:<58} {:>9.2}s {:>7.0} MiB/s", m.as_secs_f64(), bytes as f64 / MIB as f64 / m.as_secs_f64());
+        println!("{name:<64} {:>9.2}s {:>7.0} MiB/s", m.as_secs_f64(), bytes as f64 / MIB as f64 / m.as_secs_f64());
     };
     row(&format!("sequential read, local disk ({disk_fs}, cold page cache)"), &disk, size);
     row("sequential read, lazy mount, warm node cache, cold page cache", &warm, size);
