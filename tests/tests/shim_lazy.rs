@@ -47,6 +47,7 @@ fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash() {
     std::fs::write(&cfg, format!("[cache]\ndir = \"{}\"\n[fetch]\nprefetch = \"none\"\n", cache.display())).unwrap();
     let cfg = cfg.display().to_string();
     ctrd.pull(&published.lazy).expect("pulling the lazy stub image");
+    let served_before_runs = registry.served_bytes();
 
     // Foreground run: output and exit code as with a plain image.
     let out = ctrd.ctr(&[
@@ -68,8 +69,12 @@ fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash() {
     let image_bytes = stats["image_bytes"].as_u64().unwrap();
     let fetched = stats["bytes_fetched"].as_u64().unwrap();
     assert!(image_bytes > 64 << 20, "{stats}");
-    assert!(fetched > 0, "something was fetched: {stats}");
+    assert!(stats["bytes_served"].as_u64().unwrap() > 0, "the container read through the mount: {stats}");
+    // l0 fetched busybox into the node cache; l1 found it there.
     assert!(fetched * 10 < image_bytes, "fetched {fetched} of {image_bytes} bytes: not lazy: {stats}");
+    let served = registry.served_bytes() - served_before_runs;
+    assert!(served > 0 && served * 10 < image_bytes, "the registry served {served} of {image_bytes} bytes for both runs");
+    log::info!("lazy runs: registry served {served} of {image_bytes} image bytes; l1 stats {stats}");
 
     // SIGKILL the shim of the running lazy container: delete + rm must leave nothing.
     let init: i32 = ctrd
