@@ -363,3 +363,28 @@ pub fn flip_byte(path: &Path, offset: u64) -> Result<()> {
     file.sync_all()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prereq::{prerequisites_met, Prereq};
+
+    /// The harness's own guarantees: bytes served are counted, stop refuses connections, restart
+    /// serves the same storage on the same port.
+    #[test]
+    fn registry_counts_stops_and_restarts() {
+        if !prerequisites_met("registry self-test", &[Prereq::Tool("docker-registry")]) {
+            return;
+        }
+        let mut registry = Registry::start().unwrap();
+        let port = registry.port();
+        let before = registry.served_bytes();
+        assert_eq!(http_status(port, "/v2/").unwrap(), 200);
+        assert!(registry.served_bytes() > before, "the proxy counts response bytes");
+        registry.stop();
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "stopped registry must refuse connections");
+        registry.restart().unwrap();
+        assert_eq!(registry.port(), port);
+        assert_eq!(http_status(port, "/v2/_catalog").unwrap(), 200);
+    }
+}
