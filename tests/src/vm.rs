@@ -326,7 +326,7 @@ fn boot_once(kernel: &Path, initrd: &Path, work: &Path, cfg: &VmConfig, accel: &
     let console = String::from_utf8_lossy(&std::fs::read(&console_path).unwrap_or_default()).into_owned();
     let code = console
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("VM-EXIT-CODE="))
+        .filter_map(|l| l.rsplit_once("VM-EXIT-CODE=").map(|(_, c)| c))
         .last()
         .and_then(|c| c.trim().parse::<i32>().ok());
     match (code, status) {
@@ -364,7 +364,7 @@ pub fn run(argv: &[&str], cfg: &VmConfig) -> std::result::Result<VmRun, VmError>
         script.push_str(&format!("cd {GUEST_WORK}\n"));
         let cmd: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
         script.push_str(&format!("{} > {GUEST_WORK}/output 2>&1 < /dev/null\n", cmd.join(" ")));
-        script.push_str("rc=$?\nsync\necho \"VM-EXIT-CODE=$rc\" > /dev/console\necho o > /proc/sysrq-trigger\nsleep 30\n");
+        script.push_str("rc=$?\nsync\nprintf '\\nVM-EXIT-CODE=%s\\n' \"$rc\" > /dev/console\necho o > /proc/sysrq-trigger\nsleep 30\n");
         std::fs::write(work.path().join("run.sh"), script)?;
         Ok((kernel, initrd, work))
     };
@@ -375,7 +375,9 @@ pub fn run(argv: &[&str], cfg: &VmConfig) -> std::result::Result<VmRun, VmError>
         match boot_once(&kernel, &initrd, work.path(), cfg, accel).map_err(VmError::Setup)? {
             Attempt::Done(run) => return Ok(run),
             Attempt::Infra(reason, console) => {
-                eprintln!("VM attempt {attempt} failed (infrastructure): {reason}");
+                let tail: Vec<&str> = console.lines().rev().take(15).collect();
+                let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                eprintln!("VM attempt {attempt} failed (infrastructure): {reason}\n--- console tail ---\n{tail}");
                 last = (reason, console);
             }
         }
