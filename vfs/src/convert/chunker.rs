@@ -189,6 +189,7 @@ impl Chunker {
         }
         let next = AtomicUsize::new(0);
         let items: &[Pending] = batch;
+        let stored = &self.stored;
         let mut results: Vec<Option<(Digest, Vec<u8>)>> = (0..items.len()).map(|_| None).collect();
         let threads = self.threads.min(items.len());
         let parts: Vec<Vec<(usize, Digest, Result<Vec<u8>, std::io::Error>)>> = std::thread::scope(|s| {
@@ -207,7 +208,9 @@ impl Chunker {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(item) = items.get(i) else { break };
                             let digest = Digest::of(&item.data);
-                            out.push((i, digest, compressor.compress(&item.data)));
+                            // Already stored chunks are only referenced: skip compressing them.
+                            let compressed = if stored.contains_key(&digest) { Ok(Vec::new()) } else { compressor.compress(&item.data) };
+                            out.push((i, digest, compressed));
                         }
                         out
                     })
