@@ -571,3 +571,58 @@ fn unsupported_spec_fields_are_clear_errors() {
         Err(e) => assert!(e.to_string().contains("oom_score_adj -998"), "{e}"),
     }
 }
+
+/// What a user compares between runtimes: identity, capabilities, mounts with their options,
+/// /dev, hostname, environment, cwd and limits. Mount ids and times are left out.
+const PARITY_SCRIPT: &str = "id; grep Cap /proc/self/status; \
+    awk '{ for (i = 7; $i != \"-\"; i++) ; print $5, $6, $(i+1), $(i+3) }' /proc/self/mountinfo; \
+    stat -c '%n %A %U %G %t:%T %N' /dev/* /dev/pts/* /dev/shm /dev/mqueue; \
+    hostname; env | sort; pwd; ulimit -a; umask; cat /proc/self/oom_score_adj; \
+    grep -E 'NoNewPrivs|Seccomp:' /proc/self/status";
+
+/// runc 1.1.5 (Debian) and the launcher run the same bundle; their views must be identical.
+#[test]
+fn same_view_as_runc_for_the_same_bundle() {
+    if !ready("same_view_as_runc_for_the_same_bundle")
+        || !prerequisites_met("same_view_as_runc_for_the_same_bundle", &[Prereq::Tool("runc")])
+    {
+        return;
+    }
+    let mut spec = default_spec();
+    spec["process"]["args"] = json!(["sh", "-c", PARITY_SCRIPT]);
+    spec["process"]["env"] = json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]);
+    spec["process"]["cwd"] = json!("/root");
+
+    let mut ours = Bundle::new();
+    let out = ours.run(spec.clone(), &["sh", "-c", PARITY_SCRIPT]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let theirs = Bundle::new();
+    std::fs::write(theirs.path().join("config.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let id = format!("launcher-parity-{}", std::process::id());
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(state.path())
+        .args(["run", "--bundle"])
+        .arg(theirs.path())
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run runc");
+    // runc removes its container on exit; make sure, also when the assertions below fail.
+    let _ = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(state.path())
+        .args(["delete", "--force", &id])
+        .output();
+    let runc_out = String::from_utf8_lossy(&runc.stdout).into_owned();
+    assert!(runc.status.success(), "runc failed: {runc:?}");
+    let (a, b): (Vec<&str>, Vec<&str>) = (runc_out.lines().collect(), out.stdout.lines().collect());
+    let only_runc: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
+    let only_ours: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
+    assert!(
+        only_runc.is_empty() && only_ours.is_empty(),
+        "views differ\nonly under runc: {only_runc:#?}\nonly under the launcher: {only_ours:#?}"
+    );
+}

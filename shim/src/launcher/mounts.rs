@@ -223,8 +223,9 @@ pub fn collect_cgroup_v1() -> Vec<CgroupV1Bind> {
 /// What [`prepare_rootfs`] leaves for after pivot_root.
 #[derive(Debug, Default)]
 pub struct RootfsState {
-    /// /dev was asked read-only: mounted rw for the device nodes, remounted ro at the end.
-    pub dev_readonly: bool,
+    /// /dev was asked read-only (with these flags): mounted rw for the device nodes, remounted
+    /// read-only at the end.
+    pub dev_readonly: Option<MsFlags>,
 }
 
 /// Everything before pivot_root: root propagation, the rootfs bind, the spec's mounts and /dev.
@@ -245,9 +246,8 @@ pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, cgroups: &[CgroupV1Bind]) -> S
     let mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mounts {
         if clean(m.destination()) == Path::new("/dev") {
-            state.dev_readonly = parse_options(m.options().as_deref().unwrap_or_default())
-                .flags
-                .contains(MsFlags::MS_RDONLY);
+            let flags = parse_options(m.options().as_deref().unwrap_or_default()).flags;
+            state.dev_readonly = flags.contains(MsFlags::MS_RDONLY).then_some(flags);
         }
         mount_one(m, rootfs, cgroups)?;
     }
@@ -394,7 +394,8 @@ fn bind_mount(m: &Mount, source: &str, dest: &Path, opts: &MountOptions) -> Step
 
 /// A `cgroup` mount. Pure v2 host: cgroup2 (scoped by the cgroup namespace when the spec has one).
 /// v1/hybrid host: as runc, a tmpfs with each v1 hierarchy of the container bound inside, and
-/// symlinks for co-mounted controllers.
+/// symlinks for co-mounted controllers. Like runc on such a host, the cgroup2 "unified" mount is
+/// not shown in the container.
 fn mount_cgroup(m: &Mount, rootfs: &Path, dest: &Path, opts: &MountOptions, cgroups: &[CgroupV1Bind]) -> StepResult<()> {
     mkdir_all(dest)?;
     if host_is_cgroup2() {
@@ -420,9 +421,7 @@ fn mount_cgroup(m: &Mount, rootfs: &Path, dest: &Path, opts: &MountOptions, cgro
             }
         }
     }
-    if opts.flags.contains(MsFlags::MS_RDONLY) {
-        do_mount(Some("tmpfs"), dest, None, tmpfs_flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, "")?;
-    }
+    // runc 1.1 leaves the tmpfs itself writable (only the hierarchies inside are read-only).
     for p in &opts.propagation {
         do_mount(None, dest, None, *p, "")?;
     }
@@ -448,35 +447,43 @@ pub fn pivot_root(rootfs: &Path) -> StepResult<()> {
     nix::unistd::chdir("/").step(|| "chdir /".to_string())
 }
 
-fn remount_ro(path: &Path) -> StepResult<()> {
-    let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    if mount(None::<&str>, path, None::<&str>, base, None::<&str>).is_ok() {
-        return Ok(());
-    }
-    // Locked flags (nosuid, nodev, noexec) must be repeated on a bind remount.
-    let st = nix::sys::statvfs::statvfs(path).step(|| format!("statvfs {}", path.display()))?;
-    let mut flags = base;
-    let f = st.flags();
+/// nosuid/nodev/noexec of the mount at `path` (they must be repeated on a bind remount, and runc
+/// keeps them on read-only paths).
+fn locked_flags(path: &Path) -> StepResult<MsFlags> {
     use nix::sys::statvfs::FsFlags;
+    let st = nix::sys::statvfs::statvfs(path).step(|| format!("statvfs {}", path.display()))?;
+    let mut flags = MsFlags::empty();
     for (ff, mf) in [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
     ] {
-        if f.contains(ff) {
+        if st.flags().contains(ff) {
             flags |= mf;
         }
     }
-    do_mount(None, path, None, flags, "")
+    Ok(flags)
+}
+
+/// runc's setReadonly for the rootfs: a plain read-only bind remount, repeated with the locked
+/// flags when the kernel insists.
+fn remount_rootfs_ro() -> StepResult<()> {
+    let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if mount(None::<&str>, "/", None::<&str>, base, None::<&str>).is_ok() {
+        return Ok(());
+    }
+    do_mount(None, Path::new("/"), None, base | locked_flags(Path::new("/"))?, "")
 }
 
 /// After pivot_root: /dev read-only if asked, the read-only rootfs.
 pub fn finalize_rootfs(spec: &Spec, state: &RootfsState) -> StepResult<()> {
-    if state.dev_readonly {
-        remount_ro(Path::new("/dev"))?;
+    if let Some(flags) = state.dev_readonly {
+        // runc's remountReadonly: the /dev mount's own flags plus read-only.
+        let flags = flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        do_mount(None, Path::new("/dev"), None, flags, "")?;
     }
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        remount_ro(Path::new("/"))?;
+        remount_rootfs_ro()?;
     }
     Ok(())
 }
@@ -490,7 +497,8 @@ pub fn readonly_path(path: &str) -> StepResult<()> {
         Err(nix::errno::Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(format!("readonly path {path}: bind mount: {e}")),
     }
-    remount_ro(p).map_err(|e| format!("readonly path {path}: {e}"))
+    let flags = locked_flags(p)? | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    do_mount(None, p, None, flags, "").map_err(|e| format!("readonly path {path}: {e}"))
 }
 
 /// runc's maskPath: the container's own /dev/null over a file, a read-only empty tmpfs over a
