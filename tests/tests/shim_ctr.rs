@@ -273,3 +273,41 @@ fn shim_runc_parity() {
     assert!(diffs.is_empty(), "differences from runc:\n{}", diffs.join("\n"));
     assert_clean(&env);
 }
+
+#[test]
+fn shim_log_uris_file_and_binary() {
+    let Some(env) = setup("shim_log_uris_file_and_binary") else { return };
+    let c = &env.ctrd;
+    let dir = c.scratch("logs");
+
+    let file = dir.join("c.log");
+    let uri = format!("file://{}", file.display());
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--log-uri", &uri, &env.image, "f1", "sh", "-c", "echo out; echo err >&2; exit 2"]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["err", "out"], "file:// log: {text:?}");
+
+    // A logging binary gets stdout on fd 3, stderr on fd 4, and closes fd 5 when ready.
+    let logger = dir.join("logger.sh");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\ncat <&3 > {d}/stdout & cat <&4 > {d}/stderr &\nexec 5>&-\necho \"$CONTAINER_NAMESPACE/$CONTAINER_ID $*\" > {d}/args\nwait\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?tag=x", logger.display());
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--log-uri", &uri, &env.image, "b1", "sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    wait_until("the logger wrote both streams", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("stdout")).is_ok_and(|s| s == "out\n")
+            && std::fs::read_to_string(dir.join("stderr")).is_ok_and(|s| s == "err\n")
+    });
+    let args = std::fs::read_to_string(dir.join("args")).unwrap();
+    assert_eq!(args.trim(), format!("{}/b1 tag x", c.namespace()));
+    assert_clean(&env);
+}

@@ -96,6 +96,17 @@ fn place_in(cgroup: Option<Arc<Cgroup>>) -> impl FnMut(i32) -> anyhow::Result<()
     }
 }
 
+/// The config's log level, unless containerd runs the shim with -debug (then debug stays on).
+fn apply_log_level(level: &str) {
+    if log::max_level() >= log::LevelFilter::Debug {
+        return;
+    }
+    match level.parse::<log::LevelFilter>() {
+        Ok(l) => log::set_max_level(l),
+        Err(_) => log::warn!("config log_level {level:?} is not one of error, warn, info, debug, trace; keeping info"),
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Other(format!("internal task failed: {e}")))
 }
@@ -172,6 +183,7 @@ impl Shared {
         let spec = Arc::new(spec);
         let opts = config::runtime_options(req.options.as_ref())?;
         let config = Config::resolve(&opts)?;
+        apply_log_level(&config.log_level);
         log::info!("creating container {id} in {}", bundle.display());
 
         let (b, mounts, c, i) = (bundle.clone(), req.rootfs.clone(), config.clone(), id.clone());
