@@ -38,6 +38,9 @@ struct Pending {
     data: Vec<u8>,
 }
 
+/// A batch item after hashing: its position, digest and compressed bytes (empty if already stored).
+type Hashed = (usize, Digest, Result<Vec<u8>, std::io::Error>);
+
 /// What the reader thread hands over: files that start in this batch (so empty files are known
 /// too), and the chunks cut since the last batch, in file order.
 #[derive(Default)]
@@ -192,7 +195,7 @@ impl Chunker {
         let stored = &self.stored;
         let mut results: Vec<Option<(Digest, Vec<u8>)>> = (0..items.len()).map(|_| None).collect();
         let threads = self.threads.min(items.len());
-        let parts: Vec<Vec<(usize, Digest, Result<Vec<u8>, std::io::Error>)>> = std::thread::scope(|s| {
+        let parts: Vec<Vec<Hashed>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     s.spawn(|| {
