@@ -333,3 +333,56 @@ fn content_range_parsing() {
     assert_eq!(parse_content_range("bytes 5-4/100"), None);
     assert_eq!(parse_content_range("items 1-2/3"), None);
 }
+
+#[tokio::test]
+async fn a_registry_that_accepts_but_never_answers_fails_near_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock); // never answer, never close
+        }
+    });
+    let c = Client::new(ClientConfig {
+        deadline: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(60),
+        docker_config: Some("/nonexistent/lazy-test-config.json".into()),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let t = Instant::now();
+    let e = c.get_blob_range(&reference(&addr), &Digest::of(BLOB), 0..4).await.unwrap_err();
+    task.abort();
+    assert!(e.is_unavailable(), "{e}");
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(3), "a silent registry held the call for {:?}", t.elapsed());
+}
+
+#[test]
+fn plain_http_policy_picks_the_scheme() {
+    let url = |plain_http, r: &str| {
+        let c = Client::new(ClientConfig { plain_http, docker_config: Some("/nonexistent".into()), ..ClientConfig::default() }).unwrap();
+        c.url(&r.parse().unwrap(), "blobs/x").unwrap().to_string()
+    };
+    assert_eq!(url(PlainHttp::Auto, "127.0.0.1:5000/a"), "http://127.0.0.1:5000/v2/a/blobs/x");
+    assert_eq!(url(PlainHttp::Auto, "localhost:5000/a"), "http://localhost:5000/v2/a/blobs/x");
+    assert_eq!(url(PlainHttp::Auto, "reg.example.com/a"), "https://reg.example.com/v2/a/blobs/x");
+    assert_eq!(url(PlainHttp::Never, "127.0.0.1:5000/a"), "https://127.0.0.1:5000/v2/a/blobs/x");
+    assert_eq!(url(PlainHttp::Always, "reg.example.com/a"), "http://reg.example.com/v2/a/blobs/x");
+    assert_eq!(url(PlainHttp::Auto, "busybox"), "https://registry-1.docker.io/v2/library/busybox/blobs/x");
+}
+
+#[test]
+fn unusable_tls_files_are_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let e = Client::new(ClientConfig { ca_file: Some(ca.clone()), ..ClientConfig::default() }).err().unwrap().to_string();
+    assert!(e.contains(&ca.display().to_string()), "{e}");
+    let missing = dir.path().join("missing.pem");
+    let e = Client::new(ClientConfig { ca_file: Some(missing.clone()), ..ClientConfig::default() }).err().unwrap().to_string();
+    assert!(e.contains("missing.pem"), "{e}");
+    let e = Client::new(ClientConfig { client_cert: Some((ca.clone(), ca)), ..ClientConfig::default() }).err().unwrap().to_string();
+    assert!(e.contains("client certificate"), "{e}");
+}
