@@ -12,6 +12,8 @@ const CHECKS: &[&str] = &[
     "update_and_stats",
     "kill_all_and_delete",
     "devices",
+    "launcher_memory_oom",
+    "launcher_devices",
 ];
 
 #[test]
@@ -30,6 +32,8 @@ fn cgroup_v2_limits_are_enforced_in_a_vm() {
         return;
     }
     let guest = env!("CARGO_BIN_EXE_cgroup-guest");
+    // The launcher checks re-execute the shim binary as their helper: it must be built next to the guest.
+    let _shim = harness::bins::shim();
     let run = match vm::run(&[guest], &VmConfig::default()) {
         Ok(run) => run,
         Err(e) => panic!("{e}"),

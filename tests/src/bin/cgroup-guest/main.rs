@@ -2,6 +2,8 @@
 //! through the shim's cgroup module, with workers that are this same binary re-executed, placed into the
 //! cgroup (`Cgroup::add_pid`) while they wait on a start gate, i.e. before they do anything.
 //!
+//! The `launcher_*` checks do the same through `shim::launcher::create` with a busybox bundle.
+//!
 //! Prints one `CHECK <name> PASS|FAIL <detail>` line per check and exits with the number of failures.
 //! Worker modes (`cgroup-guest worker <mode> ...`) read one line from stdin before starting.
 
@@ -19,6 +21,8 @@ use oci_spec::runtime::{
     LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 use shim::cgroup::{Cgroup, CgroupPolicy};
+
+mod launcher_checks;
 
 const MIB: usize = 1 << 20;
 
@@ -445,13 +449,15 @@ fn run_checks() -> i32 {
     let root = Path::new("/sys/fs/cgroup");
     let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
     println!("guest kernel cgroup2 controllers: {}", controllers.trim());
-    let checks: [(&str, fn() -> Result<String>); 6] = [
+    let checks: [(&str, fn() -> Result<String>); 8] = [
         ("memory_oom", check_memory_oom),
         ("pids_limit", check_pids),
         ("cpu_quota_and_freeze", check_cpu_freeze),
         ("update_and_stats", check_update_and_stats),
         ("kill_all_and_delete", check_kill_all_and_delete),
         ("devices", check_devices),
+        ("launcher_memory_oom", launcher_checks::check_launcher_oom),
+        ("launcher_devices", launcher_checks::check_launcher_devices),
     ];
     let mut failures = 0;
     for (name, f) in checks {
