@@ -169,6 +169,9 @@ struct Lead<'c, 'a> {
 impl RegistryChunkSource {
     /// `blobs` is the index's blob table; `repository` is where the blobs live (the index's
     /// `source`, or an override such as a mirror). `cache` may be `None` (no node cache).
+    ///
+    /// `handle` must belong to a MULTI-THREAD runtime: reads call `handle.block_on` from FUSE
+    /// threads, and a current-thread runtime's handle cannot drive I/O from another thread.
     pub fn new(
         blobs: Vec<BlobRef>,
         repository: Reference,
@@ -191,6 +194,9 @@ impl RegistryChunkSource {
         handle: Handle,
         opts: FetchOptions,
     ) -> Self {
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            log::warn!("lazy chunk source on a current-thread tokio runtime: reads may stall; use a multi-thread runtime");
+        }
         RegistryChunkSource {
             blobs,
             reader,
