@@ -308,3 +308,95 @@ pub fn push_busybox(registry: &crate::registry::Registry) -> Result<String> {
     crate::images::push(dir.path(), "1", &reference)?;
     Ok(reference)
 }
+
+/// Where big, slow-to-build test inputs are kept between runs (`LAZY_TEST_CACHE`, default
+/// /var/cache/lazy-tests).
+pub fn test_cache_dir() -> PathBuf {
+    std::env::var_os("LAZY_TEST_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/lazy-tests"))
+}
+
+/// A Debian bookworm root filesystem with python3, numpy and pandas (~650 MB unpacked) as a tar,
+/// built once with mmdebstrap from the Debian mirror (~3 minutes) and cached.
+pub fn python_rootfs_tar() -> Result<PathBuf> {
+    let dir = test_cache_dir();
+    let tar = dir.join("python-rootfs.tar");
+    if tar.is_file() {
+        return Ok(tar);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // mmdebstrap picks its output format from the name: it must end in .tar.
+    let tmp = dir.join(format!("python-rootfs.{}.tmp.tar", std::process::id()));
+    log::info!("building {} with mmdebstrap (a few minutes, cached afterwards)", tar.display());
+    let out = Command::new("mmdebstrap")
+        .args(["--variant=minbase", "--include=python3,python3-numpy,python3-pandas", "bookworm"])
+        .arg(&tmp)
+        .arg("http://deb.debian.org/debian")
+        .output()
+        .context("running mmdebstrap (apt-get install mmdebstrap)")?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("mmdebstrap failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::rename(&tmp, &tar)?;
+    Ok(tar)
+}
+
+/// Writes an OCI layout at `dir` whose single gzip layer is the root filesystem tar `rootfs_tar`.
+pub fn layout_from_rootfs_tar(rootfs_tar: &Path, dir: &Path, tag: &str, cmd: &[&str]) -> Result<()> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Write;
+    struct Hashing<W> {
+        inner: W,
+        hash: Sha256,
+    }
+    impl<W: Write> Write for Hashing<W> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(b)?;
+            self.hash.update(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let tmp = dir.join("layer.tmp");
+    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    let gz = flate2::write::GzEncoder::new(Hashing { inner: file, hash: Sha256::new() }, flate2::Compression::fast());
+    let mut plain = Hashing { inner: gz, hash: Sha256::new() };
+    std::io::copy(&mut std::fs::File::open(rootfs_tar)?, &mut plain)?;
+    let diff_id = hex::encode(plain.hash.finalize());
+    let gz_out = plain.inner.finish()?;
+    let mut file = gz_out.inner;
+    file.flush()?;
+    let digest = hex::encode(gz_out.hash.finalize());
+    let size = std::fs::metadata(&tmp)?.len();
+    std::fs::rename(&tmp, blobs.join(&digest))?;
+    let json_blob = |v: serde_json::Value, media: &str| -> Result<serde_json::Value> {
+        let bytes = serde_json::to_vec(&v)?;
+        let d = hex::encode(Sha256::digest(&bytes));
+        std::fs::write(blobs.join(&d), &bytes)?;
+        Ok(serde_json::json!({"mediaType": media, "digest": format!("sha256:{d}"), "size": bytes.len()}))
+    };
+    let config = json_blob(
+        serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": cmd, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+        }),
+        "application/vnd.oci.image.config.v1+json",
+    )?;
+    let mut manifest = json_blob(
+        serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config,
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{digest}"), "size": size}],
+        }),
+        "application/vnd.oci.image.manifest.v1+json",
+    )?;
+    manifest["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+    manifest["platform"] = serde_json::json!({"architecture": "amd64", "os": "linux"});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [manifest]}))?)?;
+    Ok(())
+}
