@@ -520,7 +520,7 @@ fn terminal_gives_a_controlling_pty_with_the_requested_size() {
     let mut spec = default_spec();
     spec["process"]["terminal"] = json!(true);
     spec["process"]["consoleSize"] = json!({"height": 40, "width": 120});
-    spec["process"]["args"] = json!(["sh", "-c", "tty; stty size"]);
+    spec["process"]["args"] = json!(["sh", "-c", "tty; stty size; test -c /dev/console && echo console-ok"]);
     let running = b.create(&spec, true).expect("create with terminal");
     let master = running.created.pty_master.as_ref().expect("pty master").try_clone().unwrap();
     let pid = running.pid;
@@ -540,7 +540,7 @@ fn terminal_gives_a_controlling_pty_with_the_requested_size() {
     assert_eq!(wait_exit(pid, Duration::from_secs(30)), 0);
     drop(running);
     let out = reader.join().unwrap();
-    assert_eq!(out.replace('\r', ""), "/dev/pts/0\n40 120\n");
+    assert_eq!(out.replace('\r', ""), "/dev/pts/0\n40 120\nconsole-ok\n");
 }
 
 #[test]
@@ -580,7 +580,9 @@ const PARITY_SCRIPT: &str = "id; grep Cap /proc/self/status; \
     hostname; env | sort; pwd; ulimit -a; umask; cat /proc/self/oom_score_adj; \
     grep -E 'NoNewPrivs|Seccomp:' /proc/self/status";
 
-/// runc 1.1.5 (Debian) and the launcher run the same bundle; their views must be identical.
+/// runc 1.1.5 (Debian) and the launcher run the same bundle; their views must be identical. Two
+/// specs: containerd's default for `ctr run`, and a non-root user with extra groups, a umask,
+/// a read-only rootfs, a read-only /dev, no noNewPrivileges and an rlimit.
 #[test]
 fn same_view_as_runc_for_the_same_bundle() {
     if !ready("same_view_as_runc_for_the_same_bundle")
@@ -589,14 +591,24 @@ fn same_view_as_runc_for_the_same_bundle() {
         return;
     }
     let mut spec = default_spec();
-    spec["process"]["args"] = json!(["sh", "-c", PARITY_SCRIPT]);
     spec["process"]["env"] = json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]);
     spec["process"]["cwd"] = json!("/root");
+    compare_with_runc(&spec);
 
+    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 1000], "umask": 18});
+    spec["process"]["noNewPrivileges"] = json!(false);
+    spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 512}, {"type": "RLIMIT_NPROC", "hard": 300, "soft": 200}]);
+    spec["root"]["readonly"] = json!(true);
+    spec["mounts"][1]["options"].as_array_mut().unwrap().push(json!("ro"));
+    compare_with_runc(&spec);
+}
+
+fn compare_with_runc(spec: &Value) {
+    let mut spec = spec.clone();
+    spec["process"]["args"] = json!(["sh", "-c", PARITY_SCRIPT]);
     let mut ours = Bundle::new();
     let out = ours.run(spec.clone(), &["sh", "-c", PARITY_SCRIPT]);
     assert_eq!(out.code, 0, "{out:?}");
-
     let theirs = Bundle::new();
     std::fs::write(theirs.path().join("config.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
     let state = tempfile::tempdir().unwrap();

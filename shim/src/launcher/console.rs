@@ -10,8 +10,9 @@ use nix::pty::{posix_openpt, ptsname_r, unlockpt};
 use super::error::{Step, StepResult};
 
 /// Opens the pty, makes the slave fds 0-2 and the controlling terminal (the caller already called
-/// setsid), applies `console_size`, and returns the master for the shim.
-pub fn setup(size: Option<oci_spec::runtime::Box>) -> StepResult<OwnedFd> {
+/// setsid), applies `console_size`, and returns the master for the shim. For the container's init
+/// (`mount_console`), the slave is also bind-mounted on /dev/console, as runc does.
+pub fn setup(size: Option<oci_spec::runtime::Box>, mount_console: bool) -> StepResult<OwnedFd> {
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .step(|| "console: open /dev/ptmx (is /dev/pts mounted in the container?)".to_string())?;
     unlockpt(&master).step(|| "console: unlockpt".to_string())?;
@@ -22,6 +23,22 @@ pub fn setup(size: Option<oci_spec::runtime::Box>) -> StepResult<OwnedFd> {
         nix::sys::stat::Mode::empty(),
     )
     .step(|| format!("console: open {slave_path}"))?;
+    if mount_console {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/dev/console")
+            .step(|| "console: create /dev/console".to_string())?;
+        nix::mount::mount(
+            Some(slave_path.as_str()),
+            "/dev/console",
+            Some("bind"),
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .step(|| format!("console: bind mount {slave_path} on /dev/console"))?;
+    }
     if let Some(size) = size {
         let ws = libc::winsize {
             ws_row: size.height() as u16,

@@ -135,6 +135,7 @@ fn place_child(sock: &OwnedFd, pid: Pid, private: &OwnedFd) -> StepResult<()> {
 
 fn create(sock: &OwnedFd, id: &str, bundle: &Path, spec: &Spec) -> StepResult<()> {
     let plan = namespaces::plan(spec)?;
+    namespaces::check_sysctls(spec, &plan)?;
     let process = spec.process().clone().ok_or_else(|| "invalid spec: spec has no process".to_string())?;
     let mount_label = spec.linux().as_ref().and_then(|l| l.mount_label().clone());
     process::check_lsm(&process, mount_label.as_ref())?;
@@ -217,7 +218,7 @@ fn container_init(
     mounts::pivot_root(rootfs)?;
 
     let pty = if process.terminal().unwrap_or(false) {
-        Some(console::setup(process.console_size())?)
+        Some(console::setup(process.console_size(), true)?)
     } else {
         None
     };
@@ -301,7 +302,7 @@ fn exec(sock: &OwnedFd, container_pid: i32, spec: &Spec, process: &Process) -> S
         }
         nix::unistd::setsid().step(|| "setsid".to_string())?;
         let pty = if process.terminal().unwrap_or(false) {
-            Some(console::setup(process.console_size())?)
+            Some(console::setup(process.console_size(), false)?)
         } else {
             None
         };

@@ -105,6 +105,48 @@ pub fn plan(spec: &Spec) -> StepResult<Plan> {
     Ok(plan)
 }
 
+/// runc's sysctl validation: only namespaced sysctls, and only when the container has its own
+/// namespace for them; anything else would change the host.
+pub fn check_sysctls(spec: &Spec, plan: &Plan) -> StepResult<()> {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let sysctls = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default();
+    let has = |f: CloneFlags| plan.unshare.contains(f) || plan.join.iter().any(|(j, _)| *j == f);
+    for key in sysctls.keys() {
+        let (ok, ns) = if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+            (has(CloneFlags::CLONE_NEWIPC), "ipc")
+        } else if key.starts_with("net.") {
+            (has(CloneFlags::CLONE_NEWNET), "network")
+        } else if key == "kernel.hostname" || key == "kernel.domainname" {
+            (plan.own_uts, "uts")
+        } else {
+            return Err(format!(
+                "invalid spec: linux.sysctl {key:?} is not in a separate kernel namespace: setting \
+                 it would change the host; remove it"
+            ));
+        };
+        if !ok {
+            return Err(format!(
+                "invalid spec: linux.sysctl {key:?} needs the container to have its own {ns} \
+                 namespace; add it to linux.namespaces or remove the sysctl"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// In the helper, before forking: the pid namespace the init will be PID 1 of (or join).
 pub fn enter_pid_namespace(plan: &Plan) -> StepResult<()> {
     if let Some(path) = &plan.join_pid {
@@ -190,6 +232,25 @@ mod tests {
             CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS
         );
         assert_eq!(p.join, vec![(CloneFlags::CLONE_NEWNET, "/var/run/netns/cni-1".into())]);
+    }
+
+    #[test]
+    fn host_sysctls_are_refused() {
+        let mut s = spec_with(r#"[{"type":"mount"},{"type":"ipc"}]"#);
+        let p = plan(&s).unwrap();
+        let set = |s: &mut Spec, k: &str| {
+            let mut l = s.linux().clone().unwrap();
+            l.set_sysctl(Some([(k.to_string(), "1".to_string())].into_iter().collect()));
+            s.set_linux(Some(l));
+        };
+        set(&mut s, "kernel.shmmax");
+        check_sysctls(&s, &p).unwrap();
+        set(&mut s, "vm.overcommit_memory");
+        let err = check_sysctls(&s, &p).unwrap_err();
+        assert!(err.contains("not in a separate kernel namespace"), "{err}");
+        set(&mut s, "net.ipv4.ip_forward");
+        let err = check_sysctls(&s, &p).unwrap_err();
+        assert!(err.contains("own network namespace"), "{err}");
     }
 
     #[test]
