@@ -127,6 +127,16 @@ pub(crate) struct Tree {
     pub nodes: Vec<Node>,
 }
 
+/// A layer's tar entries (metadata only), read by [`scan_layer`] and applied by [`Tree::apply_layer`].
+pub(crate) struct ParsedLayer(Vec<Parsed>);
+
+/// Reads a layer's metadata. Independent of the tree, so layers can be scanned in parallel.
+pub(crate) fn scan_layer(layer: &LayerBlob) -> Result<ParsedLayer, ConvertError> {
+    let reader = open_layer(layer)?;
+    let parsed = parse_tar(reader).map_err(|reason| ConvertError::Layer { layer: layer.digest, reason })?;
+    Ok(ParsedLayer(parsed))
+}
+
 /// One tar entry's metadata, parsed before the layer is applied (whiteouts first, then entries).
 struct Parsed {
     ordinal: u64,
@@ -235,9 +245,8 @@ impl Tree {
 
     /// Applies one layer: reads its tar stream (metadata only), applies its whiteouts to the lower
     /// layers, then its entries in tar order. Returns the number of tar entries (ordinals used).
-    pub fn apply_layer(&mut self, layer_no: usize, layer: &LayerBlob) -> Result<u64, ConvertError> {
-        let reader = open_layer(layer)?;
-        let parsed = parse_tar(reader).map_err(|reason| ConvertError::Layer { layer: layer.digest, reason })?;
+    pub fn apply_layer(&mut self, layer_no: usize, layer: &LayerBlob, parsed: ParsedLayer) -> Result<u64, ConvertError> {
+        let parsed = parsed.0;
         let count = parsed.len() as u64;
         for p in &parsed {
             let Some((name, parent)) = p.components.split_last() else { continue };

@@ -123,9 +123,9 @@ pub fn convert_layers(
     check_chunk_size(opts.chunk_size)?;
     let started = std::time::Instant::now();
     let mut tree = Tree::new();
-    for (n, layer) in layers.iter().enumerate() {
+    for (n, (layer, parsed)) in layers.iter().zip(scan_layers(layers)).enumerate() {
         progress(Progress::Scanning { layer: n + 1, of: layers.len() });
-        tree.apply_layer(n, layer)?;
+        tree.apply_layer(n, layer, parsed?)?;
     }
     let numbering = number_inodes(&tree);
 
@@ -201,6 +201,34 @@ pub fn convert_layers(
     index.prefetch = resolve_prefetch(&index, &opts.prefetch);
     summary.prefetch = index.prefetch.len() as u64;
     Ok(Converted { index, blobs: chunker.blobs, summary })
+}
+
+/// Reads every layer's metadata, several layers at once (decompression is the cost and each layer
+/// is one stream). Results come back in layer order.
+fn scan_layers(layers: &[LayerBlob]) -> Vec<Result<layers::ParsedLayer, ConvertError>> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4).min(layers.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<layers::ParsedLayer, ConvertError>>> = (0..layers.len()).map(|_| None).collect();
+    let done: Vec<Vec<(usize, Result<layers::ParsedLayer, ConvertError>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(layer) = layers.get(i) else { break };
+                        out.push((i, layers::scan_layer(layer)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("layer scan thread panicked")).collect()
+    });
+    for (i, r) in done.into_iter().flatten() {
+        results[i] = Some(r);
+    }
+    results.into_iter().map(|r| r.expect("every layer was scanned")).collect()
 }
 
 struct Numbering {
