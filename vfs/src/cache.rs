@@ -402,4 +402,61 @@ mod tests {
         let names: Vec<_> = fs::read_dir(cache.path_of(&d).parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
+
+    /// Child half of the multi-process test: hammers one cache directory with puts, gets and
+    /// evictions; any torn or wrong read panics (non-zero exit). Does nothing unless the parent set
+    /// LAZY_CACHE_CHILD_DIR.
+    #[test]
+    #[ignore = "child process of many_processes_share_one_cache_without_torn_reads"]
+    fn cache_child_process() {
+        let Some(dir) = std::env::var_os("LAZY_CACHE_CHILD_DIR") else { return };
+        let seed: u8 = std::env::var("LAZY_CACHE_CHILD_SEED").unwrap().parse().unwrap();
+        // Cap of ~12 chunks for 40 distinct ones: evictions run all the time, in every process.
+        let cache = ChunkCache::open(Path::new(&dir), 12 * 64 << 10).unwrap().with_min_age(Duration::ZERO);
+        let chunks: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 64 << 10]).collect();
+        let digests: Vec<Digest> = chunks.iter().map(|c| Digest::of(c)).collect();
+        for round in 0..400usize {
+            let i = (round * 7 + seed as usize * 13) % chunks.len();
+            cache.put(&digests[i], &chunks[i]).unwrap();
+            let j = (round * 11 + seed as usize) % chunks.len();
+            if let Some(got) = cache.get_sized(&digests[j], chunks[j].len() as u64) {
+                assert!(got == chunks[j], "torn or wrong chunk {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn many_processes_share_one_cache_without_torn_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..4)
+            .map(|seed| {
+                std::process::Command::new(&exe)
+                    .args(["--ignored", "--exact", "cache::tests::cache_child_process", "--nocapture", "--test-threads=1"])
+                    .env("LAZY_CACHE_CHILD_DIR", dir.path())
+                    .env("LAZY_CACHE_CHILD_SEED", seed.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("1 passed"), "child failed:\n{text}");
+        }
+        let cache = ChunkCache::open(dir.path(), 0).unwrap();
+        let mut temps = 0;
+        for e in cache.scan().unwrap() {
+            temps += e.temp as u32;
+            if e.temp {
+                continue;
+            }
+            let name = e.path.file_name().unwrap().to_str().unwrap().to_string();
+            let d: Digest = format!("sha256:{name}").parse().unwrap();
+            assert_eq!(Digest::of(&fs::read(&e.path).unwrap()), d, "every cached file is whole");
+        }
+        assert_eq!(temps, 0, "no temp files left behind");
+    }
 }
