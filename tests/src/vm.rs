@@ -103,8 +103,8 @@ pub fn kernel_version() -> Result<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     // "linux-image-6.1.0-56-amd64 (= 6.1.192-2)"
     let kver = text
-        .split(|c: char| c == ',' || c == '|')
-        .filter_map(|d| d.trim().split_whitespace().next())
+        .split([',', '|'])
+        .filter_map(|d| d.split_whitespace().next())
         .find_map(|p| p.strip_prefix("linux-image-"))
         .map(str::to_string)
         .ok_or_else(|| anyhow!("linux-image-amd64 is not installed (dpkg-query said {text:?}): apt-get install -y --no-install-recommends linux-image-amd64"))?;
@@ -155,7 +155,7 @@ fn module_path(kver: &str, name: &str) -> Result<PathBuf> {
     // The last insmod line is the module itself.
     text.lines()
         .filter_map(|l| l.strip_prefix("insmod "))
-        .last()
+        .next_back()
         .map(|l| PathBuf::from(l.split_whitespace().next().unwrap_or("")))
         .filter(|p| p.is_file())
         .ok_or_else(|| anyhow!("kernel module {name} for {kver} not found (modprobe said {text:?})"))
@@ -327,7 +327,7 @@ fn boot_once(kernel: &Path, initrd: &Path, work: &Path, cfg: &VmConfig, accel: &
     let code = console
         .lines()
         .filter_map(|l| l.rsplit_once("VM-EXIT-CODE=").map(|(_, c)| c))
-        .last()
+        .next_back()
         .and_then(|c| c.trim().parse::<i32>().ok());
     match (code, status) {
         (Some(exit_code), _) => {

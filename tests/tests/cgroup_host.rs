@@ -148,7 +148,44 @@ fn hybrid_host_refuses_unenforceable_limits_and_runs_the_rest() {
     cg.delete().unwrap();
     assert!(!path.exists());
 
-    // 4. ctr run's cpu.shares=1024 alone.
+    // 4. Device rules are ENFORCED on this host: the BPF device program attaches to the cgroup2 hierarchy
+    //    even on a hybrid host. The pause rules above allow c 1:3 but not c 10:229 (/dev/fuse) or c 1:1.
+    let tmp = tempfile::tempdir().unwrap();
+    let (null, mem) = (tmp.path().join("null"), tmp.path().join("mem"));
+    for (p, major, minor) in [(&null, 1, 3), (&mem, 1, 1)] {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: c is a valid NUL-terminated path; mknod has no other preconditions.
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(major, minor)) };
+        assert_eq!(r, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
+    }
+    let cg = Cgroup::create(Some(&linux(&top, "devices", pause_container())), "k8s.io", "devices", &strict).unwrap();
+    let script = format!("read go; head -c 1 {} >/dev/null && echo null-ok; head -c 1 {} >/dev/null || echo mem-denied", null.display(), mem.display());
+    let mut child = ChildGuard(
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    cg.add_pid(child.0.id() as i32).unwrap();
+    {
+        use std::io::Write;
+        child.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    child.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let _ = child.0.wait();
+    drop(child);
+    assert_eq!(out, "null-ok\nmem-denied\n", "stderr: {err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    cg.delete().unwrap();
+
+    // 5. ctr run's cpu.shares=1024 alone.
     let shares = LinuxResourcesBuilder::default()
         .cpu(LinuxCpuBuilder::default().shares(1024u64).build().unwrap())
         .build()

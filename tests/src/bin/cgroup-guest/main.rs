@@ -443,13 +443,16 @@ fn check_devices() -> Result<String> {
     Ok(format!("{got:?}; after update allowing c 1:3: {got2:?}, 1 program attached"))
 }
 
+/// One enforcement check: Ok(what was observed) or the reason it failed.
+type Check = fn() -> Result<String>;
+
 fn run_checks() -> i32 {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) has no memory-safety preconditions.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let root = Path::new("/sys/fs/cgroup");
     let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
     println!("guest kernel cgroup2 controllers: {}", controllers.trim());
-    let checks: [(&str, fn() -> Result<String>); 8] = [
+    let checks: [(&str, Check); 8] = [
         ("memory_oom", check_memory_oom),
         ("pids_limit", check_pids),
         ("cpu_quota_and_freeze", check_cpu_freeze),
