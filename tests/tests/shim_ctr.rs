@@ -311,3 +311,56 @@ fn shim_log_uris_file_and_binary() {
     assert_eq!(args.trim(), format!("{}/b1 tag x", c.namespace()));
     assert_clean(&env);
 }
+
+/// A tmux server on a private socket, killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("running tmux")
+    }
+    fn pane(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "s"]).stdout).into_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[test]
+fn shim_terminal_live_resize_and_exec_tty() {
+    let Some(env) = setup("shim_terminal_live_resize_and_exec_tty") else { return };
+    if !prerequisites_met("shim_terminal_live_resize_and_exec_tty", &[Prereq::Tool("tmux")]) {
+        return;
+    }
+    let c = &env.ctrd;
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &env.image, "t2", "sleep", "1000"]).unwrap();
+    // An interactive exec with a terminal inside tmux; then tmux resizes its window.
+    let ctr = c.ctr_command(&["task", "exec", "-t", "--exec-id", "sh1", "t2", "sh"]);
+    let cmdline: Vec<String> = std::iter::once(ctr.get_program())
+        .chain(ctr.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let tmux = Tmux { socket: format!("lazy-test-{}", std::process::id()) };
+    let out = tmux.cmd(&["new-session", "-d", "-s", "s", "-x", "80", "-y", "24", &cmdline.join(" ")]);
+    assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.cmd(&["send-keys", "-t", "s", "stty size", "Enter"]);
+    wait_until("the shell prints 24 80", Duration::from_secs(10), || tmux.pane().contains("24 80"));
+    tmux.cmd(&["resize-window", "-t", "s", "-x", "120", "-y", "40"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.cmd(&["send-keys", "-t", "s", "stty size", "Enter"]);
+    wait_until("the shell prints 40 120 after the resize", Duration::from_secs(10), || tmux.pane().contains("40 120"));
+    tmux.cmd(&["send-keys", "-t", "s", "exit", "Enter"]);
+    drop(tmux);
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "t2"]).unwrap();
+    wait_until("t2 stopped", Duration::from_secs(10), || task_status(&env, "t2") == "STOPPED");
+    c.ctr_ok(&["task", "delete", "t2"]).unwrap();
+    c.ctr_ok(&["container", "rm", "t2"]).unwrap();
+    assert_clean(&env);
+}
