@@ -170,6 +170,24 @@ pub(crate) fn components(path: &[u8]) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
+/// Decodes `%XX` escapes (libarchive's xattr names); anything malformed is kept as is.
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let Ok(b) = u8::from_str_radix(std::str::from_utf8(&s[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
 fn parse_mtime(pax: Option<&[u8]>, header_mtime: u64) -> (i64, u32) {
     if let Some(v) = pax.and_then(|v| std::str::from_utf8(v).ok()) {
         let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
@@ -361,6 +379,14 @@ fn parse_tar(reader: Box<dyn Read + Send>) -> Result<Vec<Parsed>, String> {
                 let key = ext.key_bytes();
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     xattrs.insert(name.to_vec(), ext.value_bytes().to_vec());
+                } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
+                    // bsdtar: the name is URL-encoded, the value base64.
+                    use base64::Engine as _;
+                    let value = base64::engine::general_purpose::STANDARD
+                        .decode(ext.value_bytes())
+                        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(ext.value_bytes()))
+                        .map_err(|e| at("PAX LIBARCHIVE.xattr value", &e))?;
+                    xattrs.insert(percent_decode(name), value);
                 } else if key == b"mtime" {
                     pax_mtime = Some(ext.value_bytes().to_vec());
                 } else if key == b"uid" || key == b"gid" {
@@ -426,6 +452,13 @@ mod tests {
         assert_eq!(detect("application/vnd.oci.image.layer.v1.tar", b"etc/"), Ok(Compression::None));
         assert!(detect("application/vnd.oci.image.layer.v1.tar+zstd", &gz).is_err());
         assert!(detect("application/vnd.oci.image.layer.v1.tar+gzip", b"etc/").is_err());
+    }
+
+    #[test]
+    fn decodes_libarchive_xattr_names() {
+        assert_eq!(percent_decode(b"user.a%3Db"), b"user.a=b");
+        assert_eq!(percent_decode(b"user.%zz%4"), b"user.%zz%4");
+        assert_eq!(percent_decode(b"security.capability"), b"security.capability");
     }
 
     #[test]

@@ -303,3 +303,15 @@ fn reads_oci_layouts_and_selects_the_platform() {
     let err = source::open_layout(&layout, Some("v1"), &amd64).unwrap_err().to_string();
     assert!(err.contains("corrupt"), "{err}");
 }
+
+#[test]
+fn keeps_bsdtar_xattrs_and_pax_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = TarBuilder::new()
+        .pax_file("f", b"x", &[("LIBARCHIVE.xattr.user.a%3Db", b"aGk="), ("uid", b"70000"), ("gid", b"80000")])
+        .finish();
+    let conv = convert_layers(&[write_layer(dir.path(), 0, tar, Comp::Gzip)], &opts(), dir.path(), &|_| {}).unwrap();
+    let f = &conv.index.inodes[conv.index.resolve(b"/f").unwrap() as usize];
+    assert_eq!(f.xattrs, vec![Xattr { name: b"user.a=b".to_vec(), value: b"hi".to_vec() }]);
+    assert_eq!((f.uid, f.gid), (70000, 80000));
+}
