@@ -190,6 +190,7 @@ impl Client {
         };
         let mut reauthed = false;
         let mut attempt = 0u32;
+        let mut retry_after: Option<Duration> = None;
         loop {
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
@@ -215,6 +216,13 @@ impl Client {
                 }
                 Ok(resp) if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS => {
                     let status = resp.status();
+                    // An overloaded registry may say when to come back (seconds form only).
+                    retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
                     let body = resp.text().await.unwrap_or_default();
                     format!("HTTP {status}: {}", auth::truncate(&body))
                 }
@@ -224,7 +232,7 @@ impl Client {
             };
             drop(permit);
             attempt += 1;
-            let delay = self.backoff(attempt);
+            let delay = self.backoff(attempt).max(retry_after.take().unwrap_or_default());
             if Instant::now() + delay >= deadline {
                 return Err(unreachable(reason));
             }

@@ -386,3 +386,26 @@ fn unusable_tls_files_are_named_in_the_error() {
     let e = Client::new(ClientConfig { client_cert: Some((ca.clone(), ca)), ..ClientConfig::default() }).err().unwrap().to_string();
     assert!(e.contains("client certificate"), "{e}");
 }
+
+#[tokio::test]
+async fn too_many_requests_honours_retry_after_within_the_deadline() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let s = serve(move |_, _| {
+        if n2.fetch_add(1, Ordering::SeqCst) == 0 {
+            resp(429, &[("Retry-After", "1")], b"slow down")
+        } else {
+            resp(200, &[], BLOB)
+        }
+    })
+    .await;
+    let t = Instant::now();
+    assert_eq!(&client(Duration::from_secs(5)).get_blob(&reference(&s.addr), &Digest::of(BLOB)).await.unwrap()[..], BLOB);
+    assert!(t.elapsed() >= Duration::from_millis(900), "retried after {:?}, before Retry-After", t.elapsed());
+    // A Retry-After beyond the deadline means giving up now, not sleeping past the deadline.
+    let always = serve(|_, _| resp(429, &[("Retry-After", "60")], b"")).await;
+    let t = Instant::now();
+    let e = client(Duration::from_secs(1)).get_blob(&reference(&always.addr), &Digest::of(BLOB)).await.unwrap_err();
+    assert!(e.is_unavailable() && e.to_string().contains("429"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
