@@ -14,6 +14,8 @@ pub enum Prereq {
     Fuse,
     /// An executable of this name on `PATH`.
     Tool(&'static str),
+    /// A filesystem type the kernel knows (listed in /proc/filesystems), e.g. `overlay`.
+    Filesystem(&'static str),
 }
 
 impl Prereq {
@@ -34,6 +36,11 @@ impl Prereq {
                 } else {
                     None
                 }
+            }
+            Prereq::Filesystem(fs) => {
+                let known = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+                let listed = known.lines().any(|l| l.split_whitespace().last() == Some(fs));
+                (!listed).then(|| format!("needs the kernel's {fs} filesystem (not in /proc/filesystems; modprobe {fs})"))
             }
             Prereq::Tool(name) => which(name).is_none().then(|| {
                 format!("needs `{name}` on PATH (apt-get install it; .ci/run has the package list)")
