@@ -71,7 +71,13 @@ fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    rt.block_on(serve_async(flags))
+    let result = rt.block_on(serve_async(flags));
+    if let Err(e) = &result {
+        // containerd sees a dead socket and runs `delete`; do not leave the socket file behind.
+        log::error!("shim server failed: {e:#}");
+        let _ = std::fs::remove_file(flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket));
+    }
+    result
 }
 
 fn listener(flags: &containerd_shim::Flags) -> anyhow::Result<UnixListener> {
