@@ -412,7 +412,7 @@ mod tests {
         let Some(dir) = std::env::var_os("LAZY_CACHE_CHILD_DIR") else { return };
         let seed: u8 = std::env::var("LAZY_CACHE_CHILD_SEED").unwrap().parse().unwrap();
         // Cap of ~12 chunks for 40 distinct ones: evictions run all the time, in every process.
-        let cache = ChunkCache::open(Path::new(&dir), 12 * 64 << 10).unwrap().with_min_age(Duration::ZERO);
+        let cache = ChunkCache::open(Path::new(&dir), 12 * (64 << 10)).unwrap().with_min_age(Duration::ZERO);
         let chunks: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 64 << 10]).collect();
         let digests: Vec<Digest> = chunks.iter().map(|c| Digest::of(c)).collect();
         for round in 0..400usize {
