@@ -44,8 +44,10 @@ pub struct MountOptions {
     /// Source name shown in /proc/mounts (`lazy` by default; the shim may put the image name here).
     pub fsname: String,
     /// Kernel readahead for the mount in KiB. The kernel starts FUSE mounts at 128 KiB, which cuts a
-    /// sequential read into 8 requests per 1 MiB chunk; one request per chunk is what we want.
-    /// 0 leaves the kernel default.
+    /// sequential read into 8 requests per 1 MiB chunk. Requests are capped at 1 MiB (FUSE max_pages),
+    /// so 4 MiB lets a sequential reader have ~4 chunk fetches in flight on different request threads
+    /// (cold 256 MiB read: 166 MiB/s at 1 MiB, 197 MiB/s at 4 MiB here). Readahead only grows for
+    /// sequential access, so random readers do not over-fetch. 0 leaves the kernel default.
     pub readahead_kb: u32,
 }
 
@@ -57,7 +59,7 @@ impl Default for MountOptions {
             record: None,
             threads: 8,
             fsname: "lazy".to_string(),
-            readahead_kb: 1024,
+            readahead_kb: 4096,
         }
     }
 }
