@@ -35,14 +35,15 @@ pub const MAX_STUB_BYTES: u64 = 512 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StubError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // Errors are part of the messages (not `source`s), so `{:#}` chains do not print them twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{image}: not a lazy image: {reason}; convert it first with `lazyctl convert`")]
     NotLazy { image: String, reason: String },
     #[error("{image}: {reason}")]
     Malformed { image: String, reason: String },
-    #[error("{image}: {source}")]
-    Index { image: String, source: IndexError },
+    #[error("{image}: {error}")]
+    Index { image: String, error: IndexError },
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -190,9 +191,9 @@ pub fn read_index_from_dir(rootfs_dir: &Path) -> Result<Option<Index>, StubError
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StubError::Io { path, source: e }),
+        Err(e) => return Err(StubError::Io { path, error: e }),
     };
-    let index = Index::decode(&bytes).map_err(|source| StubError::Index { image: path.display().to_string(), source })?;
+    let index = Index::decode(&bytes).map_err(|error| StubError::Index { image: path.display().to_string(), error })?;
     Ok(Some(index))
 }
 
@@ -215,7 +216,7 @@ pub fn index_from_layer(image: &str, layer: &[u8]) -> Result<Index, StubError> {
             }
             let mut bytes = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut bytes).map_err(|e| malformed(format!("stub layer: {INDEX_PATH}: {e}")))?;
-            return Index::decode(&bytes).map_err(|source| StubError::Index { image: image.to_string(), source });
+            return Index::decode(&bytes).map_err(|error| StubError::Index { image: image.to_string(), error });
         }
     }
     Err(StubError::NotLazy { image: image.to_string(), reason: format!("its first layer has no {INDEX_PATH}") })

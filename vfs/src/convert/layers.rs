@@ -32,7 +32,7 @@ pub(crate) enum Compression {
 }
 
 fn io_err(path: &Path, what: &str, e: io::Error) -> ConvertError {
-    ConvertError::Io { path: path.to_path_buf(), what: what.to_string(), source: e }
+    ConvertError::Io { path: path.to_path_buf(), what: what.to_string(), error: e }
 }
 
 /// Decides the compression from the media type AND the first bytes. Docker's media types say gzip

@@ -32,8 +32,9 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{}: {what}: {source}", path.display())]
-    Io { path: PathBuf, what: String, source: std::io::Error },
+    // The I/O error is part of the message (not a `source`), so `{:#}` chains do not print it twice.
+    #[error("{}: {what}: {error}", path.display())]
+    Io { path: PathBuf, what: String, error: std::io::Error },
     #[error("layer {layer}: {reason}")]
     Layer { layer: Digest, reason: String },
     #[error("zstd compression failed: {0}")]
@@ -285,7 +286,7 @@ fn resolve_prefetch(index: &Index, paths: &[String]) -> Vec<u32> {
 /// Reads a prefetch list file: one absolute path per line; blank lines and `#` comments ignored.
 pub fn read_prefetch_list(path: &Path) -> Result<Vec<String>, ConvertError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConvertError::Io { path: path.to_path_buf(), what: "read prefetch list".into(), source: e })?;
+        .map_err(|e| ConvertError::Io { path: path.to_path_buf(), what: "read prefetch list".into(), error: e })?;
     Ok(text
         .lines()
         .map(str::trim_end)

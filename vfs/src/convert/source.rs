@@ -191,8 +191,15 @@ fn manifest_parts(image: &str, manifest: &Value) -> Result<(Descriptor, Vec<Desc
     Ok((config, layers))
 }
 
-fn config_platform(config: &Value, fallback: &Platform) -> Platform {
-    Platform::from_json(config).unwrap_or_else(|| fallback.clone())
+/// The image's platform from its config; a single-platform image must be for the wanted one.
+fn config_platform(image: &str, config: &Value, want: &Platform) -> Result<Platform, ConvertError> {
+    match Platform::from_json(config) {
+        Some(p) if !want.matches(&p) => {
+            Err(source_err(image, format!("the image is for {p}, not {want}; pass --platform {p} to convert it anyway")))
+        }
+        Some(p) => Ok(p),
+        None => Ok(want.clone()),
+    }
 }
 
 /// Opens an image from an OCI layout directory. Blobs are used in place; their digests are checked.
@@ -200,7 +207,7 @@ pub fn open_layout(dir: &Path, tag: Option<&str>, want: &Platform) -> Result<Sou
     let image = format!("oci:{}", dir.display());
     let read = |d: &Digest| -> Result<Vec<u8>, ConvertError> {
         let path = blob_path(dir, d);
-        let bytes = std::fs::read(&path).map_err(|e| ConvertError::Io { path: path.clone(), what: "read blob".into(), source: e })?;
+        let bytes = std::fs::read(&path).map_err(|e| ConvertError::Io { path: path.clone(), what: "read blob".into(), error: e })?;
         if Digest::of(&bytes) != *d {
             return Err(source_err(&image, format!("blob {d} does not match its digest (corrupt layout)")));
         }
@@ -208,7 +215,7 @@ pub fn open_layout(dir: &Path, tag: Option<&str>, want: &Platform) -> Result<Sou
     };
     let index_path = dir.join("index.json");
     let index_bytes = std::fs::read(&index_path)
-        .map_err(|e| ConvertError::Io { path: index_path.clone(), what: "read OCI layout index (is this an OCI layout?)".into(), source: e })?;
+        .map_err(|e| ConvertError::Io { path: index_path.clone(), what: "read OCI layout index (is this an OCI layout?)".into(), error: e })?;
     let index = parse_json(&image, "index.json", &index_bytes)?;
     let manifests = index.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default();
     let chosen = match tag {
@@ -230,6 +237,7 @@ pub fn open_layout(dir: &Path, tag: Option<&str>, want: &Platform) -> Result<Sou
     }
     let (config_desc, layer_descs) = manifest_parts(&image, &doc)?;
     let config = parse_json(&image, "config", &read(&config_desc.digest)?)?;
+    let platform = config_platform(&image, &config, want)?;
     let mut layers = Vec::new();
     for l in layer_descs {
         let path = blob_path(dir, &l.digest);
@@ -237,7 +245,7 @@ pub fn open_layout(dir: &Path, tag: Option<&str>, want: &Platform) -> Result<Sou
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(l.size);
         layers.push(LayerBlob { digest: l.digest, media_type: l.media_type, size, path });
     }
-    Ok(SourceImage { platform: config_platform(&config, want), config, layers })
+    Ok(SourceImage { platform, config, layers })
 }
 
 fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
@@ -246,7 +254,7 @@ fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
 
 fn verify_file(path: &Path, want: &Digest) -> Result<(), ConvertError> {
     use std::io::Read as _;
-    let io = |e| ConvertError::Io { path: path.to_path_buf(), what: "read layer".into(), source: e };
+    let io = |e| ConvertError::Io { path: path.to_path_buf(), what: "read layer".into(), error: e };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = crate::digest::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -279,6 +287,7 @@ pub async fn fetch_registry(client: &Client, r: &Reference, want: &Platform, tmp
     let (config_desc, layer_descs) = manifest_parts(&image, &doc)?;
     let repo = r.repository_only();
     let config = parse_json(&image, "config", &client.get_blob(&repo, &config_desc.digest).await?)?;
+    let platform = config_platform(&image, &config, want)?;
     let layers = futures::stream::iter(layer_descs.into_iter().enumerate())
         .map(|(i, l)| {
             let repo = repo.clone();
@@ -291,7 +300,7 @@ pub async fn fetch_registry(client: &Client, r: &Reference, want: &Platform, tmp
         .buffered(4)
         .try_collect::<Vec<_>>()
         .await?;
-    Ok(SourceImage { platform: config_platform(&config, want), config, layers })
+    Ok(SourceImage { platform, config, layers })
 }
 
 #[cfg(test)]
