@@ -197,6 +197,9 @@ impl Layer {
     pub fn new() -> Self {
         Self::default()
     }
+    /// Appends `entry` (builder style: `Layer::new().add(a).add(b)`). Not `ops::Add`: a layer
+    /// plus an entry is not a sum, and the name reads as what it does.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, entry: Entry) -> Self {
         self.entries.push(entry);
         self
