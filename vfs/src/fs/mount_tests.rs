@@ -215,3 +215,43 @@ fn sequential_reads_reach_the_source_in_large_requests() {
     assert!(calls <= 10, "{calls} source calls for 8 MiB: readahead/max_pages not in effect");
     mounted.unmount().unwrap();
 }
+
+#[test]
+fn a_read_waiting_on_the_network_does_not_block_others() {
+    if skip("a_read_waiting_on_the_network_does_not_block_others") {
+        return;
+    }
+    let (index, src) = fixture();
+    let Some(crate::index::Kind::File { chunks, .. }) = index.inode(3).map(|i| i.kind.clone()) else { panic!() };
+    src.held.lock().insert(chunks[0].digest);
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = MountOptions { prefetch: PrefetchMode::None, ..MountOptions::default() };
+    let mounted = mount(index, src.clone(), Arc::new(Stats::default()), tmp.path(), opts).unwrap();
+    let mnt = mounted.mountpoint().to_path_buf();
+    // Releases the held chunk even if an assertion below fails, so the reader thread and unmount finish.
+    struct Release<'a>(&'a super::testutil::FakeSource, crate::digest::Digest);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.release(&self.1);
+        }
+    }
+    let release = Release(&src, chunks[0].digest);
+    let slow = {
+        let path = mnt.join("data");
+        std::thread::spawn(move || std::fs::read(path).unwrap())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!slow.is_finished(), "the held read should be waiting");
+    // Other requests are served meanwhile by the other request threads.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = mnt.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send((std::fs::read(other.join("bin/sh")).ok(), std::fs::read_dir(&other).map(|d| d.count()).ok()));
+    });
+    let (sh, entries) = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("other reads blocked behind a slow one");
+    assert_eq!(sh.as_deref(), Some(SH));
+    assert_eq!(entries, Some(10));
+    drop(release);
+    assert_eq!(slow.join().unwrap(), DATA);
+    mounted.unmount().unwrap();
+}

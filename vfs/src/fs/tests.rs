@@ -262,3 +262,20 @@ fn prefetch_mode_parses() {
     assert_eq!("none".parse::<PrefetchMode>().unwrap().to_string(), "none");
     assert!("some".parse::<PrefetchMode>().unwrap_err().contains("none, prioritized or all"));
 }
+
+#[test]
+fn prefetcher_stops_promptly() {
+    let data = vec![5u8; 64 * 4096];
+    let (index, src) = super::testutil::single_file(&data, 4096);
+    *src.delay.lock() = Duration::from_millis(20);
+    let fs = Arc::new(LazyFs::new(index, src.clone(), Arc::new(Stats::default()), None));
+    let p = Prefetcher::start(fs, PrefetchMode::All, 2).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    let started = std::time::Instant::now();
+    p.stop(Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_millis(500), "stop took {:?}", started.elapsed());
+    let calls = src.prefetch_calls.lock().len();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(src.prefetch_calls.lock().len(), calls, "no prefetch after stop");
+    assert!(calls < 8, "stopped before fetching all 8 batches ({calls})");
+}

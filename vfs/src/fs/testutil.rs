@@ -3,9 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::digest::Digest;
 use crate::fetch::{ChunkRef, ChunkSource, FetchError};
@@ -28,6 +29,11 @@ pub struct FakeSource {
     /// Every read_chunks call: (path, chunk numbers).
     pub calls: Mutex<Vec<(String, Vec<usize>)>>,
     pub prefetch_calls: Mutex<Vec<(String, Vec<usize>)>>,
+    /// Chunks whose reads block until removed from the set (see [`FakeSource::release`]).
+    pub held: Mutex<HashSet<Digest>>,
+    released: Condvar,
+    /// Added to every call: a slow network.
+    pub delay: Mutex<Duration>,
 }
 
 impl FakeSource {
@@ -35,7 +41,18 @@ impl FakeSource {
         self.calls.lock().len() + self.prefetch_calls.lock().len()
     }
 
+    /// Lets held reads of `digest` continue.
+    pub fn release(&self, digest: &Digest) {
+        self.held.lock().remove(digest);
+        self.released.notify_all();
+    }
+
     fn get(&self, r: &ChunkRef<'_>) -> Result<Bytes, FetchError> {
+        let mut held = self.held.lock();
+        while held.contains(&r.chunk.digest) {
+            self.released.wait(&mut held);
+        }
+        drop(held);
         if self.failing.lock().contains(&r.chunk.digest) {
             return Err(FetchError::Unavailable {
                 path: r.path.to_string(),
@@ -50,11 +67,13 @@ impl FakeSource {
 
 impl ChunkSource for FakeSource {
     fn read_chunks(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<Bytes, FetchError>> {
+        std::thread::sleep(*self.delay.lock());
         self.calls.lock().push((chunks[0].path.to_string(), chunks.iter().map(|c| c.chunk_no).collect()));
         chunks.iter().map(|c| self.get(c)).collect()
     }
 
     fn prefetch(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<(), FetchError>> {
+        std::thread::sleep(*self.delay.lock());
         self.prefetch_calls.lock().push((chunks[0].path.to_string(), chunks.iter().map(|c| c.chunk_no).collect()));
         chunks.iter().map(|c| self.get(c).map(|_| ())).collect()
     }
