@@ -38,8 +38,9 @@ pub const MIN_CHUNK_SIZE: u32 = 4 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
 /// Longest `source` repository string.
 pub const MAX_SOURCE_LEN: usize = 4096;
-/// Largest decompressed body (a 16M-inode index fits comfortably).
-pub const MAX_BODY_LEN: u64 = 4 << 30;
+/// Largest decompressed body: bounds what a zstd bomb can make us allocate. A 1M-file image with
+/// 1M chunks encodes to well under 100 MiB.
+pub const MAX_BODY_LEN: u64 = 1 << 30;
 
 const HEADER_LEN: usize = 8 + 4 + 8;
 
