@@ -17,6 +17,8 @@ pub(crate) enum Enforcement {
     Priority,
     /// Write only if the file exists (io.bfq.weight, memory.swap.max = max, cpu.max.burst).
     IfPresent,
+    /// A `unified` map entry: like a limit, and a missing file is the user's typo, not the host's fault.
+    Unified,
 }
 
 /// One planned write of `value` to the cgroup file `file`.

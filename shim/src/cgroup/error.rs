@@ -19,11 +19,12 @@ pub enum CgroupError {
     InvalidResource { field: String, reason: String },
     /// A hard limit was requested that this host cannot enforce.
     #[error(
-        "{what} requested but the {controller} controller is not available in cgroup v2 at {mount}{hybrid}: \
+        "{what} requested but the {controller} is not available in cgroup v2 at {mount}{hybrid}: \
          {fix} or set allow_unenforced_limits = true in the shim config"
     )]
     Unenforceable {
         what: String,
+        /// "memory controller", or "memory controller's memory.swap.max" for a missing knob.
         controller: String,
         mount: PathBuf,
         /// " (hybrid cgroup host)" or empty.

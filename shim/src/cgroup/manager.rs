@@ -160,7 +160,10 @@ impl Manager {
     }
 
     fn unenforceable(&self, what: &str, controller: &str) -> CgroupError {
-        let fix = if self.mount.hybrid {
+        let fix = if controller.contains(' ') {
+            // A knob missing from an available controller (memory.swap.max without swap accounting).
+            "use a kernel that provides this file (for swap: CONFIG_MEMCG_SWAP, boot with swapaccount=1)".to_string()
+        } else if self.mount.hybrid {
             "boot with systemd.unified_cgroup_hierarchy=1".to_string()
         } else {
             format!(
@@ -170,7 +173,7 @@ impl Manager {
         };
         CgroupError::Unenforceable {
             what: what.to_string(),
-            controller: controller.to_string(),
+            controller: if controller.contains(' ') { controller.to_string() } else { format!("{controller} controller") },
             mount: self.mount.root.clone(),
             hybrid: self.mount.hybrid_note(),
             fix,
@@ -189,14 +192,25 @@ impl Manager {
             let present = self.path.join(&s.file).exists();
             let has_controller = s.controller() == "cgroup" || avail.contains(s.controller());
             match &s.enforcement {
-                Enforcement::Limit(what) if !has_controller => unenforced.push((what.clone(), s.controller().to_string())),
-                Enforcement::Limit(_) if !present => {
+                Enforcement::Limit(what) if !has_controller => {
+                    unenforced.push((what.clone(), s.controller().to_string()))
+                }
+                // The controller is there but this knob is not (e.g. memory.swap.max without swap
+                // accounting): as unenforceable as a missing controller; name the file.
+                Enforcement::Limit(what) if !present => {
+                    unenforced.push((what.clone(), format!("{} controller's {}", s.controller(), s.file)))
+                }
+                Enforcement::Limit(_) => writes.push(s),
+                Enforcement::Unified if !has_controller => {
+                    unenforced.push((format!("unified {}={:?}", s.file, s.value), s.controller().to_string()))
+                }
+                Enforcement::Unified if !present => {
                     return Err(CgroupError::invalid(
                         format!("unified[{:?}]", s.file),
                         format!("{} has no such file (is the key misspelt?)", self.path.display()),
                     ))
                 }
-                Enforcement::Limit(_) => writes.push(s),
+                Enforcement::Unified => writes.push(s),
                 Enforcement::Priority if has_controller && present => writes.push(s),
                 Enforcement::Priority => {
                     log::debug!(

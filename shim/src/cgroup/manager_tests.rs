@@ -140,3 +140,19 @@ fn cgroups_path_resolution() {
     assert!(resolve_cgroups_path(Some(&l("/a/../../etc")), "x", "y").is_err());
     assert!(resolve_cgroups_path(Some(&l("/")), "x", "y").is_err());
 }
+
+#[test]
+fn missing_knob_of_an_available_controller_is_unenforceable_too() {
+    let d = fixture("memory");
+    std::fs::remove_file(d.path().join("default/c1/memory.swap.max")).unwrap();
+    let res = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(100i64 << 20).swap(200i64 << 20).build().unwrap())
+        .build()
+        .unwrap();
+    let msg = create(d.path(), &res, false).unwrap_err().to_string();
+    assert!(msg.contains("swap limit") && msg.contains("memory controller's memory.swap.max"), "{msg}");
+    assert!(msg.contains("swapaccount=1"), "{msg}");
+    // Under the policy the memory limit is still written.
+    create(d.path(), &res, true).unwrap();
+    assert_eq!(read(d.path(), "memory.max"), "104857600");
+}

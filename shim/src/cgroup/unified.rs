@@ -5,7 +5,7 @@ use std::path::Path;
 
 use oci_spec::runtime::LinuxResources;
 
-use super::controller::{Controller, Setting};
+use super::controller::{Controller, Enforcement, Setting};
 use super::CgroupError;
 
 pub(crate) struct Unified;
@@ -46,7 +46,11 @@ impl Controller for Unified {
         let mut out = Vec::new();
         for k in keys {
             validate_key(k)?;
-            out.push(Setting::limit(k.as_str(), map[k].as_str(), format!("unified {k}={:?}", map[k])));
+            out.push(Setting {
+                file: k.clone(),
+                value: map[k].clone(),
+                enforcement: Enforcement::Unified,
+            });
         }
         Ok(out)
     }
