@@ -93,7 +93,9 @@ pub fn mount(
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("lazy".to_string()),
+        // fuser's own mount code passes Subtype only to fusermount; the kernel takes it as an option,
+        // so /proc/mounts shows the type as `fuse.lazy`.
+        MountOption::CUSTOM("subtype=lazy".to_string()),
         MountOption::RO,
         // The kernel checks modes and owners itself: the index has them, and it is faster.
         MountOption::DefaultPermissions,
@@ -102,8 +104,8 @@ pub fn mount(
         MountOption::Suid,
         MountOption::Exec,
     ];
-    // allow_other: the container's processes run as other users, and overlayfs accesses the lower
-    // layer with the mounter's credentials only for some operations.
+    // allow_other: without it the kernel refuses every user but the mounter, and container
+    // processes (directly or through the overlay above) run as other users.
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;

@@ -86,6 +86,10 @@ fn fuse_mount_serves_the_index_and_stacks_under_overlay() {
     let mounted = mount(index, src.clone(), stats, &mnt, opts).unwrap();
     let mnt = mounted.mountpoint().to_path_buf();
     assert!(mounted_at(&mnt));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split(' ').nth(1) == mnt.to_str()).unwrap();
+    assert!(line.starts_with(&format!("lazy {} fuse.lazy ro,", mnt.display())), "{line}");
+    assert!(line.contains("default_permissions") && line.contains("allow_other"), "{line}");
 
     // stat: types, modes, owners, times with nanoseconds, hardlinks, devices.
     let data = std::fs::symlink_metadata(mnt.join("data")).unwrap();
