@@ -60,6 +60,9 @@ struct Op<'a> {
     r: &'a Reference,
     what: String,
     push: bool,
+    /// Whole-blob transfers: no total timeout (a large layer may take minutes), only the idle
+    /// read timeout of the client. Small requests get a total timeout capped by the deadline.
+    bulk: bool,
 }
 
 type MakeRequest<'a> = dyn Fn(&reqwest::Client) -> Result<RequestBuilder, RegistryError> + Send + Sync + 'a;
@@ -69,6 +72,8 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(config.connect_timeout)
+            // Idle bound for every read, including bulk transfers that have no total timeout.
+            .read_timeout(config.request_timeout)
             .redirect(reqwest::redirect::Policy::limited(10))
             .user_agent(concat!("containerd-shim-lazy/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.ca_file {
@@ -199,8 +204,11 @@ impl Client {
                 Ok(Err(_)) => return Err(RegistryError::Config("client shut down".into())),
                 Err(_) => return Err(unreachable(format!("{} requests already in flight never finished", cfg.max_concurrency))),
             };
-            let timeout = cfg.request_timeout.min(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)));
-            let mut req = make(&self.inner.http)?.timeout(timeout);
+            let mut req = make(&self.inner.http)?;
+            if !op.bulk {
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+                req = req.timeout(cfg.request_timeout.min(left));
+            }
             let auth = self.inner.tokens.lock().get(&(op.r.registry.clone(), scope.clone())).cloned();
             if let Some(h) = auth {
                 req = req.header(AUTHORIZATION, h);
@@ -318,7 +326,7 @@ impl Client {
     /// Fetches a manifest or index by the reference's digest (verified) or tag.
     pub async fn get_manifest(&self, r: &Reference) -> Result<Manifest, RegistryError> {
         let reference = r.manifest_ref();
-        let op = Op { r, what: format!("manifest {reference}"), push: false };
+        let op = Op { r, what: format!("manifest {reference}"), push: false, bulk: false };
         let url = self.url(r, &format!("manifests/{reference}"))?;
         let accept = [MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST].join(", ");
         let make = |h: &reqwest::Client| Ok(h.get(url.clone()).header(ACCEPT, accept.as_str()));
@@ -343,7 +351,7 @@ impl Client {
 
     /// Fetches a whole blob into memory and verifies its digest. For small blobs (configs, indexes).
     pub async fn get_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError> {
-        let op = Op { r, what: format!("blob {digest}"), push: false };
+        let op = Op { r, what: format!("blob {digest}"), push: false, bulk: true };
         let url = self.url(r, &format!("blobs/{digest}"))?;
         let make = |h: &reqwest::Client| Ok(h.get(url.clone()));
         let (_, _, bytes) = self.fetch(&op, usize::MAX, &make).await?;
@@ -352,42 +360,88 @@ impl Client {
     }
 
     /// Streams a blob to `dest` (created or truncated), verifying its digest; returns its size. On a
-    /// mismatch `dest` is removed.
+    /// mismatch `dest` is removed. A download cut off mid-way resumes with a Range request from
+    /// where it stopped; it gives up when no progress was made for the deadline.
     pub async fn get_blob_to_file(&self, r: &Reference, digest: &Digest, dest: &Path) -> Result<u64, RegistryError> {
-        let op = Op { r, what: format!("blob {digest}"), push: false };
+        let op = Op { r, what: format!("blob {digest}"), push: false, bulk: true };
         let url = self.url(r, &format!("blobs/{digest}"))?;
-        let make = |h: &reqwest::Client| Ok(h.get(url.clone()));
-        let (mut resp, permit) = self.send(&op, Instant::now(), &make).await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(&op, resp).await);
-        }
+        let resume_at = std::sync::atomic::AtomicU64::new(0);
+        let make = |h: &reqwest::Client| {
+            let from = resume_at.load(std::sync::atomic::Ordering::Relaxed);
+            let req = h.get(url.clone());
+            Ok(if from > 0 { req.header(RANGE, format!("bytes={from}-")) } else { req })
+        };
         let io = |e| RegistryError::Io { path: dest.to_path_buf(), source: e };
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut hasher = Hasher::new();
         let mut n = 0u64;
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    hasher.update(&chunk);
-                    n += chunk.len() as u64;
-                    Stats::add(&self.inner.stats.bytes_fetched, chunk.len() as u64);
-                    file.write_all(&chunk).await.map_err(io)?;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(dest).await;
-                    return Err(RegistryError::Unreachable {
-                        registry: r.registry.clone(),
-                        what: op.what.clone(),
-                        reason: format!("download cut off after {n} bytes: {}", describe(&e)),
-                        deadline: self.inner.config.deadline,
-                    });
+        let mut stalled_since: Option<Instant> = None;
+        let mut attempt = 0;
+        let result: Result<(), RegistryError> = 'download: loop {
+            resume_at.store(n, std::sync::atomic::Ordering::Relaxed);
+            let (mut resp, permit) = match self.send(&op, stalled_since.unwrap_or_else(Instant::now), &make).await {
+                Ok(x) => x,
+                Err(e) => break 'download Err(e),
+            };
+            if !resp.status().is_success() {
+                break 'download Err(self.fail(&op, resp).await);
+            }
+            // Resuming: a 206 must start where we stopped; a 200 repeats the whole blob (skip what we have).
+            let mut skip = 0u64;
+            if n > 0 {
+                if resp.status() == StatusCode::PARTIAL_CONTENT {
+                    let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    if parse_content_range(&cr).map(|(s, _)| s) != Some(n) {
+                        break 'download Err(self.bad(&op, format!("resume at byte {n} answered with Content-Range {cr:?}")));
+                    }
+                } else {
+                    skip = n;
                 }
             }
-        }
-        drop(permit);
-        file.flush().await.map_err(io)?;
-        if let Err(e) = self.verify(&op, digest, hasher.finish()) {
+            let cut = loop {
+                match resp.chunk().await {
+                    Ok(Some(mut chunk)) => {
+                        Stats::add(&self.inner.stats.bytes_fetched, chunk.len() as u64);
+                        if skip > 0 {
+                            let k = skip.min(chunk.len() as u64);
+                            chunk = chunk.slice(k as usize..);
+                            skip -= k;
+                        }
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        hasher.update(&chunk);
+                        n += chunk.len() as u64;
+                        stalled_since = None;
+                        if let Err(e) = file.write_all(&chunk).await {
+                            break 'download Err(io(e));
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(describe(&e)),
+                }
+            };
+            drop(permit);
+            let Some(reason) = cut else { break 'download Ok(()) };
+            let since = *stalled_since.get_or_insert_with(Instant::now);
+            attempt += 1;
+            let delay = self.backoff(attempt);
+            if since.elapsed() + delay >= self.inner.config.deadline {
+                break 'download Err(RegistryError::Unreachable {
+                    registry: r.registry.clone(),
+                    what: op.what.clone(),
+                    reason: format!("download cut off after {n} bytes: {reason}"),
+                    deadline: self.inner.config.deadline,
+                });
+            }
+            log::debug!("registry {}: {}: cut off after {n} bytes ({reason}); resuming", r.registry, op.what);
+            tokio::time::sleep(delay).await;
+        };
+        let result = match result {
+            Ok(()) => file.flush().await.map_err(io).and_then(|()| self.verify(&op, digest, hasher.finish())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             let _ = tokio::fs::remove_file(dest).await;
             return Err(e);
         }
@@ -400,7 +454,7 @@ impl Client {
         if range.start >= range.end {
             return Ok(Bytes::new());
         }
-        let op = Op { r, what: format!("blob {digest} bytes {}..{}", range.start, range.end), push: false };
+        let op = Op { r, what: format!("blob {digest} bytes {}..{}", range.start, range.end), push: false, bulk: false };
         let url = self.url(r, &format!("blobs/{digest}"))?;
         let header = format!("bytes={}-{}", range.start, range.end - 1);
         let make = |h: &reqwest::Client| Ok(h.get(url.clone()).header(RANGE, header.as_str()));
@@ -436,7 +490,7 @@ impl Client {
     }
 
     async fn blob_exists_op(&self, r: &Reference, digest: &Digest, push: bool) -> Result<bool, RegistryError> {
-        let op = Op { r, what: format!("blob {digest}"), push };
+        let op = Op { r, what: format!("blob {digest}"), push, bulk: false };
         let url = self.url(r, &format!("blobs/{digest}"))?;
         let make = |h: &reqwest::Client| Ok(h.head(url.clone()));
         let (resp, _permit) = self.send(&op, Instant::now(), &make).await?;
@@ -489,7 +543,7 @@ impl Client {
             log::debug!("registry {}: {}: blob {digest} already present", r.registry, r.repository);
             return Ok(());
         }
-        let op = Op { r, what: format!("upload of blob {digest}"), push: true };
+        let op = Op { r, what: format!("upload of blob {digest}"), push: true, bulk: true };
         let start_url = self.url(r, "blobs/uploads/")?;
         let make = |h: &reqwest::Client| Ok(h.post(start_url.clone()).header(CONTENT_LENGTH, "0"));
         let (resp, permit) = self.send(&op, Instant::now(), &make).await?;
@@ -525,7 +579,7 @@ impl Client {
             (Some(t), _) => t.clone(),
             _ => digest.to_string(),
         };
-        let op = Op { r, what: format!("manifest {reference}"), push: true };
+        let op = Op { r, what: format!("manifest {reference}"), push: true, bulk: false };
         let url = self.url(r, &format!("manifests/{reference}"))?;
         let make = |h: &reqwest::Client| Ok(h.put(url.clone()).header(CONTENT_TYPE, media_type).body(bytes.clone()));
         let (resp, _permit) = self.send(&op, Instant::now(), &make).await?;

@@ -409,3 +409,56 @@ async fn too_many_requests_honours_retry_after_within_the_deadline() {
     assert!(e.is_unavailable() && e.to_string().contains("429"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn a_download_cut_off_mid_way_resumes_with_a_range_request() {
+    let big: Arc<Vec<u8>> = Arc::new((0..300_000u32).map(|i| (i % 253) as u8).collect());
+    let b = big.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let seen2 = seen.clone();
+    // First answer: headers for the whole blob, then half the body and a reset. Later answers honour Range.
+    let task = tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let range = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string));
+            seen2.lock().push(range.clone().unwrap_or_default());
+            let out = match range {
+                Some(r) => {
+                    let from: usize = r.trim().trim_end_matches('-').parse().unwrap();
+                    let body = &b[from..];
+                    let mut o = format!(
+                        "HTTP/1.1 206 X\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nConnection: close\r\n\r\n",
+                        body.len(),
+                        b.len() - 1,
+                        b.len()
+                    )
+                    .into_bytes();
+                    o.extend_from_slice(body);
+                    o
+                }
+                None => {
+                    let mut o = format!("HTTP/1.1 200 X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len()).into_bytes();
+                    o.extend_from_slice(if first { &b[..100_000] } else { &b[..] });
+                    o
+                }
+            };
+            first = false;
+            let _ = sock.write_all(&out).await;
+            drop(sock);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("blob");
+    let n = client(Duration::from_secs(5)).get_blob_to_file(&reference(&addr), &Digest::of(&big), &dest).await.unwrap();
+    task.abort();
+    assert_eq!(n, big.len() as u64);
+    assert_eq!(std::fs::read(&dest).unwrap(), *big);
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].trim(), "100000-", "resumed where it stopped: {seen:?}");
+}

@@ -29,7 +29,10 @@ pub struct ClientConfig {
     /// `/root/.docker/config.json`.
     pub docker_config: Option<PathBuf>,
     pub connect_timeout: Duration,
-    /// Bound on one HTTP exchange including its body: a stalled connection is retried, not waited on.
+    /// Bound on one small HTTP exchange including its body (manifests, range reads; further capped by
+    /// the deadline): a stalled connection is retried, not waited on. Whole-blob downloads and
+    /// uploads have no total bound (a layer may take minutes); for them this is the idle timeout,
+    /// the longest wait for the next bytes.
     pub request_timeout: Duration,
     /// Give up retrying a request after this long. A read of the lazy filesystem fails (EIO) after at
     /// most about this long when the registry is down.
