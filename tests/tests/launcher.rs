@@ -520,7 +520,8 @@ fn terminal_gives_a_controlling_pty_with_the_requested_size() {
     let mut spec = default_spec();
     spec["process"]["terminal"] = json!(true);
     spec["process"]["consoleSize"] = json!({"height": 40, "width": 120});
-    spec["process"]["args"] = json!(["sh", "-c", "tty; stty size; test -c /dev/console && echo console-ok"]);
+    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    spec["process"]["args"] = json!(["sh", "-c", "tty; stty size; test -c /dev/console && echo console-ok; stat -c %u:%g $(tty)"]);
     let running = b.create(&spec, true).expect("create with terminal");
     let master = running.created.pty_master.as_ref().expect("pty master").try_clone().unwrap();
     let pid = running.pid;
@@ -540,7 +541,7 @@ fn terminal_gives_a_controlling_pty_with_the_requested_size() {
     assert_eq!(wait_exit(pid, Duration::from_secs(30)), 0);
     drop(running);
     let out = reader.join().unwrap();
-    assert_eq!(out.replace('\r', ""), "/dev/pts/0\n40 120\nconsole-ok\n");
+    assert_eq!(out.replace('\r', ""), "/dev/pts/0\n40 120\nconsole-ok\n1000:5\n", "a non-root user owns its pty (group tty from gid=5)");
 }
 
 #[test]
@@ -578,7 +579,7 @@ const PARITY_SCRIPT: &str = "id; grep Cap /proc/self/status; \
     awk '{ for (i = 7; $i != \"-\"; i++) ; print $5, $6, $(i+1), $(i+3) }' /proc/self/mountinfo; \
     stat -c '%n %A %U %G %t:%T %N' /dev/* /dev/pts/* /dev/shm /dev/mqueue; \
     hostname; env | sort; pwd; ulimit -a; umask; cat /proc/self/oom_score_adj; \
-    grep -E 'NoNewPrivs|Seccomp:' /proc/self/status";
+    grep -E 'NoNewPrivs|Seccomp:|SigIgn|SigBlk' /proc/self/status";
 
 /// runc 1.1.5 (Debian) and the launcher run the same bundle; their views must be identical. Two
 /// specs: containerd's default for `ctr run`, and a non-root user with extra groups, a umask,

@@ -42,6 +42,7 @@ pub fn helper_main() -> ! {
         std::process::exit(2);
     }
     mark_fds_cloexec();
+    reset_signals();
     let code = match run(&sock) {
         Ok(()) => 0,
         Err(msg) => {
@@ -62,6 +63,21 @@ fn mark_fds_cloexec() {
     for fd in fds {
         // SAFETY: F_SETFD on a descriptor number; a stale one (the read_dir fd) just fails.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// Signals the shim ignores stay ignored across exec; the container must start with defaults
+/// (and an empty mask, which std's spawn already gave us). SIGPIPE stays ignored while the helper
+/// works (a hook that exits without reading its stdin must not kill us); process::execve
+/// restores it right before the container's execve.
+fn reset_signals() {
+    for sig in nix::sys::signal::Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGPIPE) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL has no memory-safety preconditions; nothing in this fresh
+        // single-threaded process relies on a handler.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
     }
 }
 

@@ -140,6 +140,7 @@ pub fn finalize_user_and_caps(p: &Process) -> StepResult<()> {
     }
     nix::sys::prctl::set_keepcaps(true).step(|| "prctl(PR_SET_KEEPCAPS)".to_string())?;
     let user = p.user();
+    fix_stdio_permissions(user.uid())?;
     let groups: Vec<nix::unistd::Gid> = user
         .additional_gids()
         .as_deref()
@@ -159,6 +160,26 @@ pub fn finalize_user_and_caps(p: &Process) -> StepResult<()> {
         // runc only warns here: raising fails when the cap is not both permitted and inheritable.
         if let Err(e) = caps::raise(None, caps::CapSet::Ambient, cap) {
             log::warn!("raise ambient capability {cap}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// runc's fixStdioPermissions: the container user owns its stdio (a pty, pipes), so a non-root
+/// process can use its console; /dev/null is left alone, and EINVAL/EPERM are ignored.
+fn fix_stdio_permissions(uid: u32) -> StepResult<()> {
+    let null = nix::sys::stat::stat("/dev/null").step(|| "stat /dev/null".to_string())?;
+    for fd in 0..=2 {
+        let Ok(st) = nix::sys::stat::fstat(fd) else { continue };
+        if st.st_rdev == null.st_rdev || st.st_uid == uid {
+            continue;
+        }
+        // SAFETY: fchown on one of our own stdio descriptors.
+        if unsafe { libc::fchown(fd, uid, st.st_gid) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM)) {
+                return Err(format!("chown stdio fd {fd} to uid {uid}: {e}"));
+            }
         }
     }
     Ok(())
@@ -312,6 +333,10 @@ pub fn execve(prep: &Prepared) -> String {
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = prep.envp.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
+    // The helper ignores SIGPIPE (Rust's default); an ignored signal survives execve, and the
+    // container must start with the default action, as under runc.
+    // SAFETY: installing SIG_DFL for SIGPIPE; we are about to exec.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
     // SAFETY: all pointers point into CStrings owned by `prep`, NULL-terminated arrays, alive for
     // the call; execve does not return on success.
     unsafe { libc::execve(prep.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
