@@ -6,7 +6,8 @@
 //! Results come back through the work dir (`output`) and the `VM-EXIT-CODE=N` line on the serial console.
 //! No such line (kernel panic, hang, timeout) is an INFRASTRUCTURE failure: retried once, then returned as
 //! [`VmError::Infrastructure`], never mistaken for a pass. The initramfs (and the extracted ELF kernel,
-//! which boots ~6 s faster than the bzImage) are cached under `target/vm/` keyed by the kernel version.
+//! which boots ~6 s faster than the bzImage) are cached under `target/vm/` keyed by the kernel version
+//! (and, for the initramfs, a hash of the init script and module list).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -187,7 +188,13 @@ exec switch_root /newroot /bin/sh /tmp/vmwork/run.sh
 /// Builds (or reuses) `target/vm/initramfs-<kver>.cpio.gz`.
 pub fn ensure_initramfs(kver: &str) -> Result<PathBuf> {
     let dir = cache_dir();
-    let out = dir.join(format!("initramfs-{kver}.cpio.gz"));
+    // Keyed by the kernel AND the init script, so an edited script never boots a stale cache.
+    let script_id = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{INIT}{MODULES:?}"));
+        hex::encode(&digest[..6])
+    };
+    let out = dir.join(format!("initramfs-{kver}-{script_id}.cpio.gz"));
     if out.is_file() {
         return Ok(out);
     }
