@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use harness::images::{Entry, Image, Layer};
-use harness::lazyctl::{convert, LazyMount, MountOptions};
+use harness::lazyctl::{convert, inspect_json, LazyMount, MountOptions};
 use harness::registry::Registry;
 use harness::scenario::{mib, publish_and_convert, read_errno, wait_until, VFS_PREREQS};
 use harness::{cleanup, prerequisites_met};
@@ -51,6 +51,12 @@ fn record_then_prioritized_prefetch() {
     let prioritized = registry.reference("lazy/prefetch:prioritized");
     let record_arg = record.to_string_lossy().into_owned();
     convert(&published.source, &prioritized, &["--prefetch-list", &record_arg]).expect("convert --prefetch-list");
+    let plain = inspect_json(&published.lazy).expect("lazyctl inspect --json");
+    let listed = inspect_json(&prioritized).expect("lazyctl inspect --json");
+    assert_eq!(plain["prefetch"], 0, "no --prefetch-list, no prefetch list: {plain}");
+    assert_eq!(listed["prefetch"], 3, "inspect shows the 3 listed files: {listed}");
+    assert_eq!(listed["prefetch_bytes"], 3 * 2 * MIB, "{listed}");
+
     let opts = MountOptions { prefetch: "prioritized".into(), ..Default::default() };
     let mount = LazyMount::start(&prioritized, opts).expect("mounting with --prefetch prioritized");
     let wanted = 3 * 2 * MIB;
