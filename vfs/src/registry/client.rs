@@ -543,6 +543,34 @@ impl Client {
             log::debug!("registry {}: {}: blob {digest} already present", r.registry, r.repository);
             return Ok(());
         }
+        let mut restarts = 0;
+        loop {
+            match self.upload_once(r, digest, len, body).await {
+                Ok(()) => return Ok(()),
+                // A retried PUT can find its upload session gone (the registry dropped it with the
+                // failed attempt), or the first PUT may have landed although its answer was lost.
+                Err(e @ RegistryError::NotFound { .. }) => {
+                    if self.blob_exists_op(r, digest, true).await? {
+                        return Ok(());
+                    }
+                    restarts += 1;
+                    if restarts > 2 {
+                        return Err(e);
+                    }
+                    log::debug!("registry {}: {e}; starting a new upload session", r.registry);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn upload_once(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        len: u64,
+        body: &(dyn Fn() -> Result<reqwest::Body, RegistryError> + Send + Sync),
+    ) -> Result<(), RegistryError> {
         let op = Op { r, what: format!("upload of blob {digest}"), push: true, bulk: true };
         let start_url = self.url(r, "blobs/uploads/")?;
         let make = |h: &reqwest::Client| Ok(h.post(start_url.clone()).header(CONTENT_LENGTH, "0"));

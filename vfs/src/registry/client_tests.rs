@@ -462,3 +462,28 @@ async fn a_download_cut_off_mid_way_resumes_with_a_range_request() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1].trim(), "100000-", "resumed where it stopped: {seen:?}");
 }
+
+#[tokio::test]
+async fn a_lost_upload_session_starts_a_new_one() {
+    let posts = Arc::new(AtomicUsize::new(0));
+    let stored = Arc::new(parking_lot::Mutex::new(false));
+    let (p2, s2) = (posts.clone(), stored.clone());
+    let s = serve(move |req, _| match req.method.as_str() {
+        "HEAD" => resp(if *s2.lock() { 200 } else { 404 }, &[], b""),
+        "POST" => {
+            let n = p2.fetch_add(1, Ordering::SeqCst);
+            resp(202, &[("Location", &format!("/v2/test/repo/blobs/uploads/s{n}"))], b"")
+        }
+        // The first session is gone by the time the PUT arrives.
+        "PUT" if req.path.starts_with("/v2/test/repo/blobs/uploads/s0") => resp(404, &[], br#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN"}]}"#),
+        "PUT" => {
+            *s2.lock() = true;
+            resp(201, &[], b"")
+        }
+        _ => resp(405, &[], b""),
+    })
+    .await;
+    client(Duration::from_secs(5)).push_blob(&reference(&s.addr), &Digest::of(BLOB), Bytes::from_static(BLOB)).await.unwrap();
+    assert_eq!(posts.load(Ordering::SeqCst), 2);
+    assert!(*stored.lock());
+}
