@@ -1,17 +1,25 @@
-//! Second pass over the layers: cut every file whose final content comes from a layer into chunks,
-//! hash each UNCOMPRESSED chunk (its digest names it), zstd-compress it on its own (so any chunk can
-//! be fetched and decoded alone), and append chunks not seen before to that layer's data blob.
+//! File contents into chunks, in ONE read of each layer.
 //!
-//! Reading the tar stream stays sequential; hashing and compression of a batch of chunks run on
-//! all cores. Memory is bounded by the batch size, never by file or layer size.
+//! While a layer's tar stream is scanned for metadata, every regular file is cut into chunks;
+//! each UNCOMPRESSED chunk is hashed (its digest names it) and zstd-compressed on its own (so any
+//! chunk can be fetched and decoded alone) into the layer's staging file. Which files survive
+//! (whiteouts, overwrites by upper layers) is only known once every layer is scanned, so the data
+//! blobs are assembled afterwards: for each layer, in tar order, the chunks of the files whose
+//! final content it holds are copied from staging unless an earlier layer already stored them.
+//! The result is exactly "one blob per layer, deduplicated against lower layers", deterministic
+//! for a given base, without decompressing any layer twice.
+//!
+//! A reader thread decompresses and cuts chunks while the calling thread hashes and compresses
+//! batches on all cores. Memory is bounded by the batch size, never by file or layer size.
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::blobs::{BlobFile, BlobWriter};
-use super::layers::{open_layer, LayerBlob, NodeId};
+use super::layers::{scan_layer, LayerBlob, ParsedLayer};
 use super::ConvertError;
 use crate::digest::Digest;
 use crate::index::Chunk;
@@ -19,88 +27,40 @@ use crate::index::Chunk;
 /// zstd level of chunks: level 3 is zstd's default, a good balance for a one-off conversion.
 const ZSTD_LEVEL: i32 = 3;
 
-pub(crate) struct Chunker {
-    chunk_size: u32,
-    threads: usize,
-    /// Every chunk stored so far in this conversion, by digest of its uncompressed content.
-    stored: HashMap<Digest, Chunk>,
-    pub blobs: Vec<BlobFile>,
-    /// Chunk lists of the files processed so far.
-    pub files: HashMap<NodeId, Vec<Chunk>>,
-    pub chunks_total: u64,
-    pub bytes_total: u64,
-    pub bytes_stored: u64,
-    pub bytes_compressed: u64,
+/// A chunk in a layer's staging file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StagedChunk {
+    pub digest: Digest,
+    pub len: u32,
+    pub offset: u64,
+    pub compressed_len: u32,
+}
+
+/// A scanned layer's staged chunks of every regular file (by tar ordinal) and the staging file
+/// holding them.
+pub(crate) struct StagedLayer {
+    pub files: HashMap<u64, Vec<StagedChunk>>,
+    staging: PathBuf,
 }
 
 struct Pending {
-    node: NodeId,
+    ordinal: u64,
     data: Vec<u8>,
 }
-
-/// A batch item after hashing: its position, digest and compressed bytes (empty if already stored).
-type Hashed = (usize, Digest, Result<Vec<u8>, std::io::Error>);
 
 /// What the reader thread hands over: files that start in this batch (so empty files are known
 /// too), and the chunks cut since the last batch, in file order.
 #[derive(Default)]
 struct Batch {
-    files: Vec<NodeId>,
+    files: Vec<u64>,
     chunks: Vec<Pending>,
 }
 
-/// The reader thread: decompresses the layer, walks its tar entries and sends the wanted files'
-/// contents as chunk-sized buffers, batched. Stops early when the receiver hangs up.
-fn read_chunks(
-    layer: &LayerBlob,
-    wanted: &HashMap<u64, NodeId>,
-    chunk_size: u32,
-    batch_limit: usize,
-    tx: std::sync::mpsc::SyncSender<Batch>,
-) -> Result<(), ConvertError> {
-    let layer_err = |reason: String| ConvertError::Layer { layer: layer.digest, reason };
-    let mut archive = tar::Archive::new(open_layer(layer)?);
-    let mut batch = Batch::default();
-    let mut batch_bytes = 0usize;
-    let mut found = 0usize;
-    let entries = archive.entries().map_err(|e| layer_err(format!("not a tar stream: {e}")))?;
-    for (ordinal, entry) in entries.enumerate() {
-        let mut entry = entry.map_err(|e| layer_err(format!("tar entry {ordinal}: {e}")))?;
-        let Some(&node) = wanted.get(&(ordinal as u64)) else { continue };
-        found += 1;
-        batch.files.push(node);
-        let size = entry.size();
-        let mut left = size;
-        while left > 0 {
-            let want = left.min(chunk_size as u64) as usize;
-            let mut data = vec![0u8; want];
-            let n = read_full(&mut entry, &mut data).map_err(|e| layer_err(format!("tar entry {ordinal}: read content: {e}")))?;
-            if n != want {
-                return Err(layer_err(format!("tar entry {ordinal}: content ends after {} of {size} bytes", size - left + n as u64)));
-            }
-            left -= n as u64;
-            batch_bytes += n;
-            batch.chunks.push(Pending { node, data });
-            if batch_bytes >= batch_limit {
-                if tx.send(std::mem::take(&mut batch)).is_err() {
-                    return Ok(()); // the consumer failed and reports its own error
-                }
-                batch_bytes = 0;
-            }
-        }
-        if found == wanted.len() {
-            break;
-        }
-    }
-    if found != wanted.len() {
-        return Err(layer_err(format!("second read found {found} of {} files: the blob changed during conversion", wanted.len())));
-    }
-    let _ = tx.send(batch);
-    Ok(())
-}
+/// A batch item after hashing: its position, digest and compressed bytes (empty if already staged).
+type Hashed = (usize, Digest, Result<Vec<u8>, std::io::Error>);
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -113,146 +73,218 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-impl Chunker {
-    pub fn new(chunk_size: u32) -> Chunker {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
-        Chunker {
-            chunk_size,
-            threads,
-            stored: HashMap::new(),
-            blobs: Vec::new(),
-            files: HashMap::new(),
-            chunks_total: 0,
-            bytes_total: 0,
-            bytes_stored: 0,
-            bytes_compressed: 0,
+fn threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8)
+}
+
+/// Scans one layer (metadata) and stages every regular file's chunks under `tmp`.
+/// `progress` gets bytes of file content as they are staged.
+pub(crate) fn stage_layer(
+    layer_no: usize,
+    layer: &LayerBlob,
+    chunk_size: u32,
+    tmp: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(ParsedLayer, StagedLayer), ConvertError> {
+    let threads = threads();
+    let batch_limit = (chunk_size as usize * 2 * threads).max(8 << 20);
+    let mut writer = BlobWriter::create(tmp, &format!("staging-{layer_no}-{}", layer.digest.hex()))?;
+    let mut files: HashMap<u64, Vec<StagedChunk>> = HashMap::new();
+    let mut seen: HashMap<Digest, StagedChunk> = HashMap::new();
+    let parsed = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+        let reader = s.spawn(move || {
+            let mut batch = Batch::default();
+            let mut batch_bytes = 0usize;
+            let mut on_file = |ordinal: u64, size: u64, content: &mut dyn Read| -> Result<(), String> {
+                batch.files.push(ordinal);
+                let mut left = size;
+                while left > 0 {
+                    let want = left.min(chunk_size as u64) as usize;
+                    let mut data = vec![0u8; want];
+                    let n = read_full(content, &mut data).map_err(|e| format!("read content: {e}"))?;
+                    if n != want {
+                        return Err(format!("content ends after {} of {size} bytes", size - left + n as u64));
+                    }
+                    left -= n as u64;
+                    batch_bytes += n;
+                    batch.chunks.push(Pending { ordinal, data });
+                    if batch_bytes >= batch_limit {
+                        tx.send(std::mem::take(&mut batch)).map_err(|_| "chunk writer stopped".to_string())?;
+                        batch_bytes = 0;
+                    }
+                }
+                Ok(())
+            };
+            let parsed = scan_layer(layer, &mut on_file);
+            let _ = tx.send(batch);
+            parsed
+        });
+        let mut failed = None;
+        for batch in rx {
+            let bytes: u64 = batch.chunks.iter().map(|p| p.data.len() as u64).sum();
+            for ordinal in batch.files {
+                files.entry(ordinal).or_default();
+            }
+            match stage_batch(&batch.chunks, &mut seen, &mut writer, threads) {
+                Ok(staged) => {
+                    for (p, c) in batch.chunks.iter().zip(staged) {
+                        files.get_mut(&p.ordinal).expect("file registered before its chunks").push(c);
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break; // dropping rx stops the reader
+                }
+            }
+            progress(bytes);
         }
+        let parsed = reader.join().expect("layer reader thread panicked");
+        match failed {
+            Some(e) => Err(e),
+            None => parsed,
+        }
+    })?;
+    let staged = writer.finish()?;
+    Ok((parsed, StagedLayer { files, staging: staged.path }))
+}
+
+/// Hashes and compresses a batch in parallel, then appends chunks not staged before, in order.
+fn stage_batch(
+    batch: &[Pending],
+    seen: &mut HashMap<Digest, StagedChunk>,
+    writer: &mut BlobWriter,
+    threads: usize,
+) -> Result<Vec<StagedChunk>, ConvertError> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let next = AtomicUsize::new(0);
+    let threads = threads.min(batch.len());
+    let known = &*seen;
+    let parts: Vec<Vec<Hashed>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    let mut compressor = match zstd::bulk::Compressor::new(ZSTD_LEVEL) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            out.push((usize::MAX, Digest([0; 32]), Err(e)));
+                            return out;
+                        }
+                    };
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = batch.get(i) else { break };
+                        let digest = Digest::of(&item.data);
+                        // Duplicates are only referenced: skip compressing them.
+                        let compressed =
+                            if known.contains_key(&digest) { Ok(Vec::new()) } else { compressor.compress(&item.data) };
+                        out.push((i, digest, compressed));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("chunk compression thread panicked")).collect()
+    });
+    let mut results: Vec<Option<(Digest, Vec<u8>)>> = (0..batch.len()).map(|_| None).collect();
+    for (i, digest, compressed) in parts.into_iter().flatten() {
+        let compressed = compressed.map_err(|e| ConvertError::Compress(e.to_string()))?;
+        results[i] = Some((digest, compressed));
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for (item, result) in batch.iter().zip(results) {
+        let (digest, compressed) = result.expect("every batch item was processed");
+        let chunk = match seen.get(&digest) {
+            Some(c) => *c,
+            None => {
+                let offset = writer.append(&compressed)?;
+                let c = StagedChunk { digest, len: item.data.len() as u32, offset, compressed_len: compressed.len() as u32 };
+                seen.insert(digest, c);
+                c
+            }
+        };
+        out.push(chunk);
+    }
+    Ok(out)
+}
+
+/// Builds the data blobs from staged layers: per layer, in tar order, the chunks of the files
+/// whose final content it holds, each stored once across all layers.
+pub(crate) struct Assembler {
+    stored: HashMap<Digest, Chunk>,
+    pub blobs: Vec<BlobFile>,
+    pub chunks_total: u64,
+    pub bytes_stored: u64,
+    pub bytes_compressed: u64,
+}
+
+impl Assembler {
+    pub fn new() -> Assembler {
+        Assembler { stored: HashMap::new(), blobs: Vec::new(), chunks_total: 0, bytes_stored: 0, bytes_compressed: 0 }
     }
 
     pub fn unique_chunks(&self) -> u64 {
         self.stored.len() as u64
     }
 
-    /// Chunks the entries `wanted` (tar ordinal -> file node) of one layer into at most one new
-    /// data blob (none if every chunk was already stored). `progress` gets bytes of file content.
-    ///
-    /// A reader thread decompresses the layer and cuts chunks while this thread hashes, compresses
-    /// and writes the previous batch: decompression and compression overlap.
-    pub fn chunk_layer(
+    /// `wanted`: tar ordinals of the files whose final content this layer holds. Returns their
+    /// chunk lists by ordinal. The staging file is removed afterwards.
+    pub fn add_layer(
         &mut self,
         layer: &LayerBlob,
-        wanted: &HashMap<u64, NodeId>,
+        staged: &StagedLayer,
+        wanted: &[u64],
         tmp: &Path,
-        progress: &dyn Fn(u64),
-    ) -> Result<(), ConvertError> {
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let batch_limit = (self.chunk_size as usize * 2 * self.threads).max(8 << 20);
-        let chunk_size = self.chunk_size;
+    ) -> Result<HashMap<u64, Vec<Chunk>>, ConvertError> {
+        let io = |what: &str, e: std::io::Error| ConvertError::Io { path: staged.staging.clone(), what: what.into(), error: e };
+        let staging = std::fs::File::open(&staged.staging).map_err(|e| io("open staging file", e))?;
+        let mut ordinals = wanted.to_vec();
+        ordinals.sort_unstable();
         let mut writer: Option<BlobWriter> = None;
-        std::thread::scope(|s| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
-            let reader = s.spawn(move || read_chunks(layer, wanted, chunk_size, batch_limit, tx));
-            let mut failed = None;
-            for batch in rx {
-                let bytes: u64 = batch.chunks.iter().map(|p| p.data.len() as u64).sum();
-                for node in &batch.files {
-                    self.files.entry(*node).or_default();
-                }
-                let mut chunks = batch.chunks;
-                if let Err(e) = self.flush(&mut chunks, &mut writer, tmp, &layer.digest) {
-                    failed = Some(e);
-                    break; // dropping rx stops the reader
-                }
-                progress(bytes);
+        let mut out = HashMap::with_capacity(ordinals.len());
+        let mut buf = Vec::new();
+        for ordinal in ordinals {
+            let staged_chunks = staged.files.get(&ordinal).ok_or_else(|| ConvertError::Layer {
+                layer: layer.digest,
+                reason: format!("tar entry {ordinal}: no staged content (internal error)"),
+            })?;
+            let mut chunks = Vec::with_capacity(staged_chunks.len());
+            for s in staged_chunks {
+                self.chunks_total += 1;
+                let chunk = match self.stored.get(&s.digest) {
+                    Some(c) => *c,
+                    None => {
+                        buf.resize(s.compressed_len as usize, 0);
+                        staging.read_exact_at(&mut buf, s.offset).map_err(|e| io("read staging file", e))?;
+                        if writer.is_none() {
+                            writer = Some(BlobWriter::create(tmp, &format!("blob-{}-{}", self.blobs.len(), layer.digest.hex()))?);
+                        }
+                        let offset = writer.as_mut().expect("just created").append(&buf)?;
+                        let c = Chunk {
+                            blob: self.blobs.len() as u32,
+                            offset,
+                            compressed_len: s.compressed_len,
+                            len: s.len,
+                            digest: s.digest,
+                        };
+                        self.stored.insert(s.digest, c);
+                        self.bytes_stored += s.len as u64;
+                        self.bytes_compressed += s.compressed_len as u64;
+                        c
+                    }
+                };
+                chunks.push(chunk);
             }
-            let read = reader.join().expect("layer reader thread panicked");
-            match failed {
-                Some(e) => Err(e),
-                None => read,
-            }
-        })?;
+            out.insert(ordinal, chunks);
+        }
         if let Some(w) = writer {
             self.blobs.push(w.finish()?);
         }
-        Ok(())
-    }
-
-    /// Hashes and compresses a batch in parallel, then stores new chunks in order.
-    fn flush(
-        &mut self,
-        batch: &mut Vec<Pending>,
-        writer: &mut Option<BlobWriter>,
-        tmp: &Path,
-        layer: &Digest,
-    ) -> Result<(), ConvertError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let next = AtomicUsize::new(0);
-        let items: &[Pending] = batch;
-        let stored = &self.stored;
-        let mut results: Vec<Option<(Digest, Vec<u8>)>> = (0..items.len()).map(|_| None).collect();
-        let threads = self.threads.min(items.len());
-        let parts: Vec<Vec<Hashed>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut out = Vec::new();
-                        let mut compressor = match zstd::bulk::Compressor::new(ZSTD_LEVEL) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                out.push((usize::MAX, Digest([0; 32]), Err(e)));
-                                return out;
-                            }
-                        };
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(item) = items.get(i) else { break };
-                            let digest = Digest::of(&item.data);
-                            // Already stored chunks are only referenced: skip compressing them.
-                            let compressed = if stored.contains_key(&digest) { Ok(Vec::new()) } else { compressor.compress(&item.data) };
-                            out.push((i, digest, compressed));
-                        }
-                        out
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("chunk compression thread panicked")).collect()
-        });
-        for (i, digest, compressed) in parts.into_iter().flatten() {
-            let compressed = compressed.map_err(|e| ConvertError::Compress(e.to_string()))?;
-            results[i] = Some((digest, compressed));
-        }
-        for (item, result) in batch.drain(..).zip(results) {
-            let (digest, compressed) = result.expect("every batch item was processed");
-            let len = item.data.len() as u32;
-            self.chunks_total += 1;
-            self.bytes_total += len as u64;
-            let chunk = match self.stored.get(&digest) {
-                Some(c) => *c,
-                None => {
-                    if writer.is_none() {
-                        *writer = Some(BlobWriter::create(tmp, &format!("blob-{}-{}", self.blobs.len(), layer.hex()))?);
-                    }
-                    let w = writer.as_mut().expect("just created");
-                    let offset = w.append(&compressed)?;
-                    let c = Chunk {
-                        blob: self.blobs.len() as u32,
-                        offset,
-                        compressed_len: compressed.len() as u32,
-                        len,
-                        digest,
-                    };
-                    self.stored.insert(digest, c);
-                    self.bytes_stored += len as u64;
-                    self.bytes_compressed += compressed.len() as u64;
-                    c
-                }
-            };
-            self.files.get_mut(&item.node).expect("file registered before its chunks").push(chunk);
-        }
-        Ok(())
+        drop(staging);
+        let _ = std::fs::remove_file(&staged.staging);
+        Ok(out)
     }
 }

@@ -130,10 +130,14 @@ pub(crate) struct Tree {
 /// A layer's tar entries (metadata only), read by [`scan_layer`] and applied by [`Tree::apply_layer`].
 pub(crate) struct ParsedLayer(Vec<Parsed>);
 
-/// Reads a layer's metadata. Independent of the tree, so layers can be scanned in parallel.
-pub(crate) fn scan_layer(layer: &LayerBlob) -> Result<ParsedLayer, ConvertError> {
+/// Called with each regular file's tar ordinal, size and content stream while a layer is scanned.
+pub(crate) type OnFile<'a> = dyn FnMut(u64, u64, &mut dyn Read) -> Result<(), String> + 'a;
+
+/// Reads a layer's metadata in one pass over its tar stream, handing every regular file's content
+/// to `on_file` on the way. Independent of the tree, so layers can be scanned in parallel.
+pub(crate) fn scan_layer(layer: &LayerBlob, on_file: &mut OnFile<'_>) -> Result<ParsedLayer, ConvertError> {
     let reader = open_layer(layer)?;
-    let parsed = parse_tar(reader).map_err(|reason| ConvertError::Layer { layer: layer.digest, reason })?;
+    let parsed = parse_tar(reader, on_file).map_err(|reason| ConvertError::Layer { layer: layer.digest, reason })?;
     Ok(ParsedLayer(parsed))
 }
 
@@ -339,7 +343,7 @@ impl Tree {
     }
 }
 
-fn parse_tar(reader: Box<dyn Read + Send>) -> Result<Vec<Parsed>, String> {
+fn parse_tar(reader: Box<dyn Read + Send>, on_file: &mut OnFile<'_>) -> Result<Vec<Parsed>, String> {
     let mut archive = tar::Archive::new(reader);
     let mut out = Vec::new();
     let entries = archive.entries().map_err(|e| format!("not a tar stream: {e}"))?;
@@ -432,6 +436,9 @@ fn parse_tar(reader: Box<dyn Read + Send>) -> Result<Vec<Parsed>, String> {
         };
         if matches!(what, What::File(s) if s > crate::index::codec::MAX_FILE_SIZE) {
             return Err(at("size", &format!("{size} exceeds the 1 TiB limit")));
+        }
+        if let What::File(size) = what {
+            on_file(ordinal, size, &mut entry).map_err(|e| format!("tar entry {ordinal} ({shown}): {e}"))?;
         }
         out.push(Parsed { ordinal, components: comps, meta, what });
     }

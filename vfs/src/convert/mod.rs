@@ -98,12 +98,12 @@ impl Summary {
 /// Progress of a conversion, for a progress bar.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress {
-    /// Reading layer `n` (1-based) of `of` for metadata.
-    Scanning { layer: usize, of: usize },
-    /// Chunking starts: `total` bytes of file content to go.
-    Chunking { total: u64 },
+    /// Reading and chunking starts: `layers` layers, `compressed` bytes of them.
+    Start { layers: usize, compressed: u64 },
     /// `n` more bytes of file content chunked.
     Advance(u64),
+    /// Every layer is read; the data blobs are being written.
+    Assembling,
 }
 
 pub fn check_chunk_size(chunk_size: u32) -> Result<(), ConvertError> {
@@ -115,44 +115,51 @@ pub fn check_chunk_size(chunk_size: u32) -> Result<(), ConvertError> {
 }
 
 /// Converts local layer blobs (bottom first) into an index and data blobs written under `tmp`.
+/// Each layer is decompressed once; up to two layers are read at the same time.
 pub fn convert_layers(
     layers: &[LayerBlob],
     opts: &ConvertOptions,
     tmp: &Path,
-    progress: &dyn Fn(Progress),
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Converted, ConvertError> {
     check_chunk_size(opts.chunk_size)?;
     let started = std::time::Instant::now();
+    progress(Progress::Start { layers: layers.len(), compressed: layers.iter().map(|l| l.size).sum() });
     let mut tree = Tree::new();
-    for (n, (layer, parsed)) in layers.iter().zip(scan_layers(layers)).enumerate() {
-        progress(Progress::Scanning { layer: n + 1, of: layers.len() });
-        tree.apply_layer(n, layer, parsed?)?;
+    let mut staged = Vec::with_capacity(layers.len());
+    for (n, (layer, scanned)) in layers.iter().zip(stage_layers(layers, opts.chunk_size, tmp, progress)).enumerate() {
+        let (parsed, files) = scanned?;
+        tree.apply_layer(n, layer, parsed)?;
+        staged.push(files);
     }
+    log::debug!("read and staged {} layers in {:.2?}", layers.len(), started.elapsed());
+    progress(Progress::Assembling);
     let numbering = number_inodes(&tree);
 
     // Files whose final content each layer holds: tar ordinal -> node.
     let mut wanted: Vec<HashMap<u64, NodeId>> = vec![HashMap::new(); layers.len()];
-    let mut total = 0u64;
     for &node in &numbering.order {
-        if let NodeKind::File { size, layer, ordinal } = tree.nodes[node].kind {
+        if let NodeKind::File { layer, ordinal, .. } = tree.nodes[node].kind {
             wanted[layer].insert(ordinal, node);
-            total += size;
         }
     }
-    log::debug!("read {} layers for metadata in {:.2?}", layers.len(), started.elapsed());
-    progress(Progress::Chunking { total });
-    let mut chunker = chunker::Chunker::new(opts.chunk_size);
-    for (layer, wanted) in layers.iter().zip(&wanted) {
-        chunker.chunk_layer(layer, wanted, tmp, &|n| progress(Progress::Advance(n)))?;
+    let mut assembler = chunker::Assembler::new();
+    let mut file_chunks: HashMap<NodeId, Vec<crate::index::Chunk>> = HashMap::new();
+    for ((layer, staged), wanted) in layers.iter().zip(&staged).zip(&wanted) {
+        let ordinals: Vec<u64> = wanted.keys().copied().collect();
+        for (ordinal, chunks) in assembler.add_layer(layer, staged, &ordinals, tmp)? {
+            file_chunks.insert(wanted[&ordinal], chunks);
+        }
     }
+    drop(staged);
+    log::debug!("assembled {} data blobs after {:.2?}", assembler.blobs.len(), started.elapsed());
 
-    log::debug!("chunked {total} bytes in {:.2?} since start", started.elapsed());
     let mut summary = Summary {
-        chunks: chunker.chunks_total,
-        unique_chunks: chunker.unique_chunks(),
-        stored_bytes: chunker.bytes_stored,
-        compressed_bytes: chunker.bytes_compressed,
-        blobs: chunker.blobs.len() as u64,
+        chunks: assembler.chunks_total,
+        unique_chunks: assembler.unique_chunks(),
+        stored_bytes: assembler.bytes_stored,
+        compressed_bytes: assembler.bytes_compressed,
+        blobs: assembler.blobs.len() as u64,
         ..Summary::default()
     };
     let mut inodes = Vec::with_capacity(numbering.order.len());
@@ -171,7 +178,7 @@ pub fn convert_layers(
             NodeKind::File { size, .. } => {
                 summary.files += 1;
                 summary.bytes += size;
-                Kind::File { size: *size, chunks: chunker.files.remove(&node).unwrap_or_default() }
+                Kind::File { size: *size, chunks: file_chunks.remove(&node).unwrap_or_default() }
             }
             NodeKind::Symlink(t) => {
                 summary.symlinks += 1;
@@ -197,39 +204,46 @@ pub fn convert_layers(
             xattrs: m.xattrs.iter().map(|(k, v)| Xattr { name: k.clone(), value: v.clone() }).collect(),
         });
     }
-    let blob_refs = chunker.blobs.iter().map(|b| BlobRef { digest: b.digest, size: b.size }).collect();
+    let blob_refs = assembler.blobs.iter().map(|b| BlobRef { digest: b.digest, size: b.size }).collect();
     let mut index = Index::new(opts.chunk_size, opts.source_repo.clone(), blob_refs, inodes, Vec::new());
     index.prefetch = resolve_prefetch(&index, &opts.prefetch);
     summary.prefetch = index.prefetch.len() as u64;
-    Ok(Converted { index, blobs: chunker.blobs, summary })
+    Ok(Converted { index, blobs: assembler.blobs, summary })
 }
 
-/// Reads every layer's metadata, several layers at once (decompression is the cost and each layer
-/// is one stream). Results come back in layer order.
-fn scan_layers(layers: &[LayerBlob]) -> Vec<Result<layers::ParsedLayer, ConvertError>> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4).min(layers.len());
+/// Stages every layer, two at a time (each layer is one decompression stream, the natural unit of
+/// parallelism next to the per-batch compression threads). Results come back in layer order.
+fn stage_layers(
+    layers: &[LayerBlob],
+    chunk_size: u32,
+    tmp: &Path,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Vec<Result<(layers::ParsedLayer, chunker::StagedLayer), ConvertError>> {
+    type Staged = Result<(layers::ParsedLayer, chunker::StagedLayer), ConvertError>;
+    let workers = 2.min(layers.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<layers::ParsedLayer, ConvertError>>> = (0..layers.len()).map(|_| None).collect();
-    let done: Vec<Vec<(usize, Result<layers::ParsedLayer, ConvertError>)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
+    let advance = |n: u64| progress(Progress::Advance(n));
+    let done: Vec<Vec<(usize, Staged)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
             .map(|_| {
                 s.spawn(|| {
                     let mut out = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(layer) = layers.get(i) else { break };
-                        out.push((i, layers::scan_layer(layer)));
+                        out.push((i, chunker::stage_layer(i, layer, chunk_size, tmp, &advance)));
                     }
                     out
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("layer scan thread panicked")).collect()
+        handles.into_iter().map(|h| h.join().expect("layer staging thread panicked")).collect()
     });
+    let mut results: Vec<Option<Staged>> = (0..layers.len()).map(|_| None).collect();
     for (i, r) in done.into_iter().flatten() {
         results[i] = Some(r);
     }
-    results.into_iter().map(|r| r.expect("every layer was scanned")).collect()
+    results.into_iter().map(|r| r.expect("every layer was staged")).collect()
 }
 
 struct Numbering {

@@ -76,19 +76,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
     let on_progress = |p: Progress| match p {
-        Progress::Scanning { layer, of } => {
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
-            bar.set_message(format!("reading layer {layer}/{of}"));
-            bar.tick();
-        }
-        Progress::Chunking { total } => {
+        Progress::Start { layers, compressed } => {
             bar.set_style(
-                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("template"),
+                ProgressStyle::with_template("{spinner} {bytes} chunked ({bytes_per_sec}) {msg}").expect("template"),
             );
-            bar.set_length(total);
-            bar.set_position(0);
+            bar.set_message(format!("reading {layers} layers ({:.1} MB)", mb(compressed)));
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
         }
         Progress::Advance(n) => bar.inc(n),
+        Progress::Assembling => bar.set_message("writing data blobs"),
     };
     let opts = ConvertOptions { chunk_size: args.chunk_size, source_repo: format!("{}/{}", args.dst.registry, args.dst.repository), prefetch };
     let convert_started = Instant::now();
