@@ -145,8 +145,14 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> StepResult<PathBuf> {
     Ok(root.join(current))
 }
 
-fn mkdir_all(p: &Path) -> StepResult<()> {
-    std::fs::create_dir_all(p).step(|| format!("mkdir {}", p.display()))
+/// mkdir -p with mode 0755 as runc (the init runs with umask 0 while it sets up the rootfs).
+pub(crate) fn mkdir_all(p: &Path) -> StepResult<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(p)
+        .step(|| format!("mkdir {}", p.display()))
 }
 
 fn do_mount(src: Option<&str>, dest: &Path, fstype: Option<&str>, flags: MsFlags, data: &str) -> StepResult<()> {

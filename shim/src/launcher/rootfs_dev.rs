@@ -64,7 +64,7 @@ pub fn create_devices(spec: &Spec, rootfs: &Path) -> StepResult<()> {
     for d in &devs {
         let dest = secure_join(rootfs, Path::new(&d.path))?;
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).step(|| format!("mkdir {}", parent.display()))?;
+            super::mounts::mkdir_all(parent)?;
         }
         match mknod(&dest, d.kind, Mode::from_bits_truncate(d.mode), makedev(d.major, d.minor)) {
             Ok(()) => {}
