@@ -452,3 +452,28 @@ impl RateLimit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_lets_a_burst_through_then_counts_what_it_drops() {
+        let limit = RateLimit::new(Duration::from_millis(200), 3);
+        assert_eq!((0..3).map(|_| limit.allow()).collect::<Vec<_>>(), [Some(0), Some(0), Some(0)]);
+        assert_eq!(limit.allow(), None);
+        assert_eq!(limit.allow(), None);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(limit.allow(), Some(2), "the next window's first line reports the drops");
+    }
+
+    #[test]
+    fn device_numbers_and_negative_times() {
+        assert_eq!(encode_dev(1, 3), 0x103);
+        // What stat(2) shows as st_rdev (glibc's makedev) for small majors.
+        assert_eq!(encode_dev(8, 0x12345) as u64, libc::makedev(8, 0x12345));
+        assert_eq!(encode_dev(8, 0x12345), 0x1230_0845);
+        assert_eq!(system_time(-2, 500_000_000), UNIX_EPOCH - Duration::from_millis(1500));
+        assert_eq!(system_time(5, 7), UNIX_EPOCH + Duration::new(5, 7));
+    }
+}
