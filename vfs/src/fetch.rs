@@ -306,7 +306,7 @@ impl RegistryChunkSource {
         let futures = groups.iter().map(|g| {
             let first = leads[g[0]].c.chunk;
             let last = leads[g[g.len() - 1]].c.chunk;
-            let range = first.offset..last.offset + last.compressed_len as u64;
+            let range = first.offset..last.offset.saturating_add(last.compressed_len as u64);
             self.fetch_range(first.blob, range, prefetch)
         });
         let all = futures::future::join_all(futures);
@@ -438,7 +438,7 @@ fn coalesce(leads: &[Lead<'_, '_>], max_span: u64) -> Vec<Vec<usize>> {
     let mut span: Option<(u32, u64, u64)> = None; // blob, start, end
     for i in order {
         let c = leads[i].c.chunk;
-        let end = c.offset + c.compressed_len as u64;
+        let end = c.offset.saturating_add(c.compressed_len as u64);
         match span {
             Some((blob, start, prev_end)) if blob == c.blob && c.offset == prev_end && end - start <= max_span => {
                 groups.last_mut().expect("a span implies a group").push(i);

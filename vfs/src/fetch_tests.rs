@@ -246,3 +246,14 @@ fn prefetch_is_bounded_separately_and_does_not_starve_reads() {
     assert_eq!(r.fake.max_in_flight.load(Ordering::SeqCst), 2, "one prefetch + one read at a time");
     assert_eq!(r.source.stats().snapshot().prefetched_chunks, 4);
 }
+
+#[test]
+fn hostile_offsets_and_blob_numbers_are_corrupt_not_panics() {
+    let mut r = rig(vec![pattern(1, 1000), pattern(2, 1000)], FetchOptions::default());
+    r.chunks[0].offset = u64::MAX - 1;
+    r.chunks[1].blob = 7;
+    let out = r.source.read_chunks(&refs(&r.chunks));
+    assert!(matches!(&out[0], Err(FetchError::Corrupt { reason, .. }) if reason.contains("only")), "{:?}", out[0]);
+    assert!(matches!(&out[1], Err(FetchError::Corrupt { reason, .. }) if reason.contains("blob #7")), "{:?}", out[1]);
+    assert!(r.fake.calls.lock().is_empty(), "nothing is requested for impossible chunks");
+}
