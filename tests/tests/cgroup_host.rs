@@ -32,6 +32,24 @@ impl Drop for TopGuard {
     }
 }
 
+/// Keeps every warning the cgroup module logs, to assert the per-container warning.
+struct Capture;
+
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("[{}] {}", r.level(), r.args());
+            WARNINGS.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
 struct ChildGuard(Child);
 
 impl Drop for ChildGuard {
@@ -91,6 +109,9 @@ fn hybrid_host_refuses_unenforceable_limits_and_runs_the_rest() {
     if !prerequisites_met("cgroup_host", &[Prereq::Root]) {
         return;
     }
+    static CAPTURE: Capture = Capture;
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Warn);
     let mount = find_cgroup2_mount().expect("a cgroup2 mount");
     let top = format!("lazy-cgroup-host-{}", std::process::id());
     let _guard = TopGuard(mount.root.join(&top));
@@ -118,6 +139,11 @@ fn hybrid_host_refuses_unenforceable_limits_and_runs_the_rest() {
         let cg = Cgroup::create(Some(&linux(&top, "lenient", memory_limit())), "default", "lenient", &lenient)
             .expect("allow_unenforced_limits = true must let the container run");
         assert!(cg.path().is_dir());
+        let warned = WARNINGS.lock().unwrap().clone();
+        assert!(
+            warned.iter().any(|w| w.contains("container lenient") && w.contains("NOT ENFORCED") && w.contains("memory limit")),
+            "no per-container warning logged: {warned:?}"
+        );
         cg.delete().unwrap();
     } else {
         println!(

@@ -230,11 +230,16 @@ impl Manager {
                 return Err(self.unenforceable(what, controller));
             }
             for (what, controller) in &unenforced {
-                log::warn!(
-                    "container {}: NOT ENFORCED (allow_unenforced_limits = true): {}",
-                    self.id,
+                if let CgroupError::Unenforceable { controller, mount, hybrid, fix, .. } =
                     self.unenforceable(what, controller)
-                );
+                {
+                    log::warn!(
+                        "container {}: {what} NOT ENFORCED: the {controller} is not available in cgroup v2 at \
+                         {}{hybrid}; running anyway because allow_unenforced_limits = true (to enforce: {fix})",
+                        self.id,
+                        mount.display()
+                    );
+                }
             }
         }
         for s in &writes {
