@@ -2,7 +2,7 @@
 //! `.wh.NAME` whiteouts and `.wh..wh..opq` opaque directories hide lower layers, hardlinks (also
 //! to files of lower layers) stay one inode, PAX xattrs, device numbers and nanosecond mtimes are
 //! kept. Only metadata is held in memory: a regular file records which layer and which tar entry
-//! holds its final content, and [`super::chunker`] reads the content in a second pass.
+//! holds its final content; the content itself goes to [`super::chunker`] during the same read.
 
 use std::collections::BTreeMap;
 use std::fs::File;
