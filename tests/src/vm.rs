@@ -28,6 +28,8 @@ const MODULES: &[&str] = &[
     "9pnet",
     "9pnet_virtio",
     "9p",
+    // For the optional scratch disk (VmConfig::disk_mb): /dev/vda, an io.max target.
+    "virtio_blk",
 ];
 
 /// Where the writable work share is mounted in the guest (on the guest's /tmp tmpfs).
@@ -42,6 +44,8 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// Environment for the command in the guest.
     pub env: Vec<(String, String)>,
+    /// Attach a zeroed scratch disk of this size as /dev/vda (virtio-blk), e.g. for io.max checks.
+    pub disk_mb: Option<u32>,
 }
 
 impl Default for VmConfig {
@@ -51,6 +55,7 @@ impl Default for VmConfig {
             cpus: 2,
             timeout: Duration::from_secs(300),
             env: vec![],
+            disk_mb: None,
         }
     }
 }
@@ -306,7 +311,15 @@ fn boot_once(kernel: &Path, initrd: &Path, work: &Path, cfg: &VmConfig, accel: &
         .args(["-device", "virtio-9p-pci,fsdev=r,mount_tag=hostroot"])
         .arg("-fsdev")
         .arg(format!("local,id=w,path={},security_model=none,multidevs=remap", work.display()))
-        .args(["-device", "virtio-9p-pci,fsdev=w,mount_tag=work"])
+        .args(["-device", "virtio-9p-pci,fsdev=w,mount_tag=work"]);
+    if let Some(mb) = cfg.disk_mb {
+        let disk = work.join("disk.img");
+        std::fs::File::create(&disk)?.set_len(u64::from(mb) << 20)?;
+        cmd.arg("-drive")
+            .arg(format!("file={},if=none,id=d0,format=raw,cache=unsafe", disk.display()))
+            .args(["-device", "virtio-blk-pci,drive=d0"]);
+    }
+    cmd
         .args(["-append", "console=ttyS0 quiet panic=-1 loglevel=4"])
         .stdin(Stdio::null())
         .stdout(console)

@@ -12,6 +12,7 @@ const CHECKS: &[&str] = &[
     "update_and_stats",
     "kill_all_and_delete",
     "devices",
+    "io_max",
     "launcher_memory_oom",
     "launcher_devices",
 ];
@@ -34,7 +35,11 @@ fn cgroup_v2_limits_are_enforced_in_a_vm() {
     let guest = env!("CARGO_BIN_EXE_cgroup-guest");
     // The launcher checks re-execute the shim binary as their helper: it must be built next to the guest.
     let _shim = harness::bins::shim();
-    let run = match vm::run(&[guest], &VmConfig::default()) {
+    let cfg = VmConfig {
+        disk_mb: Some(64),
+        ..VmConfig::default()
+    };
+    let run = match vm::run(&[guest], &cfg) {
         Ok(run) => run,
         Err(e) => panic!("{e}"),
     };

@@ -65,6 +65,28 @@ fn fork_sleeper() -> std::io::Result<i32> {
     }
 }
 
+/// Writes `mib` MiB with O_DIRECT (so the io controller sees the writes at once, not at writeback).
+fn write_direct(dev: &str, mib: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(dev)?;
+    let layout = std::alloc::Layout::from_size_align(64 * 1024, 4096).unwrap();
+    // SAFETY: layout has a non-zero size; the buffer is freed below with the same layout.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!ptr.is_null(), "allocation failed");
+    // SAFETY: ptr points to layout.size() initialised (zeroed) bytes that nothing else aliases.
+    let buf = unsafe { std::slice::from_raw_parts(ptr, layout.size()) };
+    let mut result = Ok(());
+    for _ in 0..mib * 16 {
+        if let Err(e) = f.write_all(buf) {
+            result = Err(e);
+            break;
+        }
+    }
+    // SAFETY: ptr was allocated above with this layout and is no longer used (buf is dead).
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    result
+}
+
 fn worker(mode: &str, args: &[String]) -> ! {
     gate();
     match mode {
@@ -103,6 +125,14 @@ fn worker(mode: &str, args: &[String]) -> ! {
             }
             say(&format!("forked {n}"));
             std::thread::sleep(Duration::from_secs(3600));
+        }
+        "write-direct" => {
+            let mib: usize = args[1].parse().unwrap();
+            let t = Instant::now();
+            match write_direct(&args[0], mib) {
+                Ok(()) => say(&format!("write done {:.2}", t.elapsed().as_secs_f64())),
+                Err(e) => say(&format!("write failed {e}")),
+            }
         }
         "spin" => {
             say("spinning");
@@ -446,19 +476,53 @@ fn check_devices() -> Result<String> {
 /// One enforcement check: Ok(what was observed) or the reason it failed.
 type Check = fn() -> Result<String>;
 
+fn check_io_max() -> Result<String> {
+    let devno = std::fs::read_to_string("/sys/block/vda/dev")
+        .context("no /dev/vda: the VM was started without its scratch disk (VmConfig::disk_mb)")?;
+    let (major, minor) = devno.trim().split_once(':').ok_or_else(|| anyhow!("bad dev {devno:?}"))?;
+    let (major, minor): (i64, i64) = (major.parse()?, minor.parse()?);
+    let res = LinuxResourcesBuilder::default()
+        .block_io(
+            oci_spec::runtime::LinuxBlockIoBuilder::default()
+                .throttle_write_bps_device(vec![oci_spec::runtime::LinuxThrottleDeviceBuilder::default()
+                    .major(major)
+                    .minor(minor)
+                    .rate(1_048_576u64)
+                    .build()?])
+                .build()?,
+        )
+        .build()?;
+    let g = CgGuard::create("io", res)?;
+    let io_max = read(g.cg(), "io.max")?;
+    ensure!(io_max.contains(&format!("{major}:{minor} rbps=max wbps=1048576")), "io.max is {io_max:?}");
+    let w = Worker::spawn(g.cg(), "write-direct", &["/dev/vda", "3"])?;
+    let line = w.expect_line("write", Duration::from_secs(60))?;
+    let secs: f64 = line
+        .strip_prefix("write done ")
+        .ok_or_else(|| anyhow!("worker: {line}"))?
+        .parse()?;
+    let rate = 3.0 / secs;
+    ensure!(secs >= 2.0, "3 MiB written in {secs:.2} s ({rate:.2} MiB/s) under io.max wbps=1 MiB/s");
+    let m = Metrics::parse_from_bytes(&g.cg().stats()?.value)?;
+    let wbytes: u64 = m.io.usage.iter().filter(|e| e.major == major as u64 && e.minor == minor as u64).map(|e| e.wbytes).sum();
+    ensure!(wbytes >= 3 << 20, "stats io wbytes for {major}:{minor} = {wbytes}, want >= 3 MiB");
+    Ok(format!("io.max wbps=1MiB/s on /dev/vda ({major}:{minor}): 3 MiB O_DIRECT in {secs:.2} s = {rate:.2} MiB/s; stats io wbytes={wbytes}"))
+}
+
 fn run_checks() -> i32 {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) has no memory-safety preconditions.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let root = Path::new("/sys/fs/cgroup");
     let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
     println!("guest kernel cgroup2 controllers: {}", controllers.trim());
-    let checks: [(&str, Check); 8] = [
+    let checks: [(&str, Check); 9] = [
         ("memory_oom", check_memory_oom),
         ("pids_limit", check_pids),
         ("cpu_quota_and_freeze", check_cpu_freeze),
         ("update_and_stats", check_update_and_stats),
         ("kill_all_and_delete", check_kill_all_and_delete),
         ("devices", check_devices),
+        ("io_max", check_io_max),
         ("launcher_memory_oom", launcher_checks::check_launcher_oom),
         ("launcher_devices", launcher_checks::check_launcher_devices),
     ];
