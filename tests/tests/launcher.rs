@@ -500,11 +500,17 @@ fn hooks_run_in_order_with_state_and_a_failing_hook_fails_create() {
     let text = std::fs::read_to_string(&log).unwrap();
     let phases: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(phases, ["prestart", "createRuntime", "createContainer"], "{text}");
-    let state: Value = serde_json::from_str(text.lines().nth(1).unwrap().split_once(' ').unwrap().1).unwrap();
-    assert_eq!(state["id"], "launcher-test");
-    assert_eq!(state["status"], "creating");
-    assert_eq!(state["bundle"], b.path().to_str().unwrap());
-    assert!(state["pid"].as_i64().unwrap() > 1);
+    let states: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l.split_once(' ').unwrap().1).unwrap())
+        .collect();
+    assert_eq!(states[1]["id"], "launcher-test");
+    assert_eq!(states[1]["status"], "creating");
+    assert_eq!(states[1]["bundle"], b.path().to_str().unwrap());
+    let pid = states[1]["pid"].as_i64().unwrap();
+    assert!(pid > 1, "the runtime's pid of the init, not its pid in the container: {text}");
+    assert_eq!(states[2]["pid"].as_i64(), Some(pid), "createContainer sees the same pid: {text}");
+    assert_eq!(states[2]["status"], "created");
 
     spec["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 4"]}]});
     let err = b.create(&spec, false).err().expect("a failing createRuntime hook fails create");

@@ -22,8 +22,9 @@ use super::{console, mounts, namespaces, process, seccomp};
 /// Helper <-> its forked child, on a private socketpair.
 #[derive(Debug, Serialize, Deserialize)]
 enum Private {
-    /// The shim placed the child into its cgroup: go on.
-    Go,
+    /// The shim placed the child into its cgroup: go on. Carries the child's pid as the runtime
+    /// (and the hooks' state) sees it.
+    Go(i32),
     /// Child -> helper: the rootfs is mounted; run prestart and createRuntime hooks now.
     RuntimeHooks,
     /// Helper -> child: those hooks succeeded.
@@ -143,7 +144,7 @@ fn place_child(sock: &OwnedFd, pid: Pid, private: &OwnedFd) -> StepResult<()> {
         Ok(Some((other, _))) => return fail(Some(format!("launcher protocol: expected ack, got {other:?}"))),
         Err(e) => return fail(Some(format!("wait for the shim's ack: {e}"))),
     }
-    if let Err(e) = sync::send(private.as_fd(), &Private::Go, None) {
+    if let Err(e) = sync::send(private.as_fd(), &Private::Go(pid.as_raw()), None) {
         return fail(Some(format!("release the container process: {e}")));
     }
     Ok(())
@@ -202,11 +203,11 @@ fn container_init(
     id: &str,
     bundle: &Path,
 ) -> StepResult<std::convert::Infallible> {
-    match recv_private(private) {
-        Some(Private::Go) => {}
+    let pid = match recv_private(private) {
+        Some(Private::Go(pid)) => pid,
         // The shim aborted (cgroup placement failed) or went away: nothing to report.
         _ => unsafe_exit(1),
-    }
+    };
     nix::unistd::setsid().step(|| "setsid".to_string())?;
     let cgroups = mounts::collect_cgroup_v1();
     namespaces::enter_in_init(plan)?;
@@ -224,10 +225,6 @@ fn container_init(
         // The helper reported the hook failure to the shim itself.
         _ => unsafe_exit(1),
     }
-    let pid = std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|p| p.to_str()?.parse().ok())
-        .unwrap_or(1);
     let hooks = spec.hooks().clone().unwrap_or_default();
     let mut state = ContainerState::new(spec, id, bundle, "created", pid);
     run_phase("createContainer", hooks.create_container().as_ref(), &state)?;
@@ -313,7 +310,7 @@ fn exec(sock: &OwnedFd, container_pid: i32, spec: &Spec, process: &Process) -> S
     namespaces::join_container(container_pid)?;
     let (pid, private) = fork_child(sock, |private| {
         match recv_private(private) {
-            Some(Private::Go) => {}
+            Some(Private::Go(_)) => {}
             _ => unsafe_exit(1),
         }
         nix::unistd::setsid().step(|| "setsid".to_string())?;
