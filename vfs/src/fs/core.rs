@@ -122,6 +122,11 @@ impl LazyFs {
         &self.stats
     }
 
+    /// Whether first reads are being recorded (`--record`).
+    pub fn records(&self) -> bool {
+        self.recorder.is_some()
+    }
+
     /// Absolute path of an index inode (the first one found for hardlinked files).
     pub fn path(&self, ino: u32) -> &str {
         self.paths.get(ino as usize).map(|p| &**p).unwrap_or("?")
