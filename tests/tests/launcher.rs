@@ -727,3 +727,73 @@ fn ctr_flags_give_the_same_view_as_runc() {
     }
     assert!(diffs.is_empty(), "differences from runc:\n{}", diffs.join("\n"));
 }
+
+/// True when /sys/fs/cgroup is a pure cgroup2 mount (the VM), false on this project's hybrid hosts.
+fn host_is_pure_cgroup2() -> bool {
+    nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// On a pure v2 host the `cgroup` mount is cgroup2, scoped by a cgroup namespace when the spec
+/// has one. Runs for real inside the VM (`launcher_tests_pass_in_a_cgroup_v2_vm`).
+#[test]
+fn cgroup2_mount_with_a_cgroup_namespace_on_a_pure_v2_host() {
+    if !ready("cgroup2_mount_with_a_cgroup_namespace_on_a_pure_v2_host") {
+        return;
+    }
+    if !host_is_pure_cgroup2() {
+        eprintln!("SKIP cgroup2_mount_with_a_cgroup_namespace_on_a_pure_v2_host: this host has hybrid cgroups; \
+                   launcher_tests_pass_in_a_cgroup_v2_vm runs it in a pure v2 VM");
+        return;
+    }
+    let mut b = Bundle::new();
+    let mut spec = default_spec();
+    spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "cgroup"}));
+    let out = b.run(
+        spec,
+        &["sh", "-c", "cat /proc/self/cgroup; awk '$5 == \"/sys/fs/cgroup\" { for (i = 7; $i != \"-\"; i++) ; print $6, $(i+1) }' /proc/self/mountinfo; ls /sys/fs/cgroup/cgroup.procs"],
+    );
+    assert_eq!(out.stdout, "0::/\nro,nosuid,nodev,noexec,relatime cgroup2\n/sys/fs/cgroup/cgroup.procs\n", "{out:?}");
+}
+
+/// Runs this very test binary (all launcher tests but the containerd one) inside the pure cgroup
+/// v2 VM (tests/src/vm.rs), where the cgroup2 code paths are the real ones.
+#[test]
+fn launcher_tests_pass_in_a_cgroup_v2_vm() {
+    if std::env::var_os("LAUNCHER_IN_VM").is_some() {
+        return;
+    }
+    let mut missing: Vec<String> = harness::vm::missing_prerequisites().into_iter().collect();
+    if let Some(why) = Prereq::Root.missing() {
+        missing.push(why);
+    }
+    if !missing.is_empty() {
+        let text = format!("launcher_tests_pass_in_a_cgroup_v2_vm: {}", missing.join("; "));
+        if harness::prereq::in_ci() {
+            panic!("CI=true and a prerequisite is missing, refusing to skip: {text}");
+        }
+        eprintln!("SKIP {text}");
+        return;
+    }
+    if !ready("launcher_tests_pass_in_a_cgroup_v2_vm") {
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    let me = me.to_str().unwrap();
+    let cfg = harness::vm::VmConfig {
+        env: vec![("LAUNCHER_IN_VM".into(), "1".into())],
+        timeout: Duration::from_secs(400),
+        ..harness::vm::VmConfig::default()
+    };
+    let run = harness::vm::run(&[me, "--test-threads=1", "--skip", "ctr_flags_give_the_same_view_as_runc"], &cfg)
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("VM ({}) finished in {:.1} s\n{}", run.accel, run.elapsed.as_secs_f64(), run.output);
+    assert_eq!(run.exit_code, 0, "launcher tests failed in the cgroup v2 VM:\n{}", run.output);
+    assert!(
+        run.output.contains("test cgroup2_mount_with_a_cgroup_namespace_on_a_pure_v2_host ... ok")
+            && !run.output.contains("SKIP cgroup2_mount"),
+        "the v2 test must really run in the VM:\n{}",
+        run.output
+    );
+}
