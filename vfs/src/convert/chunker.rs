@@ -22,7 +22,7 @@ use super::blobs::{BlobFile, BlobWriter};
 use super::layers::{scan_layer, LayerBlob, ParsedLayer};
 use super::ConvertError;
 use crate::digest::Digest;
-use crate::index::Chunk;
+use crate::index::{BlobRef, Chunk};
 
 /// zstd level of chunks: level 3 is zstd's default, a good balance for a one-off conversion.
 const ZSTD_LEVEL: i32 = 3;
@@ -212,22 +212,78 @@ fn stage_batch(
 }
 
 /// Builds the data blobs from staged layers: per layer, in tar order, the chunks of the files
-/// whose final content it holds, each stored once across all layers.
+/// whose final content it holds, each stored once across all layers. Chunks that earlier lazy
+/// images in the destination repository already hold ([`Assembler::reuse`]) are referenced in
+/// their blobs instead of being stored again.
 pub(crate) struct Assembler {
+    /// Chunks placed in this conversion's index, by digest.
     stored: HashMap<Digest, Chunk>,
+    /// Chunks of earlier images: (blob, offset, compressed length), by digest.
+    reusable: HashMap<Digest, (BlobRef, u64, u32)>,
+    /// Index of each blob in the new index's blob list.
+    blob_index: HashMap<Digest, u32>,
+    /// The new index's blob list (`None` while a new blob is being written).
+    pub refs: Vec<Option<BlobRef>>,
+    /// Blobs written by this conversion (to push).
     pub blobs: Vec<BlobFile>,
     pub chunks_total: u64,
     pub bytes_stored: u64,
     pub bytes_compressed: u64,
+    pub bytes_reused: u64,
 }
 
 impl Assembler {
     pub fn new() -> Assembler {
-        Assembler { stored: HashMap::new(), blobs: Vec::new(), chunks_total: 0, bytes_stored: 0, bytes_compressed: 0 }
+        Assembler {
+            stored: HashMap::new(),
+            reusable: HashMap::new(),
+            blob_index: HashMap::new(),
+            refs: Vec::new(),
+            blobs: Vec::new(),
+            chunks_total: 0,
+            bytes_stored: 0,
+            bytes_compressed: 0,
+            bytes_reused: 0,
+        }
+    }
+
+    /// Makes the chunks of an earlier index (whose blobs are in the destination repository)
+    /// available for reuse.
+    pub fn reuse(&mut self, earlier: &crate::index::Index) {
+        for inode in &earlier.inodes {
+            if let crate::index::Kind::File { chunks, .. } = &inode.kind {
+                for c in chunks {
+                    if let Some(b) = earlier.blobs.get(c.blob as usize) {
+                        self.reusable.entry(c.digest).or_insert((*b, c.offset, c.compressed_len));
+                    }
+                }
+            }
+        }
     }
 
     pub fn unique_chunks(&self) -> u64 {
         self.stored.len() as u64
+    }
+
+    /// A chunk already stored by this conversion or an earlier image, if any.
+    fn existing(&mut self, digest: &Digest, len: u32) -> Option<Chunk> {
+        if let Some(c) = self.stored.get(digest) {
+            return Some(*c);
+        }
+        let (blob, offset, compressed_len) = *self.reusable.get(digest)?;
+        let index = match self.blob_index.get(&blob.digest) {
+            Some(i) => *i,
+            None => {
+                let i = self.refs.len() as u32;
+                self.refs.push(Some(blob));
+                self.blob_index.insert(blob.digest, i);
+                i
+            }
+        };
+        let c = Chunk { blob: index, offset, compressed_len, len, digest: *digest };
+        self.stored.insert(*digest, c);
+        self.bytes_reused += len as u64;
+        Some(c)
     }
 
     /// `wanted`: tar ordinals of the files whose final content this layer holds. Returns their
@@ -244,6 +300,7 @@ impl Assembler {
         let mut ordinals = wanted.to_vec();
         ordinals.sort_unstable();
         let mut writer: Option<BlobWriter> = None;
+        let mut new_index = 0u32;
         let mut out = HashMap::with_capacity(ordinals.len());
         let mut buf = Vec::new();
         for ordinal in ordinals {
@@ -254,17 +311,19 @@ impl Assembler {
             let mut chunks = Vec::with_capacity(staged_chunks.len());
             for s in staged_chunks {
                 self.chunks_total += 1;
-                let chunk = match self.stored.get(&s.digest) {
-                    Some(c) => *c,
+                let chunk = match self.existing(&s.digest, s.len) {
+                    Some(c) => c,
                     None => {
                         buf.resize(s.compressed_len as usize, 0);
                         staging.read_exact_at(&mut buf, s.offset).map_err(|e| io("read staging file", e))?;
                         if writer.is_none() {
                             writer = Some(BlobWriter::create(tmp, &format!("blob-{}-{}", self.blobs.len(), layer.digest.hex()))?);
+                            new_index = self.refs.len() as u32;
+                            self.refs.push(None);
                         }
                         let offset = writer.as_mut().expect("just created").append(&buf)?;
                         let c = Chunk {
-                            blob: self.blobs.len() as u32,
+                            blob: new_index,
                             offset,
                             compressed_len: s.compressed_len,
                             len: s.len,
@@ -281,7 +340,15 @@ impl Assembler {
             out.insert(ordinal, chunks);
         }
         if let Some(w) = writer {
-            self.blobs.push(w.finish()?);
+            let blob = w.finish()?;
+            let r = BlobRef { digest: blob.digest, size: blob.size };
+            // An earlier image may hold this very blob (same base layer): list it once.
+            if let Some(&i) = self.blob_index.get(&r.digest) {
+                log::debug!("layer {}: data blob {} already referenced as blob {i}", layer.digest, r.digest);
+            }
+            self.blob_index.entry(r.digest).or_insert(new_index);
+            self.refs[new_index as usize] = Some(r);
+            self.blobs.push(blob);
         }
         drop(staging);
         let _ = std::fs::remove_file(&staged.staging);

@@ -6,6 +6,7 @@
 //! - [`chunker`]: file contents into deduplicated, compressed chunks.
 //! - [`blobs`]: data blob temp files.
 //! - [`push`]: data blobs, stub image and the image index into the destination repository.
+//! - [`reuse`]: chunks of earlier lazy images in the destination repository (dedup across images).
 //!
 //! The core ([`convert_layers`]) is synchronous and works on local files only, so it is testable
 //! without a registry; callers run it on a blocking thread.
@@ -14,6 +15,7 @@ pub mod blobs;
 pub mod chunker;
 pub mod layers;
 pub mod push;
+pub mod reuse;
 pub mod source;
 
 use std::collections::HashMap;
@@ -56,6 +58,9 @@ pub struct ConvertOptions {
     pub source_repo: String,
     /// Absolute paths to prefetch first, in order (what `lazyctl mount --record` writes).
     pub prefetch: Vec<String>,
+    /// Indexes of earlier lazy images whose data blobs are in the destination repository: their
+    /// chunks are referenced instead of stored again (dedup across images of one repository).
+    pub reuse: Vec<Index>,
 }
 
 /// What a conversion produced: the index, the data blobs (temp files) and its figures.
@@ -81,6 +86,9 @@ pub struct Summary {
     pub stored_bytes: u64,
     pub compressed_bytes: u64,
     pub blobs: u64,
+    /// Bytes of chunks found in earlier images of the destination repository, and their blobs.
+    pub reused_bytes: u64,
+    pub reused_blobs: u64,
     pub prefetch: u64,
 }
 
@@ -144,6 +152,9 @@ pub fn convert_layers(
         }
     }
     let mut assembler = chunker::Assembler::new();
+    for earlier in &opts.reuse {
+        assembler.reuse(earlier);
+    }
     let mut file_chunks: HashMap<NodeId, Vec<crate::index::Chunk>> = HashMap::new();
     for ((layer, staged), wanted) in layers.iter().zip(&staged).zip(&wanted) {
         let ordinals: Vec<u64> = wanted.keys().copied().collect();
@@ -160,6 +171,8 @@ pub fn convert_layers(
         stored_bytes: assembler.bytes_stored,
         compressed_bytes: assembler.bytes_compressed,
         blobs: assembler.blobs.len() as u64,
+        reused_bytes: assembler.bytes_reused,
+        reused_blobs: (assembler.refs.len() - assembler.blobs.len()) as u64,
         ..Summary::default()
     };
     let mut inodes = Vec::with_capacity(numbering.order.len());
@@ -204,7 +217,7 @@ pub fn convert_layers(
             xattrs: m.xattrs.iter().map(|(k, v)| Xattr { name: k.clone(), value: v.clone() }).collect(),
         });
     }
-    let blob_refs = assembler.blobs.iter().map(|b| BlobRef { digest: b.digest, size: b.size }).collect();
+    let blob_refs: Vec<BlobRef> = assembler.refs.iter().map(|r| r.expect("every new blob was finished")).collect();
     let mut index = Index::new(opts.chunk_size, opts.source_repo.clone(), blob_refs, inodes, Vec::new());
     index.prefetch = resolve_prefetch(&index, &opts.prefetch);
     summary.prefetch = index.prefetch.len() as u64;

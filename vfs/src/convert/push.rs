@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 
 use super::{BlobFile, ConvertError};
+use crate::index::BlobRef;
 use crate::registry::{Client, Reference, MEDIA_OCI_INDEX};
 use crate::stub::{StubImage, MEDIA_OCI_MANIFEST};
 
@@ -21,8 +22,23 @@ pub struct PushSummary {
     pub index_digest: String,
 }
 
-pub async fn push(client: &Client, dst: &Reference, blobs: &[BlobFile], stub: &StubImage) -> Result<PushSummary, ConvertError> {
+/// `reused`: blobs of earlier images the index references; they must still be in the repository.
+pub async fn push(
+    client: &Client,
+    dst: &Reference,
+    blobs: &[BlobFile],
+    reused: &[BlobRef],
+    stub: &StubImage,
+) -> Result<PushSummary, ConvertError> {
     let repo = dst.repository_only();
+    for b in reused {
+        if !client.blob_exists(&repo, &b.digest).await? {
+            return Err(ConvertError::Source {
+                image: repo.to_string(),
+                reason: format!("data blob {} of an earlier lazy image vanished while converting; run the conversion again", b.digest),
+            });
+        }
+    }
     let results: Vec<(bool, u64)> = futures::stream::iter(blobs)
         .map(|b| {
             let repo = repo.clone();

@@ -105,7 +105,7 @@ fn read_file(conv: &Converted, path: &str) -> Vec<u8> {
 }
 
 fn opts() -> ConvertOptions {
-    ConvertOptions { chunk_size: CS, source_repo: "127.0.0.1:5000/test/lazy".into(), prefetch: vec![] }
+    ConvertOptions { chunk_size: CS, source_repo: "127.0.0.1:5000/test/lazy".into(), prefetch: vec![], reuse: vec![] }
 }
 
 fn two_layer_image(dir: &std::path::Path) -> (Vec<LayerBlob>, Vec<u8>) {
@@ -314,4 +314,43 @@ fn keeps_bsdtar_xattrs_and_pax_owners() {
     let f = &conv.index.inodes[conv.index.resolve(b"/f").unwrap() as usize];
     assert_eq!(f.xattrs, vec![Xattr { name: b"user.a=b".to_vec(), value: b"hi".to_vec() }]);
     assert_eq!((f.uid, f.gid), (70000, 80000));
+}
+
+#[test]
+fn reuses_chunks_of_earlier_images_in_the_repository() {
+    let d1 = tempfile::tempdir().unwrap();
+    let shared = pattern(3 * CS as usize, 9);
+    let first = vec![write_layer(d1.path(), 0, TarBuilder::new().file("a/one.bin", &shared).finish(), Comp::Gzip)];
+    let c1 = convert_layers(&first, &opts(), d1.path(), &|_| {}).unwrap();
+    let earlier = Index::decode(&c1.index.encode()).unwrap();
+
+    let d2 = tempfile::tempdir().unwrap();
+    let second = vec![write_layer(
+        d2.path(),
+        0,
+        TarBuilder::new().file("c/again.bin", &shared).file("c/note.txt", b"new").finish(),
+        Comp::Zstd,
+    )];
+    let mut o = opts();
+    o.reuse = vec![earlier];
+    let c2 = convert_layers(&second, &o, d2.path(), &|_| {}).unwrap();
+    assert_eq!(c2.summary.stored_bytes, 3, "only the new file is stored");
+    assert_eq!(c2.summary.reused_bytes, shared.len() as u64);
+    assert_eq!((c2.summary.blobs, c2.summary.reused_blobs), (1, 1));
+    assert_eq!(c2.index.blobs.len(), 2);
+    assert_eq!(c2.index.blobs[0].digest, c1.blobs[0].digest, "the earlier image's blob is referenced");
+    // The reused chunks point into the earlier blob file; read through it.
+    let Kind::File { chunks, .. } = &c2.index.inodes[c2.index.resolve(b"/c/again.bin").unwrap() as usize].kind else { panic!() };
+    let blob = std::fs::read(&c1.blobs[0].path).unwrap();
+    let mut back = Vec::new();
+    for c in chunks {
+        assert_eq!(c.blob, 0);
+        back.extend(zstd::decode_all(&blob[c.offset as usize..(c.offset + c.compressed_len as u64) as usize]).unwrap());
+    }
+    assert_eq!(back, shared);
+    let new_blob = std::fs::read(&c2.blobs[0].path).unwrap();
+    let Kind::File { chunks, .. } = &c2.index.inodes[c2.index.resolve(b"/c/note.txt").unwrap() as usize].kind else { panic!() };
+    assert_eq!(chunks[0].blob, 1);
+    assert_eq!(zstd::decode_all(&new_blob[chunks[0].offset as usize..]).unwrap(), b"new");
+    Index::decode(&c2.index.encode()).unwrap();
 }

@@ -349,6 +349,25 @@ impl Client {
         Ok(Manifest { media_type, digest, bytes })
     }
 
+    /// Lists the repository's tags (`GET /v2/<repo>/tags/list`, first page): the converter looks
+    /// for earlier lazy images whose chunks it can reuse. A missing repository has no tags.
+    pub async fn list_tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
+        let op = Op { r, what: "tag list".into(), push: false, bulk: false };
+        let url = self.url(r, "tags/list")?;
+        let make = |h: &reqwest::Client| Ok(h.get(url.clone()));
+        let bytes = match self.fetch(&op, MAX_MANIFEST_BYTES, &make).await {
+            Ok((_, _, bytes)) => bytes,
+            Err(RegistryError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let tags = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| self.bad(&op, format!("not JSON: {e}")))?;
+        Ok(tags
+            .get("tags")
+            .and_then(|t| t.as_array())
+            .map(|t| t.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default())
+    }
+
     /// Fetches a whole blob into memory and verifies its digest. For small blobs (configs, indexes).
     pub async fn get_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError> {
         let op = Op { r, what: format!("blob {digest}"), push: false, bulk: true };

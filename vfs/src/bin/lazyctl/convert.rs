@@ -86,14 +86,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Progress::Advance(n) => bar.inc(n),
         Progress::Assembling => bar.set_message("writing data blobs"),
     };
-    let opts = ConvertOptions { chunk_size: args.chunk_size, source_repo: format!("{}/{}", args.dst.registry, args.dst.repository), prefetch };
+    let reuse = runtime.block_on(convert::reuse::earlier_indexes(&client, &args.dst));
+    let opts = ConvertOptions {
+        chunk_size: args.chunk_size,
+        source_repo: format!("{}/{}", args.dst.registry, args.dst.repository),
+        prefetch,
+        reuse,
+    };
     let convert_started = Instant::now();
     let converted = convert::convert_layers(&source.layers, &opts, tmp.path(), &on_progress)?;
     let convert_secs = convert_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
     let stub = vfs::stub::build(&source.config, &source.platform, &converted.index);
-    let pushed = runtime.block_on(convert::push::push(&client, &args.dst, &converted.blobs, &stub))?;
+    let new_blobs: std::collections::HashSet<_> = converted.blobs.iter().map(|b| b.digest).collect();
+    let reused: Vec<_> = converted.index.blobs.iter().filter(|b| !new_blobs.contains(&b.digest)).copied().collect();
+    let pushed = runtime.block_on(convert::push::push(&client, &args.dst, &converted.blobs, &reused, &stub))?;
     let total_secs = started.elapsed().as_secs_f64();
 
     let s = &converted.summary;
@@ -116,11 +124,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mb(s.compressed_bytes)
     );
     println!(
-        "  blobs {} ({} pushed, {} already present, {:.1} MB uploaded)  index {} bytes  prefetch {}",
+        "  blobs {} ({} pushed, {} already present, {:.1} MB uploaded; {:.1} MB reused from {} blobs of earlier images)  index {} bytes  prefetch {}",
         s.blobs,
         pushed.blobs_pushed,
         pushed.blobs_present,
         mb(pushed.bytes_pushed),
+        mb(s.reused_bytes),
+        s.reused_blobs,
         stub.layer.len(),
         s.prefetch
     );
