@@ -797,3 +797,47 @@ fn launcher_tests_pass_in_a_cgroup_v2_vm() {
         run.output
     );
 }
+
+/// Benchmark, not a test: median wall time of create + start + exit of `true` through the
+/// launcher, and of `runc run` on the same bundle. Run with
+/// `cargo test -p lazy-tests --test launcher launch_latency -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn launch_latency() {
+    if !ready("launch_latency") {
+        return;
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut b = Bundle::new();
+    let mut ours = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let out = b.run(default_spec(), &["true"]);
+        ours.push(t.elapsed());
+        assert_eq!(out.code, 0);
+        b.pids.clear();
+    }
+    let mut spec = default_spec();
+    spec["process"]["args"] = json!(["true"]);
+    std::fs::write(b.path().join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut runc = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        let st = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(state.path())
+            .args(["run", "--bundle"])
+            .arg(b.path())
+            .arg(format!("latency-{}-{i}", std::process::id()))
+            .stdin(std::process::Stdio::null())
+            .status();
+        runc.push(t.elapsed());
+        assert!(st.is_ok_and(|s| s.success()));
+    }
+    println!("launcher create+start+exit of `true`: median {:?} (20 runs)", median(ours));
+    println!("runc run of `true` on the same bundle: median {:?} (20 runs)", median(runc));
+}
