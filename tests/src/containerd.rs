@@ -50,21 +50,41 @@ impl CtrOutput {
     }
 }
 
+/// How to start containerd beyond the defaults (CRI off, a unique namespace).
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Keep the CRI plugin enabled (it is disabled by default: it needs CNI and writes host paths).
+    pub cri: bool,
+    /// The namespace `ctr` and the cleanup use instead of a unique one: CRI always uses `k8s.io`.
+    pub namespace: Option<String>,
+    /// TOML appended to the generated config (e.g. `[plugins."io.containerd.grpc.v1.cri"]` tables).
+    pub extra_config: String,
+}
+
 impl Containerd {
     /// Starts containerd and waits until `ctr version` answers.
     pub fn start() -> Result<Containerd> {
+        Containerd::start_with(&StartOptions::default())
+    }
+
+    /// Starts containerd with `opts` and waits until `ctr version` answers.
+    pub fn start_with(opts: &StartOptions) -> Result<Containerd> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let namespace = format!("lt{}x{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let namespace = opts
+            .namespace
+            .clone()
+            .unwrap_or_else(|| format!("lt{}x{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let dir = temp_dir("containerd");
         let d = dir.path();
+        let disabled = if opts.cri { "" } else { "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n" };
         let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{disabled}\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  level = \"debug\"\n",
+             [debug]\n  level = \"debug\"\n{extra}",
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = d.join("containerd.sock").display(),
+            extra = opts.extra_config,
         );
         std::fs::write(d.join("config.toml"), config)?;
         let path = format!("{}:{}", crate::bins::shim().parent().expect("bin dir").display(), std::env::var("PATH").unwrap_or_default());
