@@ -61,6 +61,11 @@ pub enum FromHelper {
 /// Sends one message, attaching `fd` to its last datagram.
 pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fd: Option<RawFd>) -> std::io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    send_bytes(sock, &body, fd)
+}
+
+/// The framing half of [`send`], kept non-generic (one copy of the socket code).
+fn send_bytes(sock: BorrowedFd<'_>, body: &[u8], fd: Option<RawFd>) -> std::io::Result<()> {
     let mut chunks = body.chunks(CHUNK).peekable();
     if chunks.peek().is_none() {
         return Err(std::io::Error::other("empty sync message"));
@@ -93,6 +98,13 @@ pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fd: Option<RawFd>) -> s
 pub fn recv<T: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
 ) -> std::io::Result<Option<(T, Option<OwnedFd>)>> {
+    let Some((body, fd)) = recv_bytes(sock)? else { return Ok(None) };
+    let msg = serde_json::from_slice(&body).map_err(std::io::Error::other)?;
+    Ok(Some((msg, fd)))
+}
+
+/// The framing half of [`recv`]: one whole message's bytes and the fd that came with it.
+fn recv_bytes(sock: BorrowedFd<'_>) -> std::io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
     let mut body = Vec::new();
     let mut fd = None;
     let mut buf = vec![0u8; CHUNK + 1];
@@ -146,8 +158,7 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
             }
         }
     }
-    let msg = serde_json::from_slice(&body).map_err(std::io::Error::other)?;
-    Ok(Some((msg, fd)))
+    Ok(Some((body, fd)))
 }
 
 #[cfg(test)]
