@@ -126,6 +126,11 @@ fn shim_detached_exec_ps_pause_kill_metrics_delete() {
     assert_clean(&env);
 }
 
+/// ctr sends the terminal size (ResizePty) only AFTER Start, with runc too: wait until the size is
+/// set (busybox `stty size` fails while it is 0x0), then print it.
+const SIZE_PROBE: &str =
+    "for i in 1 2 3 4 5 6 7 8 9 10; do stty size 2>/dev/null | grep -q . && break; sleep 0.2; done; stty size; tty; exit 4";
+
 #[test]
 fn shim_terminal_mode_with_size() {
     let Some(env) = setup("shim_terminal_mode_with_size") else { return };
@@ -135,18 +140,24 @@ fn shim_terminal_mode_with_size() {
     // `script` gives ctr a pty; stty sets its size, which ctr sends as ResizePty.
     let ctr = env
         .ctrd
-        .ctr_command(&["run", "--rm", "-t", "--runtime", RUNTIME, &env.image, "tty1", "sh", "-c", "stty size; tty; exit 4"]);
+        .ctr_command(&["run", "--rm", "-t", "--runtime", RUNTIME, &env.image, "tty1", "sh", "-c", SIZE_PROBE]);
     let cmdline: Vec<String> = std::iter::once(ctr.get_program())
         .chain(ctr.get_args())
         .map(|a| format!("'{}'", a.to_string_lossy()))
         .collect();
+    // script's stdin stays open (a pipe we hold): on EOF script would feed its pty an EOF that
+    // races with the container's first reads.
+    let (stdin_r, stdin_w) = nix::unistd::pipe().unwrap();
     let out = std::process::Command::new("script")
         .args(["-qec", &format!("stty rows 33 cols 101; {}", cmdline.join(" ")), "/dev/null"])
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::from(stdin_r))
         .output()
         .unwrap();
+    drop(stdin_w);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("33 101"), "terminal size inside the container: {text:?}");
+    log::info!("terminal output: {text:?}");
+    let log: Vec<String> = env.ctrd.log().lines().filter(|l| l.contains("tty1") || l.contains("esize")).map(String::from).collect();
+    assert!(text.contains("33 101"), "terminal size inside the container: {text:?}\ncontainerd log:\n{}", log.join("\n"));
     assert!(text.contains("/dev/pts/"), "stdin is a pty: {text:?}");
     assert_eq!(out.status.code(), Some(4), "exit code through the terminal: {text:?}");
     assert_clean(&env);
