@@ -70,7 +70,8 @@ impl<T: ChunkSource + ?Sized> ChunkSource for Arc<T> {
 
 /// Reads byte ranges of data blobs by digest. [`RegistryBlobs`] is the real one; tests use fakes.
 pub trait BlobReader: Send + Sync {
-    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, RegistryError>>;
+    /// Reads `range` of `blob`, retrying transient failures for at most `deadline`.
+    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>, deadline: Duration) -> BoxFuture<'a, Result<Bytes, RegistryError>>;
 }
 
 /// Range reads from one registry repository.
@@ -80,8 +81,8 @@ pub struct RegistryBlobs {
 }
 
 impl BlobReader for RegistryBlobs {
-    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
-        Box::pin(self.client.get_blob_range(&self.repository, blob, range))
+    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>, deadline: Duration) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
+        Box::pin(self.client.get_blob_range_within(&self.repository, blob, range, deadline))
     }
 }
 
@@ -96,11 +97,21 @@ pub struct FetchOptions {
     pub concurrency: usize,
     /// Range requests the prefetcher may have in flight at once: smaller, so reads are not starved.
     pub prefetch_concurrency: usize,
+    /// Bytes of recently read chunks kept in memory. The kernel reads a file in pieces (128 KiB by
+    /// default) and each piece asks for its whole chunk: without this, a sequential read of a 1 MiB
+    /// chunk re-reads the cache file 8 times (or, with no node cache, fetches it 8 times). 0 disables.
+    pub memory_bytes: u64,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions { deadline: Duration::from_secs(30), max_span: 8 << 20, concurrency: 8, prefetch_concurrency: 2 }
+        FetchOptions {
+            deadline: Duration::from_secs(30),
+            max_span: 8 << 20,
+            concurrency: 8,
+            prefetch_concurrency: 2,
+            memory_bytes: 32 << 20,
+        }
     }
 }
 
@@ -157,6 +168,44 @@ pub struct RegistryChunkSource {
     prefetch_permits: Arc<Semaphore>,
     /// Chunks whose digest mismatch was already logged at error level (once per chunk, not per read).
     logged_bad: Mutex<HashSet<Digest>>,
+    recent: Mutex<Recent>,
+    /// When a fetch last failed because the registry was unreachable; cleared by the next success.
+    /// While set (and recent), fetches only probe for [`OUTAGE_PROBE`] instead of waiting the whole
+    /// deadline: the kernel retries a failed read page by page, and each retry must not cost another
+    /// full deadline.
+    outage_since: Mutex<Option<Instant>>,
+}
+
+/// Retry budget of a fetch while the registry is known to be down.
+const OUTAGE_PROBE: Duration = Duration::from_secs(1);
+
+/// Verified chunks recently served, first in first out, bounded in bytes.
+#[derive(Default)]
+struct Recent {
+    map: HashMap<Digest, Bytes>,
+    order: std::collections::VecDeque<Digest>,
+    bytes: u64,
+}
+
+impl Recent {
+    fn get(&self, d: &Digest) -> Option<Bytes> {
+        self.map.get(d).cloned()
+    }
+
+    fn insert(&mut self, d: Digest, data: Bytes, cap: u64) {
+        if data.len() as u64 > cap / 2 || self.map.contains_key(&d) {
+            return;
+        }
+        self.bytes += data.len() as u64;
+        self.map.insert(d, data);
+        self.order.push_back(d);
+        while self.bytes > cap {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(b) = self.map.remove(&old) {
+                self.bytes -= b.len() as u64;
+            }
+        }
+    }
 }
 
 /// A chunk this call fetches for everyone (the leader of its flight).
@@ -208,6 +257,8 @@ impl RegistryChunkSource {
             opts,
             inflight: Mutex::new(HashMap::new()),
             logged_bad: Mutex::new(HashSet::new()),
+            recent: Mutex::new(Recent::default()),
+            outage_since: Mutex::new(None),
         }
     }
 
@@ -216,12 +267,22 @@ impl RegistryChunkSource {
     }
 
     fn cached(&self, c: &Chunk, prefetch: bool) -> Option<Bytes> {
-        let cache = self.cache.as_ref()?;
         if prefetch {
-            // The prefetcher only needs to know the chunk is there; a later read still verifies it.
-            return cache.contains(&c.digest).then(Bytes::new);
+            // The prefetcher only needs to know the chunk is on the node; a later read verifies it.
+            return self.cache.as_ref()?.contains(&c.digest).then(Bytes::new);
         }
-        cache.get_sized(&c.digest, c.len as u64)
+        if let Some(b) = self.recent.lock().get(&c.digest) {
+            return Some(b);
+        }
+        let b = self.cache.as_ref()?.get_sized(&c.digest, c.len as u64)?;
+        self.remember(&c.digest, &b);
+        Some(b)
+    }
+
+    fn remember(&self, d: &Digest, data: &Bytes) {
+        if self.opts.memory_bytes > 0 {
+            self.recent.lock().insert(*d, data.clone(), self.opts.memory_bytes);
+        }
     }
 
     fn read(&self, chunks: &[ChunkRef<'_>], prefetch: bool) -> Vec<Result<Bytes, FetchError>> {
@@ -280,7 +341,7 @@ impl RegistryChunkSource {
                 for &li in group {
                     let l = &guard.leads[li];
                     let result = match &data {
-                        Ok((start, bytes)) => self.decode(l.c, *start, bytes),
+                        Ok((start, bytes)) => self.decode(l.c, *start, bytes, prefetch),
                         Err(f) => Err(f.clone()),
                     };
                     self.complete(&l.c.chunk.digest, &l.flight, result.clone());
@@ -328,18 +389,24 @@ impl RegistryChunkSource {
                 range.start, range.end, b.digest, b.size
             )));
         }
-        let deadline = self.opts.deadline;
+        let outage = self.outage_since.lock().is_some_and(|t| t.elapsed() < self.opts.deadline);
+        let deadline = if outage { self.opts.deadline.min(OUTAGE_PROBE) } else { self.opts.deadline };
         let sem = if prefetch { &self.prefetch_permits } else { &self.demand };
         let work = async {
             let _permit = sem.acquire().await.map_err(|_| Failure::Unavailable("chunk source shut down".into()))?;
             Stats::add(&self.stats.requests, 1);
-            let bytes = self.reader.read_range(&b.digest, range.clone()).await.map_err(|e| {
-                if e.is_unavailable() {
-                    Failure::Unavailable(e.to_string())
-                } else {
-                    Failure::Corrupt(e.to_string())
+            let bytes = match self.reader.read_range(&b.digest, range.clone(), deadline).await {
+                Ok(b) => {
+                    *self.outage_since.lock() = None;
+                    b
                 }
-            })?;
+                Err(e) if e.is_unavailable() => {
+                    *self.outage_since.lock() = Some(Instant::now());
+                    let note = if outage { " (registry known to be down: probed briefly)" } else { "" };
+                    return Err(Failure::Unavailable(format!("{e}{note}")));
+                }
+                Err(e) => return Err(Failure::Corrupt(e.to_string())),
+            };
             Stats::add(&self.stats.bytes_fetched, bytes.len() as u64);
             if bytes.len() as u64 != range.end - range.start {
                 return Err(Failure::Corrupt(format!(
@@ -352,15 +419,20 @@ impl RegistryChunkSource {
             }
             Ok((range.start, bytes))
         };
-        match tokio::time::timeout(deadline, work).await {
+        // The reader bounds its retries by `deadline`; this bounds everything else (permits, a
+        // reader that ignores its deadline) with some slack.
+        match tokio::time::timeout(deadline + Duration::from_millis(500), work).await {
             Ok(r) => r,
-            Err(_) => Err(Failure::Unavailable(format!("blob {}: no answer within the {deadline:?} fetch deadline", b.digest))),
+            Err(_) => {
+                *self.outage_since.lock() = Some(Instant::now());
+                Err(Failure::Unavailable(format!("blob {}: no answer within the {deadline:?} fetch deadline", b.digest)))
+            }
         }
     }
 
     /// Decompresses one chunk out of a fetched span (bounded by its length: the input is
     /// untrusted), verifies it and caches it.
-    fn decode(&self, c: &ChunkRef<'_>, start: u64, span: &Bytes) -> Result<Bytes, Failure> {
+    fn decode(&self, c: &ChunkRef<'_>, start: u64, span: &Bytes, prefetch: bool) -> Result<Bytes, Failure> {
         let chunk = c.chunk;
         let from = (chunk.offset - start) as usize;
         let compressed = &span[from..from + chunk.compressed_len as usize];
@@ -390,7 +462,11 @@ impl RegistryChunkSource {
                 log::warn!("{e}");
             }
         }
-        Ok(Bytes::from(data))
+        let data = Bytes::from(data);
+        if !prefetch {
+            self.remember(&chunk.digest, &data);
+        }
+        Ok(data)
     }
 
     fn complete(&self, digest: &Digest, flight: &Arc<Flight>, result: Result<Bytes, Failure>) {

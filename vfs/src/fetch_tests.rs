@@ -11,6 +11,7 @@ use super::*;
 struct FakeBlobs {
     blobs: Mutex<HashMap<Digest, Vec<u8>>>,
     calls: Mutex<Vec<(Digest, Range<u64>)>>,
+    deadlines: Mutex<Vec<Duration>>,
     down: AtomicBool,
     hang: AtomicBool,
     delay_ms: AtomicUsize,
@@ -19,9 +20,10 @@ struct FakeBlobs {
 }
 
 impl BlobReader for FakeBlobs {
-    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
+    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>, deadline: Duration) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
         Box::pin(async move {
             self.calls.lock().push((*blob, range.clone()));
+            self.deadlines.lock().push(deadline);
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
@@ -256,4 +258,55 @@ fn hostile_offsets_and_blob_numbers_are_corrupt_not_panics() {
     assert!(matches!(&out[0], Err(FetchError::Corrupt { reason, .. }) if reason.contains("only")), "{:?}", out[0]);
     assert!(matches!(&out[1], Err(FetchError::Corrupt { reason, .. }) if reason.contains("blob #7")), "{:?}", out[1]);
     assert!(r.fake.calls.lock().is_empty(), "nothing is requested for impossible chunks");
+}
+
+#[test]
+fn repeated_reads_of_a_chunk_are_served_from_memory_even_without_a_node_cache() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let contents: Vec<Vec<u8>> = (0..3).map(|i| pattern(i, 100_000)).collect();
+    let (blob_ref, blob, chunks) = make_blob(&contents);
+    let fake = Arc::new(FakeBlobs::default());
+    fake.blobs.lock().insert(blob_ref.digest, blob);
+    // Room for two 100 kB chunks only.
+    let opts = FetchOptions { memory_bytes: 250_000, ..FetchOptions::default() };
+    let source =
+        RegistryChunkSource::with_reader(vec![blob_ref], fake.clone(), None, Arc::new(Stats::default()), rt.handle().clone(), opts);
+    // The kernel reads a chunk in 128 KiB pieces: eight calls for the same chunk.
+    for _ in 0..8 {
+        assert_eq!(source.read_chunks(&refs(&chunks[..1]))[0].as_ref().unwrap().as_ref(), &contents[0][..]);
+    }
+    assert_eq!(fake.calls.lock().len(), 1, "one fetch for eight reads of one chunk");
+    for c in 1..3 {
+        source.read_chunks(&refs(&chunks[c..c + 1]));
+    }
+    assert_eq!(fake.calls.lock().len(), 3);
+    source.read_chunks(&refs(&chunks[..1]));
+    assert_eq!(fake.calls.lock().len(), 4, "the memory budget is bounded: the oldest chunk was dropped");
+    let off = RegistryChunkSource::with_reader(
+        vec![blob_ref],
+        fake.clone(),
+        None,
+        Arc::new(Stats::default()),
+        rt.handle().clone(),
+        FetchOptions { memory_bytes: 0, ..FetchOptions::default() },
+    );
+    off.read_chunks(&refs(&chunks[..1]));
+    off.read_chunks(&refs(&chunks[..1]));
+    assert_eq!(fake.calls.lock().len(), 6, "memory_bytes 0 disables it");
+}
+
+#[test]
+fn after_an_outage_is_seen_fetches_only_probe_until_the_registry_answers() {
+    let opts = FetchOptions { deadline: Duration::from_secs(10), ..FetchOptions::default() };
+    let r = rig(vec![pattern(1, 3000), pattern(2, 3000)], opts);
+    r.fake.down.store(true, Ordering::SeqCst);
+    assert!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].is_err());
+    // The kernel retries the failed page: that retry only probes.
+    let again = r.source.read_chunks(&refs(&r.chunks[..1]));
+    assert!(matches!(&again[0], Err(FetchError::Unavailable { reason, .. }) if reason.contains("probed briefly")), "{:?}", again[0]);
+    r.fake.down.store(false, Ordering::SeqCst);
+    assert!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].is_ok(), "a probe finds the registry back");
+    assert!(r.source.read_chunks(&refs(&r.chunks[1..]))[0].is_ok());
+    let d = r.fake.deadlines.lock().clone();
+    assert_eq!(d, [Duration::from_secs(10), OUTAGE_PROBE, OUTAGE_PROBE, Duration::from_secs(10)]);
 }

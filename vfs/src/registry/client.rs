@@ -63,6 +63,8 @@ struct Op<'a> {
     /// Whole-blob transfers: no total timeout (a large layer may take minutes), only the idle
     /// read timeout of the client. Small requests get a total timeout capped by the deadline.
     bulk: bool,
+    /// Overrides [`ClientConfig::deadline`] for this call.
+    deadline: Option<Duration>,
 }
 
 type MakeRequest<'a> = dyn Fn(&reqwest::Client) -> Result<RequestBuilder, RegistryError> + Send + Sync + 'a;
@@ -185,13 +187,14 @@ impl Client {
     /// other response, whatever its status, with the concurrency permit it holds.
     async fn send(&self, op: &Op<'_>, start: Instant, make: &MakeRequest<'_>) -> Result<(Response, OwnedSemaphorePermit), RegistryError> {
         let cfg = &self.inner.config;
-        let deadline = start + cfg.deadline;
+        let budget = op.deadline.unwrap_or(cfg.deadline);
+        let deadline = start + budget;
         let scope = Self::scope(op);
         let unreachable = |reason: String| RegistryError::Unreachable {
             registry: op.r.registry.clone(),
             what: op.what.clone(),
             reason,
-            deadline: cfg.deadline,
+            deadline: budget,
         };
         let mut reauthed = false;
         let mut attempt = 0u32;
@@ -292,12 +295,13 @@ impl Client {
                 Err(e) => {
                     attempt += 1;
                     let delay = self.backoff(attempt);
-                    if start.elapsed() + delay >= self.inner.config.deadline {
+                    let budget = op.deadline.unwrap_or(self.inner.config.deadline);
+                    if start.elapsed() + delay >= budget {
                         return Err(RegistryError::Unreachable {
                             registry: op.r.registry.clone(),
                             what: op.what.clone(),
                             reason: format!("body cut off: {}", describe(&e)),
-                            deadline: self.inner.config.deadline,
+                            deadline: budget,
                         });
                     }
                     tokio::time::sleep(delay).await;
@@ -326,7 +330,7 @@ impl Client {
     /// Fetches a manifest or index by the reference's digest (verified) or tag.
     pub async fn get_manifest(&self, r: &Reference) -> Result<Manifest, RegistryError> {
         let reference = r.manifest_ref();
-        let op = Op { r, what: format!("manifest {reference}"), push: false, bulk: false };
+        let op = Op { r, what: format!("manifest {reference}"), push: false, bulk: false, deadline: None };
         let url = self.url(r, &format!("manifests/{reference}"))?;
         let accept = [MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST].join(", ");
         let make = |h: &reqwest::Client| Ok(h.get(url.clone()).header(ACCEPT, accept.as_str()));
@@ -352,7 +356,7 @@ impl Client {
     /// Lists the repository's tags (`GET /v2/<repo>/tags/list`, first page): the converter looks
     /// for earlier lazy images whose chunks it can reuse. A missing repository has no tags.
     pub async fn list_tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
-        let op = Op { r, what: "tag list".into(), push: false, bulk: false };
+        let op = Op { r, what: "tag list".into(), push: false, bulk: false, deadline: None };
         let url = self.url(r, "tags/list")?;
         let make = |h: &reqwest::Client| Ok(h.get(url.clone()));
         let bytes = match self.fetch(&op, MAX_MANIFEST_BYTES, &make).await {
@@ -370,7 +374,7 @@ impl Client {
 
     /// Fetches a whole blob into memory and verifies its digest. For small blobs (configs, indexes).
     pub async fn get_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError> {
-        let op = Op { r, what: format!("blob {digest}"), push: false, bulk: true };
+        let op = Op { r, what: format!("blob {digest}"), push: false, bulk: true, deadline: None };
         let url = self.url(r, &format!("blobs/{digest}"))?;
         let make = |h: &reqwest::Client| Ok(h.get(url.clone()));
         let (_, _, bytes) = self.fetch(&op, usize::MAX, &make).await?;
@@ -382,7 +386,7 @@ impl Client {
     /// mismatch `dest` is removed. A download cut off mid-way resumes with a Range request from
     /// where it stopped; it gives up when no progress was made for the deadline.
     pub async fn get_blob_to_file(&self, r: &Reference, digest: &Digest, dest: &Path) -> Result<u64, RegistryError> {
-        let op = Op { r, what: format!("blob {digest}"), push: false, bulk: true };
+        let op = Op { r, what: format!("blob {digest}"), push: false, bulk: true, deadline: None };
         let url = self.url(r, &format!("blobs/{digest}"))?;
         let resume_at = std::sync::atomic::AtomicU64::new(0);
         let make = |h: &reqwest::Client| {
@@ -470,10 +474,23 @@ impl Client {
     /// Reads `range` of a blob with an HTTP Range request. A 206 must carry the matching
     /// `Content-Range`; a registry that ignores ranges and sends the whole blob (200) is sliced.
     pub async fn get_blob_range(&self, r: &Reference, digest: &Digest, range: Range<u64>) -> Result<Bytes, RegistryError> {
+        self.get_blob_range_within(r, digest, range, self.inner.config.deadline).await
+    }
+
+    /// [`Client::get_blob_range`] with its own retry deadline instead of the configured one (the
+    /// chunk source probes briefly while it knows the registry is down).
+    pub async fn get_blob_range_within(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        range: Range<u64>,
+        deadline: Duration,
+    ) -> Result<Bytes, RegistryError> {
         if range.start >= range.end {
             return Ok(Bytes::new());
         }
-        let op = Op { r, what: format!("blob {digest} bytes {}..{}", range.start, range.end), push: false, bulk: false };
+        let what = format!("blob {digest} bytes {}..{}", range.start, range.end);
+        let op = Op { r, what, push: false, bulk: false, deadline: Some(deadline) };
         let url = self.url(r, &format!("blobs/{digest}"))?;
         let header = format!("bytes={}-{}", range.start, range.end - 1);
         let make = |h: &reqwest::Client| Ok(h.get(url.clone()).header(RANGE, header.as_str()));
@@ -509,7 +526,7 @@ impl Client {
     }
 
     async fn blob_exists_op(&self, r: &Reference, digest: &Digest, push: bool) -> Result<bool, RegistryError> {
-        let op = Op { r, what: format!("blob {digest}"), push, bulk: false };
+        let op = Op { r, what: format!("blob {digest}"), push, bulk: false, deadline: None };
         let url = self.url(r, &format!("blobs/{digest}"))?;
         let make = |h: &reqwest::Client| Ok(h.head(url.clone()));
         let (resp, _permit) = self.send(&op, Instant::now(), &make).await?;
@@ -590,7 +607,7 @@ impl Client {
         len: u64,
         body: &(dyn Fn() -> Result<reqwest::Body, RegistryError> + Send + Sync),
     ) -> Result<(), RegistryError> {
-        let op = Op { r, what: format!("upload of blob {digest}"), push: true, bulk: true };
+        let op = Op { r, what: format!("upload of blob {digest}"), push: true, bulk: true, deadline: None };
         let start_url = self.url(r, "blobs/uploads/")?;
         let make = |h: &reqwest::Client| Ok(h.post(start_url.clone()).header(CONTENT_LENGTH, "0"));
         let (resp, permit) = self.send(&op, Instant::now(), &make).await?;
@@ -626,7 +643,7 @@ impl Client {
             (Some(t), _) => t.clone(),
             _ => digest.to_string(),
         };
-        let op = Op { r, what: format!("manifest {reference}"), push: true, bulk: false };
+        let op = Op { r, what: format!("manifest {reference}"), push: true, bulk: false, deadline: None };
         let url = self.url(r, &format!("manifests/{reference}"))?;
         let make = |h: &reqwest::Client| Ok(h.put(url.clone()).header(CONTENT_TYPE, media_type).body(bytes.clone()));
         let (resp, _permit) = self.send(&op, Instant::now(), &make).await?;
