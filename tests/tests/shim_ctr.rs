@@ -375,3 +375,48 @@ fn shim_terminal_live_resize_and_exec_tty() {
     c.ctr_ok(&["container", "rm", "t2"]).unwrap();
     assert_clean(&env);
 }
+
+#[test]
+fn shim_events_in_containerd_order() {
+    let Some(env) = setup("shim_events_in_containerd_order") else { return };
+    let c = &env.ctrd;
+    let mut events = c.ctr_command(&["events"]);
+    events.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut child = harness::cleanup::ChildGuard::new("ctr events", events.spawn().unwrap());
+    let stdout = child.take_stdout().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &env.image, "ev", "sleep", "1000"]).unwrap();
+    c.ctr_ok(&["task", "exec", "--exec-id", "x1", "ev", "true"]).unwrap();
+    c.ctr_ok(&["task", "pause", "ev"]).unwrap();
+    c.ctr_ok(&["task", "resume", "ev"]).unwrap();
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "ev"]).unwrap();
+    wait_until("ev stopped", Duration::from_secs(10), || task_status(&env, "ev") == "STOPPED");
+    c.ctr_ok(&["task", "delete", "ev"]).unwrap();
+    c.ctr_ok(&["container", "rm", "ev"]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(child);
+    let topics: Vec<String> = rx
+        .try_iter()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")).map(String::from))
+        .collect();
+    let want = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit", // the exec
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit", // the init
+        "/tasks/delete",
+    ];
+    assert_eq!(topics, want, "task events as ctr events saw them");
+    assert_clean(&env);
+}
