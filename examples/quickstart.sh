@@ -161,11 +161,15 @@ cleanup() {
     done < <(mounts_under "$WORK")
     # Fixed host paths containerd 1.6 writes.
     rm -rf "/run/containerd/runc/$NS"
+    # ctr's stdio fifo dirs (/run/containerd/fifo/<random>/<id>-std{in,out,err}): only new ones
+    # holding nothing but our container and exec ids; others belong to other containerd clients.
     if [ -d /run/containerd/fifo ]; then
         local f
         for f in /run/containerd/fifo/*; do
-            [ -e "$f" ] || continue
-            grep -qxF -- "$f" <<<"$FIFOS_BEFORE" || rm -rf "$f"
+            [ -d "$f" ] || continue
+            grep -qxF -- "$f" <<<"$FIFOS_BEFORE" && continue
+            [ -n "$(ls -A "$f")" ] || continue
+            ls -A "$f" | grep -qvE '^(qs-lazy|qs-runc|qs-py)-std(in|out|err)$' || rm -rf "$f"
         done
     fi
     if [ "$OPT_CONTAINERD_EXISTED" = 0 ] && [ -d /opt/containerd ] &&
@@ -383,7 +387,7 @@ run_python() {
     t1=$(now)
     ctr_ run -d --runtime "$runtime" "$@" "$image" "$id" sleep 1000 >"$WORK/run-$id.log" 2>&1 ||
         die "ctr run --runtime $runtime $image failed: $(tail -n 5 "$WORK/run-$id.log")"
-    RUN_OUT=$(ctr_ task exec --exec-id py "$id" python3 -c "$PY_CODE" 2>&1) ||
+    RUN_OUT=$(ctr_ task exec --exec-id qs-py "$id" python3 -c "$PY_CODE" 2>&1) ||
         die "python3 in $id failed: $RUN_OUT"
     t2=$(now)
     PULL_S=$(secs "$t0" "$t1")
