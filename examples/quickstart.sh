@@ -14,6 +14,7 @@
 #   QUICKSTART_CACHE  where the built root filesystem and OCI layout are kept between runs
 #                     (default /var/cache/containerd-shim-lazy-quickstart; delete it to rebuild)
 #   DEBIAN_MIRROR     mirror for mmdebstrap (default http://deb.debian.org/debian)
+#   QUICKSTART_PROFILE shim profile from runtimeclass/shim/ to run with: lazy (default) or lazy-sandbox
 #   LAZY_BIN_DIR      directory holding lazyctl and containerd-shim-lazy-v2 (default: build the
 #                     workspace with cargo into target/debug when missing or older than the sources)
 set -Eeuo pipefail
@@ -21,6 +22,7 @@ set -Eeuo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${QUICKSTART_CACHE:-/var/cache/containerd-shim-lazy-quickstart}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PROFILE=${QUICKSTART_PROFILE:-lazy}
 NS="lazyqs$$x$RANDOM"
 RUNTIME_LAZY=io.containerd.lazy.v2
 RUNTIME_RUNC=io.containerd.runc.v2
@@ -320,11 +322,11 @@ for _ in $(seq 1 200); do
 done
 ctr_ version >/dev/null 2>&1 || die "containerd did not answer on $SOCK within 20 s"
 log "containerd $(containerd --version | awk '{ print $3 }'): $SOCK (pid $CONTAINERD_PID)"
-# The shim's settings for this run: a cold chunk cache of its own.
-cat >"$WORK/shim.toml" <<EOF
-[cache]
-dir = "$WORK/cache"
-EOF
+# The shim's settings for this run: the node profile runtimeclass/shim/$PROFILE.toml (what
+# install.sh installs), with a cold chunk cache of its own.
+[ -f "$REPO/runtimeclass/shim/$PROFILE.toml" ] || die "no shim profile $REPO/runtimeclass/shim/$PROFILE.toml"
+sed "s|^dir = .*|dir = \"$WORK/cache\"|" "$REPO/runtimeclass/shim/$PROFILE.toml" >"$WORK/shim.toml"
+log "shim config: runtimeclass/shim/$PROFILE.toml with [cache] dir = $WORK/cache"
 
 # ---------------------------------------------------------------------------------------------
 step 5 "building the image: Debian 12 + python3, numpy, pandas (cached in $CACHE)"
