@@ -202,6 +202,9 @@ fn shim_killed_then_task_delete_leaves_nothing() {
     let c = &env.ctrd;
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &env.image, "k1", "sleep", "1000"]).unwrap();
     let init = task_pid(&env, "k1");
+    let address = std::fs::read_to_string(c.bundle("k1").join("address")).unwrap();
+    let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists(), "{}", socket.display());
     let shims = c.shim_pids();
     assert_eq!(shims.len(), 1);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -211,6 +214,7 @@ fn shim_killed_then_task_delete_leaves_nothing() {
     wait_until("the container's init is gone", Duration::from_secs(10), || {
         !std::path::Path::new(&format!("/proc/{init}")).exists()
     });
+    assert!(!socket.exists(), "the dead shim's socket {} was removed", socket.display());
     assert_clean(&env);
 }
 

@@ -55,4 +55,12 @@ pub fn cleanup(bundle: &Path, namespace: &str, id: &str) {
             eprintln!("delete {id}: {e}");
         }
     }
+    // The dead server's socket (as the runc shim does). A live server of the same pod group still
+    // answers on it: then it stays.
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        let path = address.trim().trim_start_matches("unix://");
+        if !path.is_empty() && std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
