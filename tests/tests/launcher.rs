@@ -567,6 +567,14 @@ fn unsupported_spec_fields_are_clear_errors() {
     let err = b.create(&spec, false).err().expect("apparmor refused");
     assert!(err.to_string().contains("apparmorProfile"), "{err}");
 
+    let mut spec = default_spec();
+    spec["linux"]["personality"] = json!({"domain": "LINUX32"});
+    let err = b.create(&spec, false).err().expect("personality refused");
+    assert_eq!(
+        err.to_string(),
+        "invalid OCI spec: linux.personality is not supported by containerd-shim-lazy; remove it or use io.containerd.runc.v2"
+    );
+
     // Lowering oom_score_adj needs CAP_SYS_RESOURCE; runc fails then, so do we (where it fails).
     let mut spec = default_spec();
     spec["process"]["oomScoreAdj"] = json!(-998);

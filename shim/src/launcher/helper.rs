@@ -156,6 +156,7 @@ fn create(sock: &OwnedFd, id: &str, bundle: &Path, spec: &Spec) -> StepResult<()
     let process = spec.process().clone().ok_or_else(|| "invalid spec: spec has no process".to_string())?;
     let mount_label = spec.linux().as_ref().and_then(|l| l.mount_label().clone());
     process::check_lsm(&process, mount_label.as_ref())?;
+    process::check_unsupported(&process, spec.linux().as_ref())?;
     if let Some(s) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         // Fail a bad profile at create time, before anything is forked.
         seccomp::build(s)?;
@@ -303,6 +304,7 @@ fn unsafe_exit(code: i32) -> ! {
 
 fn exec(sock: &OwnedFd, container_pid: i32, spec: &Spec, process: &Process) -> StepResult<()> {
     process::check_lsm(process, None)?;
+    process::check_unsupported(process, None)?;
     let seccomp_spec = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     if let Some(s) = &seccomp_spec {
         seccomp::build(s)?;

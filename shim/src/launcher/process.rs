@@ -106,6 +106,39 @@ pub fn check_lsm(p: &Process, mount_label: Option<&String>) -> StepResult<()> {
     Ok(())
 }
 
+/// Spec fields this launcher does not implement: refused with a clear error rather than ignored
+/// (containerd and CRI do not set them by default).
+pub fn check_unsupported(p: &Process, linux: Option<&oci_spec::runtime::Linux>) -> StepResult<()> {
+    let mut fields = Vec::new();
+    if p.scheduler().is_some() {
+        fields.push("process.scheduler");
+    }
+    if p.io_priority().is_some() {
+        fields.push("process.ioPriority");
+    }
+    if p.exec_cpu_affinity().is_some() {
+        fields.push("process.execCPUAffinity");
+    }
+    if let Some(l) = linux {
+        if l.personality().is_some() {
+            fields.push("linux.personality");
+        }
+        if l.intel_rdt().is_some() {
+            fields.push("linux.intelRdt");
+        }
+        if l.time_offsets().is_some() {
+            fields.push("linux.timeOffsets");
+        }
+    }
+    if fields.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "invalid spec: {} not supported by containerd-shim-lazy; remove it or use io.containerd.runc.v2",
+        fields.join(", ") + if fields.len() == 1 { " is" } else { " are" }
+    ))
+}
+
 fn cap_mask(set: Option<&oci_spec::runtime::Capabilities>) -> StepResult<(u64, Vec<caps::Capability>)> {
     let mut mask = 0u64;
     let mut list = Vec::new();
