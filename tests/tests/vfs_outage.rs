@@ -57,9 +57,24 @@ fn registry_outage_fails_fast_and_recovers() {
     let limit = Duration::from_secs(2 * DEADLINE + 2);
     assert!(took < limit, "whole-file read of uncached data took {took:?}: a hang (limit {limit:?})");
 
+    // Once the registry is back, B must read again on the same mount. A mount may fail fast for a
+    // short while after an outage (so a burst of reads does not each wait the whole deadline),
+    // so a user retrying gets the bytes within the deadline; a mount that stays poisoned fails.
     registry.restart().expect("restarting the registry on the same port and storage");
-    let (result, took) = timed_read(&mount.join("srv/b.bin"));
-    assert!(result.expect("B reads again once the registry is back") == b, "B's bytes after the outage");
-    eprintln!("read after recovery took {took:.1?}");
+    let back = std::time::Instant::now();
+    let mut attempts = 0;
+    let result = loop {
+        attempts += 1;
+        let result = read_errno(&mount.join("srv/b.bin"));
+        if result.is_ok() || back.elapsed() > Duration::from_secs(DEADLINE + 2) {
+            break result;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("after the restart B read in {:.1?} ({attempts} attempt(s))", back.elapsed());
+    let bytes = result.unwrap_or_else(|errno| {
+        panic!("B still fails with errno {errno} {:.1?} after the registry came back", back.elapsed())
+    });
+    assert!(bytes == b, "B's bytes after the outage");
     mount.unmount().expect("clean unmount");
 }
