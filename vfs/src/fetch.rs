@@ -309,7 +309,10 @@ impl RegistryChunkSource {
             for &i in &missing {
                 let digest = chunks[i].chunk.digest;
                 match inflight.get(&digest) {
-                    Some(f) => waits.push((i, f.clone())),
+                    Some(f) => {
+                        log::trace!("{}: chunk {}: joining the fetch in flight", chunks[i].path, chunks[i].chunk_no);
+                        waits.push((i, f.clone()))
+                    }
                     None => {
                         let f = Arc::new(Flight::default());
                         inflight.insert(digest, f.clone());
