@@ -13,8 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+
 use bytes::{Bytes, BytesMut};
 use nix::errno::Errno;
+use parking_lot::Mutex;
+
+use crate::digest::Digest;
 
 use crate::fetch::{ChunkRef, ChunkSource};
 use crate::index::{Index, Inode, Kind, ROOT};
@@ -26,6 +31,12 @@ use super::record::Recorder;
 pub const BLOCK_SIZE: u32 = 4096;
 /// Longest name the index can hold.
 pub const NAME_MAX: u32 = 255;
+
+/// How long a failed chunk fails further reads at once instead of being fetched again. When the
+/// kernel's readahead of a page fails, it retries that page with a synchronous read right away
+/// (microseconds later); without this, one read(2) during an outage would wait for the fetch
+/// deadline twice. Short, so a read made after the registry is back is never refused.
+const FAILURE_MEMO: Duration = Duration::from_millis(100);
 
 /// File type as the filesystem reports it (mirrors `fuser::FileType` without depending on it, so
 /// this module stays free of FUSE).
@@ -94,6 +105,8 @@ pub struct LazyFs {
     paths: Vec<Box<str>>,
     recorder: Option<Recorder>,
     errors: RateLimit,
+    /// Chunks whose fetch failed, and when (see [`FAILURE_MEMO`]).
+    failed: Mutex<HashMap<Digest, Instant>>,
 }
 
 impl LazyFs {
@@ -107,7 +120,8 @@ impl LazyFs {
         }
         let paths = paths.into_iter().map(|p| p.unwrap_or_else(|| Box::from("?"))).collect();
         stats.image_bytes.store(index.image_bytes(), Ordering::Relaxed);
-        LazyFs { index, source, stats, paths, recorder, errors: RateLimit::new(Duration::from_secs(10), 20) }
+        let errors = RateLimit::new(Duration::from_secs(10), 20);
+        LazyFs { index, source, stats, paths, recorder, errors, failed: Mutex::new(HashMap::new()) }
     }
 
     pub fn index(&self) -> &Arc<Index> {
@@ -257,6 +271,10 @@ impl LazyFs {
         }
         let refs: Vec<ChunkRef<'_>> =
             (first..=last).map(|n| ChunkRef { path, chunk_no: n, chunk: &chunks[n] }).collect();
+        if let Some(r) = self.recently_failed(&refs) {
+            log::debug!("{path}: chunk {} ({}) failed moments ago: EIO without refetching", r.chunk_no, r.chunk.digest);
+            return Err(Errno::EIO);
+        }
         let results = self.source.read_chunks(&refs);
         if results.len() != refs.len() {
             self.log_error(format_args!(
@@ -281,6 +299,7 @@ impl LazyFs {
                     return Err(Errno::EIO);
                 }
                 Err(err) => {
+                    self.note_failure(r.chunk.digest);
                     self.log_error(format_args!("read failed, returning EIO: {err}"));
                     return Err(Errno::EIO);
                 }
@@ -332,6 +351,22 @@ impl LazyFs {
             bsize: BLOCK_SIZE,
             namelen: NAME_MAX,
         }
+    }
+
+    fn recently_failed<'r, 'a>(&self, refs: &'r [ChunkRef<'a>]) -> Option<&'r ChunkRef<'a>> {
+        let failed = self.failed.lock();
+        if failed.is_empty() {
+            return None;
+        }
+        refs.iter().find(|r| failed.get(&r.chunk.digest).is_some_and(|at| at.elapsed() < FAILURE_MEMO))
+    }
+
+    fn note_failure(&self, digest: Digest) {
+        let mut failed = self.failed.lock();
+        if failed.len() >= 1024 {
+            failed.retain(|_, at| at.elapsed() < FAILURE_MEMO);
+        }
+        failed.insert(digest, Instant::now());
     }
 
     fn note_read(&self, ino: u32) {
