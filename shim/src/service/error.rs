@@ -52,6 +52,9 @@ impl From<Error> for ttrpc::Error {
             Error::NotFound(_) | Error::ProcessNotFound { .. } => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
+            Error::Launch(l) if l.is_user_error() => Code::INVALID_ARGUMENT,
+            Error::Cgroup(c) if c.is_invalid_argument() => Code::INVALID_ARGUMENT,
+            Error::Cgroup(c) if c.is_failed_precondition() => Code::FAILED_PRECONDITION,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Launch(_) | Error::Cgroup(_) | Error::Rootfs(_) | Error::Io { .. } | Error::Other(_) => {
