@@ -18,6 +18,7 @@
 pub mod bins;
 pub mod cleanup;
 pub mod containerd;
+pub mod cri;
 pub mod images;
 pub mod lazyctl;
 pub mod prereq;
