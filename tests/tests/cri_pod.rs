@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use harness::containerd::busybox_image;
+use harness::images::Entry;
 use harness::cri::{self, CriContainerd, Handler, KUBELET_MASKED_PATHS, KUBELET_READONLY_PATHS};
 use harness::registry::Registry;
 use harness::{prerequisites_met, Prereq};
@@ -194,10 +195,14 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     let r = exec(c, &cid, &["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; hostname"]);
     let pid1 = if pid_mode == api::NamespaceMode::Pod { "/bin/busybox sleep 2147483647 " } else { "sleep 1000 " };
     assert_eq!(String::from_utf8_lossy(&r.stdout), format!("{pid1}\npod-{handler}\n"), "{r:?}");
-    // kubelet's read-only and masked paths as sent.
-    let r = exec(c, &cid, &["sh", "-c", "echo x > /proc/sys/kernel/hostname; echo rc=$?; cat /proc/keys | wc -c"]);
-    let out = String::from_utf8_lossy(&r.stdout);
-    assert!(out.contains("rc=1") && out.trim_end().ends_with('0'), "/proc/sys read-only, /proc/keys masked: {out:?} {:?}", String::from_utf8_lossy(&r.stderr));
+    // kubelet's read-only and masked paths as sent: /proc/sys mounted read-only, /proc/keys
+    // covered by a character device (/dev/null).
+    let r = exec(
+        c,
+        &cid,
+        &["sh", "-c", "awk '$2==\"/proc/sys\"{split($4,o,\",\"); print o[1]}' /proc/mounts; test -c /proc/keys && echo masked"],
+    );
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "ro\nmasked\n", "/proc/sys read-only, /proc/keys masked: {r:?}");
 
     // UpdateContainerResources: cpu shares are a priority and accepted; a memory limit needs the
     // memory controller, which this hybrid host's cgroup v2 lacks: a clear error then.
@@ -298,8 +303,13 @@ fn cri_pod_lifecycle_with_lazy_handlers() {
     }
     harness::init_logging();
     let registry = Registry::start().expect("starting docker-registry");
-    let published =
-        harness::scenario::publish_and_convert(&registry, &busybox_image().unwrap(), "bb", &[]).expect("publish + convert");
+    // busybox plus 32 MiB the containers never read: the pods must start without downloading it.
+    let mut image = busybox_image().unwrap();
+    image.layers[0].push(Entry::dir("data"));
+    image.layers[0].push(Entry::random_file("data/unused.bin", 11, 32 << 20));
+    let image_bytes = image.file_bytes();
+    let published = harness::scenario::publish_and_convert(&registry, &image, "bb", &[]).expect("publish + convert");
+    let served_before = registry.served_bytes();
     let handlers: Vec<Handler> =
         ["lazy", "lazy-sandbox"].iter().map(|h| Handler { name: h.to_string(), shim_config: shim_profile(h) }).collect();
     let c = CriContainerd::start(&registry, &handlers).expect("starting containerd with CRI");
@@ -314,6 +324,9 @@ fn cri_pod_lifecycle_with_lazy_handlers() {
         pod_lifecycle(&c, handler, &published.lazy, pid_mode);
         log::info!("{handler}: whole pod lifecycle in {:.1?}", start.elapsed());
     }
+    let served = registry.served_bytes() - served_before;
+    log::info!("both pods: the registry served {served} bytes (pull + lazy reads) of a {image_bytes}-byte image");
+    assert!(served * 4 < image_bytes, "not lazy: the registry served {served} of {image_bytes} bytes");
     drop(c);
     assert!(!cri::link_exists(&format!("lzcri{}", std::process::id() % 100_000)), "the CNI bridge is removed");
 }
