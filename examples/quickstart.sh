@@ -53,6 +53,7 @@ mb() { awk -v b="$1" 'BEGIN { if (b < 1e6) printf "%.1f kB", b / 1e3; else print
 
 on_error() {
     local rc=$1 line=$2 cmd=$3
+    # shellcheck disable=SC2016 # the backquotes are literal
     printf '\nquickstart: FAILED in step "%s" (line %s): `%s` exited %s\n' "$STEP" "$line" "$cmd" "$rc" >&2
     if [ -n "$WORK" ] && [ -f "$WORK/containerd.log" ]; then
         printf -- '--- last lines of the containerd log (%s) ---\n' "$WORK/containerd.log" >&2
@@ -170,8 +171,15 @@ cleanup() {
         for f in /run/containerd/fifo/*; do
             [ -d "$f" ] || continue
             grep -qxF -- "$f" <<<"$FIFOS_BEFORE" && continue
-            [ -n "$(ls -A "$f")" ] || continue
-            ls -A "$f" | grep -qvE '^(qs-lazy|qs-runc|qs-py)-std(in|out|err)$' || rm -rf "$f"
+            local e ours=0
+            for e in "$f"/* "$f"/.[!.]*; do
+                [ -e "$e" ] || continue
+                case "${e##*/}" in
+                    qs-lazy-std* | qs-runc-std* | qs-py-std*) ours=1 ;;
+                    *) ours=0; break ;;
+                esac
+            done
+            [ "$ours" = 1 ] && rm -rf "$f"
         done
     fi
     if [ "$OPT_CONTAINERD_EXISTED" = 0 ] && [ -d /opt/containerd ] &&
@@ -187,6 +195,10 @@ cleanup() {
     [ -n "$(mounts_under "$WORK")" ] && left+=("mounts: $(mounts_under "$WORK" | tr '\n' ' ')")
     [ -n "$(ns_cgroups)" ] && left+=("cgroups: $(ns_cgroups | tr '\n' ' ')")
     [ -e "/run/containerd/runc/$NS" ] && left+=("runc state: /run/containerd/runc/$NS")
+    local our_fifos
+    our_fifos=$(find /run/containerd/fifo -mindepth 2 -maxdepth 2 -newer "$WORK/containerd.toml" \
+        \( -name 'qs-lazy-std*' -o -name 'qs-runc-std*' -o -name 'qs-py-std*' \) 2>/dev/null | tr '\n' ' ')
+    [ -n "$our_fifos" ] && left+=("ctr fifos: $our_fifos")
     local links_after
     links_after=$(ip -o link show 2>/dev/null | awk -F': ' '{ print $2 }' | sort)
     [ "$links_after" != "$LINKS_BEFORE" ] && left+=("network interfaces changed: $(comm -13 <(echo "$LINKS_BEFORE") <(echo "$links_after") | tr '\n' ' ')")
