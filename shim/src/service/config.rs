@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::CodedInputStream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 
@@ -20,7 +20,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd-shim-lazy/config.toml";
 /// runtimeoptions.v1.Options (containerd's pkg/runtimeoptions): not in containerd-shim-protos.
 const RUNTIMEOPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Shim log level (error, warn, info, debug, trace); containerd's `--log-level debug` also
@@ -32,7 +32,7 @@ pub struct Config {
     pub cgroup: CgroupConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Node-wide chunk cache shared by every lazy container.
@@ -41,7 +41,7 @@ pub struct CacheConfig {
     pub max_size_mb: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FetchConfig {
     pub connect_timeout_secs: u64,
@@ -54,7 +54,7 @@ pub struct FetchConfig {
     pub prefetch: PrefetchMode,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PrefetchMode {
     /// Fetch only what is read.
@@ -76,7 +76,7 @@ impl From<PrefetchMode> for vfs::fs::PrefetchMode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// containerd's hosts.toml directory (`<dir>/<host[:port]>/hosts.toml`): plain HTTP, CA,
@@ -86,7 +86,7 @@ pub struct RegistryConfig {
     pub credentials_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CgroupConfig {
     /// Run containers whose hard limits (memory, cpu, pids, io) this host cannot enforce (e.g. a
@@ -278,5 +278,34 @@ allow_unenforced_limits = true
     fn other_option_types_are_ignored() {
         let o = runtime_options(Some(&any("containerd.linux.runc.CreateOptions", vec![0xff, 0xff]))).unwrap();
         assert_eq!(o, RuntimeOptions::default());
+    }
+
+    /// The README's configuration reference is the user's only list of keys: it must hold every
+    /// key the shim reads and nothing else, with the shim's defaults as values.
+    #[test]
+    fn readme_config_reference_matches_the_code() {
+        let readme = include_str!("../../../README.md");
+        let after = readme.split("<!-- config-reference").nth(1).expect("README has the config-reference marker");
+        let block = after.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block after it");
+        let documented = Config::parse(block, "README.md").expect("every README key exists in the code");
+
+        fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    keys(v, &path, out);
+                    out.push(path);
+                }
+            }
+        }
+        let mut full = Config::default();
+        full.registry.credentials_file = documented.registry.credentials_file.clone();
+        let (mut code, mut doc) = (Vec::new(), Vec::new());
+        keys(&toml::Value::try_from(&full).unwrap(), "", &mut code);
+        keys(&toml::from_str(block).unwrap(), "", &mut doc);
+        code.sort();
+        doc.sort();
+        assert_eq!(doc, code, "README config keys vs the shim's Config");
+        assert_eq!(documented, full, "README values must be the shim's defaults");
     }
 }
