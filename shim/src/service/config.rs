@@ -308,4 +308,16 @@ allow_unenforced_limits = true
         assert_eq!(doc, code, "README config keys vs the shim's Config");
         assert_eq!(documented, full, "README values must be the shim's defaults");
     }
+
+    /// The shipped profiles are read by every Create of their handler: a key the shim does not know
+    /// would fail every container of that RuntimeClass.
+    #[test]
+    fn shipped_profiles_parse() {
+        for (name, text) in [
+            ("lazy.toml", include_str!("../../../runtimeclass/shim/lazy.toml")),
+            ("lazy-sandbox.toml", include_str!("../../../runtimeclass/shim/lazy-sandbox.toml")),
+        ] {
+            Config::parse(text, name).unwrap_or_else(|e| panic!("runtimeclass/shim/{name}: {e}"));
+        }
+    }
 }
