@@ -113,6 +113,7 @@ fn bundle_address(c: &CriContainerd, id: &str) -> String {
 /// The whole kubelet sequence for one handler.
 fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::NamespaceMode) {
     let ctrd = c.containerd();
+    let started = Instant::now();
     let pod = run_pod(c, handler, pid_mode);
     let sid = pod.sandbox_id.clone();
     log::info!("{handler}: sandbox {sid} running");
@@ -145,6 +146,7 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     let id = cid.clone();
     c.call("StartContainer", |mut r| async move { r.start_container(api::StartContainerRequest { container_id: id }).await })
         .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&ctrd.log(), 60)));
+    log::info!("{handler}: RunPodSandbox + CreateContainer + StartContainer in {:.1?}", started.elapsed());
 
     let id = cid.clone();
     let status = c
@@ -195,6 +197,22 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     let r = exec(c, &cid, &["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; hostname"]);
     let pid1 = if pid_mode == api::NamespaceMode::Pod { "/bin/busybox sleep 2147483647 " } else { "sleep 1000 " };
     assert_eq!(String::from_utf8_lossy(&r.stdout), format!("{pid1}\npod-{handler}\n"), "{r:?}");
+    // The app is in the pod's network namespace: eth0 has the IP CNI gave the sandbox.
+    let id = sid.clone();
+    let pod_ip = c
+        .call("PodSandboxStatus", |mut r| async move {
+            r.pod_sandbox_status(api::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: false }).await
+        })
+        .unwrap()
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    assert!(pod_ip.starts_with("10.250.77."), "pod IP from the test's CNI range: {pod_ip:?}");
+    let r = exec(c, &cid, &["ip", "-4", "addr", "show", "eth0"]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains(&format!("inet {pod_ip}/")), "eth0 in the app container has {pod_ip}: {r:?}");
+
     // kubelet's read-only and masked paths as sent: /proc/sys mounted read-only, /proc/keys
     // covered by a character device (/dev/null).
     let r = exec(
