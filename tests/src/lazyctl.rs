@@ -39,34 +39,9 @@ pub fn run(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `lazyctl stats` output: the contract's counters (missing optional ones read as 0).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub image_bytes: u64,
-    pub bytes_served: u64,
-    pub bytes_fetched: u64,
-    pub requests: u64,
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    pub verify_failures: u64,
-    pub prefetched_chunks: u64,
-}
-
-impl Stats {
-    fn from_json(json: &serde_json::Value) -> Result<Stats> {
-        let req = |k: &str| json[k].as_u64().with_context(|| format!("lazyctl stats JSON lacks `{k}`: {json}"));
-        Ok(Stats {
-            image_bytes: req("image_bytes")?,
-            bytes_served: req("bytes_served")?,
-            bytes_fetched: req("bytes_fetched")?,
-            requests: req("requests")?,
-            cache_hits: req("cache_hits")?,
-            cache_misses: req("cache_misses")?,
-            verify_failures: json["verify_failures"].as_u64().unwrap_or(0),
-            prefetched_chunks: json["prefetched_chunks"].as_u64().unwrap_or(0),
-        })
-    }
-}
+/// `lazyctl stats` output: the filesystem's own counters type, so a field the CLI drops or renames
+/// fails the parse.
+pub use vfs::stats::Snapshot as Stats;
 
 /// Options of `lazyctl mount` beyond image and mount point.
 #[derive(Debug, Clone)]
@@ -189,9 +164,7 @@ impl LazyMount {
     /// Runs `lazyctl stats MOUNTPOINT`.
     pub fn stats(&self) -> Result<Stats> {
         let out = run(&["stats", &self.mountpoint.to_string_lossy()])?;
-        let json: serde_json::Value =
-            serde_json::from_str(&out).with_context(|| format!("lazyctl stats printed non-JSON: {out}"))?;
-        Stats::from_json(&json)
+        serde_json::from_str(&out).with_context(|| format!("lazyctl stats printed unexpected JSON: {out}"))
     }
 
     /// Sends SIGTERM and checks what a user sees: the process exits successfully within 10 s and
