@@ -30,6 +30,7 @@ pub struct Config {
     pub fetch: FetchConfig,
     pub registry: RegistryConfig,
     pub cgroup: CgroupConfig,
+    pub security: SecurityConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -94,6 +95,28 @@ pub struct CgroupConfig {
     pub allow_unenforced_limits: bool,
 }
 
+/// Hardening the shim forces on every container it runs, whatever the pod asked for: what makes
+/// the `lazy-sandbox` RuntimeClass stricter than `lazy`. Defaults change nothing. Applied to the
+/// OCI spec at Create (and to every exec process) by `service::profile`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// A container without a seccomp profile (Unconfined) gets containerd's default profile.
+    pub seccomp_default: bool,
+    /// process.noNewPrivileges = true for init and every exec: setuid binaries and file
+    /// capabilities cannot raise privileges.
+    pub no_new_privileges: bool,
+    /// The container's root filesystem is mounted read-only.
+    pub readonly_rootfs: bool,
+    /// Non-empty: the only capabilities (e.g. "CAP_CHOWN") a process may keep; every capability
+    /// set of init and of every exec is intersected with it.
+    pub capabilities: Vec<String>,
+    /// /proc/sys is read-only and sysfs is mounted "ro".
+    pub readonly_sys: bool,
+    /// > 0: linux.resources.pids.limit for containers whose spec sets none.
+    pub default_pids_limit: i64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -102,6 +125,7 @@ impl Default for Config {
             fetch: FetchConfig::default(),
             registry: RegistryConfig::default(),
             cgroup: CgroupConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod lazy;
 pub mod process;
+pub mod profile;
 pub mod reaper;
 pub mod rootfs;
 pub mod start;

@@ -23,7 +23,8 @@ use containerd_shim::ExitSignal;
 use oci_spec::runtime::Spec;
 use tokio::sync::Mutex;
 
-use super::config::{self, Config};
+use super::config::{self, Config, SecurityConfig};
+use super::profile;
 use super::error::{Error, Result};
 use super::events::{timestamp, Event, Publisher};
 use super::process::{ExitInfo, Phase, ProcState, Process, DRAIN_LIMIT};
@@ -47,6 +48,8 @@ struct Container {
     /// The start gate of a created, not yet started init.
     gate: Option<launcher::Created>,
     oom_watch: Option<tokio::task::JoinHandle<()>>,
+    /// The config's [security] section, applied again to every exec process.
+    security: SecurityConfig,
 }
 
 impl Container {
@@ -180,11 +183,17 @@ impl Shared {
         let spec_path = bundle.join("config.json");
         let spec = Spec::load(&spec_path)
             .map_err(|e| Error::InvalidArgument(format!("OCI spec {}: {e}", spec_path.display())))?;
-        let spec = Arc::new(spec);
+        let mut spec = spec;
         let opts = config::runtime_options(req.options.as_ref())?;
         let config = Config::resolve(&opts)?;
         apply_log_level(&config.log_level);
         log::info!("creating container {id} in {}", bundle.display());
+        // The profile's [security] section, before the cgroup and the launcher read the spec.
+        let changed = profile::apply(&config.security, &mut spec)?;
+        if !changed.is_empty() {
+            log::debug!("container {id}: [security] changed the spec: {}", changed.join("; "));
+        }
+        let spec = Arc::new(spec);
 
         let (b, mounts, c, i) = (bundle.clone(), req.rootfs.clone(), config.clone(), id.clone());
         let mut rootfs = blocking(move || Rootfs::mount(&b, &mounts, &c, &i)).await??;
@@ -265,6 +274,7 @@ impl Shared {
                 execs: HashMap::new(),
                 gate: Some(created),
                 oom_watch,
+                security: config.security.clone(),
             },
         );
         Ok(CreateTaskResponse { pid: pid as u32, ..Default::default() })
@@ -471,8 +481,12 @@ impl Shared {
             return Err(Error::FailedPrecondition(format!("container {} is not running", req.id)));
         }
         let any = req.spec.as_ref().ok_or_else(|| Error::InvalidArgument("exec: no process spec".into()))?;
-        let process: oci_spec::runtime::Process = serde_json::from_slice(&any.value)
+        let mut process: oci_spec::runtime::Process = serde_json::from_slice(&any.value)
             .map_err(|e| Error::InvalidArgument(format!("exec {}: process spec ({}): {e}", req.exec_id, any.type_url)))?;
+        let changed = profile::apply_process(&c.security, &mut process)?;
+        if !changed.is_empty() {
+            log::debug!("exec {} in {}: [security] changed the process: {}", req.exec_id, req.id, changed.join("; "));
+        }
         let mut p = Process::new(
             &req.exec_id,
             IoPaths { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
