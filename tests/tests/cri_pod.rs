@@ -23,22 +23,29 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The repository's shim profile for `handler`, with host paths moved under the CRI temp dir.
+/// The repository's shim profile for `handler`, with host paths moved under the CRI temp dir. A
+/// host without the cgroup v2 pids controller (this hybrid one) cannot enforce lazy-sandbox's
+/// default_pids_limit: the copy then allows unenforced limits, or every Create would fail.
 fn shim_profile(handler: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../runtimeclass/shim/{handler}.toml"));
-    std::fs::read_to_string(&p)
+    let text = std::fs::read_to_string(&p)
         .unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
         .replace("/var/lib/containerd-shim-lazy/", "{dir}/")
-        .replace("/etc/containerd/certs.d", "{dir}/hosts")
+        .replace("/etc/containerd/certs.d", "{dir}/hosts");
+    if v2_controller("pids") {
+        text
+    } else {
+        text.replace("allow_unenforced_limits = false", "allow_unenforced_limits = true")
+    }
 }
 
-/// Whether the host's cgroup v2 hierarchy has the memory controller (false on this hybrid host).
-fn v2_memory_controller() -> bool {
+/// Whether the host's cgroup v2 hierarchy has `controller`.
+fn v2_controller(controller: &str) -> bool {
     ["/sys/fs/cgroup/unified/cgroup.controllers", "/sys/fs/cgroup/cgroup.controllers"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .next()
-        .is_some_and(|c| c.split_whitespace().any(|w| w == "memory"))
+        .is_some_and(|c| c.split_whitespace().any(|w| w == controller))
 }
 
 /// A `<RFC3339Nano> stdout F <text>` line of CRI's log format.
@@ -222,6 +229,22 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     );
     assert_eq!(String::from_utf8_lossy(&r.stdout), "ro\nmasked\n", "/proc/sys read-only, /proc/keys masked: {r:?}");
 
+    // The handler's [security] profile: `lazy` keeps the pod's own (default) security context;
+    // `lazy-sandbox` forces a read-only rootfs, no_new_privileges, containerd's default seccomp
+    // profile and its small capability set (also on this exec process).
+    let r = exec(
+        c,
+        &cid,
+        &["sh", "-c", "touch /x 2>&1 && echo touch-ok; grep -E '^(NoNewPrivs|Seccomp|CapBnd):' /proc/self/status"],
+    );
+    let out = String::from_utf8_lossy(&r.stdout).replace('\t', " ");
+    let want = if handler == "lazy-sandbox" {
+        "touch: /x: Read-only file system\nCapBnd: 00000000000004fb\nNoNewPrivs: 1\nSeccomp: 2\n"
+    } else {
+        "touch-ok\nCapBnd: 00000000a80425fb\nNoNewPrivs: 0\nSeccomp: 0\n"
+    };
+    assert_eq!(out, want, "{handler}: security profile seen by an exec: {r:?}");
+
     // UpdateContainerResources: cpu shares are a priority and accepted; a memory limit needs the
     // memory controller, which this hybrid host's cgroup v2 lacks: a clear error then.
     let id = cid.clone();
@@ -243,7 +266,7 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
         })
         .await
     });
-    if v2_memory_controller() {
+    if v2_controller("memory") {
         mem.expect("memory limit with the memory controller available");
     } else {
         let e = mem.expect_err("a memory limit cannot be enforced here").to_string();
