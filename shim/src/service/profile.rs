@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxCapabilities, LinuxPidsBuilder, LinuxResources, LinuxSeccomp, Process, Spec,
+    Capabilities, Capability, LinuxPidsBuilder, LinuxResources, LinuxSeccomp, Process, Spec,
 };
 
 use super::config::SecurityConfig;
@@ -50,8 +50,8 @@ pub fn apply_process(cfg: &SecurityConfig, process: &mut Process) -> Result<Vec<
         process.set_no_new_privileges(Some(true));
         changed.push("process.noNewPrivileges = true".to_string());
     }
-    if let Some(allowed) = allowed(cfg)? {
-        let mut caps: LinuxCapabilities = process.capabilities().clone().unwrap_or_else(empty_caps);
+    // No process.capabilities means no capabilities at all (runc, our launcher): nothing to narrow.
+    if let (Some(allowed), Some(mut caps)) = (allowed(cfg)?, process.capabilities().clone()) {
         let mut dropped: HashSet<Capability> = HashSet::new();
         let mut narrow = |set: &Option<Capabilities>| -> Option<Capabilities> {
             let set = set.as_ref()?;
@@ -68,19 +68,12 @@ pub fn apply_process(cfg: &SecurityConfig, process: &mut Process) -> Result<Vec<
         caps.set_bounding(b).set_effective(e).set_permitted(p).set_inheritable(i).set_ambient(a);
         process.set_capabilities(Some(caps));
         if !dropped.is_empty() {
-            let mut names: Vec<String> = dropped.iter().map(|c| c.to_string()).collect();
+            let mut names: Vec<String> = dropped.iter().map(|c| format!("CAP_{c}")).collect();
             names.sort();
             changed.push(format!("dropped capabilities {}", names.join(" ")));
         }
     }
     Ok(changed)
-}
-
-/// A spec without process.capabilities means "no capabilities" to runc and to our launcher.
-fn empty_caps() -> LinuxCapabilities {
-    let mut c = LinuxCapabilities::default();
-    c.set_bounding(None).set_effective(None).set_permitted(None).set_inheritable(None).set_ambient(None);
-    c
 }
 
 /// Applies the whole `[security]` section to a container's spec. Returns what it changed.
