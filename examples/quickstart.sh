@@ -339,6 +339,13 @@ log "containerd $(containerd --version | awk '{ print $3 }'): $SOCK (pid $CONTAI
 [ -f "$REPO/runtimeclass/shim/$PROFILE.toml" ] || die "no shim profile $REPO/runtimeclass/shim/$PROFILE.toml"
 sed "s|^dir = .*|dir = \"$WORK/cache\"|" "$REPO/runtimeclass/shim/$PROFILE.toml" >"$WORK/shim.toml"
 log "shim config: runtimeclass/shim/$PROFILE.toml with [cache] dir = $WORK/cache"
+# lazy-sandbox's default_pids_limit needs the cgroup v2 pids controller; without it every Create
+# would fail, so this demo (not a node install) runs with the limit unenforced.
+if grep -q '^default_pids_limit = [1-9]' "$WORK/shim.toml" &&
+    ! grep -qw pids /sys/fs/cgroup/unified/cgroup.controllers /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+    sed -i 's|^allow_unenforced_limits = false|allow_unenforced_limits = true|' "$WORK/shim.toml"
+    log "no cgroup v2 pids controller: [cgroup] allow_unenforced_limits = true for this run"
+fi
 
 # ---------------------------------------------------------------------------------------------
 step 5 "building the image: Debian 12 + python3, numpy, pandas (cached in $CACHE)"
