@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -132,8 +133,18 @@ fn delete_cgroup(cgroup: Option<Arc<Cgroup>>) {
 
 impl Shared {
     /// Waits for `pid`'s exit, drains its output, publishes TaskExit (after the start event) and
-    /// only then marks it stopped, so Wait returns after TaskExit is queued.
-    fn monitor(self: &Arc<Self>, id: &str, exec_id: &str, pid: i32, state: Arc<ProcState>, io: Arc<Mutex<ProcessIo>>) {
+    /// only then marks it stopped, so Wait returns after TaskExit is queued. For an init, `oom` is its
+    /// cgroup and OOM counter: an OOM kill that the 500 ms poller has not seen yet is published BEFORE
+    /// TaskExit, because `ctr run --rm` deletes the task (stopping the poller) within ~50 ms of the exit.
+    fn monitor(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+        pid: i32,
+        state: Arc<ProcState>,
+        io: Arc<Mutex<ProcessIo>>,
+        oom: Option<(Arc<Cgroup>, Arc<AtomicU64>)>,
+    ) {
         let exit_rx = self.reaper.subscribe(pid);
         let shared = self.clone();
         let id = id.to_string();
@@ -145,6 +156,9 @@ impl Shared {
             };
             io.lock().await.drain(DRAIN_LIMIT).await;
             state.exit_event_allowed().await;
+            if let Some((cgroup, seen)) = oom {
+                shared.publish_new_ooms(&id, &cgroup, &seen).await;
+            }
             shared
                 .publisher
                 .publish(Event::Exit { id, exec_id, pid: pid as u32, status: exit.status, at: exit.at })
@@ -153,19 +167,23 @@ impl Shared {
         });
     }
 
-    fn watch_oom(self: &Arc<Self>, id: &str, cgroup: Arc<Cgroup>) -> tokio::task::JoinHandle<()> {
+    /// Publishes TaskOOM when `cgroup`'s oom_kill count grew past `seen`, which the poller and the init's
+    /// exit path share so that each kill is reported once.
+    async fn publish_new_ooms(&self, id: &str, cgroup: &Cgroup, seen: &AtomicU64) {
+        let Ok(now) = cgroup.oom_kills() else { return };
+        if seen.fetch_max(now, Ordering::SeqCst) < now {
+            log::info!("container {id}: OOM kill");
+            self.publisher.publish(Event::Oom { id: id.to_string() }).await;
+        }
+    }
+
+    fn watch_oom(self: &Arc<Self>, id: &str, cgroup: Arc<Cgroup>, seen: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
         let shared = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            let mut seen = cgroup.oom_kills().unwrap_or(0);
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let Ok(now) = cgroup.oom_kills() else { continue };
-                if now > seen {
-                    seen = now;
-                    log::info!("container {id}: OOM kill");
-                    shared.publisher.publish(Event::Oom { id: id.clone() }).await;
-                }
+                shared.publish_new_ooms(&id, &cgroup, &seen).await;
             }
         })
     }
@@ -250,8 +268,12 @@ impl Shared {
         let init = Process::new("", paths.clone());
         init.state.set_pid(pid);
         *init.io.lock().await = io;
-        self.monitor(&id, "", pid, init.state.clone(), init.io.clone());
-        let oom_watch = cgroup.clone().map(|cg| self.watch_oom(&id, cg));
+        let oom = cgroup.clone().map(|cg| {
+            let seen = Arc::new(AtomicU64::new(cg.oom_kills().unwrap_or(0)));
+            (cg, seen)
+        });
+        self.monitor(&id, "", pid, init.state.clone(), init.io.clone(), oom.clone());
+        let oom_watch = oom.map(|(cg, seen)| self.watch_oom(&id, cg, seen));
         self.publisher
             .publish(Event::Create {
                 id: id.clone(),
@@ -331,7 +353,7 @@ impl Shared {
         *p.io.lock().await = pending.attach(execd.pty_master.take())?;
         p.state.set_pid(execd.pid);
         p.state.set_phase(Phase::Running);
-        self.monitor(&req.id, &req.exec_id, execd.pid, p.state.clone(), p.io.clone());
+        self.monitor(&req.id, &req.exec_id, execd.pid, p.state.clone(), p.io.clone(), None);
         self.publisher
             .publish(Event::ExecStarted { id: req.id.clone(), exec_id: req.exec_id.clone(), pid: execd.pid as u32 })
             .await;
