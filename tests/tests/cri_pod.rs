@@ -32,7 +32,7 @@ fn shim_profile(handler: &str) -> String {
         .unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
         .replace("/var/lib/containerd-shim-lazy/", "{dir}/")
         .replace("/etc/containerd/certs.d", "{dir}/hosts");
-    if v2_controller("pids") {
+    if v2_controller("pids") || text.contains("default_pids_limit = 0") {
         text
     } else {
         text.replace("allow_unenforced_limits = false", "allow_unenforced_limits = true")
@@ -268,6 +268,10 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     });
     if v2_controller("memory") {
         mem.expect("memory limit with the memory controller available");
+    } else if shim_profile(handler).contains("allow_unenforced_limits = true") {
+        // lazy-sandbox's copy on a host without the pids controller (see shim_profile).
+        mem.expect("memory limit accepted unenforced with allow_unenforced_limits = true");
+        log::info!("{handler}: memory limit accepted unenforced (allow_unenforced_limits = true in the test's copy)");
     } else {
         let e = mem.expect_err("a memory limit cannot be enforced here").to_string();
         assert!(e.contains("memory controller is not available"), "{e}");

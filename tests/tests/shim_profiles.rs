@@ -64,7 +64,7 @@ fn profile(env: &Env, name: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("reading {}: {e}", repo.display()))
         .replace("/var/lib/containerd-shim-lazy/", &format!("{}/", dir.display()))
         .replace("/etc/containerd/certs.d", &dir.join("hosts").display().to_string());
-    if !v2_controller("pids") {
+    if !v2_controller("pids") && !text.contains("default_pids_limit = 0") {
         text = text.replace("allow_unenforced_limits = false", "allow_unenforced_limits = true");
     }
     let path = dir.join("config.toml");
