@@ -420,3 +420,34 @@ pub fn layout_from_rootfs_tar(rootfs_tar: &Path, dir: &Path, tag: &str, cmd: &[&
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [manifest]}))?)?;
     Ok(())
 }
+
+/// What most shim tests start from: a registry holding a plain busybox image and a private
+/// containerd that has pulled it. Fields drop in declaration order: containerd (and its shims)
+/// first, the registry last.
+pub struct BusyboxEnv {
+    pub ctrd: Containerd,
+    pub image: String,
+    pub registry: crate::registry::Registry,
+}
+
+/// Starts [`BusyboxEnv`], or returns None (after printing why) when a prerequisite is missing
+/// outside CI; under CI=true a missing prerequisite fails the test.
+pub fn busybox_env(test: &str) -> Option<BusyboxEnv> {
+    use crate::prereq::{prerequisites_met, Prereq};
+    let prereqs = [
+        Prereq::Root,
+        Prereq::Tool("containerd"),
+        Prereq::Tool("ctr"),
+        Prereq::Tool("docker-registry"),
+        Prereq::Tool("skopeo"),
+    ];
+    if !prerequisites_met(test, &prereqs) {
+        return None;
+    }
+    crate::init_logging();
+    let registry = crate::registry::Registry::start().expect("starting docker-registry");
+    let image = push_busybox(&registry).expect("pushing the busybox image");
+    let ctrd = Containerd::start().expect("starting containerd");
+    ctrd.pull(&image).expect("pulling the busybox image");
+    Some(BusyboxEnv { ctrd, image, registry })
+}

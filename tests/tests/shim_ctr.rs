@@ -4,34 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use harness::containerd::{push_busybox, Containerd, RUNTIME};
-use harness::registry::Registry;
+use harness::containerd::RUNTIME;
 use harness::{prerequisites_met, Prereq};
 
-struct Env {
-    ctrd: Containerd,
-    image: String,
-    _registry: Registry,
-}
-
-fn setup(test: &str) -> Option<Env> {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-    ];
-    if !prerequisites_met(test, &prereqs) {
-        return None;
-    }
-    harness::init_logging();
-    let registry = Registry::start().expect("starting docker-registry");
-    let image = push_busybox(&registry).expect("pushing the busybox image");
-    let ctrd = Containerd::start().expect("starting containerd");
-    ctrd.pull(&image).expect("pulling the busybox image");
-    Some(Env { ctrd, image, _registry: registry })
-}
+use harness::containerd::{busybox_env as setup, BusyboxEnv as Env};
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();

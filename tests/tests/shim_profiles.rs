@@ -5,34 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use harness::containerd::{push_busybox, Containerd, RUNTIME};
-use harness::registry::Registry;
-use harness::{prerequisites_met, Prereq};
+use harness::containerd::RUNTIME;
 
-struct Env {
-    ctrd: Containerd,
-    image: String,
-    _registry: Registry,
-}
-
-fn setup(test: &str) -> Option<Env> {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-    ];
-    if !prerequisites_met(test, &prereqs) {
-        return None;
-    }
-    harness::init_logging();
-    let registry = Registry::start().expect("starting docker-registry");
-    let image = push_busybox(&registry).expect("pushing the busybox image");
-    let ctrd = Containerd::start().expect("starting containerd");
-    ctrd.pull(&image).expect("pulling the busybox image");
-    Some(Env { ctrd, image, _registry: registry })
-}
+use harness::containerd::{busybox_env as setup, BusyboxEnv as Env};
 
 /// Not a test of ours: regenerates shim/src/service/default_seccomp.json from containerd itself
 /// (`ctr container create --seccomp` puts containerd's default profile into the spec).
