@@ -149,7 +149,6 @@ impl LazyMount {
         let client = Client::new(client_config(config, &repository.registry)?)
             .map_err(|e| fail(format!("registry client for {}: {e}", repository.registry)))?;
         let cache_dir = &config.cache.dir;
-        std::fs::create_dir_all(cache_dir).map_err(Error::io(format!("creating cache dir {}", cache_dir.display())))?;
         let cache = ChunkCache::open(cache_dir, config.cache.max_size_mb << 20)
             .map_err(|e| Error::Rootfs(format!("chunk cache {}: {e}", cache_dir.display())))?;
         let stats = Arc::new(Stats::default());

@@ -71,8 +71,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let blob_repo = args.blob_repo.as_deref().unwrap_or(&index.source);
     let repository: Reference =
         blob_repo.parse().with_context(|| format!("data blob repository {blob_repo:?} of {}", args.image))?;
-    std::fs::create_dir_all(&args.cache_dir)
-        .with_context(|| format!("creating cache directory {}", args.cache_dir.display()))?;
     let cache = ChunkCache::open(&args.cache_dir, args.cache_max_bytes)?;
     let stats = Arc::new(Stats::default());
     let source = RegistryChunkSource::new(
