@@ -25,6 +25,9 @@ pub struct Stats {
     pub verify_failures: AtomicU64,
     /// Chunks fetched by the prefetcher.
     pub prefetched_chunks: AtomicU64,
+    /// Chunks fetched because they sit next to a miss in their blob (the span around a miss),
+    /// before anyone read them.
+    pub readahead_chunks: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -37,6 +40,8 @@ pub struct Snapshot {
     pub cache_misses: u64,
     pub verify_failures: u64,
     pub prefetched_chunks: u64,
+    #[serde(default)]
+    pub readahead_chunks: u64,
 }
 
 impl Stats {
@@ -54,6 +59,7 @@ impl Stats {
             cache_misses: self.cache_misses.load(Relaxed),
             verify_failures: self.verify_failures.load(Relaxed),
             prefetched_chunks: self.prefetched_chunks.load(Relaxed),
+            readahead_chunks: self.readahead_chunks.load(Relaxed),
         }
     }
 }

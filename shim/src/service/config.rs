@@ -50,9 +50,15 @@ pub struct FetchConfig {
     pub request_timeout_secs: u64,
     /// A read of the lazy filesystem fails (EIO) after retrying this long while the registry is down.
     pub deadline_secs: u64,
-    /// Registry requests in flight at once per container.
+    /// Registry requests in flight at once per container for on-demand reads (and as many again
+    /// for the spans fetched around them).
     pub concurrency: usize,
     pub prefetch: PrefetchMode,
+    /// Registry requests the prefetcher keeps in flight at once, beside on-demand reads.
+    pub prefetch_concurrency: usize,
+    /// Largest span (compressed MiB) a miss fetches around the missing chunk; spans start at 1 MiB
+    /// and double while misses stay in one region. 0: fetch only what is read.
+    pub readahead_max_mb: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -144,6 +150,8 @@ impl Default for FetchConfig {
             deadline_secs: 30,
             concurrency: 8,
             prefetch: PrefetchMode::Prioritized,
+            prefetch_concurrency: 8,
+            readahead_max_mb: 16,
         }
     }
 }
@@ -157,6 +165,17 @@ impl Default for RegistryConfig {
 impl FetchConfig {
     pub fn deadline(&self) -> Duration {
         Duration::from_secs(self.deadline_secs)
+    }
+
+    /// The chunk source's options.
+    pub fn options(&self) -> vfs::fetch::FetchOptions {
+        vfs::fetch::FetchOptions {
+            deadline: self.deadline(),
+            concurrency: self.concurrency.max(1),
+            prefetch_concurrency: self.prefetch_concurrency.max(1),
+            readahead_max: self.readahead_max_mb << 20,
+            ..vfs::fetch::FetchOptions::default()
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use containerd_shim::protos::api::Mount;
 use vfs::cache::ChunkCache;
-use vfs::fetch::{FetchOptions, RegistryChunkSource};
+use vfs::fetch::{BlobLayout, RegistryChunkSource};
 use vfs::fs::MountOptions;
 use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
 use vfs::stats::Stats;
@@ -84,7 +84,7 @@ pub fn client_config(config: &Config, host: &str) -> Result<ClientConfig> {
         connect_timeout: Duration::from_secs(fetch.connect_timeout_secs.max(1)),
         request_timeout: Duration::from_secs(fetch.request_timeout_secs.max(1)),
         deadline: fetch.deadline(),
-        max_concurrency: fetch.concurrency.max(1),
+        max_concurrency: RegistryChunkSource::max_requests(&fetch.options()),
         ..ClientConfig::default()
     };
     let dir = &config.registry.hosts_dir;
@@ -155,17 +155,13 @@ impl LazyMount {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Other("lazy mount outside the shim's runtime".into()))?;
         let source = RegistryChunkSource::new(
-            index.blobs.clone(),
+            BlobLayout::of(&index),
             repository,
             client,
             Some(Arc::new(cache)),
             stats.clone(),
             handle,
-            FetchOptions {
-                deadline: config.fetch.deadline(),
-                concurrency: config.fetch.concurrency.max(1),
-                ..FetchOptions::default()
-            },
+            config.fetch.options(),
         );
         let mountpoint = bundle.join("lazy");
         std::fs::create_dir_all(&mountpoint).map_err(Error::io(format!("creating {}", mountpoint.display())))?;

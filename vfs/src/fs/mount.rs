@@ -35,8 +35,6 @@ const PREFETCH_STOP_WAIT: Duration = Duration::from_secs(2);
 pub struct MountOptions {
     /// What to fetch in the background after mounting.
     pub prefetch: PrefetchMode,
-    /// Prefetch threads (each asks the source for a few chunks at a time).
-    pub prefetch_workers: usize,
     /// Write the order in which files are first read to this file (see [`super::record`]).
     pub record: Option<PathBuf>,
     /// FUSE request threads: reads waiting on the network must not block metadata requests.
@@ -55,7 +53,6 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             prefetch: PrefetchMode::Prioritized,
-            prefetch_workers: 2,
             record: None,
             threads: 8,
             fsname: "lazy".to_string(),
@@ -116,7 +113,7 @@ pub fn mount(
         set_readahead(&mountpoint, opts.readahead_kb);
     }
     log::debug!("lazy filesystem mounted at {} ({} inodes)", mountpoint.display(), fs.index().inodes.len());
-    let prefetcher = Prefetcher::start(fs.clone(), opts.prefetch, opts.prefetch_workers);
+    let prefetcher = Prefetcher::start(fs.clone(), opts.prefetch);
     Ok(Mounted { mountpoint, fs, session: Some(session), prefetcher })
 }
 

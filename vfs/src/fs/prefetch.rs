@@ -1,14 +1,14 @@
 //! Background prefetch: after mounting, bring the index's prioritized files (in order) and, in mode
 //! `all`, every other file into the node cache, so a container's later reads are local.
 //!
-//! It goes through [`ChunkSource::prefetch`], which bounds how much prefetch runs at once so
-//! on-demand reads are never starved; on top of that only a few workers run here, each asking for a
-//! small batch of chunks at a time, so a stop request (unmount) is noticed within one batch.
-//! A source that keeps failing (registry down) makes the prefetcher give up rather than spin: the
+//! One thread hands the whole prioritized set to [`ChunkSource::prefetch`] at once (the source
+//! turns it into a few large range requests, several in flight, on its own budget beside on-demand
+//! reads), then, in mode `all`, the rest. A stop request (unmount) is noticed between requests. A
+//! source that keeps failing (registry down) makes the prefetcher give up rather than spin: the
 //! on-demand path has its own deadline and retries.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,13 +18,8 @@ use crate::index::Kind;
 
 use super::core::{paths_in_order, LazyFs};
 
-/// Chunks asked for per call: small enough that a stop is noticed quickly, large enough to coalesce.
-const BATCH: usize = 8;
-/// Consecutive failed batches after which a worker stops (the registry is likely unreachable).
-const MAX_FAILED_BATCHES: u32 = 3;
-
 /// What to fetch in the background after mounting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum PrefetchMode {
     /// Nothing: every byte is fetched when read.
     None,
@@ -81,92 +76,75 @@ pub fn plan(fs: &LazyFs, mode: PrefetchMode) -> Vec<u32> {
     order
 }
 
-/// Running prefetch workers; [`Prefetcher::stop`] ends them.
+/// The running prefetch thread; [`Prefetcher::stop`] ends it.
 pub struct Prefetcher {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    thread: JoinHandle<()>,
 }
 
 impl Prefetcher {
-    /// Starts `workers` threads over [`plan`]; `None` if there is nothing to fetch.
-    pub fn start(fs: Arc<LazyFs>, mode: PrefetchMode, workers: usize) -> Option<Prefetcher> {
-        let order = Arc::new(plan(&fs, mode));
-        if order.is_empty() {
+    /// Starts the prefetch thread over [`plan`]; `None` if there is nothing to fetch.
+    pub fn start(fs: Arc<LazyFs>, mode: PrefetchMode) -> Option<Prefetcher> {
+        let prioritized = plan(&fs, mode.min(PrefetchMode::Prioritized));
+        let all = plan(&fs, mode);
+        if all.is_empty() {
             return None;
         }
-        log::info!("prefetch ({mode}): {} files", order.len());
+        let rest = all[prioritized.len()..].to_vec();
         let stop = Arc::new(AtomicBool::new(false));
-        let cursor = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let threads = (0..workers.max(1))
-            .filter_map(|n| {
-                let (fs, order, stop, cursor) = (fs.clone(), order.clone(), stop.clone(), cursor.clone());
-                std::thread::Builder::new()
-                    .name(format!("lazy-prefetch-{n}"))
-                    .spawn(move || {
-                        worker(&fs, &order, &cursor, &stop);
-                        if cursor.load(Ordering::Relaxed) >= order.len() && !stop.load(Ordering::Relaxed) {
-                            log::debug!("prefetch worker {n} done after {:?}", started.elapsed());
-                        }
-                    })
-                    .map_err(|err| log::warn!("cannot start prefetch thread: {err}; continuing without it"))
-                    .ok()
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("lazy-prefetch".into())
+            .spawn(move || {
+                let started = Instant::now();
+                for (what, files) in [("prioritized", prioritized), ("remaining", rest)] {
+                    if files.is_empty() || flag.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let refs = chunk_refs(&fs, &files);
+                    log::info!("prefetch: {} {what} files, {} chunks", files.len(), refs.len());
+                    if let Err(err) = fs.source().prefetch(&refs, &flag) {
+                        log::warn!("prefetch stopped: {err}; reads still fetch on demand");
+                        return;
+                    }
+                    if !flag.load(Ordering::Relaxed) {
+                        log::info!("prefetch: {what} files done after {:?}", started.elapsed());
+                    }
+                }
             })
-            .collect();
-        Some(Prefetcher { stop, threads })
+            .map_err(|err| log::warn!("cannot start the prefetch thread: {err}; continuing without it"))
+            .ok()?;
+        Some(Prefetcher { stop, thread })
     }
 
     pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(JoinHandle::is_finished)
+        self.thread.is_finished()
     }
 
-    /// Asks the workers to stop and waits up to `wait` for them (a batch in flight may be waiting on
-    /// the network); workers still busy after that are left to finish on their own.
+    /// Asks the thread to stop and waits up to `wait` for it (requests in flight may be waiting
+    /// on the network); a thread still busy after that is left to finish on its own.
     pub fn stop(self, wait: Duration) {
         self.stop.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + wait;
         while !self.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        for t in self.threads {
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                log::warn!("prefetch thread still waiting on a fetch at unmount; leaving it to finish");
-            }
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
+        } else {
+            log::warn!("prefetch still waiting on a fetch at unmount; leaving it to finish");
         }
     }
 }
 
-fn worker(fs: &LazyFs, order: &[u32], cursor: &AtomicUsize, stop: &AtomicBool) {
-    let mut failed_batches = 0;
-    loop {
-        let i = cursor.fetch_add(1, Ordering::Relaxed);
-        let Some(&ino) = order.get(i) else { return };
-        let Some(Kind::File { chunks, .. }) = fs.index().inode(ino).map(|i| &i.kind) else { continue };
-        let path = fs.path(ino);
-        for (b, batch) in chunks.chunks(BATCH).enumerate() {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let refs: Vec<ChunkRef<'_>> = batch
-                .iter()
-                .enumerate()
-                .map(|(k, chunk)| ChunkRef { path, chunk_no: b * BATCH + k, chunk })
-                .collect();
-            // The source counts Stats::prefetched_chunks: only it knows which chunks it had to fetch.
-            let results = fs.source().prefetch(&refs);
-            match results.into_iter().find_map(Result::err) {
-                None => failed_batches = 0,
-                Some(err) => {
-                    failed_batches += 1;
-                    if failed_batches >= MAX_FAILED_BATCHES {
-                        log::warn!("prefetch stopped after {failed_batches} failed batches: {err}; reads still fetch on demand");
-                        return;
-                    }
-                    log::warn!("prefetch: {err}");
-                }
-            }
+/// Every chunk of `files`, file by file, in order.
+fn chunk_refs<'a>(fs: &'a LazyFs, files: &[u32]) -> Vec<ChunkRef<'a>> {
+    let mut refs = Vec::new();
+    for &ino in files {
+        if let Some(Kind::File { chunks, .. }) = fs.index().inode(ino).map(|i| &i.kind) {
+            let path = fs.path(ino);
+            refs.extend(chunks.iter().enumerate().map(|(chunk_no, chunk)| ChunkRef { path, chunk_no, chunk }));
         }
     }
+    refs
 }

@@ -2,6 +2,7 @@
 //! records what it was asked for and can be told to fail.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
 use crate::digest::Digest;
-use crate::fetch::{ChunkRef, ChunkSource, FetchError};
+use crate::fetch::{ChunkRef, ChunkSource, FetchError, PREFETCH_MAX_FAILURES};
 use crate::index::{BlobRef, Chunk, DirEntry, Index, Inode, Kind, Xattr};
 
 pub const CHUNK: u32 = 16;
@@ -28,7 +29,8 @@ pub struct FakeSource {
     pub failing: Mutex<HashSet<Digest>>,
     /// Every read_chunks call: (path, chunk numbers).
     pub calls: Mutex<Vec<(String, Vec<usize>)>>,
-    pub prefetch_calls: Mutex<Vec<(String, Vec<usize>)>>,
+    /// Every batch a prefetch call fetched: (path, chunk number) per chunk.
+    pub prefetch_calls: Mutex<Vec<Vec<(String, usize)>>>,
     /// Chunks whose reads block until removed from the set (see [`FakeSource::release`]).
     pub held: Mutex<HashSet<Digest>>,
     released: Condvar,
@@ -72,10 +74,22 @@ impl ChunkSource for FakeSource {
         chunks.iter().map(|c| self.get(c)).collect()
     }
 
-    fn prefetch(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<(), FetchError>> {
-        std::thread::sleep(*self.delay.lock());
-        self.prefetch_calls.lock().push((chunks[0].path.to_string(), chunks.iter().map(|c| c.chunk_no).collect()));
-        chunks.iter().map(|c| self.get(c).map(|_| ())).collect()
+    /// One chunk per batch, each after the delay; gives up after three failed batches in a row.
+    fn prefetch(&self, chunks: &[ChunkRef<'_>], stop: &AtomicBool) -> Result<(), FetchError> {
+        let mut failed = 0;
+        for c in chunks {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(*self.delay.lock());
+            self.prefetch_calls.lock().push(vec![(c.path.to_string(), c.chunk_no)]);
+            match self.get(c) {
+                Ok(_) => failed = 0,
+                Err(e) if failed + 1 >= PREFETCH_MAX_FAILURES => return Err(e),
+                Err(_) => failed += 1,
+            }
+        }
+        Ok(())
     }
 }
 

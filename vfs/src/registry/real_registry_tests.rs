@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
-use crate::fetch::{ChunkRef, ChunkSource, FetchError, FetchOptions, RegistryChunkSource};
+use crate::fetch::{BlobLayout, ChunkRef, ChunkSource, FetchError, FetchOptions, RegistryChunkSource};
 use crate::index::{BlobRef, Chunk};
 use crate::registry::{Client, ClientConfig, Reference, MEDIA_OCI_MANIFEST};
 use crate::stats::Stats;
@@ -106,13 +106,14 @@ fn real_registry_push_range_read_verify_outage_and_recovery() {
     let cache = Arc::new(ChunkCache::open(cache_dir.path(), 0).unwrap());
     let stats = Arc::new(Stats::default());
     let source = RegistryChunkSource::new(
-        vec![BlobRef { digest: blob_digest, size: blob.len() as u64 }],
+        BlobLayout::new(vec![BlobRef { digest: blob_digest, size: blob.len() as u64 }], chunks.iter().copied()),
         repo.clone(),
         client.clone(),
         Some(cache.clone()),
         stats.clone(),
         rt.handle().clone(),
-        FetchOptions { deadline: Duration::from_secs(3), ..FetchOptions::default() },
+        // Only what is read: this checks coalescing, not spans.
+        FetchOptions { deadline: Duration::from_secs(3), readahead_max: 0, ..FetchOptions::default() },
     );
     let refs: Vec<ChunkRef<'_>> = chunks.iter().enumerate().map(|(i, c)| ChunkRef { path: "/big", chunk_no: i, chunk: c }).collect();
     let out = source.read_chunks(&refs[..2]);
@@ -218,7 +219,7 @@ fn real_registry_throughput_figures() {
         let cache = Arc::new(ChunkCache::open(cache_dir.path(), 0).unwrap());
         let stats = Arc::new(Stats::default());
         let source = RegistryChunkSource::new(
-            vec![blob_ref],
+            BlobLayout::new(vec![blob_ref], chunks.iter().copied()),
             repo.clone(),
             client.clone(),
             Some(cache.clone()),
@@ -242,7 +243,7 @@ fn real_registry_throughput_figures() {
         // each chunk on first use; the second pass trusts the length only.
         let cache = Arc::new(ChunkCache::open(cache_dir.path(), 0).unwrap());
         let source = RegistryChunkSource::new(
-            vec![blob_ref],
+            BlobLayout::new(vec![blob_ref], chunks.iter().copied()),
             repo.clone(),
             client.clone(),
             Some(cache),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
 use vfs::cache::{ChunkCache, DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES};
-use vfs::fetch::{FetchOptions, RegistryChunkSource};
+use vfs::fetch::{BlobLayout, FetchOptions, RegistryChunkSource};
 use vfs::fs::{MountOptions, PrefetchMode};
 use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
 use vfs::stats::Stats;
@@ -61,9 +61,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the network runtime")?;
+    let fetch = FetchOptions { deadline, ..FetchOptions::default() };
     let client = Client::new(ClientConfig {
         plain_http: if args.plain_http { PlainHttp::Always } else { PlainHttp::Auto },
         deadline,
+        max_concurrency: RegistryChunkSource::max_requests(&fetch),
         ..ClientConfig::default()
     })?;
 
@@ -74,13 +76,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cache = ChunkCache::open(&args.cache_dir, args.cache_max_bytes)?;
     let stats = Arc::new(Stats::default());
     let source = RegistryChunkSource::new(
-        index.blobs.clone(),
+        BlobLayout::of(&index),
         repository,
         client,
         Some(Arc::new(cache)),
         stats.clone(),
         runtime.handle().clone(),
-        FetchOptions { deadline, ..FetchOptions::default() },
+        fetch,
     );
     let opts = MountOptions { prefetch: args.prefetch, record: args.record, threads: args.threads, ..MountOptions::default() };
     let mounted = vfs::fs::mount(Arc::new(index), Arc::new(source), stats, &args.mountpoint, opts)?;

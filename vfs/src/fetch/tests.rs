@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::index::BlobRef;
 
 /// Blobs in memory; records every range read; can be "down" or slow.
 #[derive(Default)]
@@ -70,14 +71,20 @@ struct Rig {
 }
 
 fn rig(contents: Vec<Vec<u8>>, opts: FetchOptions) -> Rig {
+    rig_with(contents, opts, |_| {})
+}
+
+/// A rig whose index (chunk table and layout) `tamper` changed after the blob was written.
+fn rig_with(contents: Vec<Vec<u8>>, opts: FetchOptions, tamper: impl FnOnce(&mut Vec<Chunk>)) -> Rig {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(ChunkCache::open(dir.path(), 0).unwrap());
-    let (blob_ref, blob, chunks) = make_blob(&contents);
+    let (blob_ref, blob, mut chunks) = make_blob(&contents);
+    tamper(&mut chunks);
     let fake = Arc::new(FakeBlobs::default());
     fake.blobs.lock().insert(blob_ref.digest, blob);
     let source = Arc::new(RegistryChunkSource::with_reader(
-        vec![blob_ref],
+        BlobLayout::new(vec![blob_ref], chunks.iter().copied()),
         fake.clone(),
         Some(cache.clone()),
         Arc::new(Stats::default()),
@@ -119,25 +126,166 @@ fn adjacent_misses_become_one_range_request_and_then_hit_the_cache() {
 }
 
 #[test]
-fn span_cap_splits_requests_and_gaps_are_not_bridged() {
-    let opts = FetchOptions { max_span: 1, ..FetchOptions::default() };
+fn request_cap_splits_requests_and_readahead_off_fetches_only_what_is_read() {
+    let opts = FetchOptions { max_request: 1, ..FetchOptions::default() };
     let r = rig((0..3).map(|i| pattern(i, 1000)).collect(), opts);
     r.source.read_chunks(&refs(&r.chunks));
-    assert_eq!(r.fake.calls.lock().len(), 3, "each chunk alone exceeds the span cap");
+    assert_eq!(r.fake.calls.lock().len(), 3, "each chunk alone exceeds the request cap");
 
-    let r = rig((0..3).map(|i| pattern(i, 1000)).collect(), FetchOptions::default());
+    let opts = FetchOptions { readahead_max: 0, max_gap: 0, ..FetchOptions::default() };
+    let r = rig((0..3).map(|i| pattern(i, 1000)).collect(), opts);
     let picked = [r.chunks[0], r.chunks[2]];
     let out = r.source.read_chunks(&refs(&picked));
     assert_eq!(out[1].as_ref().unwrap().as_ref(), &r.contents[2][..]);
-    assert_eq!(r.fake.calls.lock().len(), 2, "chunks 0 and 2 are not adjacent");
+    assert_eq!(r.fake.calls.lock().len(), 2, "chunks 0 and 2 are not adjacent and the gap is not bridged");
+    assert!(!r.cache.contains(&r.chunks[1].digest), "no span: chunk 1 was not fetched");
+}
+
+/// Incompressible content: compressed chunks as large as the chunks themselves.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+#[test]
+fn a_miss_fetches_its_neighbours_verified_and_cached_so_their_reads_send_nothing() {
+    let r = rig((0..10).map(|i| pattern(i, 50_000)).collect(), FetchOptions::default());
+    let out = r.source.read_chunks(&refs(&r.chunks[4..5]));
+    assert_eq!(out[0].as_ref().unwrap().as_ref(), &r.contents[4][..]);
+    // The reader returns when its own chunk is in; the span may still be landing.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !r.chunks.iter().all(|c| r.cache.contains(&c.digest)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let calls = r.fake.calls.lock().len();
+    for (i, c) in r.chunks.iter().enumerate() {
+        assert_eq!(r.source.read_chunks(&refs(std::slice::from_ref(c)))[0].as_ref().unwrap().as_ref(), &r.contents[i][..]);
+    }
+    assert_eq!(r.fake.calls.lock().len(), calls, "every neighbour was already on the node");
+    let s = r.source.stats().snapshot();
+    assert_eq!((s.cache_misses, s.readahead_chunks), (1, 9));
+}
+
+#[test]
+fn the_chunk_a_reader_waits_for_comes_in_a_small_first_request() {
+    // 40 chunks of 100 kB incompressible data: a 1 MiB window holds ~10 of them.
+    let r = rig((0..40).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
+    r.fake.delay_ms.store(50, Ordering::SeqCst);
+    let want = &r.chunks[20];
+    assert_eq!(r.source.read_chunks(&refs(std::slice::from_ref(want)))[0].as_ref().unwrap().as_ref(), &r.contents[20][..]);
+    std::thread::sleep(Duration::from_millis(300));
+    let calls = r.fake.calls.lock().clone();
+    let first = &calls[0].1;
+    assert!(first.contains(&want.offset), "first request {first:?} holds the chunk read");
+    assert!(first.end - first.start <= FIRST_REQUEST + 100_100, "first request is small: {first:?}");
+    let fetched: u64 = calls.iter().map(|(_, r)| r.end - r.start).sum();
+    assert!(calls.len() >= 2 && (900_000..=1_200_000).contains(&fetched), "a ~1 MiB span: {calls:?}");
+    assert!(r.chunks[18..20].iter().all(|c| r.cache.contains(&c.digest)), "a quarter of the window lies before the miss");
+}
+
+#[test]
+fn misses_that_keep_landing_in_one_region_grow_the_span() {
+    let r = rig((0..200).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
+    let mut spans = Vec::new();
+    let mut at = 0;
+    while at < r.chunks.len() && spans.len() < 4 {
+        let before = r.source.stats().snapshot().bytes_fetched;
+        r.source.read_chunks(&refs(&r.chunks[at..at + 1]));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while r.source.inner.inflight.lock().len() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        spans.push(r.source.stats().snapshot().bytes_fetched - before);
+        at = r.chunks.iter().position(|c| !r.cache.contains(&c.digest)).unwrap_or(r.chunks.len());
+    }
+    for w in spans.windows(2) {
+        // The window doubles; a quarter of it lies behind the miss, already fetched: x1.5 at least.
+        assert!(w[1] * 10 >= w[0] * 14, "each sequential miss fetches more: {spans:?}");
+    }
+}
+
+#[test]
+fn a_bad_neighbour_is_never_cached_and_does_not_fail_the_read() {
+    let r = rig((0..4).map(|i| noise(i, 20_000)).collect(), FetchOptions::default());
+    {
+        let mut blobs = r.fake.blobs.lock();
+        let blob = blobs.values_mut().next().unwrap();
+        blob[r.chunks[2].offset as usize + 100] ^= 0x01;
+    }
+    assert_eq!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].as_ref().unwrap().as_ref(), &r.contents[0][..]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(r.cache.contains(&r.chunks[3].digest));
+    assert!(!r.cache.contains(&r.chunks[2].digest), "the corrupt neighbour was not cached");
+    let again = r.source.read_chunks(&refs(&r.chunks[2..3]));
+    assert!(matches!(&again[0], Err(FetchError::DigestMismatch { path, .. } | FetchError::Corrupt { path, .. }) if path == "/usr/bin/app"), "{:?}", again[0]);
+}
+
+#[test]
+fn prefetch_sends_few_large_requests_several_at_once() {
+    let opts = FetchOptions { max_request: 1 << 20, prefetch_concurrency: 4, ..FetchOptions::default() };
+    let r = rig((0..80).map(|i| noise(i, 100_000)).collect(), opts);
+    r.fake.delay_ms.store(100, Ordering::SeqCst);
+    let stop = AtomicBool::new(false);
+    r.source.prefetch(&refs(&r.chunks), &stop).unwrap();
+    assert!(r.chunks.iter().all(|c| r.cache.contains(&c.digest)));
+    let calls = r.fake.calls.lock().len();
+    assert!((8..=9).contains(&calls), "8 MB in 1 MiB requests: {calls}");
+    assert_eq!(r.fake.max_in_flight.load(Ordering::SeqCst), 4);
+    assert_eq!(r.source.stats().snapshot().prefetched_chunks, 80);
+    // Nothing left to do: a second pass sends nothing.
+    r.source.prefetch(&refs(&r.chunks), &stop).unwrap();
+    assert_eq!(r.fake.calls.lock().len(), calls);
+}
+
+#[test]
+fn a_read_of_a_chunk_the_prefetcher_is_fetching_waits_for_it() {
+    let opts = FetchOptions { prefetch_concurrency: 1, ..FetchOptions::default() };
+    let r = rig((0..4).map(|i| noise(i, 10_000)).collect(), opts);
+    r.fake.delay_ms.store(300, Ordering::SeqCst);
+    let prefetcher = {
+        let (source, chunks) = (r.source.clone(), r.chunks.clone());
+        std::thread::spawn(move || source.prefetch(&refs(&chunks), &AtomicBool::new(false)))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(r.source.read_chunks(&refs(&r.chunks[2..3]))[0].as_ref().unwrap().as_ref(), &r.contents[2][..]);
+    prefetcher.join().unwrap().unwrap();
+    assert_eq!(r.fake.calls.lock().len(), 1, "the read joined the prefetch request");
+}
+
+#[test]
+fn prefetch_stops_when_asked() {
+    let opts = FetchOptions { max_request: 1, prefetch_concurrency: 1, ..FetchOptions::default() };
+    let r = rig((0..20).map(|i| pattern(i, 1000)).collect(), opts);
+    r.fake.delay_ms.store(50, Ordering::SeqCst);
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = {
+        let (source, chunks, stop) = (r.source.clone(), r.chunks.clone(), stop.clone());
+        std::thread::spawn(move || source.prefetch(&refs(&chunks), &stop))
+    };
+    std::thread::sleep(Duration::from_millis(120));
+    stop.store(true, Ordering::SeqCst);
+    t.join().unwrap().unwrap();
+    let calls = r.fake.calls.lock().len();
+    assert!(calls < 6, "stopped after a few requests, not all 20: {calls}");
+}
+
+#[test]
+fn prefetch_gives_up_when_the_registry_keeps_failing() {
+    let opts = FetchOptions { max_request: 1, prefetch_concurrency: 1, deadline: Duration::from_millis(200), ..FetchOptions::default() };
+    let r = rig((0..20).map(|i| pattern(i, 1000)).collect(), opts);
+    r.fake.down.store(true, Ordering::SeqCst);
+    let err = r.source.prefetch(&refs(&r.chunks), &AtomicBool::new(false)).unwrap_err();
+    assert!(matches!(err, FetchError::Unavailable { .. }), "{err}");
+    assert_eq!(r.fake.calls.lock().len(), PREFETCH_MAX_FAILURES as usize);
 }
 
 #[test]
 fn wrong_content_is_a_digest_mismatch_never_cached_and_other_chunks_still_read() {
-    let mut r = rig(vec![pattern(1, 5000), pattern(2, 5000)], FetchOptions::default());
     // The index claims chunk 0 holds different bytes than the blob does (a tampered blob).
     let claimed = pattern(9, 5000);
-    r.chunks[0].digest = Digest::of(&claimed);
+    let r = rig_with(vec![pattern(1, 5000), pattern(2, 5000)], FetchOptions::default(), |c| c[0].digest = Digest::of(&claimed));
     let out = r.source.read_chunks(&refs(&r.chunks));
     match &out[0] {
         Err(FetchError::DigestMismatch { path, chunk_no: 0, chunk, got }) => {
@@ -175,8 +323,8 @@ fn flipped_byte_in_blob_fails_the_read_and_caches_nothing() {
 
 #[test]
 fn decompression_is_bounded_by_the_chunk_length() {
-    let mut r = rig(vec![vec![0u8; 1 << 20]], FetchOptions::default());
-    r.chunks[0].len = 1000; // hostile index/blob pair: the frame inflates far beyond the claimed length
+    // Hostile index/blob pair: the frame inflates far beyond the claimed length.
+    let r = rig_with(vec![vec![0u8; 1 << 20]], FetchOptions::default(), |c| c[0].len = 1000);
     let out = r.source.read_chunks(&refs(&r.chunks));
     assert!(matches!(&out[0], Err(FetchError::Corrupt { reason, .. }) if reason.contains("1000")), "{:?}", out[0]);
 }
@@ -231,19 +379,19 @@ fn outage_fails_within_the_deadline_and_recovers() {
 
 #[test]
 fn prefetch_is_bounded_separately_and_does_not_starve_reads() {
-    let opts = FetchOptions { prefetch_concurrency: 1, max_span: 1, ..FetchOptions::default() };
+    let opts = FetchOptions { prefetch_concurrency: 1, max_request: 1, readahead_max: 0, ..FetchOptions::default() };
     let r = rig((0..5).map(|i| pattern(i, 2000)).collect(), opts);
     r.fake.delay_ms.store(100, Ordering::SeqCst);
     let prefetcher = {
         let (source, chunks) = (r.source.clone(), r.chunks.clone());
-        std::thread::spawn(move || source.prefetch(&refs(&chunks[..4])))
+        std::thread::spawn(move || source.prefetch(&refs(&chunks[..4]), &AtomicBool::new(false)))
     };
     std::thread::sleep(Duration::from_millis(50));
     let t = Instant::now();
     let out = r.source.read_chunks(&refs(&r.chunks[4..]));
     assert_eq!(out[0].as_ref().unwrap().as_ref(), &r.contents[4][..]);
     assert!(t.elapsed() < Duration::from_millis(300), "read waited for the prefetcher: {:?}", t.elapsed());
-    assert!(prefetcher.join().unwrap().iter().all(|x| x.is_ok()));
+    prefetcher.join().unwrap().unwrap();
     assert!(r.chunks.iter().all(|c| r.cache.contains(&c.digest)));
     assert_eq!(r.fake.max_in_flight.load(Ordering::SeqCst), 2, "one prefetch + one read at a time");
     assert_eq!(r.source.stats().snapshot().prefetched_chunks, 4);
@@ -251,9 +399,10 @@ fn prefetch_is_bounded_separately_and_does_not_starve_reads() {
 
 #[test]
 fn hostile_offsets_and_blob_numbers_are_corrupt_not_panics() {
-    let mut r = rig(vec![pattern(1, 1000), pattern(2, 1000)], FetchOptions::default());
-    r.chunks[0].offset = u64::MAX - 1;
-    r.chunks[1].blob = 7;
+    let r = rig_with(vec![pattern(1, 1000), pattern(2, 1000)], FetchOptions::default(), |c| {
+        c[0].offset = u64::MAX - 1;
+        c[1].blob = 7;
+    });
     let out = r.source.read_chunks(&refs(&r.chunks));
     assert!(matches!(&out[0], Err(FetchError::Corrupt { reason, .. }) if reason.contains("only")), "{:?}", out[0]);
     assert!(matches!(&out[1], Err(FetchError::Corrupt { reason, .. }) if reason.contains("blob #7")), "{:?}", out[1]);
@@ -265,12 +414,13 @@ fn repeated_reads_of_a_chunk_are_served_from_memory_even_without_a_node_cache() 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let contents: Vec<Vec<u8>> = (0..3).map(|i| pattern(i, 100_000)).collect();
     let (blob_ref, blob, chunks) = make_blob(&contents);
+    let layout = BlobLayout::new(vec![blob_ref], chunks.iter().copied());
     let fake = Arc::new(FakeBlobs::default());
     fake.blobs.lock().insert(blob_ref.digest, blob);
     // Room for two 100 kB chunks only.
     let opts = FetchOptions { memory_bytes: 250_000, ..FetchOptions::default() };
     let source =
-        RegistryChunkSource::with_reader(vec![blob_ref], fake.clone(), None, Arc::new(Stats::default()), rt.handle().clone(), opts);
+        RegistryChunkSource::with_reader(layout.clone(), fake.clone(), None, Arc::new(Stats::default()), rt.handle().clone(), opts);
     // The kernel reads a chunk in 128 KiB pieces: eight calls for the same chunk.
     for _ in 0..8 {
         assert_eq!(source.read_chunks(&refs(&chunks[..1]))[0].as_ref().unwrap().as_ref(), &contents[0][..]);
@@ -283,7 +433,7 @@ fn repeated_reads_of_a_chunk_are_served_from_memory_even_without_a_node_cache() 
     source.read_chunks(&refs(&chunks[..1]));
     assert_eq!(fake.calls.lock().len(), 4, "the memory budget is bounded: the oldest chunk was dropped");
     let off = RegistryChunkSource::with_reader(
-        vec![blob_ref],
+        layout,
         fake.clone(),
         None,
         Arc::new(Stats::default()),
@@ -297,7 +447,7 @@ fn repeated_reads_of_a_chunk_are_served_from_memory_even_without_a_node_cache() 
 
 #[test]
 fn after_an_outage_is_seen_fetches_only_probe_until_the_registry_answers() {
-    let opts = FetchOptions { deadline: Duration::from_secs(10), ..FetchOptions::default() };
+    let opts = FetchOptions { deadline: Duration::from_secs(10), readahead_max: 0, ..FetchOptions::default() };
     let r = rig(vec![pattern(1, 3000), pattern(2, 3000)], opts);
     r.fake.down.store(true, Ordering::SeqCst);
     assert!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].is_err());

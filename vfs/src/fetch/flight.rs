@@ -1,0 +1,107 @@
+//! One fetch of a chunk that several readers may wait on, and the guard that makes sure every
+//! fetch this process starts is completed, even when its task is dropped or panics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+
+use super::{ChunkRef, FetchError, Inner};
+use crate::digest::Digest;
+use crate::index::Chunk;
+
+/// Why a chunk failed, without the file it was read for (a shared fetch fails for all waiters,
+/// each of which names its own file).
+#[derive(Debug, Clone)]
+pub(super) enum Failure {
+    Mismatch(Digest),
+    Corrupt(String),
+    Unavailable(String),
+}
+
+impl Failure {
+    pub(super) fn for_chunk(&self, c: &ChunkRef<'_>) -> FetchError {
+        let (path, chunk_no, chunk) = (c.path.to_string(), c.chunk_no, c.chunk.digest);
+        match self {
+            Failure::Mismatch(got) => FetchError::DigestMismatch { path, chunk_no, chunk, got: *got },
+            Failure::Corrupt(reason) => FetchError::Corrupt { path, chunk_no, chunk, reason: reason.clone() },
+            Failure::Unavailable(reason) => FetchError::Unavailable { path, chunk_no, chunk, reason: reason.clone() },
+        }
+    }
+}
+
+/// The fetch of one chunk in flight.
+#[derive(Default)]
+pub(super) struct Flight {
+    result: Mutex<Option<Result<Bytes, Failure>>>,
+    done: Condvar,
+}
+
+impl Flight {
+    /// Sets the result; the first one set stays.
+    pub(super) fn complete(&self, result: Result<Bytes, Failure>) {
+        let mut slot = self.result.lock();
+        if slot.is_none() {
+            *slot = Some(result);
+            drop(slot);
+            self.done.notify_all();
+        }
+    }
+
+    pub(super) fn peek(&self) -> Option<Result<Bytes, Failure>> {
+        self.result.lock().clone()
+    }
+
+    pub(super) fn wait(&self, timeout: Duration) -> Result<Bytes, Failure> {
+        let until = Instant::now() + timeout;
+        let mut slot = self.result.lock();
+        while slot.is_none() {
+            if self.done.wait_until(&mut slot, until).timed_out() && slot.is_none() {
+                return Err(Failure::Unavailable(format!("the fetch of this chunk did not finish within {timeout:?}")));
+            }
+        }
+        slot.clone().unwrap_or_else(|| Err(Failure::Unavailable("fetch abandoned".into())))
+    }
+}
+
+/// A chunk this process has committed to fetch: its flight is registered in flight, and someone
+/// must complete it. `label` names the file and chunk number when a reader asked for it (errors
+/// and logs name it); neighbours fetched speculatively have none.
+pub(super) struct Claim {
+    pub chunk: Chunk,
+    pub flight: Arc<Flight>,
+    pub label: Option<(String, usize)>,
+}
+
+/// Claims on their way through one range request. Dropping it fails every claim not completed
+/// yet (completing twice is a no-op), so a dropped or panicking fetch never leaves a waiter
+/// hanging until its timeout.
+pub(super) struct Pending {
+    inner: Arc<Inner>,
+    claims: Vec<Claim>,
+}
+
+impl Pending {
+    pub(super) fn new(inner: Arc<Inner>, claims: Vec<Claim>) -> Pending {
+        Pending { inner, claims }
+    }
+
+    pub(super) fn claims(&self) -> &[Claim] {
+        &self.claims
+    }
+
+    pub(super) fn fail(self, failure: Failure) {
+        for c in &self.claims {
+            self.inner.complete(c, Err(failure.clone()));
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        for c in &self.claims {
+            self.inner.complete(c, Err(Failure::Unavailable("fetch abandoned".into())));
+        }
+    }
+}

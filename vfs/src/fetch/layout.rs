@@ -1,0 +1,225 @@
+//! Where chunks sit in their data blobs, and which byte ranges to request for a set of wanted
+//! chunks: the planning half of the fetch path, pure and testable without a network.
+//!
+//! A miss is not fetched alone: the chunks after it in blob order (and a few before it) are likely
+//! read next, because the converter writes a directory's files together and a recorded start's
+//! files first, in the order they were read. [`Readahead`] sizes that span as kernel readahead
+//! does (small for a random read, doubling while misses keep landing in the same region), and
+//! [`split`] turns a sorted set of chunks into range requests, bridging small gaps and capping
+//! each request so a large span becomes several parallel requests.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use crate::index::{BlobRef, Chunk, Index, Kind};
+
+/// Every distinct chunk of every data blob, in blob order.
+#[derive(Debug, Clone, Default)]
+pub struct BlobLayout {
+    blobs: Vec<BlobRef>,
+    /// Per blob, chunks sorted by offset, one per offset.
+    slots: Vec<Vec<Chunk>>,
+}
+
+impl BlobLayout {
+    /// The layout of every chunk an index's files point at.
+    pub fn of(index: &Index) -> BlobLayout {
+        let chunks = index.inodes.iter().flat_map(|inode| match &inode.kind {
+            Kind::File { chunks, .. } => chunks.as_slice(),
+            _ => &[],
+        });
+        BlobLayout::new(index.blobs.clone(), chunks.copied())
+    }
+
+    /// A layout from a blob table and chunks in any order (duplicates are dropped).
+    pub fn new(blobs: Vec<BlobRef>, chunks: impl IntoIterator<Item = Chunk>) -> BlobLayout {
+        let mut slots: Vec<Vec<Chunk>> = vec![Vec::new(); blobs.len()];
+        for c in chunks {
+            if let Some(s) = slots.get_mut(c.blob as usize) {
+                s.push(c);
+            }
+        }
+        for s in &mut slots {
+            s.sort_by_key(|c| c.offset);
+            s.dedup_by_key(|c| c.offset);
+        }
+        BlobLayout { blobs, slots }
+    }
+
+    pub fn blob(&self, n: u32) -> Option<&BlobRef> {
+        self.blobs.get(n as usize)
+    }
+
+    /// Chunks of blob `blob` around `chunk` whose bytes fall within `[from, to)`, in blob order.
+    /// Only chunks that lie wholly inside the blob and do not overlap their predecessor are
+    /// returned: a hostile index cannot make a span read outside a blob or twice over a byte.
+    pub fn neighbours(&self, chunk: &Chunk, from: u64, to: u64) -> impl Iterator<Item = &Chunk> {
+        let slots = self.slots.get(chunk.blob as usize).map(Vec::as_slice).unwrap_or(&[]);
+        let size = self.blob(chunk.blob).map_or(0, |b| b.size);
+        let first = slots.partition_point(|c| c.offset < from);
+        let mut prev_end = 0u64;
+        slots[first..].iter().take_while(move |c| c.offset < to).filter(move |c| {
+            let end = c.offset.saturating_add(c.compressed_len as u64);
+            let ok = c.offset >= prev_end && end <= size && end <= to;
+            if ok {
+                prev_end = end;
+            }
+            ok
+        })
+    }
+
+    /// Distinct chunks (by offset) in blob `blob`.
+    pub fn chunks_of(&self, blob: u32) -> &[Chunk] {
+        self.slots.get(blob as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn blobs(&self) -> &[BlobRef] {
+        &self.blobs
+    }
+}
+
+/// Adaptive span sizing for on-demand misses, per region of a blob (a few regions at once, like
+/// concurrent sequential streams in kernel readahead).
+#[derive(Debug)]
+pub struct Readahead {
+    min: u64,
+    max: u64,
+    regions: VecDeque<Region>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    blob: u32,
+    start: u64,
+    end: u64,
+    window: u64,
+}
+
+/// Regions remembered at once; the least recently grown is forgotten first.
+const REGIONS: usize = 16;
+
+impl Readahead {
+    /// Windows start at `min` compressed bytes and double up to `max`. `max == 0` disables spans.
+    pub fn new(min: u64, max: u64) -> Readahead {
+        Readahead { min: min.min(max), max, regions: VecDeque::new() }
+    }
+
+    /// The byte window `[from, to)` of blob `blob` to fetch around a miss at `offset`. A miss
+    /// within one window of a region fetched before doubles that region's window.
+    pub fn window(&mut self, blob: u32, offset: u64) -> (u64, u64) {
+        if self.max == 0 {
+            return (offset, offset);
+        }
+        let near = self
+            .regions
+            .iter()
+            .position(|r| r.blob == blob && offset.saturating_add(r.window) >= r.start && offset <= r.end.saturating_add(r.window));
+        let mut region = match near.and_then(|i| self.regions.remove(i)) {
+            Some(mut r) => {
+                r.window = (r.window * 2).min(self.max);
+                r
+            }
+            None => Region { blob, start: offset, end: offset, window: self.min.max(1) },
+        };
+        // Mostly forward (files after this one are read next), a quarter back (siblings written
+        // before it in the blob).
+        let back = region.window / 4;
+        let from = offset.saturating_sub(back);
+        let to = from.saturating_add(region.window);
+        region.start = region.start.min(from);
+        region.end = region.end.max(to);
+        self.regions.push_front(region);
+        self.regions.truncate(REGIONS);
+        (from, to)
+    }
+}
+
+/// Splits chunks of one blob, sorted by offset and not overlapping, into range requests: chunks
+/// separated by at most `max_gap` bytes share a request (the gap is fetched and dropped), and no
+/// request is larger than `max_request` unless a single chunk is. Returns index ranges into `chunks`.
+pub fn split(chunks: &[Chunk], max_gap: u64, max_request: u64) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=chunks.len() {
+        let close = match chunks.get(i) {
+            None => true,
+            Some(c) => {
+                let prev = &chunks[i - 1];
+                let prev_end = prev.offset.saturating_add(prev.compressed_len as u64);
+                let end = c.offset.saturating_add(c.compressed_len as u64);
+                c.blob != prev.blob
+                    || c.offset < prev_end
+                    || c.offset - prev_end > max_gap
+                    || end - chunks[start].offset > max_request
+            }
+        };
+        if close {
+            out.push(start..i);
+            start = i;
+        }
+    }
+    out.retain(|r| !r.is_empty());
+    out
+}
+
+/// The blob byte range a request for `chunks` (sorted, one blob) covers.
+pub fn byte_range(chunks: &[Chunk]) -> Range<u64> {
+    match (chunks.first(), chunks.last()) {
+        (Some(a), Some(b)) => a.offset..b.offset.saturating_add(b.compressed_len as u64),
+        _ => 0..0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn chunk(blob: u32, offset: u64, len: u32) -> Chunk {
+        Chunk { blob, offset, compressed_len: len, len, digest: Digest::of(&offset.to_le_bytes()) }
+    }
+
+    #[test]
+    fn neighbours_are_in_blob_order_inside_the_window_and_the_blob() {
+        let blobs = vec![BlobRef { digest: Digest::of(b"b"), size: 1000 }];
+        let cs = [chunk(0, 300, 100), chunk(0, 0, 100), chunk(0, 100, 100), chunk(0, 0, 100), chunk(0, 950, 100)];
+        let l = BlobLayout::new(blobs, cs);
+        let got: Vec<u64> = l.neighbours(&cs[2], 0, 10_000).map(|c| c.offset).collect();
+        assert_eq!(got, [0, 100, 300], "sorted, deduplicated, and the chunk past the blob's end dropped");
+        let got: Vec<u64> = l.neighbours(&cs[2], 100, 350).map(|c| c.offset).collect();
+        assert_eq!(got, [100], "a chunk crossing the window's end is left for the next span");
+    }
+
+    #[test]
+    fn readahead_grows_for_misses_in_one_region_and_starts_small_elsewhere() {
+        let mut ra = Readahead::new(1 << 20, 16 << 20);
+        let (f, t) = ra.window(0, 4 << 20);
+        assert_eq!(t - f, 1 << 20);
+        let mut w = 1 << 20;
+        let mut at = t;
+        for _ in 0..6 {
+            let (f, t) = ra.window(0, at);
+            w = (w * 2).min(16 << 20);
+            assert_eq!(t - f, w);
+            at = t;
+        }
+        assert_eq!(w, 16 << 20, "capped");
+        let (f, t) = ra.window(0, 900 << 20);
+        assert_eq!(t - f, 1 << 20, "a far miss is a new region");
+        let (f, t) = ra.window(1, at);
+        assert_eq!(t - f, 1 << 20, "another blob is another region");
+        assert_eq!(Readahead::new(1 << 20, 0).window(0, 5), (5, 5), "max 0 disables spans");
+    }
+
+    #[test]
+    fn split_bridges_small_gaps_caps_requests_and_never_overlaps() {
+        let cs = [chunk(0, 0, 100), chunk(0, 100, 100), chunk(0, 250, 100), chunk(0, 1000, 100), chunk(0, 1100, 500)];
+        assert_eq!(split(&cs, 64, 10_000), [0..3, 3..5], "gap 50 bridged, gap 650 not");
+        assert_eq!(split(&cs, 1000, 400), [0..3, 3..4, 4..5], "cap 400");
+        assert_eq!(split(&cs[4..], 0, 10), [0..1], "a chunk larger than the cap is its own request");
+        let overlapping = [chunk(0, 0, 100), chunk(0, 50, 100)];
+        assert_eq!(split(&overlapping, 1000, 1000), [0..1, 1..2]);
+        assert_eq!(byte_range(&cs[..3]), 0..350);
+        assert!(split(&[], 1, 1).is_empty());
+    }
+}

@@ -1,0 +1,703 @@
+//! Turns chunk reads into verified bytes. The contract between the filesystem and the network.
+//!
+//! [`ChunkSource`] is what [`crate::fs`] reads through. The real implementation,
+//! [`RegistryChunkSource`], checks memory and the node cache first. A miss fetches a *span*: the
+//! missing chunk plus its neighbours in blob order (sized by [`layout::Readahead`]), as a few
+//! parallel range requests, the one holding the missing chunk small and first. Every chunk is
+//! verified against its digest before it is served or cached. A chunk has at most one fetch in
+//! flight in this process, whoever started it (a read, a span, the prefetcher): everyone else who
+//! needs it waits for that fetch. Tests of the filesystem use an in-memory fake.
+//!
+//! Threads: FUSE request threads and the prefetcher call in (blocking). Range requests run as
+//! tasks on a tokio runtime reached through a [`Handle`]; decompression, hashing and cache writes
+//! run on the runtime's blocking pool, and callers wait for their own chunks only. Nothing here
+//! may block forever: every wait is bounded by the fetch deadline.
+
+mod flight;
+pub mod layout;
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use crate::cache::ChunkCache;
+use crate::digest::Digest;
+use crate::index::Chunk;
+use crate::registry::{Client, Reference, RegistryError};
+use crate::stats::Stats;
+
+use flight::{Claim, Failure, Flight, Pending};
+pub use layout::BlobLayout;
+use layout::{byte_range, split, Readahead};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{path}: chunk {chunk_no} ({chunk}): digest mismatch (want {chunk}, got {got})")]
+    DigestMismatch { path: String, chunk_no: usize, chunk: Digest, got: Digest },
+    #[error("{path}: chunk {chunk_no} ({chunk}): {reason}")]
+    Corrupt { path: String, chunk_no: usize, chunk: Digest, reason: String },
+    #[error("{path}: chunk {chunk_no} ({chunk}): registry unreachable until the deadline: {reason}")]
+    Unavailable { path: String, chunk_no: usize, chunk: Digest, reason: String },
+}
+
+/// Which chunk of which file a read is for: only used to make errors and logs name the file.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRef<'a> {
+    pub path: &'a str,
+    /// Position of the chunk in the file's chunk list.
+    pub chunk_no: usize,
+    pub chunk: &'a Chunk,
+}
+
+/// A source of verified, uncompressed chunk contents. Called from FUSE request threads (blocking).
+pub trait ChunkSource: Send + Sync {
+    /// Returns the contents of every requested chunk, in order. Blocks until every chunk is
+    /// available or failed.
+    fn read_chunks(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<Bytes, FetchError>>;
+
+    /// Brings chunks into the node cache without returning them (prefetch), roughly in the given
+    /// order, until done or `stop` is set. Must never hold up on-demand reads: implementations
+    /// bound how much prefetch runs at once, separately from reads. Returns the error that made
+    /// it give up (the registry keeps failing), if any.
+    fn prefetch(&self, chunks: &[ChunkRef<'_>], stop: &AtomicBool) -> Result<(), FetchError> {
+        let mut failed = 0;
+        for batch in chunks.chunks(8) {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            match self.read_chunks(batch).into_iter().find_map(Result::err) {
+                None => failed = 0,
+                Some(e) if failed + 1 >= PREFETCH_MAX_FAILURES => return Err(e),
+                Some(e) => {
+                    failed += 1;
+                    log::warn!("prefetch: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive failed prefetch requests after which prefetch gives up (the registry is likely
+/// unreachable; reads still fetch on demand with their own deadline).
+pub const PREFETCH_MAX_FAILURES: u32 = 3;
+
+impl<T: ChunkSource + ?Sized> ChunkSource for Arc<T> {
+    fn read_chunks(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<Bytes, FetchError>> {
+        (**self).read_chunks(chunks)
+    }
+    fn prefetch(&self, chunks: &[ChunkRef<'_>], stop: &AtomicBool) -> Result<(), FetchError> {
+        (**self).prefetch(chunks, stop)
+    }
+}
+
+/// Reads byte ranges of data blobs by digest. [`RegistryBlobs`] is the real one; tests use fakes.
+pub trait BlobReader: Send + Sync {
+    /// Reads `range` of `blob`, retrying transient failures for at most `deadline`.
+    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>, deadline: Duration) -> BoxFuture<'a, Result<Bytes, RegistryError>>;
+}
+
+/// Range reads from one registry repository.
+pub struct RegistryBlobs {
+    pub client: Client,
+    pub repository: Reference,
+}
+
+impl BlobReader for RegistryBlobs {
+    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>, deadline: Duration) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
+        Box::pin(self.client.get_blob_range_within(&self.repository, blob, range, deadline))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Longest a read waits for the network before failing with [`FetchError::Unavailable`]. Keep
+    /// it at least the registry client's own deadline, or retries are cut short.
+    pub deadline: Duration,
+    /// Compressed bytes a miss fetches around the missing chunk when nothing near it was fetched
+    /// before. Misses that keep landing in one region double it, up to `readahead_max`.
+    pub readahead_min: u64,
+    /// Largest span one miss fetches. 0: fetch only the chunks a read asks for.
+    pub readahead_max: u64,
+    /// Largest single range request: a larger span becomes several parallel requests.
+    pub max_request: u64,
+    /// Bytes between two wanted chunks that one request fetches and drops rather than split.
+    pub max_gap: u64,
+    /// Range requests on-demand reads may have in flight at once (and, separately, as many for
+    /// the spans around them).
+    pub concurrency: usize,
+    /// Range requests the prefetcher may have in flight at once, beside reads.
+    pub prefetch_concurrency: usize,
+    /// Bytes of recently read chunks kept in memory. The kernel reads a file in pieces (128 KiB by
+    /// default) and each piece asks for its whole chunk: without this, a sequential read of a 1 MiB
+    /// chunk re-reads the cache file 8 times (or, with no node cache, fetches it 8 times). 0 disables.
+    pub memory_bytes: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            deadline: Duration::from_secs(30),
+            readahead_min: 1 << 20,
+            readahead_max: 16 << 20,
+            max_request: 4 << 20,
+            max_gap: 256 << 10,
+            concurrency: 8,
+            prefetch_concurrency: 8,
+            memory_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Largest request holding a chunk a reader waits for: it goes first and small, so the reader is
+/// not held up by the rest of its span.
+const FIRST_REQUEST: u64 = 256 << 10;
+
+/// Compressed bytes of a prefetch list planned at once: within it, chunks are requested in blob
+/// order (few, large requests); windows go in list order, so what a start reads first comes first.
+const PREFETCH_WINDOW: u64 = 64 << 20;
+
+/// Retry budget of a fetch while the registry is known to be down.
+const OUTAGE_PROBE: Duration = Duration::from_secs(1);
+
+/// Which budget a range request draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Holds a chunk a reader is waiting for.
+    Demand,
+    /// Neighbours of a miss nobody asked for yet.
+    Readahead,
+    Prefetch,
+}
+
+/// The registry-backed chunk source of one mounted image.
+pub struct RegistryChunkSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layout: BlobLayout,
+    reader: Arc<dyn BlobReader>,
+    cache: Option<Arc<ChunkCache>>,
+    stats: Arc<Stats>,
+    handle: Handle,
+    opts: FetchOptions,
+    inflight: Mutex<HashMap<Digest, Arc<Flight>>>,
+    demand: Semaphore,
+    readahead_permits: Semaphore,
+    prefetch_permits: Semaphore,
+    readahead: Mutex<Readahead>,
+    /// Chunks whose digest mismatch was already logged at error level (once per chunk, not per read).
+    logged_bad: Mutex<HashSet<Digest>>,
+    recent: Mutex<Recent>,
+    /// When a fetch last failed because the registry was unreachable; cleared by the next success.
+    /// While set (and recent), fetches only probe for [`OUTAGE_PROBE`] instead of waiting the whole
+    /// deadline: the kernel retries a failed read page by page, and each retry must not cost another
+    /// full deadline.
+    outage_since: Mutex<Option<Instant>>,
+}
+
+/// Verified chunks recently served, first in first out, bounded in bytes.
+#[derive(Default)]
+struct Recent {
+    map: HashMap<Digest, Bytes>,
+    order: std::collections::VecDeque<Digest>,
+    bytes: u64,
+}
+
+impl Recent {
+    fn get(&self, d: &Digest) -> Option<Bytes> {
+        self.map.get(d).cloned()
+    }
+
+    fn insert(&mut self, d: Digest, data: Bytes, cap: u64) {
+        if data.len() as u64 > cap / 2 || self.map.contains_key(&d) {
+            return;
+        }
+        self.bytes += data.len() as u64;
+        self.map.insert(d, data);
+        self.order.push_back(d);
+        while self.bytes > cap {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(b) = self.map.remove(&old) {
+                self.bytes -= b.len() as u64;
+            }
+        }
+    }
+}
+
+impl RegistryChunkSource {
+    /// `layout` is where the index's chunks sit ([`BlobLayout::of`]); `repository` is where the
+    /// blobs live (the index's `source`, or an override such as a mirror). `cache` may be `None`
+    /// (no node cache: then a miss fetches only what was asked for).
+    ///
+    /// `handle` must belong to a MULTI-THREAD runtime: fetches run as tasks on it while the
+    /// calling thread blocks.
+    pub fn new(
+        layout: BlobLayout,
+        repository: Reference,
+        client: Client,
+        cache: Option<Arc<ChunkCache>>,
+        stats: Arc<Stats>,
+        handle: Handle,
+        opts: FetchOptions,
+    ) -> Self {
+        let reader = Arc::new(RegistryBlobs { client, repository: repository.repository_only() });
+        Self::with_reader(layout, reader, cache, stats, handle, opts)
+    }
+
+    /// Same, over any blob reader (tests, alternative transports).
+    pub fn with_reader(
+        layout: BlobLayout,
+        reader: Arc<dyn BlobReader>,
+        cache: Option<Arc<ChunkCache>>,
+        stats: Arc<Stats>,
+        handle: Handle,
+        opts: FetchOptions,
+    ) -> Self {
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            log::warn!("lazy chunk source on a current-thread tokio runtime: reads may stall; use a multi-thread runtime");
+        }
+        let readahead = if cache.is_some() { opts.readahead_max } else { 0 };
+        RegistryChunkSource {
+            inner: Arc::new(Inner {
+                layout,
+                reader,
+                cache,
+                stats,
+                handle,
+                demand: Semaphore::new(opts.concurrency.max(1)),
+                readahead_permits: Semaphore::new(opts.concurrency.max(1)),
+                prefetch_permits: Semaphore::new(opts.prefetch_concurrency.max(1)),
+                readahead: Mutex::new(Readahead::new(opts.readahead_min, readahead)),
+                opts,
+                inflight: Mutex::new(HashMap::new()),
+                logged_bad: Mutex::new(HashSet::new()),
+                recent: Mutex::new(Recent::default()),
+                outage_since: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
+    }
+
+    /// Range requests a registry client under this source should allow at once.
+    pub fn max_requests(opts: &FetchOptions) -> usize {
+        2 * opts.concurrency.max(1) + opts.prefetch_concurrency.max(1)
+    }
+}
+
+impl Inner {
+    /// A chunk from memory or the node cache.
+    fn cached(&self, c: &Chunk) -> Option<Bytes> {
+        if let Some(b) = self.recent.lock().get(&c.digest) {
+            return Some(b);
+        }
+        let b = self.cache.as_ref()?.get_sized(&c.digest, c.len as u64)?;
+        self.remember(&c.digest, &b);
+        Some(b)
+    }
+
+    /// Whether a chunk is on the node (not read: whoever reads it later verifies it).
+    fn on_node(&self, c: &Chunk) -> bool {
+        self.recent.lock().map.contains_key(&c.digest) || self.cache.as_ref().is_some_and(|cache| cache.contains(&c.digest))
+    }
+
+    fn remember(&self, d: &Digest, data: &Bytes) {
+        if self.opts.memory_bytes > 0 {
+            self.recent.lock().insert(*d, data.clone(), self.opts.memory_bytes);
+        }
+    }
+
+    /// Claims the fetch of `chunk` unless one is in flight already (then returns `None`).
+    fn claim(&self, inflight: &mut HashMap<Digest, Arc<Flight>>, chunk: Chunk, label: Option<(String, usize)>) -> Option<Claim> {
+        if inflight.contains_key(&chunk.digest) {
+            return None;
+        }
+        let flight = Arc::new(Flight::default());
+        inflight.insert(chunk.digest, flight.clone());
+        Some(Claim { chunk, flight, label })
+    }
+
+    fn complete(&self, claim: &Claim, result: Result<Bytes, Failure>) {
+        // Out of the map first: a waiter that wakes up and reads again must start a new fetch,
+        // not join this finished one (and get its failure again).
+        {
+            let mut inflight = self.inflight.lock();
+            if inflight.get(&claim.chunk.digest).is_some_and(|f| Arc::ptr_eq(f, &claim.flight)) {
+                inflight.remove(&claim.chunk.digest);
+            }
+        }
+        claim.flight.complete(result);
+    }
+
+    fn read(self: &Arc<Self>, chunks: &[ChunkRef<'_>]) -> Vec<Result<Bytes, FetchError>> {
+        let mut out: Vec<Option<Result<Bytes, FetchError>>> = (0..chunks.len()).map(|_| None).collect();
+        let missing: Vec<usize> = (0..chunks.len())
+            .filter(|&i| match self.cached(chunks[i].chunk) {
+                Some(b) => {
+                    Stats::add(&self.stats.cache_hits, 1);
+                    out[i] = Some(Ok(b));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        if !missing.is_empty() {
+            let waits = self.fetch_missing(chunks, &missing);
+            let wait = || {
+                for (i, flight, own) in waits {
+                    let r = flight.wait(self.opts.deadline + Duration::from_secs(5));
+                    if r.is_ok() && !own {
+                        Stats::add(&self.stats.cache_hits, 1);
+                    }
+                    out[i] = Some(r.map_err(|f| f.for_chunk(&chunks[i])));
+                }
+            };
+            if Handle::try_current().is_ok() {
+                // Called from inside a runtime (tests, async callers): only legal on a multi-thread runtime.
+                tokio::task::block_in_place(wait)
+            } else {
+                wait()
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(unreachable_result)).collect()
+    }
+
+    /// Starts the fetches for `missing` chunks (and the spans around them) and returns what to wait
+    /// for: (position in `chunks`, flight, whether this call started it).
+    fn fetch_missing(self: &Arc<Self>, chunks: &[ChunkRef<'_>], missing: &[usize]) -> Vec<(usize, Arc<Flight>, bool)> {
+        let mut waits = Vec::new();
+        let mut own: Vec<Claim> = Vec::new();
+        {
+            let mut inflight = self.inflight.lock();
+            for &i in missing {
+                let c = &chunks[i];
+                if let Some(f) = inflight.get(&c.chunk.digest) {
+                    log::trace!("{}: chunk {}: joining the fetch in flight", c.path, c.chunk_no);
+                    waits.push((i, f.clone(), false));
+                    continue;
+                }
+                let claim = self.claim(&mut inflight, *c.chunk, Some((c.path.to_string(), c.chunk_no)));
+                if let Some(claim) = claim {
+                    waits.push((i, claim.flight.clone(), true));
+                    own.push(claim);
+                }
+            }
+        }
+        // A fetch that finished between the cache check and the claim left the chunk on the node.
+        own.retain(|claim| match self.cached(&claim.chunk) {
+            Some(b) => {
+                self.complete(claim, Ok(b));
+                false
+            }
+            None => true,
+        });
+        if own.is_empty() {
+            return waits;
+        }
+        Stats::add(&self.stats.cache_misses, own.len() as u64);
+        let mut all = self.with_neighbours(own);
+        all.sort_by_key(|c| (c.chunk.blob, c.chunk.offset));
+        for request in self.requests(all) {
+            let inner = self.clone();
+            self.handle.spawn(async move { inner.run(request).await });
+        }
+        waits
+    }
+
+    /// Adds to the claimed misses the not-yet-fetched chunks around them (one span per miss, per
+    /// [`Readahead`]) and claims those too.
+    fn with_neighbours(&self, mut claims: Vec<Claim>) -> Vec<Claim> {
+        let mut windows: Vec<(Chunk, u64, u64)> = Vec::new();
+        {
+            let mut ra = self.readahead.lock();
+            for c in &claims {
+                let covered = windows.iter().any(|(w, from, to)| w.blob == c.chunk.blob && (*from..*to).contains(&c.chunk.offset));
+                if !covered {
+                    let (from, to) = ra.window(c.chunk.blob, c.chunk.offset);
+                    if to > from {
+                        windows.push((c.chunk, from, to));
+                    }
+                }
+            }
+        }
+        let mut wanted: HashSet<Digest> = claims.iter().map(|c| c.chunk.digest).collect();
+        for (anchor, from, to) in windows {
+            // Checking the node costs a stat per chunk: done outside the in-flight lock.
+            let candidates: Vec<Chunk> = self
+                .layout
+                .neighbours(&anchor, from, to)
+                .filter(|n| !wanted.contains(&n.digest) && !self.on_node(n))
+                .copied()
+                .collect();
+            let mut inflight = self.inflight.lock();
+            for n in candidates {
+                if wanted.insert(n.digest) {
+                    claims.extend(self.claim(&mut inflight, n, None));
+                }
+            }
+        }
+        claims
+    }
+
+    /// Groups claims (sorted by blob and offset) into range requests. Requests holding a chunk a
+    /// reader waits for are cut small ([`FIRST_REQUEST`]) and come first.
+    fn requests(&self, claims: Vec<Claim>) -> Vec<(Class, Vec<Claim>)> {
+        let chunks: Vec<Chunk> = claims.iter().map(|c| c.chunk).collect();
+        let read: Vec<bool> = claims.iter().map(|c| c.label.is_some()).collect();
+        let demanded = |r: &Range<usize>| read[r.clone()].contains(&true);
+        let mut slots: Vec<Option<Claim>> = claims.into_iter().map(Some).collect();
+        let mut take = |r: Range<usize>| -> Vec<Claim> { r.filter_map(|i| slots[i].take()).collect() };
+        let (mut first, mut rest) = (Vec::new(), Vec::new());
+        for group in split(&chunks, self.opts.max_gap, self.opts.max_request) {
+            if !demanded(&group) {
+                rest.push((Class::Readahead, take(group)));
+                continue;
+            }
+            for sub in split(&chunks[group.clone()], self.opts.max_gap, FIRST_REQUEST) {
+                let sub = group.start + sub.start..group.start + sub.end;
+                let class = if demanded(&sub) { Class::Demand } else { Class::Readahead };
+                let claims = take(sub);
+                if class == Class::Demand { first.push((class, claims)) } else { rest.push((class, claims)) }
+            }
+        }
+        first.extend(rest);
+        first
+    }
+
+    /// Fetches one range request's chunks and completes their flights (also when dropped).
+    async fn run(self: Arc<Self>, (class, claims): (Class, Vec<Claim>)) {
+        let pending = Pending::new(self.clone(), claims);
+        let chunks: Vec<Chunk> = pending.claims().iter().map(|c| c.chunk).collect();
+        match self.fetch_range(chunks[0].blob, byte_range(&chunks), class).await {
+            Err(f) => pending.fail(f),
+            Ok((start, bytes)) => {
+                let inner = self.clone();
+                // If decoding panics, dropping `pending` fails its flights: no waiter hangs.
+                let _ = tokio::task::spawn_blocking(move || inner.decode_all(pending, class, start, &bytes)).await;
+            }
+        }
+    }
+
+    fn decode_all(&self, pending: Pending, class: Class, start: u64, span: &Bytes) {
+        for claim in pending.claims() {
+            let result = self.decode(claim, start, span);
+            if result.is_ok() {
+                match class {
+                    Class::Prefetch => Stats::add(&self.stats.prefetched_chunks, 1),
+                    _ if claim.label.is_none() => Stats::add(&self.stats.readahead_chunks, 1),
+                    _ => {}
+                }
+            }
+            self.complete(claim, result);
+        }
+    }
+
+    async fn fetch_range(&self, blob: u32, range: Range<u64>, class: Class) -> Result<(u64, Bytes), Failure> {
+        let Some(b) = self.layout.blob(blob) else {
+            return Err(Failure::Corrupt(format!("index names data blob #{blob}, but has only {} blobs", self.layout.blobs().len())));
+        };
+        if range.end > b.size || range.start > range.end {
+            return Err(Failure::Corrupt(format!(
+                "index places the chunk at bytes {}..{} of blob {}, which is only {} bytes",
+                range.start, range.end, b.digest, b.size
+            )));
+        }
+        let outage = self.outage_since.lock().is_some_and(|t| t.elapsed() < self.opts.deadline);
+        let deadline = if outage { self.opts.deadline.min(OUTAGE_PROBE) } else { self.opts.deadline };
+        let sem = match class {
+            Class::Demand => Some(&self.demand),
+            Class::Readahead => Some(&self.readahead_permits),
+            // The prefetcher holds its permit from before it claims its chunks (prefetch_request).
+            Class::Prefetch => None,
+        };
+        let work = async {
+            let _permit = match sem {
+                Some(sem) => Some(sem.acquire().await.map_err(|_| Failure::Unavailable("chunk source shut down".into()))?),
+                None => None,
+            };
+            Stats::add(&self.stats.requests, 1);
+            let bytes = match self.reader.read_range(&b.digest, range.clone(), deadline).await {
+                Ok(b) => {
+                    *self.outage_since.lock() = None;
+                    b
+                }
+                Err(e) if e.is_unavailable() => {
+                    *self.outage_since.lock() = Some(Instant::now());
+                    let note = if outage { " (registry known to be down: probed briefly)" } else { "" };
+                    return Err(Failure::Unavailable(format!("{e}{note}")));
+                }
+                Err(e) => return Err(Failure::Corrupt(e.to_string())),
+            };
+            Stats::add(&self.stats.bytes_fetched, bytes.len() as u64);
+            if bytes.len() as u64 != range.end - range.start {
+                return Err(Failure::Corrupt(format!(
+                    "blob {} bytes {}..{}: got {} bytes",
+                    b.digest,
+                    range.start,
+                    range.end,
+                    bytes.len()
+                )));
+            }
+            Ok((range.start, bytes))
+        };
+        // The reader bounds its retries by `deadline`; this bounds everything else (permits, a
+        // reader that ignores its deadline) with some slack.
+        match tokio::time::timeout(deadline + Duration::from_millis(500), work).await {
+            Ok(r) => r,
+            Err(_) => {
+                *self.outage_since.lock() = Some(Instant::now());
+                Err(Failure::Unavailable(format!("blob {}: no answer within the {deadline:?} fetch deadline", b.digest)))
+            }
+        }
+    }
+
+    /// Decompresses one chunk out of a fetched span (bounded by its length: the input is
+    /// untrusted), verifies it and caches it.
+    fn decode(&self, claim: &Claim, start: u64, span: &Bytes) -> Result<Bytes, Failure> {
+        let chunk = &claim.chunk;
+        let from = (chunk.offset - start) as usize;
+        let compressed = &span[from..from + chunk.compressed_len as usize];
+        let data = zstd::bulk::decompress(compressed, chunk.len as usize)
+            .map_err(|e| Failure::Corrupt(format!("zstd data does not decompress to at most {} bytes: {e}", chunk.len)))?;
+        if data.len() != chunk.len as usize {
+            return Err(Failure::Corrupt(format!("decompressed to {} bytes, index says {}", data.len(), chunk.len)));
+        }
+        let got = Digest::of(&data);
+        if got != chunk.digest {
+            Stats::add(&self.stats.verify_failures, 1);
+            let what = match &claim.label {
+                Some((path, no)) => format!("{path}: chunk {no}"),
+                None => format!("chunk {} at byte {} of blob #{}", chunk.digest, chunk.offset, chunk.blob),
+            };
+            if self.logged_bad.lock().insert(chunk.digest) {
+                log::error!(
+                    "{what}: digest mismatch (want {}, got {got}); reads of it fail with EIO and it is not cached",
+                    chunk.digest
+                );
+            } else {
+                log::debug!("{what}: digest mismatch again");
+            }
+            return Err(Failure::Mismatch(got));
+        }
+        if let Some(cache) = &self.cache {
+            if let Err(e) = cache.put(&chunk.digest, &data) {
+                log::warn!("{e}");
+            }
+        }
+        let data = Bytes::from(data);
+        if claim.label.is_some() {
+            self.remember(&chunk.digest, &data);
+        }
+        Ok(data)
+    }
+
+    /// Prefetch: the chunks, deduplicated, in windows of [`PREFETCH_WINDOW`] in list order, each
+    /// window as blob-ordered range requests, `prefetch_concurrency` at a time. A request claims its
+    /// chunks only when it starts, so a read never waits behind queued prefetch.
+    fn prefetch(self: &Arc<Self>, chunks: &[ChunkRef<'_>], stop: &AtomicBool) -> Result<(), FetchError> {
+        let mut seen = HashSet::new();
+        let mut requests: Vec<Vec<(Chunk, usize)>> = Vec::new();
+        let mut window: Vec<(Chunk, usize)> = Vec::new();
+        let mut window_bytes = 0u64;
+        let flush = |window: &mut Vec<(Chunk, usize)>, requests: &mut Vec<Vec<(Chunk, usize)>>| {
+            window.sort_by_key(|(c, _)| (c.blob, c.offset));
+            let plain: Vec<Chunk> = window.iter().map(|(c, _)| *c).collect();
+            for r in split(&plain, self.opts.max_gap, self.opts.max_request) {
+                requests.push(window[r].to_vec());
+            }
+            window.clear();
+        };
+        for (i, c) in chunks.iter().enumerate() {
+            if !seen.insert(c.chunk.digest) {
+                continue;
+            }
+            window.push((*c.chunk, i));
+            window_bytes += c.chunk.compressed_len as u64;
+            if window_bytes >= PREFETCH_WINDOW {
+                flush(&mut window, &mut requests);
+                window_bytes = 0;
+            }
+        }
+        flush(&mut window, &mut requests);
+
+        let failures = std::sync::atomic::AtomicU32::new(0);
+        let gave_up: Mutex<Option<FetchError>> = Mutex::new(None);
+        let all = futures::stream::iter(requests)
+            .take_while(|_| std::future::ready(!stop.load(Ordering::Relaxed) && gave_up.lock().is_none()))
+            .map(|request| async {
+                let first = chunks[request[0].1];
+                match self.clone().prefetch_request(request).await {
+                    Ok(()) => failures.store(0, Ordering::Relaxed),
+                    Err(f) => {
+                        let err = f.for_chunk(&first);
+                        if failures.fetch_add(1, Ordering::Relaxed) + 1 >= PREFETCH_MAX_FAILURES {
+                            gave_up.lock().get_or_insert(err);
+                        } else {
+                            log::warn!("prefetch: {err}");
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(self.opts.prefetch_concurrency.max(1))
+            .collect::<Vec<()>>();
+        if Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.handle.block_on(all));
+        } else {
+            self.handle.block_on(all);
+        }
+        gave_up.into_inner().map_or(Ok(()), Err)
+    }
+
+    async fn prefetch_request(self: Arc<Self>, request: Vec<(Chunk, usize)>) -> Result<(), Failure> {
+        let permit = self.prefetch_permits.acquire().await.map_err(|_| Failure::Unavailable("chunk source shut down".into()))?;
+        let candidates: Vec<Chunk> = request.iter().map(|(c, _)| *c).filter(|c| !self.on_node(c)).collect();
+        let claims: Vec<Claim> = {
+            let mut inflight = self.inflight.lock();
+            candidates.into_iter().filter_map(|c| self.claim(&mut inflight, c, None)).collect()
+        };
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let flights: Vec<Arc<Flight>> = claims.iter().map(|c| c.flight.clone()).collect();
+        self.clone().run((Class::Prefetch, claims)).await;
+        drop(permit);
+        // Only the first failure matters for giving up; a digest mismatch is logged by decode.
+        for f in flights {
+            if let Some(Err(failure)) = f.peek() {
+                return Err(failure);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unreachable_result() -> Result<Bytes, FetchError> {
+    // Every slot is filled above; this keeps a logic error from becoming a panic in a FUSE thread.
+    Err(FetchError::Corrupt { path: String::new(), chunk_no: 0, chunk: Digest([0; 32]), reason: "internal error: chunk not resolved".into() })
+}
+
+impl ChunkSource for RegistryChunkSource {
+    fn read_chunks(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<Bytes, FetchError>> {
+        self.inner.read(chunks)
+    }
+
+    fn prefetch(&self, chunks: &[ChunkRef<'_>], stop: &AtomicBool) -> Result<(), FetchError> {
+        self.inner.prefetch(chunks, stop)
+    }
+}
+
+#[cfg(test)]
+mod tests;
