@@ -97,7 +97,13 @@ fn eight_cold_readers_fetch_each_chunk_once() {
         assert_eq!(got, &expected, "reader {i} got wrong bytes (sha256 per file, in file order)");
     }
     assert_eq!(many.bytes_fetched, one.bytes_fetched, "8 readers must fetch exactly what 1 reader fetches");
-    assert_eq!(many.cache_misses, one.cache_misses, "8 readers must miss the same chunks as 1 reader");
+    // Which chunks a reader misses and which arrive in the span around another miss depends on
+    // timing; that each chunk is fetched exactly once does not.
+    assert_eq!(
+        many.cache_misses + many.readahead_chunks,
+        one.cache_misses + one.readahead_chunks,
+        "8 readers must fetch the same chunks as 1 reader"
+    );
     assert!(many.bytes_fetched <= data_blob_bytes, "fetched more than all data blobs: some chunk twice");
     assert!(
         many.requests <= one.requests.max(1) * 2,
