@@ -8,6 +8,13 @@
 //! [`VmError::Infrastructure`], never mistaken for a pass. The initramfs (and the extracted ELF kernel,
 //! which boots ~6 s faster than the bzImage) are cached under `target/vm/` keyed by the kernel version
 //! (and, for the initramfs, a hash of the init script and module list).
+//!
+//! The guest mounts its own tmpfs over /tmp, /run and /var/tmp. Host paths the command names below them
+//! (a checkout or `CARGO_TARGET_DIR` under /tmp) are exposed read-only at the same path ([`guest_paths`]);
+//! a host path the guest cannot be given fails on the host, before boot, as [`VmError::Unreachable`]
+//! naming it, never as an exit 127 inside the guest.
+
+pub mod guest_paths;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -32,7 +39,8 @@ const MODULES: &[&str] = &[
     "virtio_blk",
 ];
 
-/// Where the writable work share is mounted in the guest (on the guest's /tmp tmpfs).
+/// Where the writable work share is mounted in the guest (on the guest's /tmp tmpfs). `INIT` reads the
+/// list of host paths to expose from `expose` in it.
 pub const GUEST_WORK: &str = "/tmp/vmwork";
 
 /// How to run the VM.
@@ -46,6 +54,10 @@ pub struct VmConfig {
     pub env: Vec<(String, String)>,
     /// Attach a zeroed scratch disk of this size as /dev/vda (virtio-blk), e.g. for io.max checks.
     pub disk_mb: Option<u32>,
+    /// Host files and directories the command reads that `argv` and `env` do not name (each must
+    /// exist). Like the absolute paths in `argv` and `env`, they are made reachable in the guest at the
+    /// same path, read-only, wherever they are on the host.
+    pub share: Vec<PathBuf>,
 }
 
 impl Default for VmConfig {
@@ -56,6 +68,7 @@ impl Default for VmConfig {
             timeout: Duration::from_secs(300),
             env: vec![],
             disk_mb: None,
+            share: vec![],
         }
     }
 }
@@ -80,6 +93,9 @@ pub struct VmRun {
 pub enum VmError {
     /// Both attempts ended without a VM-EXIT-CODE line; carries the last console output.
     Infrastructure { attempts: u32, reason: String, console_tail: String },
+    /// A host path the command names cannot be given to the guest. Found on the host before boot, or
+    /// (should exposing it fail in the guest) by the guest's check before the command runs.
+    Unreachable(guest_paths::Unreachable),
     /// Setting up (kernel, initramfs, qemu spawn) failed.
     Setup(anyhow::Error),
 }
@@ -92,6 +108,7 @@ impl std::fmt::Display for VmError {
                 "VM INFRASTRUCTURE FAILURE (not a test result) after {attempts} attempts: {reason}\n\
                  --- last serial console lines ---\n{console_tail}"
             ),
+            VmError::Unreachable(u) => write!(f, "VM setup failed: {u}"),
             VmError::Setup(e) => write!(f, "VM setup failed: {e:#}"),
         }
     }
@@ -175,11 +192,22 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do insmod /lib/vm-modules/$m.ko || echo "VM-INIT: insmod $m failed"; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /newroot || { echo "VM-INIT: cannot mount host root"; echo o > /proc/sysrq-trigger; }
+for d in tmp run var/tmp; do mkdir -p /hostview/$d; mount --bind /newroot/$d /hostview/$d; done
 mount -t tmpfs tmpfs /newroot/tmp
 mount -t tmpfs tmpfs /newroot/run
 mount -t tmpfs tmpfs /newroot/var/tmp
 mkdir -p /newroot/tmp/vmwork
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 work /newroot/tmp/vmwork || { echo "VM-INIT: cannot mount work share"; echo o > /proc/sysrq-trigger; }
+# Host entries the command needs below the tmpfs dirs, at the same path, read-only (tests/src/vm/guest_paths.rs).
+TAB=$(printf '\t')
+while IFS=$TAB read -r kind path target; do
+  case $kind in
+    d) mkdir "/newroot$path" && mount --bind "/hostview$path" "/newroot$path" ;;
+    f) touch "/newroot$path" && mount --bind "/hostview$path" "/newroot$path" ;;
+    l) ln -s "$target" "/newroot$path" ;;
+  esac || echo "VM-INIT: cannot expose host path $path"
+done < /newroot/tmp/vmwork/expose
+for d in tmp run var/tmp; do umount /hostview/$d; done
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
 mount --move /dev /newroot/dev
@@ -275,6 +303,11 @@ pub fn ensure_vmlinux(kver: &str) -> Option<PathBuf> {
     }
 }
 
+/// A host path as the value of a qemu `key=value,...` option: a literal comma is written twice.
+fn qemu_opt_value(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -291,6 +324,8 @@ impl Drop for QemuGuard {
 
 enum Attempt {
     Done(VmRun),
+    /// The guest's check found a host path missing (path, console).
+    Unreachable(PathBuf, String),
     Infra(String, String),
 }
 
@@ -310,13 +345,13 @@ fn boot_once(kernel: &Path, initrd: &Path, work: &Path, cfg: &VmConfig, accel: &
         .args(["-fsdev", "local,id=r,path=/,security_model=none,readonly=on,multidevs=remap"])
         .args(["-device", "virtio-9p-pci,fsdev=r,mount_tag=hostroot"])
         .arg("-fsdev")
-        .arg(format!("local,id=w,path={},security_model=none,multidevs=remap", work.display()))
+        .arg(format!("local,id=w,path={},security_model=none,multidevs=remap", qemu_opt_value(work)))
         .args(["-device", "virtio-9p-pci,fsdev=w,mount_tag=work"]);
     if let Some(mb) = cfg.disk_mb {
         let disk = work.join("disk.img");
         std::fs::File::create(&disk)?.set_len(u64::from(mb) << 20)?;
         cmd.arg("-drive")
-            .arg(format!("file={},if=none,id=d0,format=raw,cache=unsafe", disk.display()))
+            .arg(format!("file={},if=none,id=d0,format=raw,cache=unsafe", qemu_opt_value(&disk)))
             .args(["-device", "virtio-blk-pci,drive=d0"]);
     }
     cmd
@@ -349,6 +384,10 @@ fn boot_once(kernel: &Path, initrd: &Path, work: &Path, cfg: &VmConfig, accel: &
         .filter_map(|l| l.rsplit_once("VM-EXIT-CODE=").map(|(_, c)| c))
         .next_back()
         .and_then(|c| c.trim().parse::<i32>().ok());
+    let unreachable = console.lines().find_map(|l| l.split_once("VM-UNREACHABLE=").map(|(_, p)| PathBuf::from(p.trim_end())));
+    if let Some(path) = unreachable {
+        return Ok(Attempt::Unreachable(path, console));
+    }
     match (code, status) {
         (Some(exit_code), _) => {
             let output = String::from_utf8_lossy(&std::fs::read(work.join("output")).unwrap_or_default()).into_owned();
@@ -369,8 +408,12 @@ fn boot_once(kernel: &Path, initrd: &Path, work: &Path, cfg: &VmConfig, accel: &
 }
 
 /// Boots the VM and runs `argv` (absolute host paths; the host root is the guest root, read-only) with the
-/// work share at [`GUEST_WORK`] as its cwd. Retries once on an infrastructure failure.
+/// work share at [`GUEST_WORK`] as its cwd. Host paths in `argv`, `cfg.env` and `cfg.share` are checked
+/// and made reachable first ([`guest_paths`]); one that cannot be is [`VmError::Unreachable`], before
+/// boot. Retries once on an infrastructure failure.
 pub fn run(argv: &[&str], cfg: &VmConfig) -> std::result::Result<VmRun, VmError> {
+    let plan = guest_paths::Plan::for_command(argv, &cfg.env, &cfg.share, Path::new(GUEST_WORK))
+        .map_err(VmError::Unreachable)?;
     let setup = || -> Result<(PathBuf, PathBuf, tempfile::TempDir)> {
         let kver = kernel_version()?;
         let initrd = ensure_initramfs(&kver)?;
@@ -382,10 +425,18 @@ pub fn run(argv: &[&str], cfg: &VmConfig) -> std::result::Result<VmRun, VmError>
             script.push_str(&format!("export {k}={}\n", shell_quote(v)));
         }
         script.push_str(&format!("cd {GUEST_WORK}\n"));
+        // A host path that exists but is missing here (its exposure failed: see VM-INIT on the console)
+        // is reported naming it, not as the command's own failure.
+        script.push_str("unreachable() { sync; printf '\\nVM-UNREACHABLE=%s\\n' \"$1\" > /dev/console; echo o > /proc/sysrq-trigger; sleep 30; }\n");
+        for path in &plan.checked {
+            let p = shell_quote(&path.display().to_string());
+            script.push_str(&format!("[ -e {p} ] || [ -L {p} ] || unreachable {p}\n"));
+        }
         let cmd: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
         script.push_str(&format!("{} > {GUEST_WORK}/output 2>&1 < /dev/null\n", cmd.join(" ")));
         script.push_str("rc=$?\nsync\nprintf '\\nVM-EXIT-CODE=%s\\n' \"$rc\" > /dev/console\necho o > /proc/sysrq-trigger\nsleep 30\n");
         std::fs::write(work.path().join("run.sh"), script)?;
+        std::fs::write(work.path().join("expose"), plan.expose_list())?;
         Ok((kernel, initrd, work))
     };
     let (kernel, initrd, work) = setup().map_err(VmError::Setup)?;
@@ -394,6 +445,16 @@ pub fn run(argv: &[&str], cfg: &VmConfig) -> std::result::Result<VmRun, VmError>
     for attempt in 1..=2u32 {
         match boot_once(&kernel, &initrd, work.path(), cfg, accel).map_err(VmError::Setup)? {
             Attempt::Done(run) => return Ok(run),
+            Attempt::Unreachable(path, console) => {
+                let init: Vec<&str> = console.lines().filter(|l| l.contains("VM-INIT")).collect();
+                return Err(VmError::Unreachable(guest_paths::Unreachable {
+                    path,
+                    reason: format!(
+                        "it exists on the host but not in the guest, where exposing it failed; guest init said:\n{}",
+                        init.join("\n")
+                    ),
+                }));
+            }
             Attempt::Infra(reason, console) => {
                 let tail: Vec<&str> = console.lines().rev().take(15).collect();
                 let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
@@ -417,5 +478,10 @@ mod tests {
     #[test]
     fn quoting_survives_single_quotes() {
         assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+    }
+
+    #[test]
+    fn qemu_option_values_escape_commas() {
+        assert_eq!(qemu_opt_value(Path::new("/tmp/a,b/work")), "/tmp/a,,b/work");
     }
 }

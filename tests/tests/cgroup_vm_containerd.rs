@@ -1,8 +1,9 @@
 //! Issue 4 acceptance, end to end: "memory.max 32M OOM-kills a process allocating 100 MB and a TaskOOM
 //! event is observed", through containerd 1.6 + our shim inside the pure cgroup v2 VM (tests/src/vm.rs).
 //!
-//! The host builds a busybox OCI archive under target/tmp (the guest sees the host root read-only over
-//! 9p, but mounts its own tmpfs on /tmp), then boots ONE VM running [`GUEST_SCRIPT`]: a private containerd
+//! The host builds a busybox OCI archive under the target dir (the guest sees the host root read-only over
+//! 9p; the harness exposes the paths the command names even where the guest mounts its own tmpfs, as
+//! over /tmp), then boots ONE VM running [`GUEST_SCRIPT`]: a private containerd
 //! with root/state on tmpfs and the shim's directory first on PATH, `ctr image import`, `ctr events` in
 //! the background, `ctr run --rm --runtime io.containerd.lazy.v2 --memory-limit 32M` of a 100 MB
 //! allocation, then a bounded wait for `/tasks/oom`. The guest prints `CHECK <name> PASS|FAIL <detail>`
@@ -147,7 +148,7 @@ fn containerd_shim_reports_task_oom_in_a_cgroup_v2_vm() {
     }
     let shim = harness::bins::shim();
     let shim_dir = shim.parent().expect("the shim binary has a parent dir").display().to_string();
-    // On the host root (visible in the guest), not under /tmp (a tmpfs in the guest); removed on drop.
+    // Next to the build (anywhere: vm::run exposes the paths the command names); removed on drop.
     let dir = tempfile::Builder::new()
         .prefix("lazy-vm-ctd-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -158,6 +159,7 @@ fn containerd_shim_reports_task_oom_in_a_cgroup_v2_vm() {
     let cfg = VmConfig {
         timeout: std::time::Duration::from_secs(240),
         env: vec![("SHIM_DIR".into(), shim_dir)],
+        share: vec![shim.clone()],
         ..VmConfig::default()
     };
     let run = match vm::run(&["/bin/sh", &script, &tar], &cfg) {

@@ -791,6 +791,8 @@ fn launcher_tests_pass_in_a_cgroup_v2_vm() {
     let me = me.to_str().unwrap();
     let cfg = harness::vm::VmConfig {
         env: vec![("LAUNCHER_IN_VM".into(), "1".into())],
+        // The launcher re-executes the shim as its helper (the test binary is planned from argv).
+        share: vec![harness::bins::shim()],
         timeout: Duration::from_secs(400),
         ..harness::vm::VmConfig::default()
     };
