@@ -258,7 +258,7 @@ mod tests {
         let file = b.path().join("data");
         std::fs::write(&file, b"x").unwrap();
         let value = format!("/usr/bin:{}:/tmp/not-on-the-host-{}", a.path().display(), std::process::id());
-        let plan = Plan::for_command(&["/bin/true"], &[("PATH".into(), value)], &[file.clone()], &work()).unwrap();
+        let plan = Plan::for_command(&["/bin/true"], &[("PATH".into(), value)], std::slice::from_ref(&file), &work()).unwrap();
         assert_eq!(
             plan.exposures,
             vec![Exposure::Dir(a.path().to_path_buf()), Exposure::Dir(b.path().to_path_buf())]
