@@ -226,7 +226,7 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> CtrOutput {
     }
 }
 
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     info.lines()
@@ -236,7 +236,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn kill_cgroup(dir: &Path) {
+pub fn kill_cgroup(dir: &Path) {
     // Children first (a container may have made sub-cgroups).
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.path().is_dir() {
@@ -260,8 +260,27 @@ fn kill_cgroup(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+impl Containerd {
+    /// cgroup directories of this namespace whose container has no task any more (deleted, or whose
+    /// Create failed): the shim must have removed them. Empty when containerd does not answer.
+    pub fn cgroups_of_deleted_containers(&self) -> Vec<PathBuf> {
+        let out = self.ctr(&["task", "ls", "-q"]);
+        if out.code != 0 {
+            return Vec::new();
+        }
+        let live: Vec<&str> = out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        self.leftover_cgroups()
+            .into_iter()
+            .filter(|p| !p.file_name().is_some_and(|n| live.iter().any(|l| n == *l)))
+            .collect()
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Checked after EVERY test that used this containerd (not only where a test asks): the shared
+        // teardown is the one place no test can forget. Reported after the cleanup below.
+        let leaked = if std::thread::panicking() { Vec::new() } else { self.cgroups_of_deleted_containers() };
         for pid in self.shim_pids() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
@@ -290,6 +309,9 @@ impl Drop for Containerd {
             }
         }
         let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
+        if !leaked.is_empty() {
+            panic!("cgroups of deleted containers were left behind (the shim must remove them on Delete): {leaked:?}");
+        }
     }
 }
 

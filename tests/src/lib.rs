@@ -24,6 +24,7 @@ pub mod lazyctl;
 pub mod prereq;
 pub mod registry;
 pub mod scenario;
+pub mod shim_direct;
 pub mod tree;
 pub mod vm;
 

@@ -91,6 +91,34 @@ pub fn parse_rules(rules: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>, CgroupError
     Ok(out)
 }
 
+/// runc's built-in allow-list, appended after the spec's rules whenever the spec has a device list (runc
+/// 1.1 `specconv.AllowedDevices`): mknod of any device, /dev/null zero full random urandom tty console,
+/// ptmx, every /dev/pts/N, and /dev/net/tun. containerd's Go client sends only a deny-all rule and relies
+/// on these; without them /dev/null, terminals and `exec -t` fail with EPERM.
+pub fn runc_default_allow() -> Vec<Rule> {
+    let c = |major: Option<u32>, minor: Option<u32>, access: i32| Rule {
+        allow: true,
+        kind: Some(DEV_CHAR),
+        major,
+        minor,
+        access,
+    };
+    vec![
+        c(None, None, ACC_MKNOD),
+        Rule { allow: true, kind: Some(DEV_BLOCK), major: None, minor: None, access: ACC_MKNOD },
+        c(Some(1), Some(3), ACC_ALL),   // null
+        c(Some(1), Some(8), ACC_ALL),   // random
+        c(Some(1), Some(7), ACC_ALL),   // full
+        c(Some(5), Some(0), ACC_ALL),   // tty
+        c(Some(1), Some(5), ACC_ALL),   // zero
+        c(Some(1), Some(9), ACC_ALL),   // urandom
+        c(Some(5), Some(1), ACC_ALL),   // console
+        c(Some(136), None, ACC_ALL),    // pts/*
+        c(Some(5), Some(2), ACC_ALL),   // ptmx
+        c(Some(10), Some(200), ACC_ALL), // net/tun
+    ]
+}
+
 /// The effective default and the rules after the last match-everything rule.
 pub fn effective(rules: &[Rule]) -> (bool, Vec<Rule>) {
     let mut default_allow = true;
@@ -251,6 +279,23 @@ mod tests {
         let r = parse_rules(&l).unwrap();
         assert!(!decide(&r, true, 1, 3, "r"));
         assert!(decide(&r, true, 1, 5, "r"));
+    }
+
+    #[test]
+    fn deny_all_plus_runc_defaults_allows_the_standard_devices_only() {
+        let mut r = parse_rules(&[rule(false, LinuxDeviceType::A, None, None, "rwm")]).unwrap();
+        r.extend(runc_default_allow());
+        for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, 0), (136, 9), (10, 200)] {
+            assert!(decide(&r, true, major, minor, "rw"), "c {major}:{minor} rw");
+        }
+        assert!(decide(&r, true, 4, 0, "m"), "mknod of any char device");
+        assert!(decide(&r, false, 8, 0, "m"), "mknod of any block device");
+        assert!(!decide(&r, false, 8, 0, "r"), "block device read");
+        assert!(!decide(&r, true, 4, 0, "rw"), "tty0");
+        // A spec rule that allows everything is not narrowed by the appended list.
+        let mut all = parse_rules(&[rule(true, LinuxDeviceType::A, None, None, "rwm")]).unwrap();
+        all.extend(runc_default_allow());
+        assert!(decide(&all, false, 8, 0, "rw"));
     }
 
     #[test]

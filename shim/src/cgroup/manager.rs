@@ -184,7 +184,10 @@ impl Manager {
     /// when a hard limit cannot be enforced and the policy does not allow that.
     pub fn apply(&self, res: &LinuxResources) -> Result<(), CgroupError> {
         let settings = self.plan(res)?;
-        let rules = devices::parse_rules(res.devices().as_deref().unwrap_or(&[]))?;
+        let mut rules = devices::parse_rules(res.devices().as_deref().unwrap_or(&[]))?;
+        if res.devices().is_some() {
+            rules.extend(devices::runc_default_allow());
+        }
         let avail = self.available()?;
         let mut writes = Vec::new();
         let mut unenforced = Vec::new();
@@ -262,7 +265,7 @@ impl Manager {
     }
 
     /// Removes child cgroups depth-first, then this one, retrying EBUSY while processes drain.
-    pub fn delete(self) -> Result<(), CgroupError> {
+    pub fn delete(&self) -> Result<(), CgroupError> {
         remove_tree(&self.path, Instant::now() + DELETE_TIMEOUT)
     }
 }

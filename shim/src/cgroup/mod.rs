@@ -126,8 +126,9 @@ impl Cgroup {
         self.manager.path().join("memory.events")
     }
 
-    /// Removes the cgroup (and any child cgroups the container made), retrying while it drains.
-    pub fn delete(self) -> Result<(), CgroupError> {
+    /// Removes the cgroup (and any child cgroups the container made), retrying while it drains. Takes
+    /// `&self`: other holders of the cgroup (an exit monitor, a Stats call in flight) must not keep it alive.
+    pub fn delete(&self) -> Result<(), CgroupError> {
         self.manager.delete()
     }
 

@@ -7,16 +7,21 @@
 //! - [`reaper`]: subreaper + SIGCHLD loop; [`events`]: ordered task events.
 //! - [`config`]: the TOML config; [`rootfs`] and [`lazy`]: the container's root filesystem.
 //! - [`error`]: the one mapping from our errors to ttrpc codes.
+//! - [`bootstrap`]: `start`'s stdin (BootstrapParams or options) and ShimCgroup; [`info`]: `-info`.
+//! - [`socket`]: the server's socket file, removed before the last Delete/Shutdown replies.
 
+pub mod bootstrap;
 pub mod config;
 pub mod delete;
 pub mod error;
 pub mod events;
+pub mod info;
 pub mod lazy;
 pub mod process;
 pub mod profile;
 pub mod reaper;
 pub mod rootfs;
+pub mod socket;
 pub mod start;
 pub mod stdio;
 pub mod task;
@@ -35,6 +40,16 @@ use containerd_shim::ExitSignal;
 /// Entry of every invocation except `init`: parses containerd's flags and runs the action.
 pub fn main() -> i32 {
     let args: Vec<_> = std::env::args_os().collect();
+    // containerd 2.x runs `<shim> -info` (a flag, not an action) with nothing else on the command line.
+    if args[1..].iter().any(|a| a == "-info" || a == "--info") {
+        return match info::run() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("containerd-shim-lazy-v2: {e:#}");
+                1
+            }
+        };
+    }
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(f) => f,
         Err(e) => {
@@ -76,7 +91,7 @@ fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
     if let Err(e) = &result {
         // containerd sees a dead socket and runs `delete`; do not leave the socket file behind.
         log::error!("shim server failed: {e:#}");
-        let _ = std::fs::remove_file(flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket));
+        socket::SocketFile::new(flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket)).remove();
     }
     result
 }
@@ -102,8 +117,11 @@ async fn serve_async(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to containerd's events at {ttrpc_address}"))?;
     let exit = Arc::new(ExitSignal::default());
-    let service = task::TaskService::new(&flags.namespace, events::Publisher::new(remote, &flags.namespace), reaper, exit.clone());
-    let listener = Listener::try_from(listener(flags)?).context("ttrpc listener")?;
+    let unix_listener = listener(flags)?;
+    let socket = Arc::new(socket::SocketFile::new(flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket)));
+    let publisher = events::Publisher::new(remote, &flags.namespace);
+    let service = task::TaskService::new(&flags.namespace, publisher, reaper, exit.clone(), socket.clone());
+    let listener = Listener::try_from(unix_listener).context("ttrpc listener")?;
     let mut server = Server::new().add_listener(listener).register_service(create_task(Arc::new(service)));
     server.start().await.context("starting the ttrpc server")?;
     log::info!("containerd-shim-lazy-v2 serving on {}", flags.socket);
@@ -111,7 +129,6 @@ async fn serve_async(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
     // Let the reply to Shutdown/Delete reach containerd before the connection goes away.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let _ = server.shutdown().await;
-    let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
-    let _ = std::fs::remove_file(path);
+    socket.remove();
     Ok(())
 }

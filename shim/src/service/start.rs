@@ -2,7 +2,8 @@
 //! its address (containerd 1.6 reads the combined stdout+stderr as the address).
 //!
 //! Our own implementation, not containerd-shim's `spawn()`: stdin may carry containerd 2.3's
-//! BootstrapParams, runc Options, or nothing, and is read and ignored. Containers with the same
+//! BootstrapParams, runtime options, or nothing ([`super::bootstrap`]); only a `ShimCgroup` in runc
+//! options is used (the new server joins that cgroup, as the runc shim does). Containers with the same
 //! `io.kubernetes.cri.sandbox-id` annotation share one shim: the socket address is derived from the
 //! sandbox id, and a live server there is reused. Otherwise the listening socket is bound HERE and
 //! handed to a detached server process, so the address works the moment it is printed.
@@ -36,9 +37,11 @@ fn socket_path(address: &str) -> &str {
 }
 
 pub fn run(flags: &Flags) -> anyhow::Result<()> {
-    // Drain stdin whatever it holds (BootstrapParams, Options, nothing); none of it is needed.
-    let mut ignored = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut ignored);
+    // Drain stdin whatever it holds (BootstrapParams, Options, nothing).
+    let mut input = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut input);
+    let input = super::bootstrap::decode_start_input(&input, &flags.id, &flags.namespace);
+    let shim_cgroup = input.options.iter().find_map(super::bootstrap::shim_cgroup);
 
     let bundle = std::env::current_dir().context("start: current directory (the bundle)")?;
     let group = grouping(&bundle, &flags.id);
@@ -81,7 +84,15 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    let child = cmd.spawn().context("start: spawning the shim server")?;
+    let mut child = cmd.spawn().context("start: spawning the shim server")?;
+    if let Some(cg) = &shim_cgroup {
+        if let Err(e) = super::bootstrap::join_shim_cgroup(cg, child.id()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&path);
+            bail!("start: {e}");
+        }
+    }
     adjust_oom_score(child.id());
     std::fs::write("address", &address).context("start: writing the address file")?;
     print_address(&address)?;

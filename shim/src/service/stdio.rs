@@ -308,8 +308,11 @@ impl ProcessIo {
     }
 
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        // As the runc shim: resizing a process without a terminal is a no-op, not an error (containerd's
+        // Go client and nerdctl send ResizePty whenever their own stdin is a terminal).
         let Some(console) = &self.console else {
-            return Err(Error::FailedPrecondition("resize: the process has no terminal".into()));
+            log::debug!("resize {width}x{height}: the process has no terminal; nothing to do");
+            return Ok(());
         };
         let ws = libc::winsize { ws_row: height as u16, ws_col: width as u16, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCSWINSZ reads a winsize struct that lives for the duration of the call; the fd is a

@@ -31,6 +31,7 @@ use super::events::{timestamp, Event, Publisher};
 use super::process::{ExitInfo, Phase, ProcState, Process, DRAIN_LIMIT};
 use super::reaper::Reaper;
 use super::rootfs::Rootfs;
+use super::socket::SocketFile;
 use super::stdio::{IoPaths, Pending, ProcessIo};
 use crate::cgroup::{Cgroup, CgroupPolicy};
 use crate::launcher;
@@ -70,6 +71,7 @@ pub struct Shared {
     publisher: Publisher,
     reaper: Arc<Reaper>,
     exit: Arc<ExitSignal>,
+    socket: Arc<SocketFile>,
 }
 
 #[derive(Clone)]
@@ -78,7 +80,13 @@ pub struct TaskService {
 }
 
 impl TaskService {
-    pub fn new(namespace: &str, publisher: Publisher, reaper: Arc<Reaper>, exit: Arc<ExitSignal>) -> TaskService {
+    pub fn new(
+        namespace: &str,
+        publisher: Publisher,
+        reaper: Arc<Reaper>,
+        exit: Arc<ExitSignal>,
+        socket: Arc<SocketFile>,
+    ) -> TaskService {
         TaskService {
             shared: Arc::new(Shared {
                 namespace: namespace.to_string(),
@@ -86,6 +94,7 @@ impl TaskService {
                 publisher,
                 reaper,
                 exit,
+                socket,
             }),
         }
     }
@@ -116,19 +125,26 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 fn delete_cgroup(cgroup: Option<Arc<Cgroup>>) {
+    // Not conditional on being the last holder of the Arc: the exit monitor and the OOM poller may still
+    // hold clones for a moment after the init exited, and skipping the removal then left the directory
+    // (with its BPF device program attached) behind.
     let Some(cg) = cgroup else { return };
-    match Arc::try_unwrap(cg) {
-        Ok(cg) => {
-            if let Err(e) = cg.kill_all(libc::SIGKILL) {
-                log::warn!("killing the rest of cgroup {}: {e}", cg.path().display());
-            }
-            let path = cg.path().to_path_buf();
-            if let Err(e) = cg.delete() {
-                log::warn!("removing cgroup {}: {e}", path.display());
-            }
-        }
-        Err(cg) => log::warn!("cgroup {} still in use; not removed", cg.path().display()),
+    if let Err(e) = cg.kill_all(libc::SIGKILL) {
+        log::warn!("killing the rest of cgroup {}: {e}", cg.path().display());
     }
+    if let Err(e) = cg.delete() {
+        log::warn!("removing cgroup {}: {e}", cg.path().display());
+    }
+}
+
+/// Whether every process of the container must be killed when its init exits: as the runc shim does
+/// when the container has no pid namespace of its own (the host's, or one it joined by path), because
+/// then the kernel does not kill the rest for us and they would hold the container's output open.
+fn kill_all_on_init_exit(spec: &Spec) -> bool {
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
+    !namespaces
+        .iter()
+        .any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && ns.path().is_none())
 }
 
 impl Shared {
@@ -144,6 +160,7 @@ impl Shared {
         state: Arc<ProcState>,
         io: Arc<Mutex<ProcessIo>>,
         oom: Option<(Arc<Cgroup>, Arc<AtomicU64>)>,
+        kill_rest: Option<Arc<Cgroup>>,
     ) {
         let exit_rx = self.reaper.subscribe(pid);
         let shared = self.clone();
@@ -154,6 +171,14 @@ impl Shared {
                 Ok(e) => ExitInfo { status: e.status as u32, at: e.at },
                 Err(_) => ExitInfo { status: 255, at: SystemTime::now() },
             };
+            if let Some(cg) = kill_rest {
+                // Before draining: the remaining processes may hold the init's stdout open.
+                match tokio::task::spawn_blocking(move || cg.kill_all(libc::SIGKILL)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log::warn!("container {id}: killing the rest after its init exited: {e}"),
+                    Err(e) => log::warn!("container {id}: killing the rest after its init exited: {e}"),
+                }
+            }
             io.lock().await.drain(DRAIN_LIMIT).await;
             state.exit_event_allowed().await;
             if let Some((cgroup, seen)) = oom {
@@ -205,6 +230,11 @@ impl Shared {
         let opts = config::runtime_options(req.options.as_ref())?;
         let config = Config::resolve(&opts)?;
         apply_log_level(&config.log_level);
+        if let Some(cg) = req.options.as_ref().and_then(super::bootstrap::shim_cgroup) {
+            // Normally done by `start` already (the options are on its stdin too); joining again is a no-op.
+            let joined = super::bootstrap::join_shim_cgroup(&cg, std::process::id()).map_err(Error::InvalidArgument)?;
+            log::debug!("shim joined its cgroup {cg}: {joined:?}");
+        }
         log::info!("creating container {id} in {}", bundle.display());
         // The profile's [security] section, before the cgroup and the launcher read the spec.
         let changed = profile::apply(&config.security, &mut spec)?;
@@ -272,7 +302,8 @@ impl Shared {
             let seen = Arc::new(AtomicU64::new(cg.oom_kills().unwrap_or(0)));
             (cg, seen)
         });
-        self.monitor(&id, "", pid, init.state.clone(), init.io.clone(), oom.clone());
+        let kill_rest = cgroup.clone().filter(|_| kill_all_on_init_exit(&spec));
+        self.monitor(&id, "", pid, init.state.clone(), init.io.clone(), oom.clone(), kill_rest);
         let oom_watch = oom.map(|(cg, seen)| self.watch_oom(&id, cg, seen));
         self.publisher
             .publish(Event::Create {
@@ -353,7 +384,7 @@ impl Shared {
         *p.io.lock().await = pending.attach(execd.pty_master.take())?;
         p.state.set_pid(execd.pid);
         p.state.set_phase(Phase::Running);
-        self.monitor(&req.id, &req.exec_id, execd.pid, p.state.clone(), p.io.clone(), None);
+        self.monitor(&req.id, &req.exec_id, execd.pid, p.state.clone(), p.io.clone(), None, None);
         self.publisher
             .publish(Event::ExecStarted { id: req.id.clone(), exec_id: req.exec_id.clone(), pid: execd.pid as u32 })
             .await;
@@ -430,6 +461,9 @@ impl Shared {
             .publish(Event::Delete { id: req.id.clone(), pid, status: exit.status, at: exit.at })
             .await;
         if containers.is_empty() {
+            // Gone before this reply: containerd must not find (and reuse) the socket of a shim with
+            // nothing left to serve. A new container of the pod starts a new server.
+            self.socket.remove();
             let shared = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(LINGER).await;
@@ -470,6 +504,11 @@ impl Shared {
         let sig = req.signal as i32;
         if req.exec_id.is_empty() && req.all {
             if let Some(cg) = c.cgroup.clone() {
+                if c.init.state.phase() == Phase::Created {
+                    // A never-started init dies from this too: its TaskExit (and Wait) must not wait for a
+                    // Start that will never come.
+                    c.init.state.allow_exit_event();
+                }
                 blocking(move || cg.kill_all(sig)).await??;
                 return Ok(());
             }
@@ -701,6 +740,7 @@ impl Task for TaskService {
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
         if self.shared.containers.lock().await.is_empty() {
             log::info!("shutdown: no containers left; shim exits");
+            self.shared.socket.remove();
             self.shared.exit.signal();
         }
         Ok(Empty::default())
