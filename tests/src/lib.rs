@@ -10,6 +10,8 @@
 //! - [`cleanup`]: drop guards for child processes and mounts.
 //! - [`registry`]: a docker-registry on loopback that counts the bytes it serves and can be
 //!   stopped and restarted on the same port and storage.
+//! - [`debs`]: Debian packages of newer suites (containerd 1.7/2.x, soci-snapshotter), extracted and
+//!   cached without touching the system's apt sources.
 //! - [`images`]: build OCI image layouts in Rust (any tar feature a test needs) and push them.
 //! - [`lazyctl`]: drive `lazyctl convert/mount/stats/inspect` exactly as a user would.
 //! - [`scenario`]: steps the vfs tests share (publish + convert, read with errno).
@@ -19,6 +21,7 @@ pub mod bins;
 pub mod cleanup;
 pub mod containerd;
 pub mod cri;
+pub mod debs;
 pub mod images;
 pub mod lazyctl;
 pub mod prereq;
