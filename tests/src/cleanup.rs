@@ -106,6 +106,17 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|mp| Path::new(&unescape_mountinfo(mp)) == want)
 }
 
+/// Mount points at or below `dir`, from /proc/self/mountinfo.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(&dir))
+        .collect()
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
 fn unescape_mountinfo(s: &str) -> String {
     let bytes = s.as_bytes();

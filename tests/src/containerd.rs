@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cleanup::{force_unmount, temp_dir, ChildGuard};
+use crate::cleanup::{force_unmount, mounts_under, temp_dir, ChildGuard};
 use crate::images::{Entry, Image, Layer};
 
 /// The runtime type of our shim.
@@ -24,6 +24,8 @@ const CGROUP_ROOTS: &[&str] = &["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
 pub struct Containerd {
     dir: tempfile::TempDir,
     namespace: String,
+    /// The `ctr` matching this containerd.
+    ctr: PathBuf,
     child: Option<ChildGuard>,
 }
 
@@ -59,6 +61,9 @@ pub struct StartOptions {
     pub namespace: Option<String>,
     /// TOML appended to the generated config (e.g. `[plugins."io.containerd.grpc.v1.cri"]` tables).
     pub extra_config: String,
+    /// Directory holding the `containerd`, `ctr` and `containerd-shim-runc-v2` to run instead of
+    /// those on PATH, e.g. `debs::extracted("trixie", "containerd")?.join("usr/bin")`.
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Containerd {
@@ -87,9 +92,13 @@ impl Containerd {
             extra = opts.extra_config,
         );
         std::fs::write(d.join("config.toml"), config)?;
-        let path = format!("{}:{}", crate::bins::shim().parent().expect("bin dir").display(), std::env::var("PATH").unwrap_or_default());
+        let mut path = format!("{}:{}", crate::bins::shim().parent().expect("bin dir").display(), std::env::var("PATH").unwrap_or_default());
+        if let Some(dir) = &opts.bin_dir {
+            path = format!("{}:{path}", dir.display());
+        }
+        let bin = |name: &str| opts.bin_dir.as_ref().map_or_else(|| PathBuf::from(name), |d| d.join(name));
         let log = std::fs::File::create(d.join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let child = Command::new(bin("containerd"))
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)
@@ -98,7 +107,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("starting containerd (apt-get install containerd)")?;
-        let mut c = Containerd { dir, namespace, child: Some(ChildGuard::new("containerd", child)) };
+        let mut c = Containerd { dir, namespace, ctr: bin("ctr"), child: Some(ChildGuard::new("containerd", child)) };
         let start = Instant::now();
         loop {
             if c.ctr(&["version"]).code == 0 {
@@ -137,7 +146,7 @@ impl Containerd {
 
     /// The `ctr` command for this containerd and namespace (to add a pty wrapper etc.).
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(&self.ctr);
         cmd.arg("--address").arg(self.socket()).args(["--namespace", &self.namespace]).args(args);
         cmd
     }
@@ -224,16 +233,6 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> CtrOutput {
             o
         }
     }
-}
-
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
-        .filter(|m| m.starts_with(&dir))
-        .collect()
 }
 
 pub fn kill_cgroup(dir: &Path) {
@@ -360,17 +359,23 @@ pub fn test_cache_dir() -> PathBuf {
 /// A Debian bookworm root filesystem with python3, numpy and pandas (~650 MB unpacked) as a tar,
 /// built once with mmdebstrap from the Debian mirror (~3 minutes) and cached.
 pub fn python_rootfs_tar() -> Result<PathBuf> {
+    debian_rootfs_tar("python-rootfs", &["python3", "python3-numpy", "python3-pandas"])
+}
+
+/// A minimal Debian bookworm root filesystem with `packages` as a tar named `<name>.tar` in the
+/// test cache, built once with mmdebstrap from the Debian mirror and cached.
+pub fn debian_rootfs_tar(name: &str, packages: &[&str]) -> Result<PathBuf> {
     let dir = test_cache_dir();
-    let tar = dir.join("python-rootfs.tar");
+    let tar = dir.join(format!("{name}.tar"));
     if tar.is_file() {
         return Ok(tar);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // mmdebstrap picks its output format from the name: it must end in .tar.
-    let tmp = dir.join(format!("python-rootfs.{}.tmp.tar", std::process::id()));
+    let tmp = dir.join(format!("{name}.{}.tmp.tar", std::process::id()));
     log::info!("building {} with mmdebstrap (a few minutes, cached afterwards)", tar.display());
     let out = Command::new("mmdebstrap")
-        .args(["--variant=minbase", "--include=python3,python3-numpy,python3-pandas", "bookworm"])
+        .args(["--variant=minbase", &format!("--include={}", packages.join(",")), "bookworm"])
         .arg(&tmp)
         .arg("http://deb.debian.org/debian")
         .output()

@@ -139,6 +139,7 @@ impl CriContainerd {
             cri: true,
             namespace: Some(CRI_NAMESPACE.into()),
             extra_config: extra,
+            ..StartOptions::default()
         })?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let sock = containerd.socket();
