@@ -464,7 +464,7 @@ impl Drop for DirectShim {
         if let Some(mut server) = self.events_server.take() {
             let _ = self.rt.block_on(server.shutdown());
         }
-        let mut mounts = crate::containerd::mounts_under(self.dir.path());
+        let mut mounts = crate::cleanup::mounts_under(self.dir.path());
         mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
         for m in mounts {
             if let Err(e) = crate::cleanup::force_unmount(&m) {
