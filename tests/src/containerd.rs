@@ -26,6 +26,7 @@ pub struct Containerd {
     namespace: String,
     /// The `ctr` matching this containerd.
     ctr: PathBuf,
+    version: Version,
     child: Option<ChildGuard>,
 }
 
@@ -52,9 +53,52 @@ impl CtrOutput {
     }
 }
 
+/// Which containerd a test runs: Debian 12's own (1.6.20, on PATH), trixie's 1.7.24 or sid's 2.1.9
+/// (fetched and cached by [`crate::debs`]). Every version runs bookworm's runc (sid's does not run on
+/// Debian 12); our shim comes from the workspace's target dir.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Version {
+    #[default]
+    V1_6,
+    V1_7,
+    V2_1,
+}
+
+impl Version {
+    pub const ALL: [Version; 3] = [Version::V1_6, Version::V1_7, Version::V2_1];
+
+    /// "1.6", "1.7", "2.1".
+    pub fn label(self) -> &'static str {
+        match self {
+            Version::V1_6 => "1.6",
+            Version::V1_7 => "1.7",
+            Version::V2_1 => "2.1",
+        }
+    }
+
+    /// containerd 2.x: config version 3, CRI plugins split into io.containerd.cri.v1.{runtime,images}.
+    pub fn is_v2(self) -> bool {
+        self == Version::V2_1
+    }
+
+    /// Where its `containerd`, `ctr` and `containerd-shim-runc-v2` are (None: the system's, on PATH).
+    pub fn bin_dir(self) -> Result<Option<PathBuf>> {
+        let suite = match self {
+            Version::V1_6 => return Ok(None),
+            Version::V1_7 => "trixie",
+            Version::V2_1 => "sid",
+        };
+        let root = crate::debs::extracted(suite, "containerd")
+            .with_context(|| format!("fetching containerd {} from Debian {suite}", self.label()))?;
+        Ok(Some(root.join("usr/bin")))
+    }
+}
+
 /// How to start containerd beyond the defaults (CRI off, a unique namespace).
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
+    /// Which containerd (ignored when `bin_dir` is set).
+    pub version: Version,
     /// Keep the CRI plugin enabled (it is disabled by default: it needs CNI and writes host paths).
     pub cri: bool,
     /// The namespace `ctr` and the cleanup use instead of a unique one: CRI always uses `k8s.io`.
@@ -81,22 +125,33 @@ impl Containerd {
             .unwrap_or_else(|| format!("lt{}x{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let dir = temp_dir("containerd");
         let d = dir.path();
-        let disabled = if opts.cri { "" } else { "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n" };
+        let bin_dir = match &opts.bin_dir {
+            Some(d) => Some(d.clone()),
+            None => opts.version.bin_dir()?,
+        };
+        let disabled = match (opts.cri, opts.version.is_v2()) {
+            (true, _) => "",
+            (false, false) => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            (false, true) => {
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.runtime\", \"io.containerd.cri.v1.images\"]\n"
+            }
+        };
         let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{disabled}\
+            "version = {config_version}\nroot = \"{root}\"\nstate = \"{state}\"\n{disabled}\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
              [debug]\n  level = \"debug\"\n{extra}",
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = d.join("containerd.sock").display(),
             extra = opts.extra_config,
+            config_version = if opts.version.is_v2() { 3 } else { 2 },
         );
         std::fs::write(d.join("config.toml"), config)?;
         let mut path = format!("{}:{}", crate::bins::shim().parent().expect("bin dir").display(), std::env::var("PATH").unwrap_or_default());
-        if let Some(dir) = &opts.bin_dir {
+        if let Some(dir) = &bin_dir {
             path = format!("{}:{path}", dir.display());
         }
-        let bin = |name: &str| opts.bin_dir.as_ref().map_or_else(|| PathBuf::from(name), |d| d.join(name));
+        let bin = |name: &str| bin_dir.as_ref().map_or_else(|| PathBuf::from(name), |d| d.join(name));
         let log = std::fs::File::create(d.join("containerd.log"))?;
         let child = Command::new(bin("containerd"))
             .arg("--config")
@@ -107,7 +162,13 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("starting containerd (apt-get install containerd)")?;
-        let mut c = Containerd { dir, namespace, ctr: bin("ctr"), child: Some(ChildGuard::new("containerd", child)) };
+        let mut c = Containerd {
+            dir,
+            namespace,
+            ctr: bin("ctr"),
+            version: opts.version,
+            child: Some(ChildGuard::new("containerd", child)),
+        };
         let start = Instant::now();
         loop {
             if c.ctr(&["version"]).code == 0 {
@@ -122,6 +183,11 @@ impl Containerd {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Which containerd this is.
+    pub fn version(&self) -> Version {
+        self.version
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -460,6 +526,11 @@ pub struct BusyboxEnv {
 /// Starts [`BusyboxEnv`], or returns None (after printing why) when a prerequisite is missing
 /// outside CI; under CI=true a missing prerequisite fails the test.
 pub fn busybox_env(test: &str) -> Option<BusyboxEnv> {
+    busybox_env_on(test, Version::V1_6)
+}
+
+/// [`busybox_env`] on containerd `version` (fetching it from Debian's newer suites when needed).
+pub fn busybox_env_on(test: &str, version: Version) -> Option<BusyboxEnv> {
     use crate::prereq::{prerequisites_met, Prereq};
     let prereqs = [
         Prereq::Root,
@@ -474,7 +545,8 @@ pub fn busybox_env(test: &str) -> Option<BusyboxEnv> {
     crate::init_logging();
     let registry = crate::registry::Registry::start().expect("starting docker-registry");
     let image = push_busybox(&registry).expect("pushing the busybox image");
-    let ctrd = Containerd::start().expect("starting containerd");
+    let ctrd = Containerd::start_with(&StartOptions { version, ..StartOptions::default() })
+        .unwrap_or_else(|e| panic!("starting containerd {}: {e:#}", version.label()));
     ctrd.pull(&image).expect("pulling the busybox image");
     Some(BusyboxEnv { ctrd, image, registry })
 }

@@ -1,4 +1,4 @@
-//! End-to-end: containerd 1.6 + ctr drive `containerd-shim-lazy-v2` (runtime io.containerd.lazy.v2)
+//! End-to-end: containerd (1.6.20, 1.7.24 and 2.1.9) + ctr drive `containerd-shim-lazy-v2` (runtime io.containerd.lazy.v2)
 //! on a plain busybox OCI image pushed to a local docker-registry. Each test has its own registry,
 //! containerd and namespace, and checks that nothing (shim process, mount, cgroup) is left behind.
 
@@ -7,7 +7,26 @@ use std::time::{Duration, Instant};
 use harness::containerd::RUNTIME;
 use harness::{prerequisites_met, Prereq};
 
-use harness::containerd::{busybox_env as setup, BusyboxEnv as Env};
+use harness::containerd::{busybox_env_on as setup, BusyboxEnv as Env, Version};
+
+/// Each scenario runs on containerd 1.6.20 (Debian 12), 1.7.24 (trixie) and 2.1.9 (sid): the plain
+/// test name is 1.6, `_on_1_7` / `_on_2_1` the newer ones.
+macro_rules! on_every_containerd {
+    ($body:ident: $v16:ident, $v17:ident, $v21:ident) => {
+        #[test]
+        fn $v16() {
+            $body(stringify!($v16), Version::V1_6)
+        }
+        #[test]
+        fn $v17() {
+            $body(stringify!($v17), Version::V1_7)
+        }
+        #[test]
+        fn $v21() {
+            $body(stringify!($v21), Version::V2_1)
+        }
+    };
+}
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -44,9 +63,9 @@ fn task_pid(env: &Env, id: &str) -> i32 {
         .unwrap_or(0)
 }
 
-#[test]
-fn shim_run_rm_prints_output_and_exit_code() {
-    let Some(env) = setup("shim_run_rm_prints_output_and_exit_code") else { return };
+on_every_containerd!(shim_run_rm_prints_output_and_exit_code_body: shim_run_rm_prints_output_and_exit_code, shim_run_rm_prints_output_and_exit_code_on_1_7, shim_run_rm_prints_output_and_exit_code_on_2_1);
+fn shim_run_rm_prints_output_and_exit_code_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
     let out = env.ctrd.ctr(&["run", "--rm", "--runtime", RUNTIME, &env.image, "hi", "sh", "-c", "echo hi; exit 3"]);
     assert_eq!(out.code, 3, "ctr run exit code; output:\n{}\ncontainerd log:\n{}", out.all(), env.ctrd.log());
     assert_eq!(out.stdout, "hi\n", "stdout; stderr: {}", out.stderr);
@@ -59,9 +78,9 @@ fn shim_run_rm_prints_output_and_exit_code() {
     assert_clean(&env);
 }
 
-#[test]
-fn shim_detached_exec_ps_pause_kill_metrics_delete() {
-    let Some(env) = setup("shim_detached_exec_ps_pause_kill_metrics_delete") else { return };
+on_every_containerd!(shim_detached_exec_ps_pause_kill_metrics_delete_body: shim_detached_exec_ps_pause_kill_metrics_delete, shim_detached_exec_ps_pause_kill_metrics_delete_on_1_7, shim_detached_exec_ps_pause_kill_metrics_delete_on_2_1);
+fn shim_detached_exec_ps_pause_kill_metrics_delete_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
     let c = &env.ctrd;
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &env.image, "d1", "sleep", "1000"]).unwrap();
     assert_eq!(task_status(&env, "d1"), "RUNNING");
@@ -107,10 +126,10 @@ fn shim_detached_exec_ps_pause_kill_metrics_delete() {
 const SIZE_PROBE: &str =
     "for i in 1 2 3 4 5 6 7 8 9 10; do stty size 2>/dev/null | grep -q . && break; sleep 0.2; done; stty size; tty; exit 4";
 
-#[test]
-fn shim_terminal_mode_with_size() {
-    let Some(env) = setup("shim_terminal_mode_with_size") else { return };
-    if !prerequisites_met("shim_terminal_mode_with_size", &[Prereq::Tool("script")]) {
+on_every_containerd!(shim_terminal_mode_with_size_body: shim_terminal_mode_with_size, shim_terminal_mode_with_size_on_1_7, shim_terminal_mode_with_size_on_2_1);
+fn shim_terminal_mode_with_size_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
+    if !prerequisites_met(test, &[Prereq::Tool("script")]) {
         return;
     }
     // `script` gives ctr a pty; stty sets its size, which ctr sends as ResizePty.
@@ -139,9 +158,9 @@ fn shim_terminal_mode_with_size() {
     assert_clean(&env);
 }
 
-#[test]
-fn shim_pod_group_shares_one_shim() {
-    let Some(env) = setup("shim_pod_group_shares_one_shim") else { return };
+on_every_containerd!(shim_pod_group_shares_one_shim_body: shim_pod_group_shares_one_shim, shim_pod_group_shares_one_shim_on_1_7, shim_pod_group_shares_one_shim_on_2_1);
+fn shim_pod_group_shares_one_shim_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
     let c = &env.ctrd;
     for id in ["p1", "p2"] {
         c.ctr_ok(&[
@@ -172,9 +191,9 @@ fn shim_pod_group_shares_one_shim() {
     assert_clean(&env);
 }
 
-#[test]
-fn shim_killed_then_task_delete_leaves_nothing() {
-    let Some(env) = setup("shim_killed_then_task_delete_leaves_nothing") else { return };
+on_every_containerd!(shim_killed_then_task_delete_leaves_nothing_body: shim_killed_then_task_delete_leaves_nothing, shim_killed_then_task_delete_leaves_nothing_on_1_7, shim_killed_then_task_delete_leaves_nothing_on_2_1);
+fn shim_killed_then_task_delete_leaves_nothing_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
     let c = &env.ctrd;
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &env.image, "k1", "sleep", "1000"]).unwrap();
     let init = task_pid(&env, "k1");
@@ -194,9 +213,9 @@ fn shim_killed_then_task_delete_leaves_nothing() {
     assert_clean(&env);
 }
 
-#[test]
-fn shim_bad_input_gives_clear_errors_and_leaks_nothing() {
-    let Some(env) = setup("shim_bad_input_gives_clear_errors_and_leaks_nothing") else { return };
+on_every_containerd!(shim_bad_input_gives_clear_errors_and_leaks_nothing_body: shim_bad_input_gives_clear_errors_and_leaks_nothing, shim_bad_input_gives_clear_errors_and_leaks_nothing_on_1_7, shim_bad_input_gives_clear_errors_and_leaks_nothing_on_2_1);
+fn shim_bad_input_gives_clear_errors_and_leaks_nothing_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
     let c = &env.ctrd;
 
     let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, &env.image, "b1", "/no/such/binary"]);
@@ -230,10 +249,10 @@ fn shim_bad_input_gives_clear_errors_and_leaks_nothing() {
     assert_clean(&env);
 }
 
-#[test]
-fn shim_runc_parity() {
-    let Some(env) = setup("shim_runc_parity") else { return };
-    if !prerequisites_met("shim_runc_parity", &[Prereq::Tool("runc"), Prereq::Tool("containerd-shim-runc-v2")]) {
+on_every_containerd!(shim_runc_parity_body: shim_runc_parity, shim_runc_parity_on_1_7, shim_runc_parity_on_2_1);
+fn shim_runc_parity_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
+    if !prerequisites_met(test, &[Prereq::Tool("runc"), Prereq::Tool("containerd-shim-runc-v2")]) {
         return;
     }
     let probes: &[(&str, &str)] = &[
@@ -265,9 +284,9 @@ fn shim_runc_parity() {
     assert_clean(&env);
 }
 
-#[test]
-fn shim_log_uris_file_and_binary() {
-    let Some(env) = setup("shim_log_uris_file_and_binary") else { return };
+on_every_containerd!(shim_log_uris_file_and_binary_body: shim_log_uris_file_and_binary, shim_log_uris_file_and_binary_on_1_7, shim_log_uris_file_and_binary_on_2_1);
+fn shim_log_uris_file_and_binary_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
     let c = &env.ctrd;
     let dir = c.scratch("logs");
 
@@ -323,10 +342,10 @@ impl Drop for Tmux {
     }
 }
 
-#[test]
-fn shim_terminal_live_resize_and_exec_tty() {
-    let Some(env) = setup("shim_terminal_live_resize_and_exec_tty") else { return };
-    if !prerequisites_met("shim_terminal_live_resize_and_exec_tty", &[Prereq::Tool("tmux")]) {
+on_every_containerd!(shim_terminal_live_resize_and_exec_tty_body: shim_terminal_live_resize_and_exec_tty, shim_terminal_live_resize_and_exec_tty_on_1_7, shim_terminal_live_resize_and_exec_tty_on_2_1);
+fn shim_terminal_live_resize_and_exec_tty_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
+    if !prerequisites_met(test, &[Prereq::Tool("tmux")]) {
         return;
     }
     let c = &env.ctrd;
@@ -356,9 +375,9 @@ fn shim_terminal_live_resize_and_exec_tty() {
     assert_clean(&env);
 }
 
-#[test]
-fn shim_events_in_containerd_order() {
-    let Some(env) = setup("shim_events_in_containerd_order") else { return };
+on_every_containerd!(shim_events_in_containerd_order_body: shim_events_in_containerd_order, shim_events_in_containerd_order_on_1_7, shim_events_in_containerd_order_on_2_1);
+fn shim_events_in_containerd_order_body(test: &str, version: Version) {
+    let Some(env) = setup(test, version) else { return };
     let c = &env.ctrd;
     let mut events = c.ctr_command(&["events"]);
     events.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
@@ -399,4 +418,17 @@ fn shim_events_in_containerd_order() {
     ];
     assert_eq!(topics, want, "task events as ctr events saw them");
     assert_clean(&env);
+}
+
+/// containerd 2.x asks the shim binary itself (`<shim> -info`) what runtime it is; `ctr plugins
+/// inspect-runtime` goes through containerd's introspection service to that call.
+#[test]
+fn shim_info_through_containerd_2_1_introspection() {
+    let Some(env) = setup("shim_info_through_containerd_2_1_introspection", Version::V2_1) else { return };
+    let out = env.ctrd.ctr(&["plugins", "inspect-runtime", "--runtime", RUNTIME]);
+    assert_eq!(out.code, 0, "ctr plugins inspect-runtime: {}\ncontainerd log:\n{}", out.all(), env.ctrd.log());
+    log::info!("inspect-runtime: {}", out.stdout);
+    assert!(out.stdout.contains("io.containerd.lazy.v2"), "names the runtime: {}", out.stdout);
+    assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")), "shows the shim's version: {}", out.stdout);
+    assert!(out.stdout.contains("CAP_SYS_ADMIN"), "shows the OCI features: {}", out.stdout);
 }

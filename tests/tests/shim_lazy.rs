@@ -1,4 +1,4 @@
-//! End-to-end: a LAZY image (converted with `lazyctl convert`) run through containerd 1.6 and
+//! End-to-end: a LAZY image (converted with `lazyctl convert`) run through containerd (1.6, 1.7 and 2.1) and
 //! `containerd-shim-lazy-v2`: the shim mounts the lazy filesystem in-process under the container's
 //! overlay, the container runs before the image's content is downloaded, `lazyctl stats
 //! <bundle>/lazy` shows how little was fetched, and a killed shim leaves nothing behind after
@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use harness::containerd::{busybox_image, Containerd, RUNTIME};
+use harness::containerd::{busybox_image, Containerd, StartOptions, Version, RUNTIME};
 use harness::images::Entry;
 use harness::registry::Registry;
 use harness::{prerequisites_met, Prereq};
@@ -21,6 +21,21 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash() {
+    lazy_image_on("shim_lazy_image", Version::V1_6);
+}
+
+#[test]
+fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash_on_1_7() {
+    lazy_image_on("shim_lazy_image_on_1_7", Version::V1_7);
+}
+
+#[test]
+fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash_on_2_1() {
+    lazy_image_on("shim_lazy_image_on_2_1", Version::V2_1);
+}
+
+/// The scenario on containerd `version` (see harness::containerd::Version).
+fn lazy_image_on(test: &str, version: Version) {
     let prereqs = [
         Prereq::Root,
         Prereq::Fuse,
@@ -29,7 +44,7 @@ fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash() {
         Prereq::Tool("docker-registry"),
         Prereq::Tool("skopeo"),
     ];
-    if !prerequisites_met("shim_lazy_image", &prereqs) {
+    if !prerequisites_met(test, &prereqs) {
         return;
     }
     harness::init_logging();
@@ -40,7 +55,7 @@ fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash() {
     image.layers[0].push(Entry::random_file("data/unused.bin", 7, 64 << 20));
     let published = harness::scenario::publish_and_convert(&registry, &image, "bb", &[]).expect("publish + convert");
 
-    let ctrd = Containerd::start().expect("starting containerd");
+    let ctrd = Containerd::start_with(&StartOptions { version, ..StartOptions::default() }).expect("starting containerd");
     let cfg_dir = ctrd.scratch("shimcfg");
     let cache = cfg_dir.join("cache");
     let cfg = cfg_dir.join("config.toml");

@@ -103,9 +103,11 @@ fn resize_pty_without_a_terminal_succeeds_like_runc() {
 #[test]
 fn host_pid_namespace_init_exit_kills_the_rest_and_exits_promptly() {
     let Some(mut s) = DirectShim::new("host_pid_namespace_init_exit_kills_the_rest_and_exits_promptly") else { return };
-    let mut spec = go_client_spec(&s.cgroups_path("h1"), &["sh", "-c", "sleep 1000 & echo $! > /tmp/bg; exit 3"], false);
+    let mut spec = go_client_spec(&s.cgroups_path("h1"), &["sh", "-c", "sleep 1000 & echo $! > /tmp/bg; sleep 0.2; tr '\\0' ' ' < /proc/$!/cmdline > /tmp/bgcmd; exit 3"], false);
     // No pid namespace: the host's (docker run --pid=host, hostPID: true).
     spec["linux"]["namespaces"] = serde_json::json!([{"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]);
+    // Devices as ctr and CRI send them (allowed), so that only the pid namespace differs.
+    spec["linux"]["resources"]["devices"] = serde_json::json!([{"allow": true, "access": "rwm"}]);
     let bundle = s.write_bundle("h1", &spec).unwrap();
     s.start("h1", b"").unwrap();
     // The background sleep inherits stdout, as every child of a shell does.
@@ -118,10 +120,15 @@ fn host_pid_namespace_init_exit_kills_the_rest_and_exits_promptly() {
     assert_eq!(exit.exit_status, 3);
     let bg: i32 = std::fs::read_to_string(bundle.join("rootfs/tmp/bg")).unwrap().trim().parse().unwrap();
     assert!(bg > 1, "a host pid");
+    let cmd = std::fs::read_to_string(bundle.join("rootfs/tmp/bgcmd")).unwrap_or_default();
+    assert!(cmd.contains("sleep 1000"), "the background process ran: {cmd:?}");
     let gone = s.wait_until(Duration::from_secs(2), |_| !Path::new(&format!("/proc/{bg}")).exists());
     assert!(gone, "the container's other process {bg} was killed when its init exited (runc does this without a pid namespace)");
     assert!(took < Duration::from_millis(2500), "Wait returned {took:?} after Start: TaskExit must not wait for stdout to drain");
-    assert!(s.init_exits("h1").iter().any(|e| e.exit_status == 3), "TaskExit published");
+    assert!(
+        s.wait_until(Duration::from_secs(5), |s| s.init_exits("h1").iter().any(|e| e.exit_status == 3)),
+        "TaskExit published"
+    );
     s.delete("h1").unwrap();
     assert_cgroup_removed(&s, "h1");
 }
