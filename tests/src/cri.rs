@@ -1,4 +1,4 @@
-//! A CRI (Kubernetes Container Runtime Interface) client and a CRI-enabled private containerd 1.6,
+//! A CRI (Kubernetes Container Runtime Interface) client and a CRI-enabled private containerd (1.6; 2.x),
 //! to drive the shim the way a kubelet does: PullImage, RunPodSandbox with a runtime handler,
 //! CreateContainer, ExecSync, UpdateContainerResources, ContainerStats, Stop/Remove.
 //!
@@ -25,7 +25,7 @@ use k8s_cri::v1 as cri;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::cleanup::{force_unmount, temp_dir};
-use crate::containerd::{Containerd, StartOptions};
+use crate::containerd::{Containerd, StartOptions, Version};
 use crate::images::{Entry, Image, Layer};
 use crate::registry::Registry;
 
@@ -79,6 +79,12 @@ impl CriContainerd {
     /// the handlers' shim configs (`{dir}` in a shim config is replaced by this instance's temp
     /// dir), starts containerd with CRI and connects.
     pub fn start(registry: &Registry, handlers: &[Handler]) -> Result<CriContainerd> {
+        CriContainerd::start_on(registry, handlers, Version::V1_6)
+    }
+
+    /// [`CriContainerd::start`] on containerd `version`: 1.x gets `config-v2.toml`, 2.x the shipped
+    /// `config-v3.toml` (CRI split into io.containerd.cri.v1.{runtime,images} and grpc.v1.cri).
+    pub fn start_on(registry: &Registry, handlers: &[Handler], version: Version) -> Result<CriContainerd> {
         let dir = temp_dir("cri");
         let d = dir.path().to_path_buf();
         let pause = push_pause(registry)?;
@@ -110,8 +116,8 @@ impl CriContainerd {
         std::fs::write(cni.join("10-lazy.conflist"), serde_json::to_vec_pretty(&conflist)?)?;
 
         // The repository's handler snippet, with ConfigPath pointed at our shim configs.
-        let snippet = std::fs::read_to_string(runtimeclass_config())
-            .with_context(|| format!("reading {}", runtimeclass_config().display()))?;
+        let snippet_path = if version.is_v2() { runtimeclass_config_v3() } else { runtimeclass_config() };
+        let snippet = std::fs::read_to_string(&snippet_path).with_context(|| format!("reading {}", snippet_path.display()))?;
         let shim_dir = d.join("shim");
         std::fs::create_dir_all(&shim_dir)?;
         for h in handlers {
@@ -124,7 +130,19 @@ impl CriContainerd {
             .map(|l| l.replace("/etc/containerd-shim-lazy/", &format!("{}/", shim_dir.display())) + "\n")
             .collect();
 
-        let extra = format!(
+        let extra = if version.is_v2() {
+            format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\"]\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
+                 [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{pause}\"\n\
+                 [plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = \"{hosts}\"\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\"]\n  restrict_oom_score_adj = true\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\".cni]\n  bin_dirs = [\"{CNI_BIN_DIR}\"]\n  conf_dir = \"{cni}\"\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 {handlers_toml}",
+                cni = cni.display(),
+                hosts = hosts.display(),
+            )
+        } else { format!(
             "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause}\"\n  restrict_oom_score_adj = true\n  \
              stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{CNI_BIN_DIR}\"\n  conf_dir = \"{cni}\"\n\
@@ -133,12 +151,13 @@ impl CriContainerd {
              {handlers_toml}",
             cni = cni.display(),
             hosts = hosts.display(),
-        );
+        ) };
         let netns_before = list_dir(Path::new(NETNS_DIR));
         let containerd = Containerd::start_with(&StartOptions {
             cri: true,
             namespace: Some(CRI_NAMESPACE.into()),
             extra_config: extra,
+            version,
             ..StartOptions::default()
         })?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -291,6 +310,11 @@ fn list_dir(dir: &Path) -> BTreeSet<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
+}
+
+/// runtimeclass/containerd/config-v3.toml in this repository (containerd 2.x).
+pub fn runtimeclass_config_v3() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtimeclass/containerd/config-v3.toml")
 }
 
 /// runtimeclass/containerd/config-v2.toml in this repository.

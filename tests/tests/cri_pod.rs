@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harness::containerd::busybox_image;
+use harness::containerd::{busybox_image, Version};
 use harness::images::Entry;
 use harness::cri::{self, CriContainerd, Handler, KUBELET_MASKED_PATHS, KUBELET_READONLY_PATHS};
 use harness::registry::Registry;
@@ -329,6 +329,16 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
 
 #[test]
 fn cri_pod_lifecycle_with_lazy_handlers() {
+    lifecycle_on("cri_pod", Version::V1_6);
+}
+
+/// containerd 2.1.9 with runtimeclass/containerd/config-v3.toml as shipped.
+#[test]
+fn cri_pod_lifecycle_with_lazy_handlers_on_2_1() {
+    lifecycle_on("cri_pod_on_2_1", Version::V2_1);
+}
+
+fn lifecycle_on(test: &str, version: Version) {
     let prereqs = [
         Prereq::Root,
         Prereq::Fuse,
@@ -337,7 +347,7 @@ fn cri_pod_lifecycle_with_lazy_handlers() {
         Prereq::Tool("skopeo"),
         Prereq::Tool("ip"),
     ];
-    if !prerequisites_met("cri_pod", &prereqs) {
+    if !prerequisites_met(test, &prereqs) {
         return;
     }
     if !Path::new(cri::CNI_BIN_DIR).join("bridge").exists() {
@@ -357,7 +367,7 @@ fn cri_pod_lifecycle_with_lazy_handlers() {
     let served_before = registry.served_bytes();
     let handlers: Vec<Handler> =
         ["lazy", "lazy-sandbox"].iter().map(|h| Handler { name: h.to_string(), shim_config: shim_profile(h) }).collect();
-    let c = CriContainerd::start(&registry, &handlers).expect("starting containerd with CRI");
+    let c = CriContainerd::start_on(&registry, &handlers, version).expect("starting containerd with CRI");
 
     let start = Instant::now();
     let image_ref = c.pull(&published.lazy).unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&c.containerd().log(), 40)));
