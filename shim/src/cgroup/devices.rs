@@ -91,10 +91,9 @@ pub fn parse_rules(rules: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>, CgroupError
     Ok(out)
 }
 
-/// runc's built-in allow-list, appended after the spec's rules whenever the spec has a device list (runc
-/// 1.1 `specconv.AllowedDevices`): mknod of any device, /dev/null zero full random urandom tty console,
-/// ptmx, every /dev/pts/N, and /dev/net/tun. containerd's Go client sends only a deny-all rule and relies
-/// on these; without them /dev/null, terminals and `exec -t` fail with EPERM.
+/// runc's built-in allow-list (runc 1.1 `specconv.AllowedDevices`): mknod of any device, /dev/null zero
+/// full random urandom tty console, ptmx, every /dev/pts/N, and /dev/net/tun. containerd's Go client sends
+/// only a deny-all rule and relies on these; without them /dev/null, terminals and `exec -t` fail with EPERM.
 pub fn runc_default_allow() -> Vec<Rule> {
     let c = |major: Option<u32>, minor: Option<u32>, access: i32| Rule {
         allow: true,
@@ -117,6 +116,17 @@ pub fn runc_default_allow() -> Vec<Rule> {
         c(Some(5), Some(2), ACC_ALL),   // ptmx
         c(Some(10), Some(200), ACC_ALL), // net/tun
     ]
+}
+
+/// The spec's rules with [`runc_default_allow`] inserted right after the spec's last match-everything rule
+/// (its deny-all): a deny-all-only list gets runc's standard devices, while rules the spec lists after its
+/// deny-all still decide (runc appends the defaults at the very end, so there a spec cannot deny /dev/null;
+/// here it can, which is stricter, never looser).
+pub fn with_runc_defaults(rules: Vec<Rule>) -> Vec<Rule> {
+    let at = rules.iter().rposition(Rule::matches_everything).map_or(0, |i| i + 1);
+    let mut out = rules;
+    out.splice(at..at, runc_default_allow());
+    out
 }
 
 /// The effective default and the rules after the last match-everything rule.
@@ -283,8 +293,7 @@ mod tests {
 
     #[test]
     fn deny_all_plus_runc_defaults_allows_the_standard_devices_only() {
-        let mut r = parse_rules(&[rule(false, LinuxDeviceType::A, None, None, "rwm")]).unwrap();
-        r.extend(runc_default_allow());
+        let r = with_runc_defaults(parse_rules(&[rule(false, LinuxDeviceType::A, None, None, "rwm")]).unwrap());
         for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, 0), (136, 9), (10, 200)] {
             assert!(decide(&r, true, major, minor, "rw"), "c {major}:{minor} rw");
         }
@@ -292,10 +301,22 @@ mod tests {
         assert!(decide(&r, false, 8, 0, "m"), "mknod of any block device");
         assert!(!decide(&r, false, 8, 0, "r"), "block device read");
         assert!(!decide(&r, true, 4, 0, "rw"), "tty0");
-        // A spec rule that allows everything is not narrowed by the appended list.
-        let mut all = parse_rules(&[rule(true, LinuxDeviceType::A, None, None, "rwm")]).unwrap();
-        all.extend(runc_default_allow());
+        // A spec rule that allows everything is not narrowed by the defaults.
+        let all = with_runc_defaults(parse_rules(&[rule(true, LinuxDeviceType::A, None, None, "rwm")]).unwrap());
         assert!(decide(&all, false, 8, 0, "rw"));
+        // Rules after the deny-all still win over the defaults: an explicit deny of /dev/null holds.
+        let spec = [
+            rule(false, LinuxDeviceType::A, None, None, "rwm"),
+            rule(true, LinuxDeviceType::C, Some(1), Some(5), "rwm"),
+            rule(false, LinuxDeviceType::C, Some(1), Some(3), "rwm"),
+        ];
+        let r = with_runc_defaults(parse_rules(&spec).unwrap());
+        assert!(!decide(&r, true, 1, 3, "r"), "the spec's deny of c 1:3");
+        assert!(decide(&r, true, 1, 9, "r"), "urandom from the defaults");
+        // Without any match-everything rule the defaults go first and change nothing.
+        let r = with_runc_defaults(parse_rules(&[rule(false, LinuxDeviceType::C, Some(1), Some(3), "rwm")]).unwrap());
+        assert!(!decide(&r, true, 1, 3, "r"));
+        assert!(decide(&r, false, 8, 0, "r"));
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl Manager {
         let settings = self.plan(res)?;
         let mut rules = devices::parse_rules(res.devices().as_deref().unwrap_or(&[]))?;
         if res.devices().is_some() {
-            rules.extend(devices::runc_default_allow());
+            rules = devices::with_runc_defaults(rules);
         }
         let avail = self.available()?;
         let mut writes = Vec::new();
