@@ -432,3 +432,17 @@ fn shim_info_through_containerd_2_1_introspection() {
     assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")), "shows the shim's version: {}", out.stdout);
     assert!(out.stdout.contains("CAP_SYS_ADMIN"), "shows the OCI features: {}", out.stdout);
 }
+
+/// The check every containerd test gets at teardown (harness::containerd's Drop) can fail: a cgroup under
+/// the namespace that belongs to no task fails the test, after everything was cleaned up.
+#[test]
+fn teardown_fails_when_a_deleted_containers_cgroup_remains() {
+    let Some(env) = setup("teardown_fails_when_a_deleted_containers_cgroup_remains", Version::V1_6) else { return };
+    let root = if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() { "/sys/fs/cgroup/unified" } else { "/sys/fs/cgroup" };
+    let ghost = std::path::Path::new(root).join(env.ctrd.namespace()).join("ghost");
+    std::fs::create_dir_all(&ghost).unwrap();
+    assert_eq!(env.ctrd.cgroups_of_deleted_containers(), vec![ghost.clone()]);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(env)));
+    assert!(dropped.is_err(), "the teardown must fail the test when {} remains", ghost.display());
+    assert!(!ghost.exists(), "and still remove it");
+}
