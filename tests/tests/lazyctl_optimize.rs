@@ -1,0 +1,164 @@
+//! `lazyctl optimize` (issue 8) against the real docker-registry: the workload runs in a sandbox
+//! over a lazy mount of the converted image; the files it reads first become DST's prefetch list,
+//! and their chunks are laid out contiguously, in that order, at the front of DST's first data blob.
+//! Afterwards nothing is mounted and no sandbox process is left, also when the workload is stopped
+//! at its ready line or cannot be started at all.
+
+use std::time::{Duration, Instant};
+
+use harness::containerd::busybox_image;
+use harness::images::{self, Entry, Image, Layer};
+use harness::lazyctl::{self, fetch_index, inspect_json, optimize, optimize_mounts, sandbox_helpers};
+use harness::registry::Registry;
+use harness::scenario::VFS_PREREQS;
+use harness::{cleanup, prerequisites_met};
+use vfs::index::Kind;
+
+const MIB: u64 = 1024 * 1024;
+
+/// busybox plus a layer of files in three directories (several 1 MiB chunks each) and noise.
+fn image() -> Image {
+    let mut image = busybox_image().expect("building the busybox image");
+    let layer = Layer::new()
+        .add(Entry::dir("a"))
+        .add(Entry::random_file("a/noise.bin", 1, MIB))
+        .add(Entry::random_file("a/x", 2, 2 * MIB + 300))
+        .add(Entry::dir("b"))
+        .add(Entry::random_file("b/y", 3, 100_000))
+        .add(Entry::random_file("b/noise.bin", 4, 3 * MIB))
+        .add(Entry::dir("c"))
+        .add(Entry::random_file("c/z", 5, MIB + 5));
+    image.layers.push(layer);
+    image.env.push("GREETING=hello from the image".into());
+    image
+}
+
+/// Pushes [`image`] as `src/opt:v1`; returns its reference.
+fn publish(registry: &Registry) -> String {
+    let layout = cleanup::temp_dir("layout-opt");
+    image().write_layout(layout.path(), "v1").expect("writing the layout");
+    let src = registry.reference("src/opt:v1");
+    images::push(layout.path(), "v1", &src).expect("pushing the source image");
+    src
+}
+
+/// Asserts DST's prefetch list is `want` and that its chunks, in that order, fill blob 0 from
+/// offset 0 without a gap.
+fn assert_hot_layout(dst: &str, want: &[&str]) {
+    let index = fetch_index(dst).expect("DST's index");
+    let paths: Vec<String> = index
+        .prefetch
+        .iter()
+        .map(|&ino| {
+            let (path, _) = index.walk().into_iter().find(|(_, i)| *i == ino).expect("a listed inode has a path");
+            String::from_utf8_lossy(&path).into_owned()
+        })
+        .collect();
+    assert_eq!(paths, want, "DST's prefetch list should be the files the workload read, in order");
+    let mut end = 0u64;
+    for (&ino, path) in index.prefetch.iter().zip(want) {
+        let Kind::File { chunks, .. } = &index.inodes[ino as usize].kind else { panic!("{path} is not a file") };
+        for (n, c) in chunks.iter().enumerate() {
+            assert_eq!((c.blob, c.offset), (0, end), "{path} chunk {n} should follow the previous listed chunk in blob 0");
+            end += c.compressed_len as u64;
+        }
+    }
+    assert_eq!(index.blobs[0].size, end, "blob 0 should hold exactly the listed files");
+    let summary = inspect_json(dst).expect("lazyctl inspect --json");
+    assert_eq!(summary["prefetch_at_front"], true, "{summary}");
+    assert_eq!(summary["prefetch_paths"], serde_json::json!(want), "{summary}");
+}
+
+fn assert_nothing_left() {
+    assert_eq!(optimize_mounts(), Vec::<String>::new(), "lazyctl optimize left mounts behind");
+    assert_eq!(sandbox_helpers(), Vec::<u32>::new(), "lazyctl optimize left sandbox processes behind");
+}
+
+#[test]
+fn optimize_lays_out_what_the_workload_reads_first() {
+    harness::init_logging();
+    if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
+        return;
+    }
+    let registry = Registry::start().expect("starting docker-registry");
+    let src = publish(&registry);
+    // An unoptimized lazy image in DST's repository already holds every chunk: the hot set must be
+    // written again at the front all the same.
+    let plain = registry.reference("lazy/opt:plain");
+    lazyctl::convert(&src, &plain, &[]).expect("lazyctl convert");
+    let dst = registry.reference("lazy/opt:optimized");
+
+    // `sh` by name: found through the image's PATH; $GREETING from the image's Env.
+    let script = "cat /c/z >/dev/null; cat /a/x >/dev/null; cat /b/y >/dev/null; echo \"$GREETING\"; touch /written";
+    let out = optimize(&src, &dst, &[], &["sh", "-c", script]).expect("running lazyctl optimize");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "lazyctl optimize failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("hello from the image"), "CMD's output is passed through with the image's Env:\n{stdout}");
+    assert_hot_layout(&dst, &["/bin/busybox", "/c/z", "/a/x", "/b/y"]);
+    assert!(stdout.contains("recorded 4 files"), "summary:\n{stdout}");
+    assert!(stdout.contains(&format!("-> {dst}")), "summary names DST:\n{stdout}");
+    assert_nothing_left();
+
+    // The unlisted files are still there and reference the blobs DST's repository already had.
+    let index = fetch_index(&dst).expect("DST's index");
+    let noise = index.resolve(b"/b/noise.bin").expect("/b/noise.bin");
+    let Kind::File { chunks, .. } = &index.inodes[noise as usize].kind else { panic!() };
+    assert!(chunks.iter().all(|c| c.blob != 0), "an unread file is not in the hot blob");
+}
+
+#[test]
+fn wait_for_stops_recording_at_the_ready_line() {
+    harness::init_logging();
+    if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
+        return;
+    }
+    let registry = Registry::start().expect("starting docker-registry");
+    let src = publish(&registry);
+    let dst = registry.reference("lazy/opt:ready");
+    // A "server": reads its files, says it is ready, reads more, and would run for 313 s. The
+    // second read comes a second after the line, so the line is seen first even on a busy machine.
+    let script = "cat /a/x >/dev/null; echo server READY; sleep 1; cat /b/y >/dev/null; exec sleep 313";
+    let started = Instant::now();
+    let out = optimize(&src, &dst, &["--wait-for", "READY$", "--timeout", "200"], &["/bin/sh", "-c", script])
+        .expect("running lazyctl optimize");
+    let took = started.elapsed();
+    assert!(out.status.success(), "lazyctl optimize failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(took < Duration::from_secs(120), "optimize should stop at the ready line, not wait for CMD ({took:?})");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stopped at the line \"server READY\""), "summary:\n{stdout}");
+    assert_hot_layout(&dst, &["/bin/busybox", "/a/x"]);
+    assert_nothing_left();
+}
+
+#[test]
+fn a_command_missing_from_the_image_fails_clearly_and_leaves_nothing() {
+    harness::init_logging();
+    if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
+        return;
+    }
+    let registry = Registry::start().expect("starting docker-registry");
+    let src = publish(&registry);
+    let dst = registry.reference("lazy/opt:never");
+    for (cmd, want) in [
+        ("/no/such/cmd", "CMD /no/such/cmd not found in the image".to_string()),
+        ("python3", "CMD python3 not found in the image (PATH=/usr/sbin:/usr/bin:/sbin:/bin)".to_string()),
+    ] {
+        let out = optimize(&src, &dst, &[], &[cmd, "--version"]).expect("running lazyctl optimize");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "optimize with a missing CMD must fail");
+        assert!(stderr.contains(&want) && stderr.contains("DST not written"), "want {want:?} in:\n{stderr}");
+        assert_nothing_left();
+    }
+    assert!(inspect_json(&dst).is_err(), "DST must not be tagged after a failed optimize");
+
+    // A failing workload is an error too, unless --allow-failure.
+    let out = optimize(&src, &dst, &[], &["/bin/sh", "-c", "cat /c/z >/dev/null; exit 3"]).expect("running lazyctl optimize");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("CMD exited with status 3"), "{stderr}");
+    assert_nothing_left();
+    let out = optimize(&src, &dst, &["--allow-failure"], &["/bin/sh", "-c", "cat /c/z >/dev/null; exit 3"])
+        .expect("running lazyctl optimize");
+    assert!(out.status.success(), "--allow-failure publishes: {}", String::from_utf8_lossy(&out.stderr));
+    assert_hot_layout(&dst, &["/bin/busybox", "/c/z"]);
+    assert_nothing_left();
+}
