@@ -162,3 +162,45 @@ fn a_command_missing_from_the_image_fails_clearly_and_leaves_nothing() {
     assert_hot_layout(&dst, &["/bin/busybox", "/c/z"]);
     assert_nothing_left();
 }
+
+#[test]
+fn ctrl_c_stops_the_workload_and_unmounts() {
+    harness::init_logging();
+    if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
+        return;
+    }
+    let registry = Registry::start().expect("starting docker-registry");
+    let src = publish(&registry);
+    let dst = registry.reference("lazy/opt:interrupted");
+    let mut child = std::process::Command::new(harness::bins::lazyctl())
+        .args(["optimize", "--plain-http", &src, &dst, "--", "/bin/sh", "-c", "echo running; exec sleep 313"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting lazyctl optimize");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("reading lazyctl's stdout");
+    assert_eq!(line, "running\n", "the workload's output is passed through");
+    assert!(!sandbox_helpers().is_empty(), "the sandbox runs while the workload does");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("sending SIGINT");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for lazyctl") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("lazyctl optimize did not exit within 30 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr).expect("reading stderr");
+    assert!(!status.success(), "an interrupted optimize fails");
+    assert!(stderr.contains("interrupted (SIGINT)") && stderr.contains("DST not written"), "{stderr}");
+    assert_nothing_left();
+    assert!(inspect_json(&dst).is_err(), "DST must not be tagged after an interrupted optimize");
+}
