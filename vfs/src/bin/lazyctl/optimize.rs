@@ -164,12 +164,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         recording.stopped,
         mb(recording.bytes_served)
     );
-    println!(
-        "  prefetch list {} files, hot blob (blob 0) {:.1} MB -> {:.1} MB zstd, contiguous in first-read order",
-        s.prefetch,
-        mb(s.hot_bytes),
-        mb(s.hot_blob_bytes)
-    );
     print_figures(s, &pushed, args.chunk_size, stub.layer.len());
     println!("  time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())

@@ -95,7 +95,7 @@ impl Sandbox {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: the closure runs between fork and exec in the child of a multi-threaded process:
-        // it only makes async-signal-safe system calls (setpgid, prctl, dup2) on values prepared
+        // it only makes async-signal-safe system calls (setpgid, prctl, dup2, fcntl) on values prepared
         // before the fork, and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
@@ -108,8 +108,14 @@ impl Sandbox {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // dup2 clears close-on-exec on the copy: the helper gets the pipe as fd 3.
-                if libc::dup2(write_fd, ERROR_FD) < 0 {
+                // dup2 clears close-on-exec on the copy: the helper gets the pipe as fd 3. If the
+                // pipe already is fd 3, dup2 does nothing, so clear the flag by hand.
+                let r = if write_fd == ERROR_FD {
+                    libc::fcntl(ERROR_FD, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(write_fd, ERROR_FD)
+                };
+                if r < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
