@@ -35,11 +35,43 @@ fn image() -> Image {
 
 /// Pushes [`image`] as `src/opt:v1`; returns its reference.
 fn publish(registry: &Registry) -> String {
+    publish_with(registry, "v1", |_| {})
+}
+
+/// Pushes [`image`] as `src/opt:TAG` after `edit` changed its config's `config` object.
+fn publish_with(registry: &Registry, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
     let layout = cleanup::temp_dir("layout-opt");
-    image().write_layout(layout.path(), "v1").expect("writing the layout");
-    let src = registry.reference("src/opt:v1");
-    images::push(layout.path(), "v1", &src).expect("pushing the source image");
+    image().write_layout(layout.path(), tag).expect("writing the layout");
+    edit_config(layout.path(), edit);
+    let src = registry.reference(&format!("src/opt:{tag}"));
+    images::push(layout.path(), tag, &src).expect("pushing the source image");
     src
+}
+
+/// Rewrites the config of the single image in an OCI layout (new config and manifest blobs).
+fn edit_config(layout: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    use sha2::Digest as _;
+    let blobs = layout.join("blobs/sha256");
+    let read = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(blobs.join(d.trim_start_matches("sha256:"))).unwrap()).unwrap()
+    };
+    let put = |v: &serde_json::Value| -> (String, usize) {
+        let bytes = serde_json::to_vec(v).unwrap();
+        let hex = hex::encode(sha2::Sha256::digest(&bytes));
+        std::fs::write(blobs.join(&hex), &bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    edit(&mut config["config"]);
+    let (digest, size) = put(&config);
+    manifest["config"]["digest"] = digest.into();
+    manifest["config"]["size"] = size.into();
+    let (digest, size) = put(&manifest);
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
 /// Asserts DST's prefetch list is `want` and that its chunks, in that order, fill blob 0 from
@@ -203,4 +235,26 @@ fn ctrl_c_stops_the_workload_and_unmounts() {
     assert!(stderr.contains("interrupted (SIGINT)") && stderr.contains("DST not written"), "{stderr}");
     assert_nothing_left();
     assert!(inspect_json(&dst).is_err(), "DST must not be tagged after an interrupted optimize");
+}
+
+#[test]
+fn the_workload_runs_as_the_image_user_in_its_working_directory() {
+    harness::init_logging();
+    if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
+        return;
+    }
+    let registry = Registry::start().expect("starting docker-registry");
+    let src = publish_with(&registry, "user", |c| {
+        c["User"] = "nobody".into();
+        c["WorkingDir"] = "/b".into();
+    });
+    let dst = registry.reference("lazy/opt:user");
+    let script = "echo \"uid=$(id -u) gid=$(id -g) cwd=$(pwd) home=$HOME\"; cat y >/dev/null";
+    let out = optimize(&src, &dst, &[], &["sh", "-c", script]).expect("running lazyctl optimize");
+    assert!(out.status.success(), "lazyctl optimize failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("uid=65534 gid=65534 cwd=/b home=/"), "User and WorkingDir apply to CMD:\n{stdout}");
+    let index = fetch_index(&dst).expect("DST's index");
+    assert_eq!(index.prefetch.last().copied(), index.resolve(b"/b/y"), "the relative read of y is /b/y");
+    assert_nothing_left();
 }
