@@ -213,3 +213,54 @@ pub fn drop_caches() -> bool {
     unsafe { libc::sync() };
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
+
+/// Runs `lazyctl optimize --plain-http [extra...] SRC DST -- CMD...` to completion and returns its
+/// output whatever the exit status (tests check failures too). Its log goes to stderr.
+pub fn optimize(src: &str, dst: &str, extra: &[&str], cmd: &[&str]) -> Result<std::process::Output> {
+    let mut c = Command::new(bins::lazyctl());
+    c.args(["optimize", "--plain-http"]).args(extra).args([src, dst, "--"]).args(cmd).stdin(Stdio::null());
+    if std::env::var_os("RUST_LOG").is_none() {
+        c.env("RUST_LOG", "info");
+    }
+    let out = c.output().context("running lazyctl optimize")?;
+    eprintln!(
+        "lazyctl optimize {src} {dst} -- {cmd:?}: {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// Mount points in /proc/self/mountinfo under a `lazyctl optimize` temp dir (its lazy mount and
+/// anything a sandbox might leak into the host's mount namespace): empty when it cleaned up.
+pub fn optimize_mounts() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|mp| mp.contains("lazyctl-optimize-"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Pids of `lazyctl sandbox-init` helpers still alive: empty when optimize cleaned up.
+pub fn sandbox_helpers() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"sandbox-init"))
+        })
+        .collect()
+}
+
+/// The index of a lazy image, decoded by the vfs crate (what the shim and `lazyctl mount` load).
+pub fn fetch_index(image: &str) -> Result<vfs::Index> {
+    use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
+    let client = Client::new(ClientConfig { plain_http: PlainHttp::Always, ..ClientConfig::default() })?;
+    let reference: Reference = image.parse()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(vfs::stub::fetch_index(&client, &reference)).with_context(|| format!("fetching the index of {image}"))
+}

@@ -4,10 +4,11 @@
 //! each UNCOMPRESSED chunk is hashed (its digest names it) and zstd-compressed on its own (so any
 //! chunk can be fetched and decoded alone) into the layer's staging file. Which files survive
 //! (whiteouts, overwrites by upper layers) is only known once every layer is scanned, so the data
-//! blobs are assembled afterwards: for each layer, in tar order, the chunks of the files whose
-//! final content it holds are copied from staging unless an earlier layer already stored them.
-//! The result is exactly "one blob per layer, deduplicated against lower layers", deterministic
-//! for a given base, without decompressing any layer twice.
+//! blobs are assembled afterwards ([`Assembler`]): the prefetch list's files first, into a hot blob
+//! of their own; then for each layer, in directory order, the chunks of the files whose final
+//! content it holds are copied from staging unless an earlier layer already stored them.
+//! The result is "a hot blob, then one blob per layer, deduplicated against lower layers",
+//! deterministic for a given base, without decompressing any layer twice.
 //!
 //! A reader thread decompresses and cuts chunks while the calling thread hashes and compresses
 //! batches on all cores. Memory is bounded by the batch size, never by file or layer size.
@@ -211,10 +212,14 @@ fn stage_batch(
     Ok(out)
 }
 
-/// Builds the data blobs from staged layers: per layer, in tar order, the chunks of the files
-/// whose final content it holds, each stored once across all layers. Chunks that earlier lazy
-/// images in the destination repository already hold ([`Assembler::reuse`]) are referenced in
-/// their blobs instead of being stored again.
+/// Builds the data blobs from staged layers. With a prefetch list, the listed files come first:
+/// [`Assembler::add_hot`] copies their chunks, in list order, into a "hot" blob of their own that
+/// becomes blob 0, so a mount fetches the whole hot set with a few large range requests. Then, per
+/// layer, the chunks of the other files whose final content it holds go to that layer's blob in
+/// the order the caller gives (directory order), each stored once across all blobs. Chunks that
+/// earlier lazy images in the destination repository already hold ([`Assembler::reuse`]) are
+/// referenced in their blobs instead of being stored again, except in the hot blob: a hot set
+/// scattered over older blobs costs a round trip per piece, while a duplicate costs only storage.
 pub(crate) struct Assembler {
     /// Chunks placed in this conversion's index, by digest.
     stored: HashMap<Digest, Chunk>,
@@ -230,7 +235,20 @@ pub(crate) struct Assembler {
     pub bytes_stored: u64,
     pub bytes_compressed: u64,
     pub bytes_reused: u64,
+    /// The hot blob: files placed, their bytes, and the blob's (compressed) size.
+    pub hot_files: u64,
+    pub hot_bytes: u64,
+    pub hot_blob_bytes: u64,
 }
+
+/// A data blob being written and its position in the index's blob list.
+struct OpenBlob {
+    writer: BlobWriter,
+    index: u32,
+}
+
+/// A staged file to place: the layer it comes from, that layer's staging, its tar ordinal.
+pub(crate) type StagedFile<'a> = (&'a LayerBlob, &'a StagedLayer, u64);
 
 impl Assembler {
     pub fn new() -> Assembler {
@@ -244,6 +262,9 @@ impl Assembler {
             bytes_stored: 0,
             bytes_compressed: 0,
             bytes_reused: 0,
+            hot_files: 0,
+            hot_bytes: 0,
+            hot_blob_bytes: 0,
         }
     }
 
@@ -286,72 +307,140 @@ impl Assembler {
         Some(c)
     }
 
-    /// `wanted`: tar ordinals of the files whose final content this layer holds. Returns their
-    /// chunk lists by ordinal. The staging file is removed afterwards.
+    /// Copies a staged chunk into `out` (created on first use as `tmp/name`) and records it as stored.
+    fn copy_chunk(
+        &mut self,
+        out: &mut Option<OpenBlob>,
+        tmp: &Path,
+        name: &str,
+        staging: &Staging,
+        s: &StagedChunk,
+        buf: &mut Vec<u8>,
+    ) -> Result<Chunk, ConvertError> {
+        buf.resize(s.compressed_len as usize, 0);
+        staging.file.read_exact_at(buf, s.offset).map_err(|e| ConvertError::Io {
+            path: staging.path.to_path_buf(),
+            what: "read staging file".into(),
+            error: e,
+        })?;
+        if out.is_none() {
+            let writer = BlobWriter::create(tmp, name)?;
+            let index = self.refs.len() as u32;
+            self.refs.push(None);
+            *out = Some(OpenBlob { writer, index });
+        }
+        let blob = out.as_mut().expect("just created");
+        let offset = blob.writer.append(buf)?;
+        let c = Chunk { blob: blob.index, offset, compressed_len: s.compressed_len, len: s.len, digest: s.digest };
+        self.stored.insert(s.digest, c);
+        self.bytes_stored += s.len as u64;
+        self.bytes_compressed += s.compressed_len as u64;
+        Ok(c)
+    }
+
+    /// Finishes a blob written by [`Assembler::copy_chunk`] and lists it in the index.
+    fn finish_blob(&mut self, open: OpenBlob, what: &str) -> Result<BlobFile, ConvertError> {
+        let blob = open.writer.finish()?;
+        let r = BlobRef { digest: blob.digest, size: blob.size };
+        // An earlier image may hold this very blob (same base layer): list it once.
+        if let Some(&i) = self.blob_index.get(&r.digest) {
+            log::debug!("{what}: data blob {} already referenced as blob {i}", r.digest);
+        }
+        self.blob_index.entry(r.digest).or_insert(open.index);
+        self.refs[open.index as usize] = Some(r);
+        self.blobs.push(blob.clone());
+        Ok(blob)
+    }
+
+    /// Writes the hot blob: every chunk of `files`, file by file in the given (prefetch list)
+    /// order, chunk by chunk, from offset 0 and without gaps. A chunk repeated within the hot set
+    /// is stored once; chunks stored anywhere else (earlier images) are copied anyway. Must run
+    /// before [`Assembler::add_layer`], so the hot blob is blob 0 and the layers' blobs reference
+    /// its copies instead of storing the same chunks again. Returns each file's chunk list.
+    pub fn add_hot(&mut self, files: &[StagedFile<'_>], tmp: &Path) -> Result<Vec<Vec<Chunk>>, ConvertError> {
+        debug_assert!(self.stored.is_empty() && self.refs.is_empty(), "the hot blob is placed first");
+        let mut staging: HashMap<&Path, Staging> = HashMap::new();
+        let mut hot: Option<OpenBlob> = None;
+        let mut buf = Vec::new();
+        let mut out = Vec::with_capacity(files.len());
+        for &(layer, staged, ordinal) in files {
+            let staged_chunks = staged_file(layer, staged, ordinal)?;
+            let file = match staging.entry(staged.staging.as_path()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(open_staging(&staged.staging)?),
+            };
+            let mut chunks = Vec::with_capacity(staged_chunks.len());
+            for s in staged_chunks {
+                self.chunks_total += 1;
+                // `stored` holds only hot chunks at this point.
+                let chunk = match self.stored.get(&s.digest) {
+                    Some(c) => *c,
+                    None => self.copy_chunk(&mut hot, tmp, "blob-hot", file, s, &mut buf)?,
+                };
+                self.hot_bytes += s.len as u64;
+                chunks.push(chunk);
+            }
+            self.hot_files += 1;
+            out.push(chunks);
+        }
+        if let Some(open) = hot {
+            self.hot_blob_bytes = self.finish_blob(open, "prefetch list")?.size;
+        }
+        Ok(out)
+    }
+
+    /// Places the files of one layer whose final content it holds, given by tar ordinal in the
+    /// order their chunks should follow each other in the layer's blob. Returns their chunk lists
+    /// by ordinal. The staging file is removed afterwards.
     pub fn add_layer(
         &mut self,
         layer: &LayerBlob,
         staged: &StagedLayer,
-        wanted: &[u64],
+        ordinals: &[u64],
         tmp: &Path,
     ) -> Result<HashMap<u64, Vec<Chunk>>, ConvertError> {
-        let io = |what: &str, e: std::io::Error| ConvertError::Io { path: staged.staging.clone(), what: what.into(), error: e };
-        let staging = std::fs::File::open(&staged.staging).map_err(|e| io("open staging file", e))?;
-        let mut ordinals = wanted.to_vec();
-        ordinals.sort_unstable();
-        let mut writer: Option<BlobWriter> = None;
-        let mut new_index = 0u32;
+        let staging = open_staging(&staged.staging)?;
+        let name = format!("blob-{}-{}", self.blobs.len(), layer.digest.hex());
+        let mut open: Option<OpenBlob> = None;
         let mut out = HashMap::with_capacity(ordinals.len());
         let mut buf = Vec::new();
-        for ordinal in ordinals {
-            let staged_chunks = staged.files.get(&ordinal).ok_or_else(|| ConvertError::Layer {
-                layer: layer.digest,
-                reason: format!("tar entry {ordinal}: no staged content (internal error)"),
-            })?;
+        for &ordinal in ordinals {
+            let staged_chunks = staged_file(layer, staged, ordinal)?;
             let mut chunks = Vec::with_capacity(staged_chunks.len());
             for s in staged_chunks {
                 self.chunks_total += 1;
                 let chunk = match self.existing(&s.digest, s.len) {
                     Some(c) => c,
-                    None => {
-                        buf.resize(s.compressed_len as usize, 0);
-                        staging.read_exact_at(&mut buf, s.offset).map_err(|e| io("read staging file", e))?;
-                        if writer.is_none() {
-                            writer = Some(BlobWriter::create(tmp, &format!("blob-{}-{}", self.blobs.len(), layer.digest.hex()))?);
-                            new_index = self.refs.len() as u32;
-                            self.refs.push(None);
-                        }
-                        let offset = writer.as_mut().expect("just created").append(&buf)?;
-                        let c = Chunk {
-                            blob: new_index,
-                            offset,
-                            compressed_len: s.compressed_len,
-                            len: s.len,
-                            digest: s.digest,
-                        };
-                        self.stored.insert(s.digest, c);
-                        self.bytes_stored += s.len as u64;
-                        self.bytes_compressed += s.compressed_len as u64;
-                        c
-                    }
+                    None => self.copy_chunk(&mut open, tmp, &name, &staging, s, &mut buf)?,
                 };
                 chunks.push(chunk);
             }
             out.insert(ordinal, chunks);
         }
-        if let Some(w) = writer {
-            let blob = w.finish()?;
-            let r = BlobRef { digest: blob.digest, size: blob.size };
-            // An earlier image may hold this very blob (same base layer): list it once.
-            if let Some(&i) = self.blob_index.get(&r.digest) {
-                log::debug!("layer {}: data blob {} already referenced as blob {i}", layer.digest, r.digest);
-            }
-            self.blob_index.entry(r.digest).or_insert(new_index);
-            self.refs[new_index as usize] = Some(r);
-            self.blobs.push(blob);
+        if let Some(open) = open {
+            self.finish_blob(open, &format!("layer {}", layer.digest))?;
         }
         drop(staging);
         let _ = std::fs::remove_file(&staged.staging);
         Ok(out)
     }
+}
+
+/// A layer's staging file, open for reading.
+struct Staging {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+fn open_staging(path: &Path) -> Result<Staging, ConvertError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ConvertError::Io { path: path.to_path_buf(), what: "open staging file".into(), error: e })?;
+    Ok(Staging { file, path: path.to_path_buf() })
+}
+
+fn staged_file<'a>(layer: &LayerBlob, staged: &'a StagedLayer, ordinal: u64) -> Result<&'a [StagedChunk], ConvertError> {
+    staged.files.get(&ordinal).map(Vec::as_slice).ok_or_else(|| ConvertError::Layer {
+        layer: layer.digest,
+        reason: format!("tar entry {ordinal}: no staged content (internal error)"),
+    })
 }

@@ -192,27 +192,42 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
     out
 }
 
-fn parse_mtime(pax: Option<&[u8]>, header_mtime: u64) -> (i64, u32) {
+/// The latest time containerd's unpack keeps: Go's time.Unix(0, 1<<63 - 1).
+const MAX_MTIME: (i64, u32) = (9_223_372_036, 854_775_807);
+
+/// An entry's mtime as containerd's unpack sets it: the PAX record if there is one, else the
+/// header field (`None`: a negative GNU base-256 value); anything before the epoch or after
+/// [`MAX_MTIME`] becomes the epoch.
+fn parse_mtime(pax: Option<&[u8]>, header_mtime: Option<u64>) -> (i64, u32) {
+    let bound = |t: (i64, u32)| if t.0 < 0 || t > MAX_MTIME { (0, 0) } else { t };
     if let Some(v) = pax.and_then(|v| std::str::from_utf8(v).ok()) {
         let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
         if let Ok(secs) = secs.parse::<i64>() {
+            if secs < 0 || v.starts_with('-') {
+                return (0, 0);
+            }
             let digits: String = frac.chars().take(9).collect();
             let nsec = if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 0
             } else {
                 format!("{digits:0<9}").parse::<u32>().unwrap_or(0)
             };
-            // "-1.5" means 1.5 s before the epoch: normalise to a negative second plus positive nsec.
-            if secs < 0 || v.starts_with('-') {
-                if nsec > 0 {
-                    return (secs - 1, 1_000_000_000 - nsec);
-                }
-                return (secs, 0);
-            }
-            return (secs, nsec);
+            return bound((secs, nsec));
         }
     }
-    (header_mtime.min(i64::MAX as u64) as i64, 0)
+    match header_mtime {
+        Some(t) => bound((t.min(i64::MAX as u64) as i64, 0)),
+        None => (0, 0),
+    }
+}
+
+/// The header's mtime field; `None` when it holds a negative GNU base-256 number (leading byte
+/// 0xff), which the tar crate would return as a huge unsigned value.
+fn header_mtime(header: &tar::Header) -> std::io::Result<Option<u64>> {
+    if header.as_old().mtime[0] == 0xff {
+        return Ok(None);
+    }
+    header.mtime().map(Some)
 }
 
 impl Tree {
@@ -365,7 +380,7 @@ fn parse_tar(reader: Box<dyn Read + Send>, on_file: &mut OnFile<'_>) -> Result<V
         let mode = header.mode().map_err(|e| at("mode", &e))? & 0o7777;
         let mut uid = header.uid().map_err(|e| at("uid", &e))?;
         let mut gid = header.gid().map_err(|e| at("gid", &e))?;
-        let header_mtime = header.mtime().map_err(|e| at("mtime", &e))?;
+        let header_mtime = header_mtime(header).map_err(|e| at("mtime", &e))?;
         let dev = if matches!(ty, tar::EntryType::Char | tar::EntryType::Block) {
             let major = header.device_major().map_err(|e| at("device major", &e))?.unwrap_or(0);
             let minor = header.device_minor().map_err(|e| at("device minor", &e))?.unwrap_or(0);
@@ -470,9 +485,40 @@ mod tests {
 
     #[test]
     fn parses_pax_mtimes() {
-        assert_eq!(parse_mtime(Some(b"1700000000.5"), 1), (1_700_000_000, 500_000_000));
-        assert_eq!(parse_mtime(Some(b"1700000000.123456789123"), 1), (1_700_000_000, 123_456_789));
-        assert_eq!(parse_mtime(Some(b"-1.25"), 1), (-2, 750_000_000));
-        assert_eq!(parse_mtime(None, 42), (42, 0));
+        assert_eq!(parse_mtime(Some(b"1700000000.5"), Some(1)), (1_700_000_000, 500_000_000));
+        assert_eq!(parse_mtime(Some(b"1700000000.123456789123"), Some(1)), (1_700_000_000, 123_456_789));
+        assert_eq!(parse_mtime(None, Some(42)), (42, 0));
+    }
+
+    #[test]
+    fn times_outside_what_containerd_keeps_become_the_epoch() {
+        assert_eq!(parse_mtime(Some(b"-1.25"), Some(1)), (0, 0));
+        assert_eq!(parse_mtime(Some(b"-0.5"), Some(1)), (0, 0));
+        assert_eq!(parse_mtime(None, None), (0, 0), "negative base-256 header field");
+        assert_eq!(parse_mtime(None, Some(u64::MAX)), (0, 0));
+        assert_eq!(parse_mtime(Some(b"9223372036.854775807"), None), MAX_MTIME);
+        assert_eq!(parse_mtime(Some(b"9223372036.854775808"), None), (0, 0));
+    }
+
+    /// A GNU header whose mtime field is -1 in base-256 (what GNU tar writes for a 1969 file).
+    #[test]
+    fn reads_negative_base256_mtimes_as_the_epoch() {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(1);
+        h.as_old_mut().mtime = [0xff; 12];
+        h.set_cksum();
+        assert_eq!(h.mtime().unwrap(), u64::MAX, "the tar crate reads the field as unsigned");
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut h, "old", &b"x"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let parsed = parse_tar(Box::new(std::io::Cursor::new(tar)), &mut |_, _, r| {
+            std::io::copy(r, &mut std::io::sink()).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .unwrap();
+        assert_eq!((parsed[0].meta.mtime, parsed[0].meta.mtime_nsec), (0, 0));
     }
 }

@@ -1,5 +1,7 @@
 //! Converts an OCI image into a lazy image: the merged tree of all layers becomes an [`Index`], file
-//! contents become zstd chunks in one data blob per source layer, and a stub image carries the index.
+//! contents become zstd chunks in one data blob per source layer (plus, with a prefetch list, a
+//! "hot" blob 0 holding the listed files contiguously in list order), and a stub image carries
+//! the index.
 //!
 //! - [`source`]: where the image comes from (registry or OCI layout) and platform selection.
 //! - [`layers`]: tar streams (gzip/zstd/plain) merged into one tree (metadata only).
@@ -90,6 +92,11 @@ pub struct Summary {
     pub reused_bytes: u64,
     pub reused_blobs: u64,
     pub prefetch: u64,
+    /// Files of the prefetch list laid out in the hot blob (blob 0), their bytes, and the hot
+    /// blob's compressed size (0: no hot blob).
+    pub hot_files: u64,
+    pub hot_bytes: u64,
+    pub hot_blob_bytes: u64,
 }
 
 impl Summary {
@@ -144,22 +151,40 @@ pub fn convert_layers(
     progress(Progress::Assembling);
     let numbering = number_inodes(&tree);
 
-    // Files whose final content each layer holds: tar ordinal -> node.
-    let mut wanted: Vec<HashMap<u64, NodeId>> = vec![HashMap::new(); layers.len()];
-    for &node in &numbering.order {
-        if let NodeKind::File { layer, ordinal, .. } = tree.nodes[node].kind {
-            wanted[layer].insert(ordinal, node);
-        }
-    }
+    // The prefetch list's files go first, into the hot blob, in list order.
+    let hot = hot_nodes(&tree, &opts.prefetch);
     let mut assembler = chunker::Assembler::new();
     for earlier in &opts.reuse {
         assembler.reuse(earlier);
     }
     let mut file_chunks: HashMap<NodeId, Vec<crate::index::Chunk>> = HashMap::new();
+    if !hot.is_empty() {
+        let files: Vec<chunker::StagedFile<'_>> = hot
+            .iter()
+            .map(|&node| match tree.nodes[node].kind {
+                NodeKind::File { layer, ordinal, .. } => (&layers[layer], &staged[layer], ordinal),
+                _ => unreachable!("hot_nodes returns regular files only"),
+            })
+            .collect();
+        for (&node, chunks) in hot.iter().zip(assembler.add_hot(&files, tmp)?) {
+            file_chunks.insert(node, chunks);
+        }
+    }
+    // The other files, per layer in inode order: each directory's files together (tar order
+    // usually is, but nothing guarantees it), so a fetch span around one file catches its siblings.
+    let mut wanted: Vec<Vec<(u64, NodeId)>> = vec![Vec::new(); layers.len()];
+    for &node in &numbering.order {
+        if let NodeKind::File { layer, ordinal, .. } = tree.nodes[node].kind {
+            if !file_chunks.contains_key(&node) {
+                wanted[layer].push((ordinal, node));
+            }
+        }
+    }
     for ((layer, staged), wanted) in layers.iter().zip(&staged).zip(&wanted) {
-        let ordinals: Vec<u64> = wanted.keys().copied().collect();
-        for (ordinal, chunks) in assembler.add_layer(layer, staged, &ordinals, tmp)? {
-            file_chunks.insert(wanted[&ordinal], chunks);
+        let ordinals: Vec<u64> = wanted.iter().map(|&(ordinal, _)| ordinal).collect();
+        let mut placed = assembler.add_layer(layer, staged, &ordinals, tmp)?;
+        for &(ordinal, node) in wanted {
+            file_chunks.insert(node, placed.remove(&ordinal).expect("add_layer places every ordinal"));
         }
     }
     drop(staged);
@@ -173,6 +198,9 @@ pub fn convert_layers(
         blobs: assembler.blobs.len() as u64,
         reused_bytes: assembler.bytes_reused,
         reused_blobs: (assembler.refs.len() - assembler.blobs.len()) as u64,
+        hot_files: assembler.hot_files,
+        hot_bytes: assembler.hot_bytes,
+        hot_blob_bytes: assembler.hot_blob_bytes,
         ..Summary::default()
     };
     let mut inodes = Vec::with_capacity(numbering.order.len());
@@ -288,6 +316,18 @@ fn number_inodes(tree: &Tree) -> Numbering {
         stack.extend(subdirs.into_iter().rev());
     }
     Numbering { order, ino }
+}
+
+/// The prefetch list's regular files in the merged tree, in list order, each once (a hardlink
+/// listed twice is one file). Paths are not followed through symlinks, as in [`resolve_prefetch`],
+/// so the hot blob holds exactly the files the index's prefetch list names.
+fn hot_nodes(tree: &Tree, paths: &[String]) -> Vec<NodeId> {
+    let mut seen = std::collections::HashSet::new();
+    paths
+        .iter()
+        .filter_map(|p| tree.lookup(&layers::components(p.as_bytes())?))
+        .filter(|&node| matches!(tree.nodes[node].kind, NodeKind::File { .. }) && seen.insert(node))
+        .collect()
 }
 
 /// Maps prefetch paths to regular-file inodes; unknown paths are warned about, others skipped.

@@ -30,6 +30,28 @@ pub async fn push(
     reused: &[BlobRef],
     stub: &StubImage,
 ) -> Result<PushSummary, ConvertError> {
+    let mut summary = push_blobs(client, dst, blobs, reused).await?;
+    let repo = dst.repository_only();
+    client.push_blob(&repo, &stub.layer_digest, Bytes::from(stub.layer.clone())).await?;
+    client.push_blob(&repo, &stub.config_digest, Bytes::from(stub.config.clone())).await?;
+    client.push_blob(&repo, &stub.blobs_config_digest, Bytes::from(stub.blobs_config.clone())).await?;
+    client.push_manifest(&repo, MEDIA_OCI_MANIFEST, Bytes::from(stub.manifest.clone())).await?;
+    client.push_manifest(&repo, MEDIA_OCI_MANIFEST, Bytes::from(stub.blobs_manifest.clone())).await?;
+    let tagged = Reference { tag: Some(dst.tag.clone().unwrap_or_else(|| "latest".into())), digest: None, ..repo };
+    let digest = client.push_manifest(&tagged, MEDIA_OCI_INDEX, Bytes::from(stub.image_index.clone())).await?;
+    summary.index_digest = digest.to_string();
+    Ok(summary)
+}
+
+/// Pushes data blobs only (no manifest, no tag): what a mount of an index needs before the image
+/// is published (`lazyctl optimize` mounts its first conversion this way). Checks that the reused
+/// blobs of earlier images are still there.
+pub async fn push_blobs(
+    client: &Client,
+    dst: &Reference,
+    blobs: &[BlobFile],
+    reused: &[BlobRef],
+) -> Result<PushSummary, ConvertError> {
     let repo = dst.repository_only();
     for b in reused {
         if !client.blob_exists(&repo, &b.digest).await? {
@@ -63,13 +85,5 @@ pub async fn push(
             summary.blobs_present += 1;
         }
     }
-    client.push_blob(&repo, &stub.layer_digest, Bytes::from(stub.layer.clone())).await?;
-    client.push_blob(&repo, &stub.config_digest, Bytes::from(stub.config.clone())).await?;
-    client.push_blob(&repo, &stub.blobs_config_digest, Bytes::from(stub.blobs_config.clone())).await?;
-    client.push_manifest(&repo, MEDIA_OCI_MANIFEST, Bytes::from(stub.manifest.clone())).await?;
-    client.push_manifest(&repo, MEDIA_OCI_MANIFEST, Bytes::from(stub.blobs_manifest.clone())).await?;
-    let tagged = Reference { tag: Some(dst.tag.clone().unwrap_or_else(|| "latest".into())), digest: None, ..repo };
-    let digest = client.push_manifest(&tagged, MEDIA_OCI_INDEX, Bytes::from(stub.image_index.clone())).await?;
-    summary.index_digest = digest.to_string();
     Ok(summary)
 }

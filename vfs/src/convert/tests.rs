@@ -354,3 +354,124 @@ fn reuses_chunks_of_earlier_images_in_the_repository() {
     assert_eq!(zstd::decode_all(&new_blob[chunks[0].offset as usize..]).unwrap(), b"new");
     Index::decode(&c2.index.encode()).unwrap();
 }
+
+/// Chunks of `path` in `conv`'s index.
+fn chunks_of(ix: &Index, path: &str) -> Vec<crate::index::Chunk> {
+    let ino = ix.resolve(path.as_bytes()).unwrap_or_else(|| panic!("{path} missing"));
+    match &ix.inodes[ino as usize].kind {
+        Kind::File { chunks, .. } => chunks.clone(),
+        _ => panic!("{path} is not a file"),
+    }
+}
+
+/// Asserts that the chunks of `paths`, file by file and chunk by chunk, fill blob 0 from offset 0
+/// without a gap, and that blob 0 holds nothing else.
+fn assert_hot_front(conv: &Converted, paths: &[&str]) {
+    let ix = &conv.index;
+    let mut end = 0u64;
+    for path in paths {
+        for (n, c) in chunks_of(ix, path).iter().enumerate() {
+            assert_eq!((c.blob, c.offset), (0, end), "{path} chunk {n}: want blob 0 offset {end}");
+            end += c.compressed_len as u64;
+        }
+    }
+    assert_eq!(ix.blobs[0].size, end, "blob 0 holds exactly the listed files");
+    assert_eq!(conv.blobs[0].digest, ix.blobs[0].digest, "blob 0 is written by this conversion");
+    assert_eq!(conv.summary.hot_blob_bytes, end);
+    assert_eq!(conv.summary.hot_files, paths.len() as u64);
+}
+
+/// Three directories, files of 1-3 chunks, in a tar order that interleaves the directories.
+fn scattered_image(dir: &std::path::Path) -> Vec<LayerBlob> {
+    let tar = TarBuilder::new()
+        .file("a/1.bin", &pattern(2 * CS as usize + 10, 1))
+        .file("b/1.bin", &pattern(CS as usize, 2))
+        .file("c/1.bin", &pattern(3 * CS as usize, 3))
+        .file("a/2.txt", b"a two")
+        .file("b/2.bin", &pattern(CS as usize + 1, 4))
+        .file("c/2.txt", b"c two")
+        .finish();
+    let upper = TarBuilder::new().file("c/3.bin", &pattern(CS as usize / 2, 5)).file("a/3.txt", b"a three").finish();
+    vec![write_layer(dir, 0, tar, Comp::Gzip), write_layer(dir, 1, upper, Comp::Plain)]
+}
+
+#[test]
+fn prefetch_list_files_fill_the_front_of_blob_0_in_list_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = scattered_image(dir.path());
+    let mut o = opts();
+    // Across layers, against tar order, with a duplicate and a path that is not there.
+    let list = ["/c/3.bin", "/c/1.bin", "/a/2.txt", "/b/2.bin", "/a/1.bin"];
+    o.prefetch = list.iter().map(|p| p.to_string()).collect();
+    o.prefetch.insert(2, "/c/3.bin".into());
+    o.prefetch.push("/no/such".into());
+    let conv = convert_layers(&layers, &o, dir.path(), &|_| {}).unwrap();
+    let ix = &conv.index;
+    assert_eq!(ix.prefetch, list.iter().map(|p| ix.resolve(p.as_bytes()).unwrap()).collect::<Vec<_>>());
+    assert_hot_front(&conv, &list);
+    // The other files are in their layers' blobs, and every file still reads back right.
+    for p in ["/b/1.bin", "/c/2.txt", "/a/3.txt"] {
+        assert!(chunks_of(ix, p).iter().all(|c| c.blob != 0), "{p} is not listed, so not in the hot blob");
+    }
+    assert_eq!(read_file(&conv, "/c/1.bin"), pattern(3 * CS as usize, 3));
+    assert_eq!(read_file(&conv, "/a/3.txt"), b"a three");
+    assert_eq!(conv.blobs.len(), 3, "hot blob + one blob per layer");
+    assert_eq!(conv.summary.hot_bytes, (CS / 2 + 3 * CS + 5 + CS + 1 + 2 * CS + 10) as u64);
+    assert_eq!(Index::decode(&ix.encode()).unwrap(), *ix);
+}
+
+#[test]
+fn hot_set_is_copied_even_where_earlier_images_or_files_hold_its_chunks() {
+    let shared = pattern(2 * CS as usize, 42);
+    let image = |dir: &std::path::Path| {
+        let tar = TarBuilder::new()
+            .file("lib/early.bin", &shared)
+            .file("lib/other.bin", &pattern(CS as usize, 43))
+            .file("app/main", b"main")
+            .file("app/late.bin", &shared)
+            .finish();
+        vec![write_layer(dir, 0, tar, Comp::Zstd)]
+    };
+    // An earlier image in the destination repository holds every chunk.
+    let d1 = tempfile::tempdir().unwrap();
+    let first = convert_layers(&image(d1.path()), &opts(), d1.path(), &|_| {}).unwrap();
+    assert_eq!(first.summary.hot_files, 0);
+    let earlier = Index::decode(&first.index.encode()).unwrap();
+
+    let d2 = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.reuse = vec![earlier];
+    o.prefetch = vec!["/app/late.bin".into(), "/app/main".into()];
+    let conv = convert_layers(&image(d2.path()), &o, d2.path(), &|_| {}).unwrap();
+    let ix = &conv.index;
+    // late.bin duplicates early.bin (earlier in tar order, and in the earlier image): it gets
+    // fresh copies at the front all the same.
+    assert_hot_front(&conv, &["/app/late.bin", "/app/main"]);
+    assert_eq!(conv.blobs.len(), 1, "only the hot blob is new: the rest is reused");
+    assert_eq!(conv.summary.stored_bytes, shared.len() as u64 + 4);
+    // Unlisted files reuse the earlier image's blob, except where the hot blob has the chunk.
+    assert_eq!(ix.blobs[1].digest, first.blobs[0].digest);
+    assert!(chunks_of(ix, "/lib/other.bin").iter().all(|c| c.blob == 1));
+    assert_eq!(chunks_of(ix, "/lib/early.bin"), chunks_of(ix, "/app/late.bin"), "stored once, in the hot blob");
+    assert_eq!(read_file(&conv, "/app/late.bin"), shared);
+    assert_eq!(Index::decode(&ix.encode()).unwrap(), *ix);
+}
+
+#[test]
+fn without_a_list_each_directory_is_contiguous_in_its_layers_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv = convert_layers(&scattered_image(dir.path()), &opts(), dir.path(), &|_| {}).unwrap();
+    let ix = &conv.index;
+    assert_eq!(conv.summary.hot_files, 0);
+    // Layer 0's blob: a/, then b/, then c/, whatever the tar order.
+    let mut end = 0u64;
+    for p in ["/a/1.bin", "/a/2.txt", "/b/1.bin", "/b/2.bin", "/c/1.bin", "/c/2.txt"] {
+        for c in chunks_of(ix, p) {
+            assert_eq!((c.blob, c.offset), (0, end), "{p}");
+            end += c.compressed_len as u64;
+        }
+    }
+    assert_eq!(ix.blobs[0].size, end);
+    assert_eq!(chunks_of(ix, "/a/3.txt")[0].blob, 1);
+    assert!(chunks_of(ix, "/a/3.txt")[0].offset < chunks_of(ix, "/c/3.bin")[0].offset);
+}

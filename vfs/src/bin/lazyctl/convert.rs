@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use vfs::convert::{self, ConvertOptions, Platform, Progress, SourceRef};
+use vfs::convert::push::PushSummary;
+use vfs::convert::{self, ConvertOptions, Platform, Progress, SourceImage, SourceRef};
 use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
 
 #[derive(clap::Args)]
@@ -29,7 +30,7 @@ pub struct Args {
     dst: Reference,
 }
 
-fn parse_size(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
     let (num, mul) = match s.trim_end_matches(['i', 'B']).char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
         Some((i, 'M' | 'm')) => (&s[..i], 1u64 << 20),
@@ -42,38 +43,88 @@ fn parse_size(s: &str) -> Result<u32, String> {
     Ok(bytes)
 }
 
-fn mb(bytes: u64) -> f64 {
+pub(crate) fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the network runtime")?;
-    let client = Client::new(ClientConfig {
-        plain_http: if args.plain_http { PlainHttp::Always } else { PlainHttp::Auto },
-        ..ClientConfig::default()
-    })?;
+    let runtime = network_runtime()?;
+    let client = registry_client(args.plain_http)?;
     let platform = args.platform.clone().unwrap_or_else(Platform::host);
     let prefetch = match &args.prefetch_list {
         Some(p) => convert::read_prefetch_list(p)?,
         None => Vec::new(),
     };
     let tmp = tempfile::Builder::new().prefix("lazyctl-convert-").tempdir().context("creating a temp dir")?;
+    let source = fetch_source(&runtime, &client, &args.src, &platform, tmp.path())?;
+    let reuse = runtime.block_on(convert::reuse::earlier_indexes(&client, &args.dst));
+    let opts = ConvertOptions {
+        chunk_size: args.chunk_size,
+        source_repo: format!("{}/{}", args.dst.registry, args.dst.repository),
+        prefetch,
+        reuse,
+    };
+    let convert_started = Instant::now();
+    let converted = convert_with_progress(&source, &opts, tmp.path())?;
+    let convert_secs = convert_started.elapsed().as_secs_f64();
+    let (pushed, stub) = publish(&runtime, &client, &args.dst, &source, &converted)?;
+    let total_secs = started.elapsed().as_secs_f64();
 
-    let source = match &args.src {
-        SourceRef::Layout { dir, tag } => convert::source::open_layout(dir, tag.as_deref(), &platform)?,
+    println!("converted {} -> {} ({})", args.src, args.dst, pushed.index_digest);
+    print_figures(&converted.summary, &pushed, args.chunk_size, stub.layer.len());
+    let s = &converted.summary;
+    println!(
+        "  time {total_secs:.2} s (convert {convert_secs:.2} s: {:.1} MB/s)  overall {:.1} MB/s",
+        mb(s.bytes) / convert_secs.max(1e-9),
+        mb(s.bytes) / total_secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// The tokio runtime for registry I/O (conversion itself runs on plain threads).
+pub(crate) fn network_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lazy-net")
+        .enable_all()
+        .build()
+        .context("starting the network runtime")
+}
+
+pub(crate) fn registry_client(plain_http: bool) -> anyhow::Result<Client> {
+    Ok(Client::new(ClientConfig {
+        plain_http: if plain_http { PlainHttp::Always } else { PlainHttp::Auto },
+        ..ClientConfig::default()
+    })?)
+}
+
+/// The source image's config and layers as local files (downloaded into `tmp` from a registry).
+pub(crate) fn fetch_source(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    src: &SourceRef,
+    platform: &Platform,
+    tmp: &std::path::Path,
+) -> anyhow::Result<SourceImage> {
+    let source = match src {
+        SourceRef::Layout { dir, tag } => convert::source::open_layout(dir, tag.as_deref(), platform)?,
         SourceRef::Registry(r) => {
             log::info!("pulling {r} ({platform})");
-            runtime.block_on(convert::source::fetch_registry(&client, r, &platform, tmp.path()))?
+            runtime.block_on(convert::source::fetch_registry(client, r, platform, tmp))?
         }
     };
     let layer_bytes: u64 = source.layers.iter().map(|l| l.size).sum();
-    log::info!("converting {} ({}, {} layers, {:.1} MB compressed)", args.src, source.platform, source.layers.len(), mb(layer_bytes));
+    log::info!("converting {src} ({}, {} layers, {:.1} MB compressed)", source.platform, source.layers.len(), mb(layer_bytes));
+    Ok(source)
+}
 
+/// [`convert::convert_layers`] with a progress bar on a terminal.
+pub(crate) fn convert_with_progress(
+    source: &SourceImage,
+    opts: &ConvertOptions,
+    tmp: &std::path::Path,
+) -> anyhow::Result<convert::Converted> {
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
     let on_progress = |p: Progress| match p {
         Progress::Start { layers, compressed } => {
@@ -86,26 +137,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Progress::Advance(n) => bar.inc(n),
         Progress::Assembling => bar.set_message("writing data blobs"),
     };
-    let reuse = runtime.block_on(convert::reuse::earlier_indexes(&client, &args.dst));
-    let opts = ConvertOptions {
-        chunk_size: args.chunk_size,
-        source_repo: format!("{}/{}", args.dst.registry, args.dst.repository),
-        prefetch,
-        reuse,
-    };
-    let convert_started = Instant::now();
-    let converted = convert::convert_layers(&source.layers, &opts, tmp.path(), &on_progress)?;
-    let convert_secs = convert_started.elapsed().as_secs_f64();
+    let converted = convert::convert_layers(&source.layers, opts, tmp, &on_progress);
     bar.finish_and_clear();
+    Ok(converted?)
+}
 
+/// Pushes a conversion (data blobs, stub image) and tags it as `dst`.
+pub(crate) fn publish(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    dst: &Reference,
+    source: &SourceImage,
+    converted: &convert::Converted,
+) -> anyhow::Result<(PushSummary, vfs::stub::StubImage)> {
     let stub = vfs::stub::build(&source.config, &source.platform, &converted.index);
-    let new_blobs: std::collections::HashSet<_> = converted.blobs.iter().map(|b| b.digest).collect();
-    let reused: Vec<_> = converted.index.blobs.iter().filter(|b| !new_blobs.contains(&b.digest)).copied().collect();
-    let pushed = runtime.block_on(convert::push::push(&client, &args.dst, &converted.blobs, &reused, &stub))?;
-    let total_secs = started.elapsed().as_secs_f64();
+    let pushed = runtime
+        .block_on(convert::push::push(client, dst, &converted.blobs, &reused_blobs(converted), &stub))
+        .with_context(|| format!("pushing the lazy image to {dst}"))?;
+    Ok((pushed, stub))
+}
 
-    let s = &converted.summary;
-    println!("converted {} -> {} ({})", args.src, args.dst, pushed.index_digest);
+/// Blobs the index references that this conversion did not write (earlier images' blobs).
+pub(crate) fn reused_blobs(converted: &convert::Converted) -> Vec<vfs::index::BlobRef> {
+    let new_blobs: std::collections::HashSet<_> = converted.blobs.iter().map(|b| b.digest).collect();
+    converted.index.blobs.iter().filter(|b| !new_blobs.contains(&b.digest)).copied().collect()
+}
+
+/// The summary lines after the first one.
+pub(crate) fn print_figures(s: &convert::Summary, pushed: &PushSummary, chunk_size: u32, index_bytes: usize) {
     println!(
         "  files {}  dirs {}  symlinks {}  other {}  bytes {:.1} MB",
         s.files,
@@ -115,29 +174,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mb(s.bytes)
     );
     println!(
-        "  chunks {} ({} unique, chunk size {})  dedup ratio {:.2}  stored {:.1} MB -> {:.1} MB zstd",
+        "  chunks {} ({} unique, chunk size {chunk_size})  dedup ratio {:.2}  stored {:.1} MB -> {:.1} MB zstd",
         s.chunks,
         s.unique_chunks,
-        args.chunk_size,
         s.dedup_ratio(),
         mb(s.stored_bytes),
         mb(s.compressed_bytes)
     );
     println!(
-        "  blobs {} ({} pushed, {} already present, {:.1} MB uploaded; {:.1} MB reused from {} blobs of earlier images)  index {} bytes  prefetch {}",
+        "  blobs {} ({} pushed, {} already present, {:.1} MB uploaded; {:.1} MB reused from {} blobs of earlier images)  index {index_bytes} bytes  prefetch {}",
         s.blobs,
         pushed.blobs_pushed,
         pushed.blobs_present,
         mb(pushed.bytes_pushed),
         mb(s.reused_bytes),
         s.reused_blobs,
-        stub.layer.len(),
         s.prefetch
     );
-    println!(
-        "  time {total_secs:.2} s (convert {convert_secs:.2} s: {:.1} MB/s)  overall {:.1} MB/s",
-        mb(s.bytes) / convert_secs.max(1e-9),
-        mb(s.bytes) / total_secs.max(1e-9)
-    );
-    Ok(())
+    if s.hot_files > 0 {
+        println!(
+            "  hot blob (blob 0): {} files, {:.1} MB -> {:.1} MB zstd, contiguous in prefetch order",
+            s.hot_files,
+            mb(s.hot_bytes),
+            mb(s.hot_blob_bytes)
+        );
+    }
 }

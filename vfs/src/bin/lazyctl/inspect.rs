@@ -38,6 +38,29 @@ struct Summary {
     blob_bytes: u64,
     prefetch: usize,
     prefetch_bytes: u64,
+    /// The prefetch list's files, in order (each by its first path).
+    prefetch_paths: Vec<String>,
+    /// Runs of back-to-back chunks the list's chunks form, taken in list order (a chunk seen
+    /// before is skipped): 1 means one contiguous range, fetchable in a few large requests.
+    prefetch_runs: usize,
+    /// Whether those chunks are one run starting at offset 0 of a blob (what optimize writes).
+    prefetch_at_front: bool,
+}
+
+/// Runs of the prefetch list's chunks, in list order: (blob, first offset, bytes).
+fn prefetch_runs(index: &Index) -> Vec<(u32, u64, u64)> {
+    let mut runs: Vec<(u32, u64, u64)> = Vec::new();
+    let mut seen = HashSet::new();
+    for &ino in &index.prefetch {
+        let Some(Kind::File { chunks, .. }) = index.inode(ino).map(|i| &i.kind) else { continue };
+        for c in chunks.iter().filter(|c| seen.insert(c.digest)) {
+            match runs.last_mut() {
+                Some((blob, start, len)) if *blob == c.blob && *start + *len == c.offset => *len += c.compressed_len as u64,
+                _ => runs.push((c.blob, c.offset, c.compressed_len as u64)),
+            }
+        }
+    }
+    runs
 }
 
 fn summarize(index: &Index) -> Summary {
@@ -57,7 +80,24 @@ fn summarize(index: &Index) -> Summary {
         blob_bytes: index.blobs.iter().map(|b| b.size).sum(),
         prefetch: index.prefetch.len(),
         prefetch_bytes: index.prefetch.iter().filter_map(|&i| index.inode(i)).map(|i| i.size()).sum(),
+        prefetch_paths: Vec::new(),
+        prefetch_runs: 0,
+        prefetch_at_front: false,
     };
+    if !index.prefetch.is_empty() {
+        let mut first_path = std::collections::HashMap::new();
+        for (path, ino) in index.walk() {
+            first_path.entry(ino).or_insert(path);
+        }
+        s.prefetch_paths = index
+            .prefetch
+            .iter()
+            .map(|ino| first_path.get(ino).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default())
+            .collect();
+        let runs = prefetch_runs(index);
+        s.prefetch_runs = runs.len();
+        s.prefetch_at_front = runs.len() == 1 && runs[0].1 == 0;
+    }
     let mut unique = HashSet::new();
     for (ino, inode) in index.inodes.iter().enumerate() {
         match &inode.kind {
@@ -116,6 +156,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         writeln!(out, "chunks        {} ({} unique)", s.chunks, s.unique_chunks)?;
         writeln!(out, "blobs         {} ({} bytes)", s.blobs, s.blob_bytes)?;
         writeln!(out, "prefetch      {} files ({} bytes)", s.prefetch, s.prefetch_bytes)?;
+        if s.prefetch > 0 {
+            let layout = if s.prefetch_at_front {
+                "contiguous at the front of a blob".to_string()
+            } else {
+                format!("{} separate ranges", s.prefetch_runs)
+            };
+            writeln!(out, "  layout      {layout}")?;
+        }
     }
     // A closed pipe (`| head`) is not an error worth a panic.
     match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {

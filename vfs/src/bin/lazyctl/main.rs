@@ -4,12 +4,14 @@
 mod convert;
 mod inspect;
 mod mount;
+mod optimize;
+mod sandbox;
 mod stats;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lazyctl", version, about = "Lazy container images: convert, mount, inspect, stats")]
+#[command(name = "lazyctl", version, about = "Lazy container images: convert, optimize, mount, inspect, stats")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +27,12 @@ enum Command {
     Stats(stats::Args),
     /// Summarise a lazy image's index.
     Inspect(inspect::Args),
+    /// Convert SRC, record what CMD reads first in a sandbox over a lazy mount of it, and publish
+    /// DST with those files first (prefetch list, contiguous hot blob).
+    Optimize(optimize::Args),
+    /// Internal: the sandbox helper `optimize` runs CMD through.
+    #[command(hide = true, name = "sandbox-init")]
+    SandboxInit(sandbox::InitArgs),
 }
 
 fn main() {
@@ -35,6 +43,9 @@ fn main() {
         Command::Mount(args) => mount::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Optimize(args) => optimize::run(args),
+        // Never returns; nothing above started a thread, as the helper requires (see sandbox.rs).
+        Command::SandboxInit(args) => sandbox::init(args),
     };
     if let Err(err) = result {
         eprintln!("lazyctl: {err:#}");
