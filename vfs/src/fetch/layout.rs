@@ -134,6 +134,27 @@ impl Readahead {
     }
 }
 
+impl Readahead {
+    /// A read at `offset` landed inside a region fetched before, less than half a window from its
+    /// end: returns the next window (`[end, end + window)`, the window doubled) so the next span is
+    /// in flight before the reader gets there, as the kernel's asynchronous readahead does.
+    pub fn ahead(&mut self, blob: u32, offset: u64) -> Option<(u64, u64)> {
+        let r = self.regions.iter_mut().find(|r| r.blob == blob && r.start <= offset && offset < r.end)?;
+        if r.end - offset > r.window / 2 {
+            return None;
+        }
+        r.window = (r.window * 2).min(self.max);
+        let from = r.end;
+        r.end = from.saturating_add(r.window);
+        Some((from, r.end))
+    }
+
+    /// Whether any region is being tracked (no miss yet: nothing to read ahead of).
+    pub fn is_idle(&self) -> bool {
+        self.regions.is_empty()
+    }
+}
+
 /// Splits chunks of one blob, sorted by offset and not overlapping, into range requests: chunks
 /// separated by at most `max_gap` bytes share a request (the gap is fetched and dropped), and no
 /// request is larger than `max_request` unless a single chunk is. Returns index ranges into `chunks`.
@@ -209,6 +230,19 @@ mod tests {
         let (f, t) = ra.window(1, at);
         assert_eq!(t - f, 1 << 20, "another blob is another region");
         assert_eq!(Readahead::new(1 << 20, 0).window(0, 5), (5, 5), "max 0 disables spans");
+    }
+
+    #[test]
+    fn reads_near_the_end_of_a_region_start_the_next_window() {
+        let mut ra = Readahead::new(1 << 20, 16 << 20);
+        assert!(ra.is_idle());
+        let (from, to) = ra.window(0, 0);
+        assert_eq!((from, to), (0, 1 << 20));
+        assert_eq!(ra.ahead(0, 100), None, "far from the end");
+        assert_eq!(ra.ahead(1, to - 1), None, "another blob");
+        assert_eq!(ra.ahead(0, to - 1), Some((to, to + (2 << 20))), "next window, doubled, starting at the end");
+        assert_eq!(ra.ahead(0, to - 1), None, "already ahead");
+        assert_eq!(ra.ahead(0, to + (2 << 20) - 10), Some((3 << 20, 7 << 20)));
     }
 
     #[test]

@@ -354,6 +354,9 @@ impl Inner {
                 None => true,
             })
             .collect();
+        if let Some(last) = chunks.last() {
+            self.read_ahead(last.chunk);
+        }
         if !missing.is_empty() {
             let waits = self.fetch_missing(chunks, &missing);
             let wait = || {
@@ -415,6 +418,28 @@ impl Inner {
             self.handle.spawn(async move { inner.run(request).await });
         }
         waits
+    }
+
+    /// A read near the end of a span fetched before starts the next span now, so a sequential
+    /// reader finds its chunks landed or in flight instead of missing once per span.
+    fn read_ahead(self: &Arc<Self>, chunk: &Chunk) {
+        let window = {
+            let mut ra = self.readahead.lock();
+            if ra.is_idle() {
+                return;
+            }
+            ra.ahead(chunk.blob, chunk.offset)
+        };
+        let Some((from, to)) = window else { return };
+        let candidates: Vec<Chunk> = self.layout.neighbours(chunk, from, to).filter(|n| !self.on_node(n)).copied().collect();
+        let claims: Vec<Claim> = {
+            let mut inflight = self.inflight.lock();
+            candidates.into_iter().filter_map(|n| self.claim(&mut inflight, n, None)).collect()
+        };
+        for request in self.requests(claims) {
+            let inner = self.clone();
+            self.handle.spawn(async move { inner.run(request).await });
+        }
     }
 
     /// Adds to the claimed misses the not-yet-fetched chunks around them (one span per miss, per
