@@ -354,11 +354,16 @@ impl Inner {
                 None => true,
             })
             .collect();
-        if let Some(last) = chunks.last() {
-            self.read_ahead(last.chunk);
+        let last = chunks.len().wrapping_sub(1);
+        if !chunks.is_empty() && !missing.contains(&last) {
+            self.read_ahead(chunks[last].chunk);
         }
         if !missing.is_empty() {
             let waits = self.fetch_missing(chunks, &missing);
+            if let Some((i, ..)) = waits.iter().find(|(i, _, own)| *i == last && !own) {
+                // Joined a fetch in flight: a span is landing here; keep ahead of the reader.
+                self.read_ahead(chunks[*i].chunk);
+            }
             let wait = || {
                 for (i, flight, own) in waits {
                     let r = flight.wait(self.opts.deadline + Duration::from_secs(5));
