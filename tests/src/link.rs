@@ -159,6 +159,18 @@ impl Link {
     /// Listens on a fresh loopback port and forwards every connection to `127.0.0.1:upstream`
     /// through the link. Returns the port clients use.
     pub fn route(&self, upstream: u16) -> Result<u16> {
+        self.serve(upstream, None)
+    }
+
+    /// Like [`Link::route`], but a connection that opens with a TLS handshake goes to `tls`
+    /// and any other to `plain`: one `host:port` that answers both HTTP and HTTPS. SOCI needs
+    /// this: it fetches its index only over HTTPS but layers of a loopback registry only over
+    /// plain HTTP (containerd's resolver treats loopback hosts as plain-HTTP).
+    pub fn route_by_protocol(&self, plain: u16, tls: u16) -> Result<u16> {
+        self.serve(plain, Some(tls))
+    }
+
+    fn serve(&self, plain: u16, tls: Option<u16>) -> Result<u16> {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a link port")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
@@ -166,12 +178,20 @@ impl Link {
         let runtime = self.runtime.as_ref().expect("runtime lives until drop");
         let _guard = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream));
         runtime.spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
                 let shared = shared.clone();
                 tokio::spawn(async move {
+                    let mut upstream = plain;
+                    if let Some(tls) = tls {
+                        // Both protocols start with the client talking; 0x16 opens a TLS record.
+                        let mut first = [0u8; 1];
+                        if matches!(client.peek(&mut first).await, Ok(1)) && first[0] == 0x16 {
+                            upstream = tls;
+                        }
+                    }
+                    let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream));
                     let server = match tokio::net::TcpStream::connect(upstream).await {
                         Ok(s) => s,
                         Err(e) => {
@@ -444,5 +464,27 @@ mod tests {
         let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
         let rate = total as f64 / t.elapsed().as_secs_f64();
         assert!(rate <= shape.bytes_per_sec().unwrap() * 1.1, "3 connections together got {rate} B/s");
+    }
+
+    #[test]
+    fn route_by_protocol_sends_tls_handshakes_to_the_tls_upstream() {
+        let plain = http_server(10);
+        let tls = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let tls_port = tls.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut conn in tls.incoming().flatten() {
+                let mut first = [0u8; 1];
+                let _ = conn.read_exact(&mut first);
+                let _ = conn.write_all(if first[0] == 0x16 { b"tls" } else { b"???" });
+            }
+        });
+        let link = Link::new(Shape::unshaped()).unwrap();
+        let port = link.route_by_protocol(plain, tls_port).unwrap();
+        HttpConn::connect(port).unwrap().get("/small").unwrap();
+        let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        conn.write_all(&[0x16, 3, 1]).unwrap();
+        let mut answer = [0u8; 3];
+        conn.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"tls");
     }
 }

@@ -158,6 +158,22 @@ impl Soci {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The daemon log's length now: pass it to [`Soci::layers_since`] later.
+    pub fn log_offset(&self) -> u64 {
+        std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Layers the daemon prepared since the log had `offset` bytes: (lazily, as remote
+    /// snapshots; fully downloaded, as local snapshots). SOCI falls back to local silently when it
+    /// cannot use its index; a benchmark must say so.
+    pub fn layers_since(&self, offset: u64) -> (usize, usize) {
+        let text = std::fs::read(self.log_path()).unwrap_or_default();
+        let text = String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default());
+        let remote = text.matches("remote snapshot successfully prepared").count();
+        let local = text.matches("local snapshot successfully prepared").count();
+        (remote, local)
+    }
+
     /// Indexes `image` (pulled into `ctrd` first, over HTTPS) and pushes the index next to it.
     pub fn create_and_push(&self, ctrd: &Containerd, image: &str) -> Result<()> {
         let ca = self.ca.display().to_string();

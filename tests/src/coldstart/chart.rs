@@ -47,10 +47,10 @@ pub fn write_png(report: &Report, path: &Path) -> Result<()> {
 fn draw(report: &Report, path: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let (workloads, variants, modes) = axes(&report.samples);
     let groups: Vec<(String, Mode)> = workloads.iter().flat_map(|w| modes.iter().map(move |&m| (w.clone(), m))).collect();
-    let ymax = report.samples.iter().map(|s| s.seconds).fold(1.0f64, f64::max) * 1.12;
+    let ymax = report.samples.iter().map(|s| s.seconds).fold(1.0f64, f64::max) * 1.18;
     let root = BitMapBackend::new(path, (1400, 760)).into_drawing_area();
     root.fill(&WHITE)?;
-    let caption = format!("Cold and warm starts: pull + run to first output ({})", report.shape);
+    let caption = format!("Container start: pull + run to first output line or HTTP 200 ({})", report.shape);
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 26))
         .margin(20)
@@ -61,6 +61,7 @@ fn draw(report: &Report, path: &Path) -> std::result::Result<(), Box<dyn std::er
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(WHITE)
         .x_labels(groups.len().max(2))
         .x_label_formatter(&|x| {
             let i = x.round();
@@ -86,7 +87,11 @@ fn draw(report: &Report, path: &Path) -> std::result::Result<(), Box<dyn std::er
             let (x1, xc) = (x0 + width * 0.9, x0 + width * 0.45);
             bars.push(Rectangle::new([(x0, 0.0), (x1, c.median)], color(v).filled()));
             whiskers.push(PathElement::new(vec![(xc, c.min), (xc, c.max)], BLACK.stroke_width(1)));
-            labels.push(Text::new(format!("{:.1}", c.median), (x0, c.max + ymax * 0.01), ("sans-serif", 15).into_font()));
+            let style = TextStyle::from(("sans-serif", 15).into_font()).pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Bottom,
+            ));
+            labels.push(Text::new(format!("{:.1}", c.median), (xc, c.max + ymax * 0.005), style));
         }
         chart
             .draw_series(bars)?

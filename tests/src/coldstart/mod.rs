@@ -214,6 +214,9 @@ pub struct Sample {
     pub blob_bytes: u64,
     /// The first output line (or `HTTP 200`).
     pub output: String,
+    /// What a reader of the figures must know about this sample (e.g. SOCI fell back to a full
+    /// pull); empty when nothing.
+    pub note: String,
 }
 
 /// The floor of a workload's cold start, from the bytes it reads.
@@ -244,7 +247,7 @@ pub struct Report {
 struct Images {
     /// Plain OCI gzip image (full pull; SOCI indexes it).
     plain: String,
-    /// The same image over HTTPS (for SOCI).
+    /// The same image on the link port that answers both HTTP and HTTPS (for SOCI).
     tls: String,
     /// `lazyctl convert` of it.
     lazy: String,
@@ -288,7 +291,7 @@ pub fn run(opts: Options) -> Result<Report> {
                 let got = bench.cold_and_warm(&workload, variant, round)?;
                 for s in &got {
                     println!(
-                        "round {} {:<10} {:<9} {:<4} {:>7.2} s (pull {:.2} s) {:>8.1} MB {:>5} requests  {:?}",
+                        "round {} {:<10} {:<9} {:<4} {:>7.2} s (pull {:.2} s) {:>8.1} MB {:>5} requests  {:?} {}",
                         round + 1,
                         s.workload,
                         s.variant.name(),
@@ -297,7 +300,8 @@ pub fn run(opts: Options) -> Result<Report> {
                         s.pull_seconds,
                         s.link_down_bytes as f64 / 1e6,
                         s.requests,
-                        s.output
+                        s.output,
+                        s.note
                     );
                 }
                 samples.extend(got);
@@ -334,7 +338,7 @@ impl Bench {
         let (tls_registry, soci, tls_host) = if opts.variants.contains(&Variant::Soci) {
             let storage = Some(registry.storage_dir());
             let r = Registry::start_with(registry::StartOptions { storage, tls: Some(tls.clone()) })?;
-            let port = link.route(r.port())?;
+            let port = link.route_by_protocol(registry.port(), r.port())?;
             (Some(r), Some(Soci::start(&tls.ca)?), format!("127.0.0.1:{port}"))
         } else {
             (None, None, String::new())
@@ -469,6 +473,7 @@ impl Bench {
         let log_before = [self.registry.log_offset(), self.tls_registry.as_ref().map_or(0, |r| r.log_offset())];
         let what = format!("{} {} {} start (round {})", workload.name, variant.name(), mode.name(), round + 1);
 
+        let soci_log = self.soci.as_ref().map_or(0, |s| s.log_offset());
         let t0 = Instant::now();
         match variant {
             Variant::Soci => {
@@ -557,10 +562,21 @@ impl Bench {
             other => bail!("{what}: ctr run ended with {other:?} after printing {output:?}: {stderr_text}"),
         }
 
+        let mut note = String::new();
+        if let (Variant::Soci, Some(soci)) = (variant, &self.soci) {
+            let (remote, local) = soci.layers_since(soci_log);
+            if local > 0 {
+                note = format!("SOCI prepared {local} layer(s) by a full download ({remote} lazily)");
+                log::warn!("{what}: {note}; soci log:\n{}", tail(&soci.log(), 20));
+            }
+        }
         let link = self.link.counters() - link_before;
         let mut requests = self.registry.requests_since(log_before[0])?;
         if let Some(r) = &self.tls_registry {
             requests.extend(r.requests_since(log_before[1])?);
+        }
+        for r in &requests {
+            log::debug!("{what}: registry: {} {} -> {} ({} bytes)", r.method, r.uri, r.status, r.bytes);
         }
         Ok(Sample {
             workload: workload.name.to_string(),
@@ -576,6 +592,7 @@ impl Bench {
             blob_requests: requests.iter().filter(|r| r.is_blob_get()).count(),
             blob_bytes: requests.iter().filter(|r| r.is_blob_get()).map(|r| r.bytes).sum(),
             output,
+            note,
         })
     }
 

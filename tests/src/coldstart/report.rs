@@ -143,6 +143,9 @@ pub fn table(report: &Report) -> String {
         }
     }
     let _ = writeln!(out);
+    for s in report.samples.iter().filter(|s| !s.note.is_empty()) {
+        let _ = writeln!(out, "note: {} {} {} round {}: {}", s.workload, s.variant.name(), s.mode.name(), s.round + 1, s.note);
+    }
     out
 }
 
@@ -155,12 +158,12 @@ pub fn write_json(report: &Report, path: &Path) -> Result<()> {
 /// Writes one CSV row per sample.
 pub fn write_csv(report: &Report, path: &Path) -> Result<()> {
     let mut out = String::from(
-        "workload,variant,mode,round,seconds,pull_seconds,link_down_bytes,link_up_bytes,connections,requests,blob_requests,blob_bytes,output\n",
+        "workload,variant,mode,round,seconds,pull_seconds,link_down_bytes,link_up_bytes,connections,requests,blob_requests,blob_bytes,output,note\n",
     );
     for s in &report.samples {
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.4},{:.4},{},{},{},{},{},{},\"{}\"",
+            "{},{},{},{},{:.4},{:.4},{},{},{},{},{},{},\"{}\",\"{}\"",
             s.workload,
             s.variant.name(),
             s.mode.name(),
@@ -173,7 +176,8 @@ pub fn write_csv(report: &Report, path: &Path) -> Result<()> {
             s.requests,
             s.blob_requests,
             s.blob_bytes,
-            s.output.replace('"', "\"\"")
+            s.output.replace('"', "\"\""),
+            s.note.replace('"', "\"\"")
         );
     }
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
@@ -198,6 +202,7 @@ mod tests {
             blob_requests: 1,
             blob_bytes: 10,
             output: "42".into(),
+            note: String::new(),
         }
     }
 
