@@ -82,6 +82,8 @@ impl Soci {
             .arg(self.dir.path().join("config.toml"))
             .arg("-root")
             .arg(self.root())
+            // RUST_LOG=debug (the harness's own switch) also makes SOCI log every fetch.
+            .args(["-log-level", if std::env::var("RUST_LOG").is_ok_and(|v| v == "debug") { "debug" } else { "info" }])
             .env("SSL_CERT_FILE", &self.ca)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
