@@ -109,7 +109,12 @@ fn draw(report: &Report, path: &Path) -> std::result::Result<(), Box<dyn std::er
             BLACK.stroke_width(3),
         )))?;
         if !floor_drawn {
-            series.label("floor (bytes read / rate + RTTs + warm start)").legend(|(x, y)| {
+            let label = if f.practical_seconds.is_some() {
+                "floor (bytes read / rate + RTTs + warm full start)"
+            } else {
+                "transfer floor (bytes read / rate + RTTs)"
+            };
+            series.label(label).legend(|(x, y)| {
                 PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(3))
             });
             floor_drawn = true;
