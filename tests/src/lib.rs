@@ -19,15 +19,18 @@
 
 pub mod bins;
 pub mod cleanup;
+pub mod coldstart;
 pub mod containerd;
 pub mod cri;
 pub mod debs;
 pub mod images;
 pub mod lazyctl;
+pub mod link;
 pub mod prereq;
 pub mod registry;
 pub mod scenario;
 pub mod shim_direct;
+pub mod soci;
 pub mod tree;
 pub mod vm;
 

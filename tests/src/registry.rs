@@ -21,8 +21,10 @@ use anyhow::{bail, Context, Result};
 use crate::cleanup::{temp_dir, ChildGuard};
 
 pub struct Registry {
-    /// Holds storage/, config.yml and registry.log.
+    /// Holds storage/ (unless shared), config.yml and registry.log.
     dir: tempfile::TempDir,
+    storage: PathBuf,
+    tls: Option<Tls>,
     port: u16,
     backend_port: u16,
     served: Arc<AtomicU64>,
@@ -34,9 +36,17 @@ impl Registry {
     /// Starts docker-registry with filesystem storage in a fresh temp dir and waits until `/v2/`
     /// answers through the proxy.
     pub fn start() -> Result<Registry> {
+        Registry::start_with(StartOptions::default())
+    }
+
+    /// Starts docker-registry as `opts` says (shared storage, HTTPS).
+    pub fn start_with(opts: StartOptions) -> Result<Registry> {
         let dir = temp_dir("registry");
-        std::fs::create_dir_all(dir.path().join("storage"))?;
+        let storage = opts.storage.unwrap_or_else(|| dir.path().join("storage"));
+        std::fs::create_dir_all(&storage).with_context(|| format!("creating {}", storage.display()))?;
         let mut registry = Registry {
+            storage,
+            tls: opts.tls,
             port: free_port()?,
             backend_port: free_port()?,
             dir,
@@ -55,9 +65,13 @@ impl Registry {
              log:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{}\n",
+             http:\n  addr: 127.0.0.1:{}\n{}",
             self.storage_dir().display(),
-            self.backend_port
+            self.backend_port,
+            match &self.tls {
+                Some(tls) => format!("  tls:\n    certificate: {}\n    key: {}\n", tls.cert.display(), tls.key.display()),
+                None => String::new(),
+            }
         );
         std::fs::write(self.dir.path().join("config.yml"), config).context("writing registry config.yml")
     }
@@ -78,7 +92,28 @@ impl Registry {
 
     /// Root of the filesystem storage driver (`docker/registry/v2/...` lives below it).
     pub fn storage_dir(&self) -> PathBuf {
-        self.dir.path().join("storage")
+        self.storage.clone()
+    }
+
+    /// The TLS material when this registry serves HTTPS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
+    /// The registry's log length now: pass it to [`Registry::requests_since`] later.
+    pub fn log_offset(&self) -> u64 {
+        std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The requests the registry answered (from its access log) since the log had `offset` bytes.
+    pub fn requests_since(&self, offset: u64) -> Result<Vec<AccessLine>> {
+        use std::io::Seek;
+        let path = self.log_path();
+        let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        Ok(text.lines().filter_map(AccessLine::parse).collect())
     }
 
     /// The registry's own log (its stderr): useful in failure messages.
@@ -127,7 +162,7 @@ impl Registry {
                     std::fs::read_to_string(self.log_path()).unwrap_or_default()
                 );
             }
-            if http_status(self.backend_port, "/v2/").is_ok_and(|s| s == 200) {
+            if self.probe(self.backend_port).is_ok_and(|s| s == 200) {
                 break;
             }
             if Instant::now() > deadline {
@@ -141,10 +176,66 @@ impl Registry {
         }
         self.child = Some(child);
         self.proxy = Some(Proxy::start(self.port, self.backend_port, self.served.clone())?);
-        match http_status(self.port, "/v2/") {
+        match self.probe(self.port) {
             Ok(200) => Ok(()),
             other => bail!("registry proxy on port {} does not answer /v2/: {other:?}", self.port),
         }
+    }
+
+    /// Status of `GET /v2/` on `port` (HTTPS with the test CA when this registry serves TLS).
+    fn probe(&self, port: u16) -> Result<u16> {
+        let Some(tls) = &self.tls else { return http_status(port, "/v2/") };
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "--cacert"])
+            .arg(&tls.ca)
+            .arg(format!("https://127.0.0.1:{port}/v2/"))
+            .output()
+            .context("running curl (apt-get install curl)")?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().context("curl printed no HTTP status")
+    }
+
+    /// Uploads `bytes` as a blob of `repo` with the plain distribution API (monolithic POST + PUT);
+    /// returns its digest. Only for plain-HTTP registries.
+    pub fn push_blob(&self, repo: &str, bytes: &[u8]) -> Result<String> {
+        use sha2::{Digest as _, Sha256};
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let request = |head: String, body: &[u8]| -> Result<(u16, String)> {
+            let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            stream.write_all(head.as_bytes())?;
+            stream.write_all(body)?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            Ok((status, response))
+        };
+        let host = self.host();
+        let (status, response) = request(
+            format!("POST /v2/{repo}/blobs/uploads/ HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"),
+            &[],
+        )?;
+        if status != 202 {
+            bail!("starting a blob upload to {repo}: {response}");
+        }
+        let location = response
+            .lines()
+            .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
+            .context("blob upload answer without Location")?
+            .trim();
+        let location = location.split_once(&host).map_or(location, |(_, path)| path);
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let (status, response) = request(
+            format!(
+                "PUT {location}{sep}digest={digest} HTTP/1.0\r\nHost: {host}\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                bytes.len()
+            ),
+            bytes,
+        )?;
+        if status != 201 {
+            bail!("finishing the blob upload of {digest} to {repo}: {response}");
+        }
+        Ok(digest)
     }
 
     /// Path of a blob's data file in storage, e.g. to flip a byte of it.
@@ -212,6 +303,86 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// How to start a registry beyond the defaults (fresh storage, plain HTTP).
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Serve this storage root instead of a fresh one: a second docker-registry over the storage
+    /// of another (e.g. one plain-HTTP and one HTTPS endpoint for the same images).
+    pub storage: Option<PathBuf>,
+    /// Serve HTTPS with this certificate.
+    pub tls: Option<Tls>,
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 and localhost (PEM files).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Tls {
+    /// Generates a fresh test CA and server certificate in `dir` with the openssl command line
+    /// tool (valid for 7 days; the CA key stays in `dir`).
+    pub fn generate(dir: &Path) -> Result<Tls> {
+        std::fs::create_dir_all(dir)?;
+        let openssl = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .context("running openssl (apt-get install openssl)")?;
+            if !out.status.success() {
+                bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        openssl(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "7",
+            "-subj", "/CN=lazy-tests test CA",
+        ])?;
+        openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"])?;
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")?;
+        openssl(&[
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+            "server.pem", "-days", "7", "-extfile", "san.ext",
+        ])?;
+        Ok(Tls { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") })
+    }
+}
+
+/// One line of docker-registry's access log: `127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 206 26000 ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLine {
+    pub method: String,
+    pub uri: String,
+    pub status: u16,
+    /// Response body bytes.
+    pub bytes: u64,
+}
+
+impl AccessLine {
+    fn parse(line: &str) -> Option<AccessLine> {
+        if line.starts_with("time=") {
+            return None;
+        }
+        let (_, rest) = line.split_once("] \"")?;
+        let (request, rest) = rest.split_once('"')?;
+        let mut request = request.split_whitespace();
+        let method = request.next()?.to_string();
+        let uri = request.next()?.to_string();
+        let mut rest = rest.split_whitespace();
+        let status = rest.next()?.parse().ok()?;
+        let bytes = rest.next()?.parse().unwrap_or(0);
+        Some(AccessLine { method, uri, status, bytes })
+    }
+
+    /// A blob GET (layers, configs, lazy data), as opposed to manifests, tags and `/v2/`.
+    pub fn is_blob_get(&self) -> bool {
+        self.method == "GET" && self.uri.contains("/blobs/sha256:")
     }
 }
 
@@ -369,6 +540,15 @@ mod tests {
     use super::*;
     use crate::prereq::{prerequisites_met, Prereq};
 
+    #[test]
+    fn access_log_lines_parse() {
+        let l = AccessLine::parse(r#"127.0.0.1 - - [03/Dec/2026:16:32:52 +0000] "GET /v2/x/blobs/sha256:00 HTTP/1.1" 206 157 "" "curl/7.88.1""#)
+            .unwrap();
+        assert_eq!((l.method.as_str(), l.uri.as_str(), l.status, l.bytes), ("GET", "/v2/x/blobs/sha256:00", 206, 157));
+        assert!(l.is_blob_get());
+        assert_eq!(AccessLine::parse(r#"time="2026" level=info msg="response completed" http.request.uri=/v2/"#), None);
+    }
+
     /// The harness's own guarantees: bytes served are counted, stop refuses connections, restart
     /// serves the same storage on the same port.
     #[test]
@@ -386,5 +566,35 @@ mod tests {
         registry.restart().unwrap();
         assert_eq!(registry.port(), port);
         assert_eq!(http_status(port, "/v2/_catalog").unwrap(), 200);
+    }
+
+    /// A second registry serving the first one's storage over HTTPS with a generated test CA:
+    /// a blob pushed over plain HTTP is served over TLS, and the access log counts the request.
+    #[test]
+    fn tls_sibling_serves_the_same_storage() {
+        let prereqs = [Prereq::Tool("docker-registry"), Prereq::Tool("openssl"), Prereq::Tool("curl")];
+        if !prerequisites_met("registry TLS self-test", &prereqs) {
+            return;
+        }
+        let plain = Registry::start().unwrap();
+        let digest = plain.push_blob("t/blob", b"hello over tls").unwrap();
+        let certs = temp_dir("tls");
+        let tls = Tls::generate(certs.path()).unwrap();
+        let secure = Registry::start_with(StartOptions { storage: Some(plain.storage_dir()), tls: Some(tls.clone()) }).unwrap();
+        let offset = secure.log_offset();
+        let out = Command::new("curl")
+            .args(["-sf", "--cacert"])
+            .arg(&tls.ca)
+            .arg(format!("https://{}/v2/t/blob/blobs/{digest}", secure.host()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl over TLS: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, b"hello over tls");
+        // Without the CA the certificate is refused.
+        let untrusted = Command::new("curl").args(["-sf", &format!("https://{}/v2/", secure.host())]).status().unwrap();
+        assert!(!untrusted.success(), "curl trusted the test certificate without --cacert");
+        std::thread::sleep(Duration::from_millis(200));
+        let requests = secure.requests_since(offset).unwrap();
+        assert!(requests.iter().any(|r| r.is_blob_get() && r.status == 200 && r.bytes == 14), "{requests:?}");
     }
 }
