@@ -327,14 +327,20 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     assert_eq!(c.new_netns(), Vec::<String>::new(), "network namespaces left behind");
 }
 
+/// Both versions use CRI's fixed namespace (k8s.io, so the same cgroup parent) and check that no
+/// cgroup is left in it: they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn cri_pod_lifecycle_with_lazy_handlers() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     lifecycle_on("cri_pod", Version::V1_6);
 }
 
 /// containerd 2.1.9 with runtimeclass/containerd/config-v3.toml as shipped.
 #[test]
 fn cri_pod_lifecycle_with_lazy_handlers_on_2_1() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     lifecycle_on("cri_pod_on_2_1", Version::V2_1);
 }
 

@@ -101,6 +101,14 @@ fn assert_hot_layout(dst: &str, want: &[&str]) {
     assert_eq!(summary["prefetch_paths"], serde_json::json!(want), "{summary}");
 }
 
+/// The tests check that no optimize mount or sandbox process is left, which only means anything
+/// while no other optimize runs: they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn assert_nothing_left() {
     assert_eq!(optimize_mounts(), Vec::<String>::new(), "lazyctl optimize left mounts behind");
     assert_eq!(sandbox_helpers(), Vec::<u32>::new(), "lazyctl optimize left sandbox processes behind");
@@ -109,6 +117,7 @@ fn assert_nothing_left() {
 #[test]
 fn optimize_lays_out_what_the_workload_reads_first() {
     harness::init_logging();
+    let _turn = one_at_a_time();
     if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
         return;
     }
@@ -141,6 +150,7 @@ fn optimize_lays_out_what_the_workload_reads_first() {
 #[test]
 fn wait_for_stops_recording_at_the_ready_line() {
     harness::init_logging();
+    let _turn = one_at_a_time();
     if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
         return;
     }
@@ -165,6 +175,7 @@ fn wait_for_stops_recording_at_the_ready_line() {
 #[test]
 fn a_command_missing_from_the_image_fails_clearly_and_leaves_nothing() {
     harness::init_logging();
+    let _turn = one_at_a_time();
     if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
         return;
     }
@@ -198,6 +209,7 @@ fn a_command_missing_from_the_image_fails_clearly_and_leaves_nothing() {
 #[test]
 fn ctrl_c_stops_the_workload_and_unmounts() {
     harness::init_logging();
+    let _turn = one_at_a_time();
     if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
         return;
     }
@@ -240,6 +252,7 @@ fn ctrl_c_stops_the_workload_and_unmounts() {
 #[test]
 fn the_workload_runs_as_the_image_user_in_its_working_directory() {
     harness::init_logging();
+    let _turn = one_at_a_time();
     if !prerequisites_met("lazyctl_optimize", VFS_PREREQS) {
         return;
     }

@@ -356,7 +356,8 @@ fn shim_terminal_live_resize_and_exec_tty_body(test: &str, version: Version) {
         .chain(ctr.get_args())
         .map(|a| format!("'{}'", a.to_string_lossy()))
         .collect();
-    let tmux = Tmux { socket: format!("lazy-test-{}", std::process::id()) };
+    // One tmux server per test: the same scenario runs on every containerd version at once.
+    let tmux = Tmux { socket: format!("lazy-test-{}-{}", std::process::id(), c.namespace()) };
     let out = tmux.cmd(&["new-session", "-d", "-s", "s", "-x", "80", "-y", "24", &cmdline.join(" ")]);
     assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(Duration::from_millis(500));
