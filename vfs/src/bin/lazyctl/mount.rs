@@ -61,13 +61,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the network runtime")?;
-    let fetch = FetchOptions { deadline, ..FetchOptions::default() };
-    let client = Client::new(ClientConfig {
+    let client_config = ClientConfig {
         plain_http: if args.plain_http { PlainHttp::Always } else { PlainHttp::Auto },
         deadline,
-        max_concurrency: RegistryChunkSource::max_requests(&fetch),
         ..ClientConfig::default()
-    })?;
+    };
+    let client = Client::new(client_config.clone())?;
 
     let index = load_index(&runtime, &client, &args.image)?;
     let blob_repo = args.blob_repo.as_deref().unwrap_or(&index.source);
@@ -75,15 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         blob_repo.parse().with_context(|| format!("data blob repository {blob_repo:?} of {}", args.image))?;
     let cache = ChunkCache::open(&args.cache_dir, args.cache_max_bytes)?;
     let stats = Arc::new(Stats::default());
-    let source = RegistryChunkSource::new(
-        BlobLayout::of(&index),
-        repository,
-        client,
-        Some(Arc::new(cache)),
-        stats.clone(),
-        runtime.handle().clone(),
-        fetch,
-    );
+    let source = chunk_source(&index, repository, client_config, cache, stats.clone(), &runtime)?;
     let opts = MountOptions { prefetch: args.prefetch, record: args.record, threads: args.threads, ..MountOptions::default() };
     let mounted = vfs::fs::mount(Arc::new(index), Arc::new(source), stats, &args.mountpoint, opts)?;
     println!("mounted {} at {}", args.image, mounted.mountpoint().display());
@@ -114,6 +105,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// A registry reference, or for tests and offline use a local index file or stub directory.
+/// The chunk source a lazyctl mount reads through: its own registry client (with `config`'s
+/// settings), sized for every request the fetcher may have in flight, and the node cache.
+pub(crate) fn chunk_source(
+    index: &Index,
+    repository: Reference,
+    config: ClientConfig,
+    cache: ChunkCache,
+    stats: Arc<Stats>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<RegistryChunkSource> {
+    let fetch = FetchOptions { deadline: config.deadline, ..FetchOptions::default() };
+    let client = Client::new(ClientConfig { max_concurrency: RegistryChunkSource::max_requests(&fetch), ..config })?;
+    Ok(RegistryChunkSource::new(BlobLayout::of(index), repository, client, Some(Arc::new(cache)), stats, runtime.handle().clone(), fetch))
+}
+
 fn load_index(runtime: &tokio::runtime::Runtime, client: &Client, image: &str) -> anyhow::Result<Index> {
     let path = Path::new(image);
     if path.is_dir() {

@@ -24,7 +24,6 @@ use nix::sys::signal::{SigSet, Signal};
 use serde_json::Value;
 use vfs::cache::{ChunkCache, DEFAULT_MAX_BYTES};
 use vfs::convert::{self, ConvertOptions, Platform, SourceRef};
-use vfs::fetch::{BlobLayout, FetchOptions, RegistryChunkSource};
 use vfs::fs::{MountOptions, PrefetchMode};
 use vfs::registry::Reference;
 use vfs::stats::Stats;
@@ -243,22 +242,9 @@ fn record(
     let repository: Reference = index.source.parse().with_context(|| format!("data blob repository {:?}", index.source))?;
     let cache = ChunkCache::open(&tmp.join("cache"), DEFAULT_MAX_BYTES)?;
     let stats = Arc::new(Stats::default());
-    // The mount reads as `lazyctl mount` does: its own client, sized for the fetcher.
-    let fetch = FetchOptions { deadline, ..FetchOptions::default() };
-    let client = vfs::registry::Client::new(vfs::registry::ClientConfig {
-        deadline,
-        max_concurrency: RegistryChunkSource::max_requests(&fetch),
-        ..client.config().clone()
-    })?;
-    let source = RegistryChunkSource::new(
-        BlobLayout::of(index),
-        repository,
-        client,
-        Some(Arc::new(cache)),
-        stats.clone(),
-        runtime.handle().clone(),
-        fetch,
-    );
+    // The mount reads as `lazyctl mount` does.
+    let config = vfs::registry::ClientConfig { deadline, ..client.config().clone() };
+    let source = super::mount::chunk_source(index, repository, config, cache, stats.clone(), runtime)?;
     let index = Arc::new(index.clone());
     let source: Arc<dyn vfs::fetch::ChunkSource> = Arc::new(source);
     let user = image_user(&index, &source, &image.user, &tmp.join("peek"))?;
