@@ -444,6 +444,23 @@ impl DirectShim {
     }
 }
 
+/// Pids of every process started with `-namespace <namespace>`: every shim this harness started,
+/// also those a later `start` spawned after the first one removed its socket (last Delete).
+fn shims_in(namespace: &str) -> Vec<i32> {
+    let needle = format!("\0-namespace\0{namespace}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle.as_str()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 impl Drop for DirectShim {
     fn drop(&mut self) {
         self.client = None;
@@ -451,6 +468,9 @@ impl Drop for DirectShim {
             if self.shim_alive() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
+        }
+        for pid in shims_in(&self.namespace) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
         for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
             let ns = e.path().join(&self.namespace);
