@@ -116,3 +116,66 @@ fn eight_cold_readers_fetch_each_chunk_once() {
         "registry served {many_served} bytes to 8 readers vs {one_served} to one"
     );
 }
+
+/// Issue 12: processes sharing one node cache (one shim per pod, each with its own mount) fetch
+/// each chunk once between them, through the cache's lock files.
+#[test]
+fn six_mounts_sharing_a_node_cache_fetch_each_chunk_once_between_them() {
+    const MOUNTS: usize = 6;
+    harness::init_logging();
+    if !prerequisites_met("vfs_concurrency", VFS_PREREQS) {
+        return;
+    }
+    let registry = Registry::start().expect("starting docker-registry");
+    let mut layer = Layer::new().add(Entry::dir("data"));
+    for (path, seed, len) in files() {
+        layer.push(Entry::random_file(&path, seed + 100, len));
+    }
+    let image = Image::new(vec![layer]);
+    let published = publish_and_convert(&registry, &image, "node-single-flight", &[]).expect("publish and convert");
+    let expected: Vec<String> = files().iter().map(|(p, ..)| image.content(p).expect("in image").sha256()).collect();
+
+    let (_, one_served, _) = pass(&registry, &published.lazy, 2);
+
+    let shared = harness::cleanup::temp_dir("node-cache");
+    let mounts: Vec<LazyMount> = (0..MOUNTS)
+        .map(|_| {
+            let opts = MountOptions { cache_dir: Some(shared.path().to_path_buf()), ..MountOptions::default() };
+            LazyMount::start(&published.lazy, opts).expect("mounting")
+        })
+        .collect();
+    let before = registry.served_bytes();
+    let readers: Vec<_> = mounts
+        .iter()
+        .map(|m| {
+            let paths: Vec<_> = files().iter().map(|(p, ..)| m.join(p)).collect();
+            std::thread::spawn(move || {
+                let out = Command::new("sha256sum").args(&paths).output().expect("sha256sum");
+                assert!(out.status.success(), "sha256sum: {}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().next().unwrap_or("").to_string()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let outputs: Vec<Vec<String>> = readers.into_iter().map(|t| t.join().expect("reader thread")).collect();
+    let served = registry.served_bytes() - before;
+    let stats: Vec<Stats> = mounts.iter().map(|m| m.stats().expect("lazyctl stats")).collect();
+    for m in mounts {
+        m.unmount().expect("clean unmount");
+    }
+    let waits: u64 = stats.iter().map(|s| s.node_waits).sum();
+    let fetched: u64 = stats.iter().map(|s| s.bytes_fetched).sum();
+    eprintln!(
+        "1 mount: registry served {}; {MOUNTS} mounts on one node cache: registry served {}, fetched {} in all, {waits} chunks waited for a neighbour",
+        mib(one_served),
+        mib(served),
+        mib(fetched)
+    );
+    for (i, got) in outputs.iter().enumerate() {
+        assert_eq!(got, &expected, "mount {i} read wrong bytes (sha256 per file, in file order)");
+    }
+    assert!(
+        served <= one_served + one_served / 5,
+        "{MOUNTS} mounts sharing a node cache made the registry serve {served} bytes vs {one_served} for one mount (limit 1.2x)"
+    );
+    assert!(waits > 0, "no mount waited for another's fetch: the reads did not overlap, so the test proves nothing");
+}

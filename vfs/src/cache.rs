@@ -111,6 +111,12 @@ impl ChunkCache {
         self.chunks.join(&hex[..2]).join(hex)
     }
 
+    /// The lock file through which processes sharing this cache fetch each chunk of data blob
+    /// `blob` once between them (see the chunk source's node-wide single flight).
+    pub fn lock_path(&self, blob: &Digest) -> PathBuf {
+        self.root.join("locks").join(blob.hex())
+    }
+
     /// The chunk's contents, if cached and intact.
     pub fn get(&self, digest: &Digest) -> Option<Bytes> {
         self.get_checked(digest, None)

@@ -28,6 +28,9 @@ pub struct Stats {
     /// Chunks fetched because they sit next to a miss in their blob (the span around a miss),
     /// before anyone read them.
     pub readahead_chunks: AtomicU64,
+    /// Chunks another process sharing the node cache was fetching when this one needed them: it
+    /// waited for that fetch and read the chunk from the cache instead of fetching it again.
+    pub node_waits: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,6 +45,8 @@ pub struct Snapshot {
     pub prefetched_chunks: u64,
     #[serde(default)]
     pub readahead_chunks: u64,
+    #[serde(default)]
+    pub node_waits: u64,
 }
 
 impl Stats {
@@ -60,6 +65,7 @@ impl Stats {
             verify_failures: self.verify_failures.load(Relaxed),
             prefetched_chunks: self.prefetched_chunks.load(Relaxed),
             readahead_chunks: self.readahead_chunks.load(Relaxed),
+            node_waits: self.node_waits.load(Relaxed),
         }
     }
 }

@@ -91,6 +91,28 @@ impl Pending {
         &self.claims
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+
+    /// Moves the claims for which `f` is true into a new `Pending`, keeping the order of both.
+    pub(super) fn split_off(&mut self, mut f: impl FnMut(&Claim) -> bool) -> Pending {
+        let (taken, kept) = std::mem::take(&mut self.claims).into_iter().partition(|c| f(c));
+        self.claims = kept;
+        Pending::new(self.inner.clone(), taken)
+    }
+
+    /// Moves the first `n` claims into a new `Pending`.
+    pub(super) fn take_front(&mut self, n: usize) -> Pending {
+        let rest = self.claims.split_off(n.min(self.claims.len()));
+        Pending::new(self.inner.clone(), std::mem::replace(&mut self.claims, rest))
+    }
+
+    /// For claims the caller completed itself: nothing is left to fail.
+    pub(super) fn finish(mut self) {
+        self.claims.clear();
+    }
+
     pub(super) fn fail(self, failure: Failure) {
         for c in &self.claims {
             self.inner.complete(c, Err(failure.clone()));

@@ -6,7 +6,8 @@
 //! parallel range requests, the one holding the missing chunk small and first. Every chunk is
 //! verified against its digest before it is served or cached. A chunk has at most one fetch in
 //! flight in this process, whoever started it (a read, a span, the prefetcher): everyone else who
-//! needs it waits for that fetch. Tests of the filesystem use an in-memory fake.
+//! needs it waits for that fetch. Processes sharing the node cache do the same between them
+//! through lock files in the cache ([`node`]). Tests of the filesystem use an in-memory fake.
 //!
 //! Threads: FUSE request threads and the prefetcher call in (blocking). Range requests run as
 //! tasks on a tokio runtime reached through a [`Handle`]; decompression, hashing and cache writes
@@ -15,6 +16,7 @@
 
 mod flight;
 pub mod layout;
+mod node;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -27,7 +29,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
@@ -38,6 +40,7 @@ use crate::stats::Stats;
 use flight::{Claim, Failure, Flight, Pending};
 pub use layout::BlobLayout;
 use layout::{byte_range, split, Readahead};
+use node::{Held, Lease};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -204,6 +207,10 @@ struct Inner {
     /// deadline: the kernel retries a failed read page by page, and each retry must not cost another
     /// full deadline.
     outage_since: Mutex<Option<Instant>>,
+    /// This process's open of each blob's lock file in the node cache (node-wide single flight).
+    leases: Mutex<HashMap<u32, Arc<Lease>>>,
+    /// Whether failing to open a lock file of the node cache was logged (once per mount).
+    lock_warned: AtomicBool,
 }
 
 /// Verified chunks recently served, first in first out, bounded in bytes.
@@ -284,6 +291,8 @@ impl RegistryChunkSource {
                 logged_bad: Mutex::new(HashSet::new()),
                 recent: Mutex::new(Recent::default()),
                 outage_since: Mutex::new(None),
+                leases: Mutex::new(HashMap::new()),
+                lock_warned: AtomicBool::new(false),
             }),
         }
     }
@@ -328,6 +337,32 @@ impl Inner {
         let flight = Arc::new(Flight::default());
         inflight.insert(chunk.digest, flight.clone());
         Some(Claim { chunk, flight, label })
+    }
+
+    /// Claims the chunks of `window` around `anchor` that are not on the node, not in flight and
+    /// not in `skip` (which gains them).
+    fn claim_window(&self, anchor: &Chunk, (from, to): (u64, u64), skip: &mut HashSet<Digest>) -> Vec<Claim> {
+        // Checking the node costs a stat per chunk: done outside the in-flight lock.
+        let candidates: Vec<Chunk> =
+            self.layout.neighbours(anchor, from, to).filter(|n| !skip.contains(&n.digest) && !self.on_node(n)).copied().collect();
+        let mut inflight = self.inflight.lock();
+        candidates.into_iter().filter(|n| skip.insert(n.digest)).filter_map(|n| self.claim(&mut inflight, n, None)).collect()
+    }
+
+    /// Starts the range requests that fetch `claims`.
+    fn launch(self: &Arc<Self>, mut claims: Vec<Claim>) {
+        claims.sort_by_key(|c| (c.chunk.blob, c.chunk.offset));
+        // Lock files opened here, not by whichever request task starts first, so the requests
+        // start in the order they are spawned (the demanded ones first).
+        let mut blobs: Vec<u32> = claims.iter().map(|c| c.chunk.blob).collect();
+        blobs.dedup();
+        for blob in blobs {
+            self.lease(blob);
+        }
+        for request in self.requests(claims) {
+            let inner = self.clone();
+            self.handle.spawn(async move { inner.run(request).await });
+        }
     }
 
     fn complete(&self, claim: &Claim, result: Result<Bytes, Failure>) {
@@ -397,8 +432,8 @@ impl Inner {
                     waits.push((i, f.clone(), false));
                     continue;
                 }
-                let claim = self.claim(&mut inflight, *c.chunk, Some((c.path.to_string(), c.chunk_no)));
-                if let Some(claim) = claim {
+                // Not in flight (checked above, under the same lock): the claim is ours.
+                if let Some(claim) = self.claim(&mut inflight, *c.chunk, Some((c.path.to_string(), c.chunk_no))) {
                     waits.push((i, claim.flight.clone(), true));
                     own.push(claim);
                 }
@@ -416,12 +451,8 @@ impl Inner {
             return waits;
         }
         Stats::add(&self.stats.cache_misses, own.len() as u64);
-        let mut all = self.with_neighbours(own);
-        all.sort_by_key(|c| (c.chunk.blob, c.chunk.offset));
-        for request in self.requests(all) {
-            let inner = self.clone();
-            self.handle.spawn(async move { inner.run(request).await });
-        }
+        let all = self.with_neighbours(own);
+        self.launch(all);
         waits
     }
 
@@ -435,16 +466,9 @@ impl Inner {
             }
             ra.ahead(chunk.blob, chunk.offset)
         };
-        let Some((from, to)) = window else { return };
-        let candidates: Vec<Chunk> = self.layout.neighbours(chunk, from, to).filter(|n| !self.on_node(n)).copied().collect();
-        let claims: Vec<Claim> = {
-            let mut inflight = self.inflight.lock();
-            candidates.into_iter().filter_map(|n| self.claim(&mut inflight, n, None)).collect()
-        };
-        for request in self.requests(claims) {
-            let inner = self.clone();
-            self.handle.spawn(async move { inner.run(request).await });
-        }
+        let Some(window) = window else { return };
+        let claims = self.claim_window(chunk, window, &mut HashSet::new());
+        self.launch(claims);
     }
 
     /// Adds to the claimed misses the not-yet-fetched chunks around them (one span per miss, per
@@ -465,19 +489,8 @@ impl Inner {
         }
         let mut wanted: HashSet<Digest> = claims.iter().map(|c| c.chunk.digest).collect();
         for (anchor, from, to) in windows {
-            // Checking the node costs a stat per chunk: done outside the in-flight lock.
-            let candidates: Vec<Chunk> = self
-                .layout
-                .neighbours(&anchor, from, to)
-                .filter(|n| !wanted.contains(&n.digest) && !self.on_node(n))
-                .copied()
-                .collect();
-            let mut inflight = self.inflight.lock();
-            for n in candidates {
-                if wanted.insert(n.digest) {
-                    claims.extend(self.claim(&mut inflight, n, None));
-                }
-            }
+            let more = self.claim_window(&anchor, (from, to), &mut wanted);
+            claims.extend(more);
         }
         claims
     }
@@ -507,17 +520,128 @@ impl Inner {
         first
     }
 
-    /// Fetches one range request's chunks and completes their flights (also when dropped).
+    /// Fetches one range request's chunks and completes their flights (also when dropped). Chunks
+    /// another process on the node is fetching already are waited for instead ([`node`]).
     async fn run(self: Arc<Self>, (class, claims): (Class, Vec<Claim>)) {
-        let pending = Pending::new(self.clone(), claims);
+        let mut pending = Pending::new(self.clone(), claims);
+        let Some(blob) = pending.claims().first().map(|c| c.chunk.blob) else { return };
+        let _permit = match self.permit(class).await {
+            Ok(permit) => permit,
+            Err(f) => return pending.fail(f),
+        };
+        // Locked only once the request may start: a queued request must not hold up other processes.
+        let held = self.lease(blob).map(|lease| {
+            let theirs = pending.split_off(|c| !lease.try_lock(&c.chunk));
+            if !theirs.is_empty() {
+                self.handle.spawn(self.clone().wait_for_node(theirs, class));
+            }
+            Held::new(lease, pending.claims().iter().map(|c| c.chunk).collect())
+        });
+        self.fetch(pending, class).await;
+        // Unlocks the chunks, now in the cache (or failed): waiters elsewhere take over.
+        drop(held);
+    }
+
+    /// The request budget of `class` (prefetch takes its own before claiming: `prefetch_request`).
+    async fn permit(&self, class: Class) -> Result<Option<SemaphorePermit<'_>>, Failure> {
+        let sem = match class {
+            Class::Demand => &self.demand,
+            Class::Readahead => &self.readahead_permits,
+            Class::Prefetch => return Ok(None),
+        };
+        match tokio::time::timeout(self.opts.deadline, sem.acquire()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            Ok(Err(_)) => Err(Failure::Unavailable("chunk source shut down".into())),
+            Err(_) => Err(Failure::Unavailable(format!(
+                "no request slot became free within the {:?} fetch deadline",
+                self.opts.deadline
+            ))),
+        }
+    }
+
+    /// This process's open of the node cache's lock file for `blob`, if there is a node cache.
+    fn lease(&self, blob: u32) -> Option<Arc<Lease>> {
+        if let Some(lease) = self.leases.lock().get(&blob) {
+            return Some(lease.clone());
+        }
+        let path = self.cache.as_ref()?.lock_path(&self.layout.blob(blob)?.digest);
+        match Lease::open(&path) {
+            Ok(lease) => Some(self.leases.lock().entry(blob).or_insert_with(|| Arc::new(lease)).clone()),
+            Err(e) => {
+                if !self.lock_warned.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "node cache lock file {}: {e}; fetching without coordinating with other processes on this node (they may fetch the same chunks)",
+                        path.display()
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Fetches `pending`'s chunks (one blob, in offset order) in as few range requests as their
+    /// gaps allow, at once, then decodes, verifies and caches them.
+    async fn fetch(self: &Arc<Self>, mut pending: Pending, class: Class) {
         let chunks: Vec<Chunk> = pending.claims().iter().map(|c| c.chunk).collect();
-        match self.fetch_range(chunks[0].blob, byte_range(&chunks), class).await {
+        let parts: Vec<Pending> = split(&chunks, self.opts.max_gap, u64::MAX).into_iter().map(|g| pending.take_front(g.len())).collect();
+        futures::future::join_all(parts.into_iter().map(|part| self.fetch_one(part, class))).await;
+    }
+
+    async fn fetch_one(self: &Arc<Self>, pending: Pending, class: Class) {
+        let chunks: Vec<Chunk> = pending.claims().iter().map(|c| c.chunk).collect();
+        match self.fetch_range(chunks[0].blob, byte_range(&chunks)).await {
             Err(f) => pending.fail(f),
             Ok((start, bytes)) => {
                 let inner = self.clone();
                 // If decoding panics, dropping `pending` fails its flights: no waiter hangs.
                 let _ = tokio::task::spawn_blocking(move || inner.decode_all(pending, class, start, &bytes)).await;
             }
+        }
+    }
+
+    /// Waits for chunks whose locks another process on the node holds: each lands in the node
+    /// cache (then it is read from there, verified like any hit), or its owner fails or dies
+    /// without caching it, and this process takes the lock and fetches it. Bounded by the deadline.
+    async fn wait_for_node(self: Arc<Self>, mut waiting: Pending, class: Class) {
+        let Some(blob) = waiting.claims().first().map(|c| c.chunk.blob) else { return };
+        let Some(lease) = self.lease(blob) else { return self.fetch(waiting, class).await };
+        let until = Instant::now() + self.opts.deadline;
+        let mut tick = Duration::from_millis(2);
+        loop {
+            let mut free = waiting.split_off(|c| lease.try_lock(&c.chunk));
+            let landed = free.split_off(|c| match self.cache.as_ref().and_then(|k| k.get_sized(&c.chunk.digest, c.chunk.len as u64)) {
+                Some(data) => {
+                    lease.unlock(&c.chunk);
+                    Stats::add(&self.stats.node_waits, 1);
+                    if c.label.is_some() {
+                        self.remember(&c.chunk.digest, &data);
+                    }
+                    self.complete(c, Ok(data));
+                    true
+                }
+                None => false,
+            });
+            landed.finish();
+            if !free.is_empty() {
+                log::debug!("{} chunks of blob #{blob}: their fetch elsewhere on the node ended without caching them; fetching them here", free.claims().len());
+                let _held = Held::new(lease.clone(), free.claims().iter().map(|c| c.chunk).collect());
+                match self.permit(class).await {
+                    Ok(_permit) => self.fetch(free, class).await,
+                    Err(f) => free.fail(f),
+                }
+            }
+            if waiting.is_empty() {
+                return;
+            }
+            if Instant::now() >= until {
+                return waiting.fail(Failure::Unavailable(format!(
+                    "another process on this node held the fetch of this chunk (lock file {}) past the {:?} fetch deadline",
+                    lease.path().display(),
+                    self.opts.deadline
+                )));
+            }
+            tokio::time::sleep(tick).await;
+            tick = (tick * 2).min(Duration::from_millis(20));
         }
     }
 
@@ -535,7 +659,7 @@ impl Inner {
         }
     }
 
-    async fn fetch_range(&self, blob: u32, range: Range<u64>, class: Class) -> Result<(u64, Bytes), Failure> {
+    async fn fetch_range(&self, blob: u32, range: Range<u64>) -> Result<(u64, Bytes), Failure> {
         let Some(b) = self.layout.blob(blob) else {
             return Err(Failure::Corrupt(format!("index names data blob #{blob}, but has only {} blobs", self.layout.blobs().len())));
         };
@@ -547,17 +671,7 @@ impl Inner {
         }
         let outage = self.outage_since.lock().is_some_and(|t| t.elapsed() < self.opts.deadline);
         let deadline = if outage { self.opts.deadline.min(OUTAGE_PROBE) } else { self.opts.deadline };
-        let sem = match class {
-            Class::Demand => Some(&self.demand),
-            Class::Readahead => Some(&self.readahead_permits),
-            // The prefetcher holds its permit from before it claims its chunks (prefetch_request).
-            Class::Prefetch => None,
-        };
         let work = async {
-            let _permit = match sem {
-                Some(sem) => Some(sem.acquire().await.map_err(|_| Failure::Unavailable("chunk source shut down".into()))?),
-                None => None,
-            };
             Stats::add(&self.stats.requests, 1);
             let bytes = match self.reader.read_range(&b.digest, range.clone(), deadline).await {
                 Ok(b) => {
@@ -583,8 +697,7 @@ impl Inner {
             }
             Ok((range.start, bytes))
         };
-        // The reader bounds its retries by `deadline`; this bounds everything else (permits, a
-        // reader that ignores its deadline) with some slack.
+        // The reader bounds its retries by `deadline`; this bounds a reader that ignores it.
         match tokio::time::timeout(deadline + Duration::from_millis(500), work).await {
             Ok(r) => r,
             Err(_) => {

@@ -460,3 +460,106 @@ fn after_an_outage_is_seen_fetches_only_probe_until_the_registry_answers() {
     let d = r.fake.deadlines.lock().clone();
     assert_eq!(d, [Duration::from_secs(10), OUTAGE_PROBE, OUTAGE_PROBE, Duration::from_secs(10)]);
 }
+
+/// Another process on the same node: its own chunk source, cache handle and fake registry (with
+/// the same blob), sharing the rig's cache directory.
+fn neighbour(r: &Rig, opts: FetchOptions) -> (Arc<FakeBlobs>, Arc<RegistryChunkSource>) {
+    let fake = Arc::new(FakeBlobs::default());
+    *fake.blobs.lock() = r.fake.blobs.lock().clone();
+    let cache = Arc::new(ChunkCache::open(r.cache.dir(), 0).unwrap());
+    let blob = r.source.inner.layout.blobs().to_vec();
+    let source = Arc::new(RegistryChunkSource::with_reader(
+        BlobLayout::new(blob, r.chunks.iter().copied()),
+        fake.clone(),
+        Some(cache),
+        Arc::new(Stats::default()),
+        r._rt.handle().clone(),
+        opts,
+    ));
+    (fake, source)
+}
+
+fn fetched(fake: &FakeBlobs) -> u64 {
+    fake.calls.lock().iter().map(|(_, r)| r.end - r.start).sum()
+}
+
+#[test]
+fn processes_sharing_a_node_cache_fetch_each_chunk_once_between_them() {
+    let contents: Vec<Vec<u8>> = (0..24).map(|i| noise(i, 40_000)).collect();
+    let r = rig(contents, FetchOptions::default());
+    let others: Vec<_> = (0..3).map(|_| neighbour(&r, FetchOptions::default())).collect();
+    for fake in std::iter::once(&r.fake).chain(others.iter().map(|(f, _)| f)) {
+        fake.delay_ms.store(150, Ordering::SeqCst);
+    }
+    let sources: Vec<Arc<RegistryChunkSource>> = std::iter::once(r.source.clone()).chain(others.iter().map(|(_, s)| s.clone())).collect();
+    // Each "process" reads every chunk, starting at a different one, with a few threads.
+    let threads: Vec<_> = sources
+        .iter()
+        .enumerate()
+        .flat_map(|(p, source)| {
+            let chunks = r.chunks.clone();
+            (0..3).map(move |t| {
+                let (source, mut order) = (source.clone(), chunks.clone());
+                let n = order.len();
+                order.rotate_left((p * 7 + t * 3) % n);
+                std::thread::spawn(move || {
+                    let out: Vec<Vec<u8>> = source.read_chunks(&refs(&order)).into_iter().map(|x| x.unwrap().to_vec()).collect();
+                    (order, out)
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        let (order, out) = t.join().unwrap();
+        for (chunk, got) in order.iter().zip(out) {
+            assert_eq!(Digest::of(&got), chunk.digest, "wrong bytes");
+        }
+    }
+    let blob_len = r.chunks.last().map(|c| c.offset + c.compressed_len as u64).unwrap();
+    let total: u64 = fetched(&r.fake) + others.iter().map(|(f, _)| fetched(f)).sum::<u64>();
+    assert_eq!(total, blob_len, "4 processes fetched {total} bytes of a {blob_len}-byte blob: some chunk twice");
+    let waits: u64 = sources.iter().map(|s| s.stats().snapshot().node_waits).sum();
+    assert!(waits > 0, "nobody waited for a neighbour's fetch");
+}
+
+#[test]
+fn a_chunk_whose_owner_on_the_node_dies_uncached_is_fetched_by_the_waiter() {
+    let r = rig(vec![pattern(1, 5000), pattern(2, 5000)], FetchOptions { readahead_max: 0, ..FetchOptions::default() });
+    let digest = r.source.inner.layout.blobs()[0].digest;
+    // The "other process": holds the first chunk's lock, never caches it, then dies.
+    let owner = Lease::open(&r.cache.lock_path(&digest)).unwrap();
+    assert!(owner.try_lock(&r.chunks[0]));
+    let started = Instant::now();
+    let dies = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(owner);
+    });
+    let out = r.source.read_chunks(&refs(&r.chunks));
+    dies.join().unwrap();
+    assert_eq!(out[0].as_ref().unwrap().as_ref(), &r.contents[0][..]);
+    assert_eq!(out[1].as_ref().unwrap().as_ref(), &r.contents[1][..]);
+    assert!(started.elapsed() >= Duration::from_millis(300), "read the locked chunk before its owner let go");
+    let calls = r.fake.calls.lock().clone();
+    assert!(calls.iter().any(|(_, range)| range.start == 0), "the waiter never fetched the chunk itself: {calls:?}");
+    assert_eq!(r.source.stats().snapshot().node_waits, 0);
+}
+
+#[test]
+fn an_owner_on_the_node_that_never_finishes_fails_the_read_at_the_deadline() {
+    let opts = FetchOptions { deadline: Duration::from_millis(600), readahead_max: 0, ..FetchOptions::default() };
+    let r = rig(vec![pattern(1, 5000)], opts);
+    let digest = r.source.inner.layout.blobs()[0].digest;
+    let owner = Lease::open(&r.cache.lock_path(&digest)).unwrap();
+    assert!(owner.try_lock(&r.chunks[0]));
+    let started = Instant::now();
+    let out = r.source.read_chunks(&refs(&r.chunks));
+    assert!(
+        matches!(&out[0], Err(FetchError::Unavailable { reason, .. }) if reason.contains("another process on this node")),
+        "{:?}",
+        out[0]
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "waited {:?}", started.elapsed());
+    assert!(r.fake.calls.lock().is_empty(), "fetched a chunk another process held");
+    drop(owner);
+    assert!(r.source.read_chunks(&refs(&r.chunks))[0].is_ok(), "reads once the owner is gone");
+}
