@@ -113,9 +113,17 @@ struct Shared {
     down: AtomicU64,
     up: AtomicU64,
     connections: AtomicU64,
+    /// True while the link is cut: new connections are closed at once, open ones were closed.
+    cut: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
+    fn reset_queues(&self) {
+        for next in &self.next_free {
+            *next.lock().expect("serializer lock") = Instant::now();
+        }
+    }
+
     fn shape(&self) -> Shape {
         *self.shape.lock().expect("shape lock")
     }
@@ -152,6 +160,7 @@ impl Link {
             down: AtomicU64::new(0),
             up: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            cut: tokio::sync::watch::channel(false).0,
         });
         Ok(Link { shared, runtime: Some(runtime) })
     }
@@ -183,6 +192,10 @@ impl Link {
                 let Ok((client, _)) = listener.accept().await else { continue };
                 let shared = shared.clone();
                 tokio::spawn(async move {
+                    let mut cut = shared.cut.subscribe();
+                    if *cut.borrow_and_update() {
+                        return; // dropping `client` closes it: the peer sees a reset or EOF
+                    }
                     let mut upstream = plain;
                     if let Some(tls) = tls {
                         // Both protocols start with the client talking; 0x16 opens a TLS record.
@@ -205,17 +218,33 @@ impl Link {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     let up = tokio::spawn(pump(cr, sw, shared.clone(), Dir::Up));
-                    pump(sr, cw, shared, Dir::Down).await;
-                    let _ = up.await;
+                    let abort = up.abort_handle();
+                    tokio::select! {
+                        _ = async {
+                            pump(sr, cw, shared, Dir::Down).await;
+                            let _ = up.await;
+                        } => {}
+                        // Cut: both directions are dropped, which closes both sockets mid-transfer.
+                        _ = cut.wait_for(|cut| *cut) => abort.abort(),
+                    }
                 });
             }
         });
         Ok(port)
     }
 
-    /// Changes the shape for every segment scheduled from now on.
+    /// Cuts the link (closes every open connection, dropping what it still had queued, and
+    /// refuses new ones) or mends it.
+    pub fn set_cut(&self, cut: bool) {
+        self.shared.cut.send_replace(cut);
+        self.shared.reset_queues();
+    }
+
+    /// Changes the shape for every segment scheduled from now on (the queue built under the old
+    /// shape is forgotten: a link sped up after a trickle is fast at once).
     pub fn set_shape(&self, shape: Shape) {
         *self.shared.shape.lock().expect("shape lock") = shape;
+        self.shared.reset_queues();
     }
 
     pub fn shape(&self) -> Shape {
@@ -247,14 +276,22 @@ async fn pump(
     dir: Dir,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(1024);
+    let mut cut = shared.cut.subscribe();
     let writer = tokio::spawn(async move {
-        while let Some((at, bytes)) = rx.recv().await {
-            tokio::time::sleep_until(at.into()).await;
-            if to.write_all(&bytes).await.is_err() {
-                return;
+        let deliver = async move {
+            while let Some((at, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(at.into()).await;
+                if to.write_all(&bytes).await.is_err() {
+                    return;
+                }
             }
+            let _ = to.shutdown().await;
+        };
+        // A cut drops what is still queued (and the socket with it): those bytes never arrive.
+        tokio::select! {
+            _ = deliver => {}
+            _ = cut.wait_for(|cut| *cut) => {}
         }
-        let _ = to.shutdown().await;
     });
     let mut buf = vec![0u8; SEGMENT];
     loop {

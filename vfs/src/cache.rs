@@ -8,11 +8,12 @@
 //! and files younger than [`ChunkCache::min_age`] are never evicted, so a chunk just written for a
 //! waiting read cannot vanish before it is read.
 //!
-//! Trust: a hit must have the expected length, and its content is re-hashed the first time this
-//! process uses it (a corrupt or tampered file is deleted and reported as a miss). Later hits in the
-//! same process check the length only. This module never talks to the network.
+//! Trust: a hit must have the expected length, and its content is re-hashed on every hit (a corrupt
+//! or tampered file, also one changed under a live mount, is deleted and reported as a miss, so
+//! the caller fetches it again). Hashing costs about 1 ms per MiB; repeated reads of a chunk are
+//! served from the fetcher's memory or the kernel's page cache, not from here. This module never
+//! talks to the network.
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
@@ -21,7 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use crate::digest::Digest;
 
@@ -53,8 +53,6 @@ pub struct ChunkCache {
     /// Approximate bytes in the cache: scanned at open, grown by our puts, resynced by eviction.
     /// Other processes' puts are only seen at the next eviction scan.
     size: AtomicU64,
-    /// Chunks whose file content this process has hashed.
-    verified: Mutex<HashSet<Digest>>,
     evicting: AtomicBool,
     temp_seq: AtomicU64,
 }
@@ -78,7 +76,6 @@ impl ChunkCache {
             max_bytes,
             min_age: Duration::from_secs(5),
             size: AtomicU64::new(0),
-            verified: Mutex::new(HashSet::new()),
             evicting: AtomicBool::new(false),
             temp_seq: AtomicU64::new(0),
         };
@@ -148,14 +145,11 @@ impl ChunkCache {
             log::warn!("chunk cache {}: read failed: {e}; treating as a miss", path.display());
             return None;
         }
-        if !self.verified.lock().contains(digest) {
-            let got = Digest::of(&buf);
-            if got != *digest {
-                log::warn!("chunk cache {}: content hashes to {got}; removing the corrupt file", path.display());
-                self.discard(&path, meta.len());
-                return None;
-            }
-            self.verified.lock().insert(*digest);
+        let got = Digest::of(&buf);
+        if got != *digest {
+            log::warn!("chunk cache {}: content hashes to {got}; removing the corrupt file and fetching the chunk again", path.display());
+            self.discard(&path, meta.len());
+            return None;
         }
         let stale = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_none_or(|age| age > TOUCH_EVERY);
         if stale {
@@ -199,7 +193,6 @@ impl ChunkCache {
             let _ = fs::remove_file(&tmp);
             return Err(CacheError::Io { path: tmp, source: e });
         }
-        self.verified.lock().insert(*digest);
         let size = self.size.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
         if self.max_bytes > 0 && size > self.max_bytes {
             if let Err(e) = self.evict() {
@@ -344,6 +337,13 @@ mod tests {
         assert!(!path.exists());
         cache.put(&d, b"good").unwrap();
         assert_eq!(cache.get_sized(&d, 5), None, "a length mismatch is a miss");
+        assert!(!path.exists());
+
+        // A chunk this process wrote and read before, changed on disk under it: still a miss.
+        cache.put(&d, b"good").unwrap();
+        assert_eq!(cache.get(&d).as_deref(), Some(&b"good"[..]));
+        fs::write(&path, b"gooD").unwrap();
+        assert_eq!(cache.get(&d), None, "a file changed after an earlier hit is never served");
         assert!(!path.exists());
     }
 

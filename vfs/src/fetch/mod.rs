@@ -211,6 +211,8 @@ struct Inner {
     leases: Mutex<HashMap<u32, Arc<Lease>>>,
     /// Whether failing to open a lock file of the node cache was logged (once per mount).
     lock_warned: AtomicBool,
+    /// Whether the last write to the node cache failed (a full disk): logged when it starts and ends.
+    cache_failing: AtomicBool,
 }
 
 /// Verified chunks recently served, first in first out, bounded in bytes.
@@ -293,6 +295,7 @@ impl RegistryChunkSource {
                 outage_since: Mutex::new(None),
                 leases: Mutex::new(HashMap::new()),
                 lock_warned: AtomicBool::new(false),
+                cache_failing: AtomicBool::new(false),
             }),
         }
     }
@@ -459,6 +462,9 @@ impl Inner {
     /// A read near the end of a span fetched before starts the next span now, so a sequential
     /// reader finds its chunks landed or in flight instead of missing once per span.
     fn read_ahead(self: &Arc<Self>, chunk: &Chunk) {
+        if self.in_outage() {
+            return;
+        }
         let window = {
             let mut ra = self.readahead.lock();
             if ra.is_idle() {
@@ -471,9 +477,19 @@ impl Inner {
         self.launch(claims);
     }
 
+    /// Whether a fetch failed recently because the registry was unreachable (see `outage_since`).
+    fn in_outage(&self) -> bool {
+        self.outage_since.lock().is_some_and(|t| t.elapsed() < self.opts.deadline)
+    }
+
     /// Adds to the claimed misses the not-yet-fetched chunks around them (one span per miss, per
-    /// [`Readahead`]) and claims those too.
+    /// [`Readahead`]) and claims those too. Not while the registry seems down: a probe carries
+    /// only what a reader waits for, so it is quick on a slow link and speculation does not
+    /// compete with it.
     fn with_neighbours(&self, mut claims: Vec<Claim>) -> Vec<Claim> {
+        if self.in_outage() {
+            return claims;
+        }
         let mut windows: Vec<(Chunk, u64, u64)> = Vec::new();
         {
             let mut ra = self.readahead.lock();
@@ -669,7 +685,7 @@ impl Inner {
                 range.start, range.end, b.digest, b.size
             )));
         }
-        let outage = self.outage_since.lock().is_some_and(|t| t.elapsed() < self.opts.deadline);
+        let outage = self.in_outage();
         let deadline = if outage { self.opts.deadline.min(OUTAGE_PROBE) } else { self.opts.deadline };
         let work = async {
             Stats::add(&self.stats.requests, 1);
@@ -736,8 +752,16 @@ impl Inner {
             return Err(Failure::Mismatch(got));
         }
         if let Some(cache) = &self.cache {
-            if let Err(e) = cache.put(&chunk.digest, &data) {
-                log::warn!("{e}");
+            match cache.put(&chunk.digest, &data) {
+                // Logged once per failing stretch, not per chunk: a full disk fails every put.
+                Err(e) if !self.cache_failing.swap(true, Ordering::Relaxed) => {
+                    log::warn!("{e}; reads go on from the registry, uncached, until the cache takes writes again")
+                }
+                Err(e) => log::debug!("{e}"),
+                Ok(()) if self.cache_failing.swap(false, Ordering::Relaxed) => {
+                    log::info!("chunk cache {}: takes writes again", cache.dir().display())
+                }
+                Ok(()) => {}
             }
         }
         let data = Bytes::from(data);
