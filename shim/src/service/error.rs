@@ -16,6 +16,8 @@ pub enum Error {
     ProcessNotFound { id: String, exec_id: String },
     #[error("{0} already exists in this shim: pick another id or delete the old one first")]
     AlreadyExists(String),
+    #[error("container {0} is still being created in this shim: retry once its Create has returned")]
+    BeingCreated(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -55,7 +57,7 @@ impl From<Error> for ttrpc::Error {
             Error::Launch(l) if l.is_user_error() => Code::INVALID_ARGUMENT,
             Error::Cgroup(c) if c.is_invalid_argument() => Code::INVALID_ARGUMENT,
             Error::Cgroup(c) if c.is_failed_precondition() => Code::FAILED_PRECONDITION,
-            Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Error::FailedPrecondition(_) | Error::BeingCreated(_) => Code::FAILED_PRECONDITION,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Launch(_) | Error::Cgroup(_) | Error::Rootfs(_) | Error::Io { .. } | Error::Other(_) => {
                 Code::UNKNOWN
