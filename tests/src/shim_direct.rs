@@ -292,6 +292,27 @@ impl DirectShim {
         Ok(text)
     }
 
+    /// Runs `<shim> ... -id ID delete` in the bundle, as containerd does when a shim died, and returns
+    /// what it wrote to stderr (containerd logs it).
+    pub fn run_delete(&self, id: &str) -> Result<String> {
+        let out = Command::new(crate::bins::shim())
+            .args(["-namespace", &self.namespace, "-address"])
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["-publish-binary", "/bin/true", "-id", id, "-bundle"])
+            .arg(self.bundle(id))
+            .arg("delete")
+            .current_dir(self.bundle(id))
+            .env("TTRPC_ADDRESS", self.dir.path().join("containerd.sock.ttrpc"))
+            .stdin(Stdio::null())
+            .output()
+            .context("running the shim's delete action")?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            bail!("delete exited {}: {stderr}", out.status);
+        }
+        Ok(stderr)
+    }
+
     /// `start` + connect to the printed address (a plain `unix://` address).
     pub fn start(&mut self, id: &str, stdin: &[u8]) -> Result<String> {
         let address = self.run_start(id, stdin)?;

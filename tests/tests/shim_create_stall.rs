@@ -9,7 +9,7 @@
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,15 +115,24 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (r, start.elapsed())
 }
 
-#[test]
-fn a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_behind() {
-    let test = "a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_behind";
-    if !prerequisites_met(test, VFS_PREREQS) {
-        return;
-    }
-    let Some(mut s) = DirectShim::new(test) else { return };
+/// A shim with a lazy image whose index points at a registry that never answers.
+struct Setup {
+    s: DirectShim,
+    _registry: Registry,
+    _blackhole: Blackhole,
+    /// Create of container "stuck", whose prestart hook reads /etc/passwd from the lazy rootfs.
+    request: CreateTaskRequest,
+    bundle: PathBuf,
+    /// A string in the hook's command line.
+    hook: String,
+    deadline_secs: u64,
+}
 
-    // A lazy busybox image whose index points at a registry that never answers.
+fn setup(test: &str) -> Option<Setup> {
+    if !prerequisites_met(test, VFS_PREREQS) {
+        return None;
+    }
+    let mut s = DirectShim::new(test)?;
     let registry = Registry::start().expect("starting docker-registry");
     let published = publish_and_convert(&registry, &busybox_image().unwrap(), "stall", &[]).expect("publish + convert");
     let mut index = lazyctl::fetch_index(&published.lazy).expect("the lazy image's index");
@@ -144,24 +153,16 @@ fn a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_beh
     )
     .unwrap();
 
-    // The sibling: a plain container of the same shim, running.
-    let spec = go_client_spec(&s.cgroups_path("sib"), &["sleep", "1000"], false);
-    s.write_bundle("sib", &spec).unwrap();
-    s.start("sib", b"").unwrap();
-    s.create("sib", false, None, None).unwrap();
-    s.start_task("sib", "").unwrap();
-    let children_before = children_of(s.shim_pid());
-
-    // The stuck one: its prestart hook reads /etc/passwd from the lazy rootfs, whose chunk must
-    // come from the hanging registry (up to the fetch deadline, then EIO: the hook fails).
-    let stuck_bundle = s.bundle("stuck");
-    let passwd = stuck_bundle.join("rootfs/etc/passwd");
+    // The prestart hook reads /etc/passwd from the lazy rootfs, whose chunk must come from the
+    // hanging registry (up to the fetch deadline, then EIO: the hook fails, and so does Create).
+    let bundle = s.bundle("stuck");
+    let passwd = bundle.join("rootfs/etc/passwd");
     let mut spec = go_client_spec(&s.cgroups_path("stuck"), &["sh"], false);
     spec["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/busybox", "args": ["busybox", "cat", passwd]}]});
     s.write_spec("stuck", &spec).unwrap();
     let request = CreateTaskRequest {
         id: "stuck".into(),
-        bundle: stuck_bundle.display().to_string(),
+        bundle: bundle.display().to_string(),
         rootfs: vec![Mount {
             type_: "bind".into(),
             source: stub.display().to_string(),
@@ -171,23 +172,57 @@ fn a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_beh
         options: Some(config_path_option(&config)).into(),
         ..Default::default()
     };
-    let create_sent = Instant::now();
-    let stuck = s.spawn_create(request.clone());
-
-    // Wait until the Create sits in the stalled read.
-    let lazy_mount = stuck_bundle.join("lazy");
     let hook = passwd.display().to_string();
-    assert!(
-        s.wait_until(Duration::from_secs(30), |_| cleanup::is_mounted(&lazy_mount) && !processes_with(&hook).is_empty()),
-        "the stuck Create never reached its hook reading the lazy rootfs; shim log:\n{}",
-        s.log()
-    );
+    Some(Setup { s, _registry: registry, _blackhole: blackhole, request, bundle, hook, deadline_secs })
+}
+
+impl Setup {
+    /// Waits until the Create sits in the stalled read (the lazy mount is up, the hook runs).
+    fn wait_until_stuck(&self) {
+        let lazy_mount = self.bundle.join("lazy");
+        assert!(
+            self.s.wait_until(Duration::from_secs(30), |_| cleanup::is_mounted(&lazy_mount) && !processes_with(&self.hook).is_empty()),
+            "the stuck Create never reached its hook reading the lazy rootfs; shim log:\n{}",
+            self.s.log()
+        );
+    }
+
+    /// No mount, FUSE connection, cgroup or hook process of container "stuck" is left.
+    fn assert_nothing_left(&self) {
+        let mounts = cleanup::mounts_under(&self.bundle);
+        assert!(mounts.is_empty(), "mounts left by the failed Create: {mounts:?}");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mountinfo.contains("lazy:stuck"), "a lazy FUSE mount of the failed Create is left:\n{mountinfo}");
+        let cgroup = self.s.cgroup_dir("stuck");
+        assert!(!cgroup.exists(), "cgroup {} left by the failed Create", cgroup.display());
+        assert!(self.s.wait_until(Duration::from_secs(5), |_| processes_with(&self.hook).is_empty()), "the hook process is left");
+    }
+}
+
+#[test]
+fn a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_behind() {
+    let Some(mut t) = setup("a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_behind") else {
+        return;
+    };
+
+    // The sibling: a plain container of the same shim, running.
+    let spec = go_client_spec(&t.s.cgroups_path("sib"), &["sleep", "1000"], false);
+    t.s.write_bundle("sib", &spec).unwrap();
+    t.s.start("sib", b"").unwrap();
+    t.s.create("sib", false, None, None).unwrap();
+    t.s.start_task("sib", "").unwrap();
+    let children_before = children_of(t.s.shim_pid());
+
+    let create_sent = Instant::now();
+    let stuck = t.s.spawn_create(t.request.clone());
+    t.wait_until_stuck();
+    let s = &t.s;
 
     // The sibling answers at once, again and again, while the Create is stuck.
     let capture = s.capture("sib-exec.out").unwrap();
     let mut rounds = 0;
     let mut worst = Duration::ZERO;
-    while create_sent.elapsed() < Duration::from_secs(deadline_secs - 2) && !stuck.is_finished() {
+    while create_sent.elapsed() < Duration::from_secs(t.deadline_secs - 2) && !stuck.is_finished() {
         let (state, t_state) = timed(|| s.state("sib", ""));
         let state = state.expect("State of the sibling");
         assert_eq!(state.status, containerd_shim_protos::api::Status::RUNNING.into(), "{state:?}");
@@ -196,9 +231,9 @@ fn a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_beh
         let exec_id = format!("e{rounds}");
         let (exec, t_exec) = timed(|| s.exec("sib", &exec_id, &["echo", "ok"], false, &capture));
         exec.expect("ExecProcess in the sibling");
-        for (what, t) in [("State", t_state), ("Kill", t_kill), ("ExecProcess", t_exec)] {
-            assert!(t < SIBLING_LIMIT, "{what} of the sibling took {t:?} while another Create was stuck; shim log:\n{}", s.log());
-            worst = worst.max(t);
+        for (what, took) in [("State", t_state), ("Kill", t_kill), ("ExecProcess", t_exec)] {
+            assert!(took < SIBLING_LIMIT, "{what} of the sibling took {took:?} while another Create was stuck; shim log:\n{}", s.log());
+            worst = worst.max(took);
         }
         assert!(!stuck.is_finished(), "the Create finished during the measurement: it was not stuck");
         rounds += 1;
@@ -208,10 +243,10 @@ fn a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_beh
     eprintln!("{rounds} rounds of State/Kill/ExecProcess on the sibling during the stuck Create: worst {worst:?}");
 
     // The id being created: a second Create and a State fail cleanly, at once.
-    let (again, t) = timed(|| s.create_with(&request));
+    let (again, took) = timed(|| s.create_with(&t.request));
     let again = format!("{:#}", again.expect_err("a second Create of an id being created"));
     assert!(again.contains("FAILED_PRECONDITION") && again.contains("still being created"), "{again}");
-    assert!(t < SIBLING_LIMIT, "the second Create took {t:?}");
+    assert!(took < SIBLING_LIMIT, "the second Create took {took:?}");
     let state = format!("{:#}", s.state("stuck", "").expect_err("State of an id being created"));
     assert!(state.contains("still being created"), "{state}");
 
@@ -222,12 +257,7 @@ fn a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_beh
     // The stuck Create fails when the fetch deadline passes, and leaves nothing behind.
     let err = format!("{:#}", s.join(stuck).expect_err("the Create behind a hanging registry"));
     assert!(err.contains("prestart") && err.contains("/bin/busybox"), "{err}");
-    let mounts = cleanup::mounts_under(&stuck_bundle);
-    assert!(mounts.is_empty(), "mounts left by the failed Create: {mounts:?}");
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mountinfo.contains("lazy:stuck"), "a lazy FUSE mount of the failed Create is left:\n{mountinfo}");
-    assert!(!s.cgroup_dir("stuck").exists(), "cgroup {} left by the failed Create", s.cgroup_dir("stuck").display());
-    assert!(s.wait_until(Duration::from_secs(5), |_| processes_with(&hook).is_empty()), "the hook process is left");
+    t.assert_nothing_left();
     assert!(
         s.wait_until(Duration::from_secs(5), |s| children_of(s.shim_pid()).iter().all(|p| children_before.contains(p))),
         "processes of the failed Create are left: shim children {:?} (before: {children_before:?})",
@@ -237,17 +267,36 @@ fn a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_beh
     // The id is free again: a Create that reads no file content completes, and Delete cleans up.
     let mut spec = go_client_spec(&s.cgroups_path("stuck"), &["sh"], false);
     spec["process"]["env"].as_array_mut().unwrap().push("HOME=/root".into());
-    std::fs::write(stuck_bundle.join("config.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-    let created = s.create_with(&request).expect("Create of the freed id");
+    std::fs::write(t.bundle.join("config.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    let created = s.create_with(&t.request).expect("Create of the freed id");
     assert!(created.pid > 0);
-    assert!(cleanup::is_mounted(&lazy_mount));
+    assert!(cleanup::is_mounted(&t.bundle.join("lazy")));
     s.kill("stuck", SIGKILL, false).unwrap();
     s.delete("stuck").unwrap();
-    assert!(cleanup::mounts_under(&stuck_bundle).is_empty(), "{:?}", cleanup::mounts_under(&stuck_bundle));
-    assert!(!s.cgroup_dir("stuck").exists());
+    t.assert_nothing_left();
 
     s.kill("sib", SIGKILL, false).unwrap();
     s.wait("sib", "", Duration::from_secs(10)).unwrap();
     s.delete("sib").unwrap();
-    drop(blackhole);
+}
+
+/// containerd's cleanup after a shim died in the middle of Create (`ctr task delete` of a task whose
+/// shim is gone runs the shim's `delete` action): no mount, FUSE connection, cgroup or process of
+/// that container is left.
+#[test]
+fn shim_killed_in_the_middle_of_create_leaves_nothing_after_shim_delete() {
+    let Some(mut t) = setup("shim_killed_in_the_middle_of_create_leaves_nothing_after_shim_delete") else {
+        return;
+    };
+    t.s.start("stuck", b"").unwrap();
+    let stuck = t.s.spawn_create(t.request.clone());
+    t.wait_until_stuck();
+    let s = &t.s;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.shim_pid()), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let err = format!("{:#}", s.join(stuck).expect_err("Create of a killed shim"));
+    assert!(s.wait_until(Duration::from_secs(5), |s| !s.shim_alive()), "the shim survived SIGKILL");
+    let stderr = s.run_delete("stuck").expect("the shim's delete action");
+    t.assert_nothing_left();
+    let helpers = processes_with(&format!("{} init", harness::bins::shim().display()));
+    assert!(helpers.is_empty(), "launcher helpers left: {helpers:?} (Create error {err}; delete said {stderr})");
 }
