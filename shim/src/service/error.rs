@@ -67,3 +67,27 @@ impl From<Error> for ttrpc::Error {
         ttrpc::error::get_rpc_status(code, e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launcher::StepError;
+
+    fn code(e: Error) -> Code {
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn launch_errors_get_their_code_from_the_variant_not_the_text() {
+        let missing = StepError::Executable { name: "foo".into(), detail: "executable file not found in $PATH".into() };
+        assert_eq!(code(Error::Launch(missing.into())), Code::INVALID_ARGUMENT);
+        assert_eq!(code(Error::Launch(StepError::InvalidSpec("x".into()).into())), Code::INVALID_ARGUMENT);
+        // A setup step whose text happens to look like a user error is still a setup failure.
+        let step = StepError::Setup { step: "exec: join the container's mnt namespace".into(), path: None, errno: Some(libc::EPERM), detail: "EPERM".into() };
+        assert_eq!(code(Error::Launch(step.into())), Code::UNKNOWN);
+        assert_eq!(code(Error::Launch(StepError::Failed("invalid spec: x".into()).into())), Code::UNKNOWN);
+    }
+}

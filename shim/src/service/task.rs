@@ -136,10 +136,10 @@ impl TaskService {
     }
 }
 
-fn place_in(cgroup: Option<Arc<Cgroup>>) -> impl FnMut(i32) -> anyhow::Result<()> {
+fn place_in(cgroup: Option<Arc<Cgroup>>) -> impl FnMut(i32) -> Result<(), launcher::PlaceError> {
     move |pid| {
         if let Some(cg) = &cgroup {
-            cg.add_pid(pid).map_err(|e| anyhow::anyhow!("putting pid {pid} into cgroup {}: {e}", cg.path().display()))?;
+            cg.add_pid(pid).map_err(|e| format!("putting pid {pid} into cgroup {}: {e}", cg.path().display()))?;
         }
         Ok(())
     }
