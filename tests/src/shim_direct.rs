@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use containerd_shim_protos::api::{
     ConnectRequest, CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, Empty, ExecProcessRequest,
-    KillRequest, ResizePtyRequest, ShutdownRequest, StartRequest, WaitRequest, WaitResponse,
+    KillRequest, ResizePtyRequest, ShutdownRequest, StartRequest, StateRequest, StateResponse, WaitRequest,
+    WaitResponse,
 };
 use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -240,6 +241,16 @@ impl DirectShim {
         self.dir.path().join(name)
     }
 
+    /// Writes `<bundle>/config.json` and the `log` FIFO containerd creates, without a rootfs (for a
+    /// Create whose rootfs mounts come in the request).
+    pub fn write_spec(&mut self, id: &str, spec: &Value) -> Result<PathBuf> {
+        let bundle = self.bundle(id);
+        std::fs::create_dir_all(&bundle)?;
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(spec)?)?;
+        self.logs.push(fifo_reader(&bundle.join("log"))?);
+        Ok(bundle)
+    }
+
     /// Writes `<bundle>/config.json`, a busybox rootfs and the `log` FIFO containerd creates.
     pub fn write_bundle(&mut self, id: &str, spec: &Value) -> Result<PathBuf> {
         let bundle = self.bundle(id);
@@ -254,9 +265,7 @@ impl DirectShim {
                 let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
             }
         }
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(spec)?)?;
-        self.logs.push(fifo_reader(&bundle.join("log"))?);
-        Ok(bundle)
+        self.write_spec(id, spec)
     }
 
     /// Runs `<shim> ... -id ID start` in the bundle as containerd does, with `stdin` as its stdin, and
@@ -281,6 +290,27 @@ impl DirectShim {
             bail!("start exited {}: {text}", out.status);
         }
         Ok(text)
+    }
+
+    /// Runs `<shim> ... -id ID delete` in the bundle, as containerd does when a shim died, and returns
+    /// what it wrote to stderr (containerd logs it).
+    pub fn run_delete(&self, id: &str) -> Result<String> {
+        let out = Command::new(crate::bins::shim())
+            .args(["-namespace", &self.namespace, "-address"])
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["-publish-binary", "/bin/true", "-id", id, "-bundle"])
+            .arg(self.bundle(id))
+            .arg("delete")
+            .current_dir(self.bundle(id))
+            .env("TTRPC_ADDRESS", self.dir.path().join("containerd.sock.ttrpc"))
+            .stdin(Stdio::null())
+            .output()
+            .context("running the shim's delete action")?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            bail!("delete exited {}: {stderr}", out.status);
+        }
+        Ok(stderr)
     }
 
     /// `start` + connect to the printed address (a plain `unix://` address).
@@ -338,6 +368,28 @@ impl DirectShim {
             ..Default::default()
         };
         Ok(self.rt.block_on(self.client().create(ctx(), &req))?)
+    }
+
+    /// Create with a request built by the caller (rootfs mounts, options), bounded by ttrpc's 30 s.
+    pub fn create_with(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse> {
+        Ok(self.rt.block_on(self.client().create(ctx(), req))?)
+    }
+
+    /// Sends Create in the background (for calls made while it is in progress); see [`DirectShim::join`].
+    pub fn spawn_create(&self, req: CreateTaskRequest) -> tokio::task::JoinHandle<Result<CreateTaskResponse>> {
+        let client = self.client().clone();
+        let ctx = containerd_shim_protos::ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64);
+        self.rt.spawn(async move { Ok(client.create(ctx, &req).await?) })
+    }
+
+    /// Waits for a call sent with one of the `spawn_` methods.
+    pub fn join<T>(&self, handle: tokio::task::JoinHandle<T>) -> T {
+        self.rt.block_on(handle).expect("background call panicked")
+    }
+
+    pub fn state(&self, id: &str, exec_id: &str) -> Result<StateResponse> {
+        let req = StateRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() };
+        Ok(self.rt.block_on(self.client().state(ctx(), &req))?)
     }
 
     pub fn start_task(&self, id: &str, exec_id: &str) -> Result<u32> {

@@ -202,6 +202,31 @@ fn socket_file_is_gone_when_shutdown_returns() {
     assert!(s.wait_until(Duration::from_secs(10), |s| !s.shim_alive()), "the shim exits after Shutdown");
 }
 
+/// The launcher helper's warnings reach the shim's log (containerd's log): its stderr is the
+/// container's, so they travel on a pipe of their own.
+#[test]
+fn launcher_helper_warnings_reach_the_shim_log() {
+    let Some(mut s) = DirectShim::new("launcher_helper_warnings_reach_the_shim_log") else { return };
+    let mut spec = go_client_spec(&s.cgroups_path("w1"), &["sh", "-c", "echo out"], false);
+    // TSYNC is one of the flags the launcher ignores with a warning, inside the helper.
+    spec["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_TSYNC"]});
+    s.write_bundle("w1", &spec).unwrap();
+    s.start("w1", b"").unwrap();
+    let out = s.capture("w1.out").unwrap();
+    s.create("w1", false, Some(&out), None).unwrap();
+    s.start_task("w1", "").unwrap();
+    assert_eq!(s.wait("w1", "", Duration::from_secs(10)).unwrap().exit_status, 0);
+    let want = "seccomp flag SeccompFilterFlagTsync is not supported; ignoring it";
+    assert!(
+        s.wait_until(Duration::from_secs(5), |s| s.log().contains(want)),
+        "the helper's warning {want:?} is not in the shim log:\n{}",
+        s.log()
+    );
+    assert!(s.log().lines().any(|l| l.contains("launcher helper") && l.contains(want)), "{}", s.log());
+    assert_eq!(out.wait_for("out", Duration::from_secs(5)), "out\n", "nothing of the helper's log in the container's output");
+    s.delete("w1").unwrap();
+}
+
 #[test]
 fn cgroups_of_deleted_containers_are_removed_every_time() {
     let Some(mut s) = DirectShim::new("cgroups_of_deleted_containers_are_removed_every_time") else { return };

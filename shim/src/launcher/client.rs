@@ -11,6 +11,8 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 
 use super::sync::{self, FromHelper, Request, ToHelper, HELPER_SYNC_FD};
+use super::error::{PlaceError, StepError};
+use super::helper_log::{self, HELPER_LOG_FD};
 use super::{helper_exe, CreateRequest, ExecRequest, LaunchError, Stdio};
 
 /// A created container: its init is blocked right before execve until [`Created::start`].
@@ -38,7 +40,7 @@ pub struct Execd {
 /// the init pid before the process sets anything up (the shim puts it into its cgroup there).
 pub fn create(
     req: CreateRequest<'_>,
-    place: &mut dyn FnMut(i32) -> anyhow::Result<()>,
+    place: &mut dyn FnMut(i32) -> Result<(), PlaceError>,
 ) -> Result<Created, LaunchError> {
     let process = req
         .spec
@@ -68,7 +70,7 @@ impl Created {
         let sock = self
             .gate
             .take()
-            .ok_or_else(|| LaunchError::Setup("start: the container was already started".into()))?;
+            .ok_or_else(|| LaunchError::Setup(StepError::Failed("start: the container was already started".into())))?;
         sync::send(sock.as_fd(), &ToHelper::Start, None).map_err(|source| {
             LaunchError::Sync {
                 step: "send start",
@@ -77,10 +79,10 @@ impl Created {
         })?;
         match sync::recv::<FromHelper>(sock.as_fd()) {
             Ok(None) => Ok(()),
-            Ok(Some((FromHelper::Error(msg), _))) => Err(LaunchError::Setup(msg)),
-            Ok(Some((other, _))) => Err(LaunchError::Setup(format!(
+            Ok(Some((FromHelper::Error(e), _))) => Err(e.into()),
+            Ok(Some((other, _))) => Err(LaunchError::Setup(StepError::Failed(format!(
                 "start: unexpected message from the container init: {other:?}"
-            ))),
+            )))),
             Err(source) => Err(LaunchError::Sync {
                 step: "wait for exec",
                 source,
@@ -93,7 +95,7 @@ impl Created {
 /// the process attributes and execs it. Returns once the process has exec'd.
 pub fn exec(
     req: ExecRequest<'_>,
-    place: &mut dyn FnMut(i32) -> anyhow::Result<()>,
+    place: &mut dyn FnMut(i32) -> Result<(), PlaceError>,
 ) -> Result<Execd, LaunchError> {
     let terminal = req.process.terminal().unwrap_or(false);
     let request = Request::Exec {
@@ -110,10 +112,10 @@ pub fn exec(
             helper_pid,
             pty_master: pty,
         }),
-        Ok(Some((FromHelper::Error(msg), _))) => Err(LaunchError::Setup(msg)),
-        Ok(Some((other, _))) => Err(LaunchError::Setup(format!(
+        Ok(Some((FromHelper::Error(e), _))) => Err(e.into()),
+        Ok(Some((other, _))) => Err(LaunchError::Setup(StepError::Failed(format!(
             "exec: unexpected message from the process: {other:?}"
-        ))),
+        )))),
         Err(source) => Err(LaunchError::Sync {
             step: "wait for exec",
             source,
@@ -136,9 +138,16 @@ fn spawn_helper(
         step: "socketpair",
         source: e.into(),
     })?;
+    // Above the fds dup2()ed into place below, so neither dup2 can clobber the other's source.
+    let theirs = high_fd(theirs, "sync socket")?;
+    let (log_r, log_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Sync {
+        step: "log pipe",
+        source: e.into(),
+    })?;
+    let log_w = high_fd(log_w, "log pipe")?;
     let exe = helper_exe();
     let mut cmd = Command::new(&exe);
-    cmd.arg("init");
+    cmd.arg("init").arg(format!("--log-level={}", log::max_level()));
     let to_stdio = |fd: Option<OwnedFd>| match fd {
         Some(fd) if !terminal => std::process::Stdio::from(fd),
         _ => std::process::Stdio::null(),
@@ -146,17 +155,16 @@ fn spawn_helper(
     cmd.stdin(to_stdio(stdio.stdin))
         .stdout(to_stdio(stdio.stdout))
         .stderr(to_stdio(stdio.stderr));
-    let raw = theirs.as_raw_fd();
-    // SAFETY: the closure runs between fork and exec in the child and only calls dup2/fcntl,
-    // which are async-signal-safe; it touches no memory shared with other threads.
+    let (raw, log_raw) = (theirs.as_raw_fd(), log_w.as_raw_fd());
+    // SAFETY: the closure runs between fork and exec in the child and only calls dup2, which is
+    // async-signal-safe; it touches no memory shared with other threads. Both sources are above
+    // fd 4 (high_fd), and dup2 clears close-on-exec on the copies.
     unsafe {
         cmd.pre_exec(move || {
-            if raw == HELPER_SYNC_FD {
-                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+            for (from, to) in [(raw, HELPER_SYNC_FD), (log_raw, HELPER_LOG_FD)] {
+                if libc::dup2(from, to) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(raw, HELPER_SYNC_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -165,6 +173,8 @@ fn spawn_helper(
         path: exe.clone(),
         source,
     })?;
+    drop(log_w);
+    helper_log::forward(log_r, child.id() as i32);
     drop(theirs);
     let helper_pid = child.id() as i32;
     // The helper is reaped by the shim's reaper (or by a standalone caller): never wait here.
@@ -179,11 +189,22 @@ fn spawn_helper(
     Ok((ours, helper_pid))
 }
 
+/// `fd` moved to a number above [`HELPER_LOG_FD`] (close-on-exec).
+fn high_fd(fd: OwnedFd, what: &'static str) -> Result<OwnedFd, LaunchError> {
+    if fd.as_raw_fd() > HELPER_LOG_FD {
+        return Ok(fd);
+    }
+    let raw = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HELPER_LOG_FD + 1))
+        .map_err(|e| LaunchError::Sync { step: what, source: e.into() })?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
 /// Pid -> place -> Ack -> Ready (with the pty master) or Error.
 fn handshake(
     sock: &OwnedFd,
     helper_pid: i32,
-    place: &mut dyn FnMut(i32) -> anyhow::Result<()>,
+    place: &mut dyn FnMut(i32) -> Result<(), PlaceError>,
 ) -> Result<(i32, Option<OwnedFd>), LaunchError> {
     let kill_all = |pid: Option<i32>| {
         if let Some(pid) = pid {
@@ -230,24 +251,19 @@ fn handshake(
             (FromHelper::Ready { pty }, fd) if pid.is_some() => {
                 if pty && fd.is_none() {
                     kill_all(pid);
-                    return Err(LaunchError::Setup(
+                    return Err(LaunchError::Setup(StepError::Failed(
                         "console: the container init did not send the pty master".into(),
-                    ));
+                    )));
                 }
                 return Ok((pid.unwrap_or_default(), fd));
             }
             // The sender kills what it started and exits by itself.
-            (FromHelper::Error(msg), _) => {
-                return Err(match msg.strip_prefix("invalid spec: ") {
-                    Some(rest) => LaunchError::InvalidSpec(rest.to_string()),
-                    None => LaunchError::Setup(msg),
-                });
-            }
+            (FromHelper::Error(e), _) => return Err(e.into()),
             (other, _) => {
                 kill_all(pid);
-                return Err(LaunchError::Setup(format!(
+                return Err(LaunchError::Setup(StepError::Failed(format!(
                     "launcher protocol: unexpected message {other:?}"
-                )));
+                ))));
             }
         }
     }

@@ -60,7 +60,7 @@ pub fn setup(size: Option<oci_spec::runtime::Box>, mount_console: bool) -> StepR
         return Err(format!(
             "console: make {slave_path} the controlling terminal: {}",
             std::io::Error::last_os_error()
-        ));
+        ).into());
     }
     // SAFETY: the PtyMaster owns this fd; into_raw_fd hands its ownership to the OwnedFd.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) })

@@ -1,6 +1,6 @@
 //! The helper (`containerd-shim-lazy-v2 init`): a fresh, single-threaded process that forks the
 //! container's init (create) or a process inside a running container (exec) and drives the
-//! steps described in mod.rs. Errors travel to the shim as "step: detail" text.
+//! steps described in mod.rs. Errors travel to the shim as a typed [`StepError`](super::StepError).
 //!
 //! Must never start a thread or an async runtime: it forks.
 
@@ -14,7 +14,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
-use super::error::{Step, StepResult};
+use super::error::{Step, StepError, StepResult};
 use super::hooks::{run_phase, ContainerState};
 use super::sync::{self, FromHelper, Request, ToHelper, HELPER_SYNC_FD};
 use super::{console, mounts, namespaces, process, seccomp};
@@ -42,6 +42,7 @@ pub fn helper_main() -> ! {
         eprintln!("containerd-shim-lazy-v2 init: no launcher sync socket on fd 3; this command is run by the shim itself, not by hand");
         std::process::exit(2);
     }
+    super::helper_log::install(super::helper_log::level_from_args(std::env::args_os()));
     mark_fds_cloexec();
     reset_signals();
     let code = match run(&sock) {
@@ -85,7 +86,7 @@ fn reset_signals() {
 fn run(sock: &OwnedFd) -> StepResult<()> {
     let request = match sync::recv::<ToHelper>(sock.as_fd()).step(|| "read the launch request".to_string())? {
         Some((ToHelper::Request(r), _)) => r,
-        Some((other, _)) => return Err(format!("launcher protocol: expected a request, got {other:?}")),
+        Some((other, _)) => return Err(format!("launcher protocol: expected a request, got {other:?}").into()),
         None => std::process::exit(1),
     };
     match request {
@@ -131,7 +132,7 @@ fn place_child(sock: &OwnedFd, pid: Pid, private: &OwnedFd) -> StepResult<()> {
     let fail = |msg: Option<String>| -> StepResult<()> {
         let _ = kill(pid, Signal::SIGKILL);
         match msg {
-            Some(m) => Err(m),
+            Some(m) => Err(m.into()),
             None => std::process::exit(1),
         }
     };
@@ -153,7 +154,7 @@ fn place_child(sock: &OwnedFd, pid: Pid, private: &OwnedFd) -> StepResult<()> {
 fn create(sock: &OwnedFd, id: &str, bundle: &Path, spec: &Spec) -> StepResult<()> {
     let plan = namespaces::plan(spec)?;
     namespaces::check_sysctls(spec, &plan)?;
-    let process = spec.process().clone().ok_or_else(|| "invalid spec: spec has no process".to_string())?;
+    let process = spec.process().clone().ok_or_else(|| StepError::InvalidSpec("spec has no process".into()))?;
     let mount_label = spec.linux().as_ref().and_then(|l| l.mount_label().clone());
     process::check_lsm(&process, mount_label.as_ref())?;
     process::check_unsupported(&process, spec.linux().as_ref())?;
@@ -163,7 +164,7 @@ fn create(sock: &OwnedFd, id: &str, bundle: &Path, spec: &Spec) -> StepResult<()
     }
     let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
     let rootfs = if root.is_absolute() { root } else { bundle.join(root) };
-    let rootfs = std::fs::canonicalize(&rootfs).step(|| format!("rootfs {}", rootfs.display()))?;
+    let rootfs = std::fs::canonicalize(&rootfs).step_at(&rootfs, || format!("rootfs {}", rootfs.display()))?;
     let hooks = spec.hooks().clone().unwrap_or_default();
 
     namespaces::enter_pid_namespace(&plan)?;
@@ -272,14 +273,14 @@ fn apply_container_settings(spec: &Spec, plan: &namespaces::Plan) -> StepResult<
     for (what, value) in [("hostname", spec.hostname()), ("domainname", spec.domainname())] {
         let Some(value) = value.as_ref().filter(|v| !v.is_empty()) else { continue };
         if !plan.own_uts {
-            return Err(format!("invalid spec: {what} {value:?} needs a private UTS namespace; add {{\"type\": \"uts\"}} to linux.namespaces"));
+            return Err(StepError::InvalidSpec(format!("{what} {value:?} needs a private UTS namespace; add {{\"type\": \"uts\"}} to linux.namespaces")));
         }
         if what == "hostname" {
             nix::unistd::sethostname(value).step(|| format!("sethostname {value:?}"))?;
         } else {
             // SAFETY: setdomainname reads `len` bytes from a live buffer.
             if unsafe { libc::setdomainname(value.as_ptr().cast(), value.len()) } != 0 {
-                return Err(format!("setdomainname {value:?}: {}", std::io::Error::last_os_error()));
+                return Err(format!("setdomainname {value:?}: {}", std::io::Error::last_os_error()).into());
             }
         }
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::Hook;
 use serde::{Deserialize, Serialize};
 
-use super::error::StepResult;
+use super::error::{StepError, StepResult};
 use super::LaunchError;
 
 /// The OCI runtime state handed to hooks on stdin.
@@ -73,8 +73,12 @@ pub fn run_hooks(hooks: &[Hook], state: &ContainerState) -> Result<(), LaunchErr
 /// Runs the hooks of one phase inside the helper or the init, with the error as "step" text.
 pub(crate) fn run_phase(phase: &str, hooks: Option<&Vec<Hook>>, state: &ContainerState) -> StepResult<()> {
     for hook in hooks.map(|h| h.as_slice()).unwrap_or_default() {
-        run_one(hook, state)
-            .map_err(|e| format!("{phase} hook {}: {e}", hook.path().display()))?;
+        run_one(hook, state).map_err(|detail| StepError::Setup {
+            step: format!("{phase} hook {}", hook.path().display()),
+            path: Some(hook.path().clone()),
+            errno: None,
+            detail,
+        })?;
     }
     Ok(())
 }

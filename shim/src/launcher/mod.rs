@@ -26,6 +26,7 @@ mod client;
 mod console;
 mod error;
 mod helper;
+mod helper_log;
 mod hooks;
 mod mounts;
 mod namespaces;
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use client::{create, exec, Created, Execd};
-pub use error::LaunchError;
+pub use error::{LaunchError, PlaceError, StepError};
 pub use helper::helper_main;
 pub use hooks::{run_hooks, ContainerState};
 pub use mounts::{parse_options as parse_mount_options, MountOptions};

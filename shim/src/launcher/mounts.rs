@@ -13,7 +13,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::Mode;
 use oci_spec::runtime::{Mount, Spec};
 
-use super::error::{Step, StepResult};
+use super::error::{Step, StepError, StepResult};
 
 /// A parsed `options` list: flags for mount(2), propagation changes applied afterwards, and the
 /// filesystem data string (everything mount(2) does not know as a flag).
@@ -127,7 +127,7 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> StepResult<PathBuf> {
                                 "resolve {} in {}: too many levels of symbolic links",
                                 unsafe_path.display(),
                                 root.display()
-                            ));
+                            ).into());
                         }
                         let target = std::fs::read_link(&full).step(|| format!("readlink {}", full.display()))?;
                         if target.is_absolute() {
@@ -152,12 +152,12 @@ pub(crate) fn mkdir_all(p: &Path) -> StepResult<()> {
         .recursive(true)
         .mode(0o755)
         .create(p)
-        .step(|| format!("mkdir {}", p.display()))
+        .step_at(p, || format!("mkdir {}", p.display()))
 }
 
 fn do_mount(src: Option<&str>, dest: &Path, fstype: Option<&str>, flags: MsFlags, data: &str) -> StepResult<()> {
     let data = (!data.is_empty()).then_some(data);
-    mount(src, dest, fstype, flags, data).step(|| {
+    mount(src, dest, fstype, flags, data).step_at(dest, || {
         format!(
             "mount {} on {} (type {}, flags {:?}{})",
             src.unwrap_or("none"),
@@ -240,7 +240,7 @@ pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, cgroups: &[CgroupV1Bind]) -> S
     let root_prop = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
         Some(p) => propagation(p).ok_or_else(|| {
-            format!("invalid spec: linux.rootfsPropagation {p:?}: use private, rprivate, shared, rshared, slave, rslave, unbindable or runbindable")
+            StepError::InvalidSpec(format!("linux.rootfsPropagation {p:?}: use private, rprivate, shared, rshared, slave, rslave, unbindable or runbindable"))
         })?,
     };
     do_mount(None, Path::new("/"), None, root_prop, "")?;
@@ -332,7 +332,7 @@ fn mount_one(m: &Mount, rootfs: &Path, cgroups: &[CgroupV1Bind]) -> StepResult<(
                     return Err(format!(
                         "mount {typ} on {}: the destination in the rootfs is not a directory",
                         m.destination().display()
-                    ));
+                    ).into());
                 }
             }
             mkdir_all(&dest)?;
@@ -501,10 +501,10 @@ pub fn readonly_path(path: &str) -> StepResult<()> {
     match mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
         Ok(()) => {}
         Err(nix::errno::Errno::ENOENT) => return Ok(()),
-        Err(e) => return Err(format!("readonly path {path}: bind mount: {e}")),
+        Err(e) => return Err(format!("readonly path {path}: bind mount: {e}").into()),
     }
     let flags = locked_flags(p)? | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    do_mount(None, p, None, flags, "").map_err(|e| format!("readonly path {path}: {e}"))
+    do_mount(None, p, None, flags, "").map_err(|e| e.within(format!("readonly path {path}")))
 }
 
 /// runc's maskPath: the container's own /dev/null over a file, a read-only empty tmpfs over a
@@ -515,9 +515,9 @@ pub fn mask_path(path: &str) -> StepResult<()> {
         Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(nix::errno::Errno::ENOTDIR) => {
             do_mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, "")
-                .map_err(|e| format!("masked path {path}: {e}"))
+                .map_err(|e| e.within(format!("masked path {path}")))
         }
-        Err(e) => Err(format!("masked path {path}: bind /dev/null: {e}")),
+        Err(e) => Err(format!("masked path {path}: bind /dev/null: {e}").into()),
     }
 }
 

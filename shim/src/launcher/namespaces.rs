@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use nix::sched::{setns, unshare, CloneFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use super::error::{Step, StepResult};
+use super::error::{Step, StepError, StepResult};
 
 /// What the spec asks for, validated before anything is forked.
 #[derive(Debug)]
@@ -43,15 +43,13 @@ fn flag(t: LinuxNamespaceType) -> StepResult<CloneFlags> {
         LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
         LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
         LinuxNamespaceType::User => {
-            return Err("invalid spec: linux.namespaces: user namespaces are not supported by \
+            return Err(StepError::InvalidSpec("linux.namespaces: user namespaces are not supported by \
                         containerd-shim-lazy yet; remove the \"user\" namespace (and uid/gid \
-                        mappings) or use io.containerd.runc.v2"
-                .into())
+                        mappings) or use io.containerd.runc.v2".into()))
         }
         LinuxNamespaceType::Time => {
-            return Err("invalid spec: linux.namespaces: time namespaces are not supported by \
-                        containerd-shim-lazy; remove the \"time\" namespace"
-                .into())
+            return Err(StepError::InvalidSpec("linux.namespaces: time namespaces are not supported by \
+                        containerd-shim-lazy; remove the \"time\" namespace".into()))
         }
     })
 }
@@ -77,10 +75,10 @@ pub fn plan(spec: &Spec) -> StepResult<Plan> {
     for ns in &namespaces {
         let f = flag(ns.typ())?;
         if seen.contains(f) {
-            return Err(format!(
-                "invalid spec: linux.namespaces: namespace {:?} is listed twice",
+            return Err(StepError::InvalidSpec(format!(
+                "linux.namespaces: namespace {:?} is listed twice",
                 ns.typ()
-            ));
+            )));
         }
         seen |= f;
         match (f, ns.path()) {
@@ -98,9 +96,8 @@ pub fn plan(spec: &Spec) -> StepResult<Plan> {
     plan.own_uts = seen.contains(CloneFlags::CLONE_NEWUTS);
     plan.own_mnt = plan.unshare.contains(CloneFlags::CLONE_NEWNS);
     if !plan.own_mnt {
-        return Err("invalid spec: linux.namespaces: a new \"mount\" namespace is required (the \
-                    launcher pivots into the container's root)"
-            .into());
+        return Err(StepError::InvalidSpec("linux.namespaces: a new \"mount\" namespace is required (the \
+                    launcher pivots into the container's root)".into()));
     }
     Ok(plan)
 }
@@ -132,16 +129,16 @@ pub fn check_sysctls(spec: &Spec, plan: &Plan) -> StepResult<()> {
         } else if key == "kernel.hostname" || key == "kernel.domainname" {
             (plan.own_uts, "uts")
         } else {
-            return Err(format!(
-                "invalid spec: linux.sysctl {key:?} is not in a separate kernel namespace: setting \
+            return Err(StepError::InvalidSpec(format!(
+                "linux.sysctl {key:?} is not in a separate kernel namespace: setting \
                  it would change the host; remove it"
-            ));
+            )));
         };
         if !ok {
-            return Err(format!(
-                "invalid spec: linux.sysctl {key:?} needs the container to have its own {ns} \
+            return Err(StepError::InvalidSpec(format!(
+                "linux.sysctl {key:?} needs the container to have its own {ns} \
                  namespace; add it to linux.namespaces or remove the sysctl"
-            ));
+            )));
         }
     }
     Ok(())
@@ -193,7 +190,7 @@ pub fn join_container(pid: i32) -> StepResult<()> {
         let their_ino = match std::fs::metadata(&theirs) {
             Ok(m) => m.ino(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && name != "mnt" => continue,
-            Err(e) => return Err(format!("exec: container process {pid}: {theirs}: {e}")),
+            Err(e) => return Err(format!("exec: container process {pid}: {theirs}: {e}").into()),
         };
         let our_ino = std::fs::metadata(&ours).map(|m| m.ino()).ok();
         if our_ino == Some(their_ino) {
@@ -247,21 +244,23 @@ mod tests {
         check_sysctls(&s, &p).unwrap();
         set(&mut s, "vm.overcommit_memory");
         let err = check_sysctls(&s, &p).unwrap_err();
-        assert!(err.contains("not in a separate kernel namespace"), "{err}");
+        assert!(matches!(err, StepError::InvalidSpec(_)), "{err:?}");
+        assert!(err.to_string().contains("not in a separate kernel namespace"), "{err}");
         set(&mut s, "net.ipv4.ip_forward");
         let err = check_sysctls(&s, &p).unwrap_err();
-        assert!(err.contains("own network namespace"), "{err}");
+        assert!(err.to_string().contains("own network namespace"), "{err}");
     }
 
     #[test]
     fn user_namespace_is_a_clear_error() {
         let err = plan(&spec_with(r#"[{"type":"mount"},{"type":"user"}]"#)).unwrap_err();
-        assert!(err.contains("user namespaces are not supported"), "{err}");
+        assert!(matches!(err, StepError::InvalidSpec(_)), "{err:?}");
+        assert!(err.to_string().contains("user namespaces are not supported"), "{err}");
     }
 
     #[test]
     fn mount_namespace_is_required() {
         let err = plan(&spec_with(r#"[{"type":"pid"}]"#)).unwrap_err();
-        assert!(err.contains("\"mount\" namespace is required"), "{err}");
+        assert!(err.to_string().contains("\"mount\" namespace is required"), "{err}");
     }
 }

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use oci_spec::runtime::{PosixRlimitType, Process};
 
-use super::error::{Step, StepResult};
+use super::error::{Step, StepError, StepResult};
 
 fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
     match t {
@@ -48,7 +48,7 @@ pub fn apply_rlimits(p: &Process) -> StepResult<()> {
                 r.soft(),
                 r.hard(),
                 std::io::Error::last_os_error()
-            ));
+            ).into());
         }
     }
     Ok(())
@@ -82,25 +82,25 @@ pub fn check_lsm(p: &Process, mount_label: Option<&String>) -> StepResult<()> {
             .map(|s| s.trim() == "Y")
             .unwrap_or(false);
         if !enabled {
-            return Err(format!(
-                "invalid spec: process.apparmorProfile {profile:?}: AppArmor is not enabled on this \
+            return Err(StepError::InvalidSpec(format!(
+                "process.apparmorProfile {profile:?}: AppArmor is not enabled on this \
                  kernel; remove the profile from the spec"
-            ));
+            )));
         }
-        return Err(format!(
-            "invalid spec: process.apparmorProfile {profile:?}: AppArmor profiles are not supported \
+        return Err(StepError::InvalidSpec(format!(
+            "process.apparmorProfile {profile:?}: AppArmor profiles are not supported \
              by containerd-shim-lazy yet; remove the profile or use io.containerd.runc.v2"
-        ));
+        )));
     }
     for (what, label) in [
         ("process.selinuxLabel", p.selinux_label().as_ref()),
         ("linux.mountLabel", mount_label),
     ] {
         if let Some(label) = label.filter(|s| !s.is_empty()) {
-            return Err(format!(
-                "invalid spec: {what} {label:?}: SELinux labels are not supported by \
+            return Err(StepError::InvalidSpec(format!(
+                "{what} {label:?}: SELinux labels are not supported by \
                  containerd-shim-lazy (and SELinux is not enabled here); remove the label"
-            ));
+            )));
         }
     }
     Ok(())
@@ -133,10 +133,10 @@ pub fn check_unsupported(p: &Process, linux: Option<&oci_spec::runtime::Linux>) 
     if fields.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "invalid spec: {} not supported by containerd-shim-lazy; remove it or use io.containerd.runc.v2",
+    Err(StepError::InvalidSpec(format!(
+        "{} not supported by containerd-shim-lazy; remove it or use io.containerd.runc.v2",
         fields.join(", ") + if fields.len() == 1 { " is" } else { " are" }
-    ))
+    )))
 }
 
 fn cap_mask(set: Option<&oci_spec::runtime::Capabilities>) -> StepResult<(u64, Vec<caps::Capability>)> {
@@ -211,7 +211,7 @@ fn fix_stdio_permissions(uid: u32) -> StepResult<()> {
         if unsafe { libc::fchown(fd, uid, st.st_gid) } != 0 {
             let e = std::io::Error::last_os_error();
             if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM)) {
-                return Err(format!("chown stdio fd {fd} to uid {uid}: {e}"));
+                return Err(format!("chown stdio fd {fd} to uid {uid}: {e}").into());
             }
         }
     }
@@ -256,7 +256,7 @@ fn capset(eff: u64, perm: u64, inh: u64) -> StepResult<()> {
         return Err(format!(
             "capset effective={eff:#x} permitted={perm:#x} inheritable={inh:#x}: {}",
             std::io::Error::last_os_error()
-        ));
+        ).into());
     }
     Ok(())
 }
@@ -283,7 +283,7 @@ pub struct Prepared {
 }
 
 fn cstring(s: &[u8], what: &str) -> StepResult<CString> {
-    CString::new(s).map_err(|_| format!("invalid spec: {what} contains a NUL byte"))
+    CString::new(s).map_err(|_| StepError::InvalidSpec(format!("{what} contains a NUL byte")))
 }
 
 /// Resolves the executable like runc (Go's exec.LookPath with the container's PATH) and builds
@@ -291,7 +291,7 @@ fn cstring(s: &[u8], what: &str) -> StepResult<CString> {
 pub fn prepare_exec(p: &Process) -> StepResult<Prepared> {
     let args = p.args().clone().unwrap_or_default();
     let Some(name) = args.first() else {
-        return Err("invalid spec: process.args must not be empty".into());
+        return Err(StepError::InvalidSpec("process.args must not be empty".into()));
     };
     let mut env: Vec<String> = p.env().clone().unwrap_or_default();
     let path_var = env
@@ -329,10 +329,10 @@ fn look_path(name: &str, path_var: &str) -> StepResult<PathBuf> {
     if name.contains('/') {
         return match is_executable(Path::new(name)) {
             Ok(()) => Ok(PathBuf::from(name)),
-            Err(e) => Err(format!(
-                "exec: \"{name}\": stat {name}: {}",
-                super::error::errno_text(&e)
-            )),
+            Err(e) => Err(StepError::Executable {
+                name: name.to_string(),
+                detail: format!("stat {name}: {}", super::error::errno_text(&e)),
+            }),
         };
     }
     for dir in path_var.split(':') {
@@ -342,7 +342,7 @@ fn look_path(name: &str, path_var: &str) -> StepResult<PathBuf> {
             return Ok(candidate);
         }
     }
-    Err(format!("exec: \"{name}\": executable file not found in $PATH"))
+    Err(StepError::Executable { name: name.to_string(), detail: "executable file not found in $PATH".into() })
 }
 
 /// Home directory of `uid` from the container's /etc/passwd, "/" when absent (runc's default).
@@ -361,7 +361,7 @@ fn home_of(uid: u32) -> String {
 }
 
 /// Replaces the process image. Returns only on failure, with the error text.
-pub fn execve(prep: &Prepared) -> String {
+pub fn execve(prep: &Prepared) -> StepError {
     let mut argv: Vec<*const libc::c_char> = prep.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = prep.envp.iter().map(|e| e.as_ptr()).collect();
@@ -373,11 +373,12 @@ pub fn execve(prep: &Prepared) -> String {
     // SAFETY: all pointers point into CStrings owned by `prep`, NULL-terminated arrays, alive for
     // the call; execve does not return on success.
     unsafe { libc::execve(prep.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    format!(
-        "exec {}: {}",
-        prep.path.to_string_lossy(),
-        std::io::Error::last_os_error()
-    )
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(prep.path.as_bytes()));
+    let failed: Result<(), _> = Err(std::io::Error::last_os_error());
+    match failed.step_at(&path, || format!("exec {}", path.display())) {
+        Err(e) => e,
+        Ok(()) => unreachable!("built from an error"),
+    }
 }
 
 #[cfg(test)]
@@ -387,12 +388,11 @@ mod tests {
     #[test]
     fn look_path_matches_runc_messages() {
         assert_eq!(look_path("sh", "/nonexistent:/bin").unwrap(), PathBuf::from("/bin/sh"));
+        let missing = look_path("no-such-tool", "/bin:/usr/bin").unwrap_err();
+        assert!(matches!(&missing, StepError::Executable { name, .. } if name == "no-such-tool"), "{missing:?}");
+        assert_eq!(missing.to_string(), "exec: \"no-such-tool\": executable file not found in $PATH");
         assert_eq!(
-            look_path("no-such-tool", "/bin:/usr/bin").unwrap_err(),
-            "exec: \"no-such-tool\": executable file not found in $PATH"
-        );
-        assert_eq!(
-            look_path("/no/such", "/bin").unwrap_err(),
+            look_path("/no/such", "/bin").unwrap_err().to_string(),
             "exec: \"/no/such\": stat /no/such: no such file or directory"
         );
     }

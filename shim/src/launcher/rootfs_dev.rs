@@ -10,7 +10,7 @@ use nix::mount::MsFlags;
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 
-use super::error::{Step, StepResult};
+use super::error::{Step, StepError, StepResult};
 use super::mounts::secure_join;
 
 struct Dev {
@@ -46,7 +46,7 @@ pub fn create_devices(spec: &Spec, rootfs: &Path) -> StepResult<()> {
             LinuxDeviceType::B => SFlag::S_IFBLK,
             LinuxDeviceType::P => SFlag::S_IFIFO,
             LinuxDeviceType::A => {
-                return Err(format!("invalid spec: linux.devices {}: type \"a\" is only valid in cgroup device rules", d.path().display()))
+                return Err(StepError::InvalidSpec(format!("linux.devices {}: type \"a\" is only valid in cgroup device rules", d.path().display())))
             }
         };
         let path = d.path().to_string_lossy().into_owned();
@@ -76,7 +76,7 @@ pub fn create_devices(spec: &Spec, rootfs: &Path) -> StepResult<()> {
                     .step(|| format!("bind mount device {} from the host", d.path))?;
                 continue;
             }
-            Err(e) => return Err(format!("mknod {} ({}:{}): {e}", d.path, d.major, d.minor)),
+            Err(e) => return Err(format!("mknod {} ({}:{}): {e}", d.path, d.major, d.minor).into()),
         }
         // mknod applies the umask; set the exact mode the spec asks for.
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(d.mode))
@@ -92,7 +92,7 @@ pub fn setup_ptmx(rootfs: &Path) -> StepResult<()> {
     match std::fs::remove_file(&ptmx) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("remove {}: {e}", ptmx.display())),
+        Err(e) => return Err(format!("remove {}: {e}", ptmx.display()).into()),
     }
     std::os::unix::fs::symlink("pts/ptmx", &ptmx).step(|| format!("symlink {} -> pts/ptmx", ptmx.display()))
 }
@@ -112,7 +112,7 @@ pub fn dev_symlinks(rootfs: &Path) -> StepResult<()> {
         match std::os::unix::fs::symlink(target, &dst) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("symlink {} -> {target}: {e}", dst.display())),
+            Err(e) => return Err(format!("symlink {} -> {target}: {e}", dst.display()).into()),
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilter
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
 use std::str::FromStr;
 
-use super::error::StepResult;
+use super::error::{StepError, StepResult};
 
 fn action(a: LinuxSeccompAction, errno: Option<u32>) -> StepResult<ScmpAction> {
     Ok(match a {
@@ -20,9 +20,8 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> StepResult<ScmpAction> {
         LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
         LinuxSeccompAction::ScmpActNotify => {
-            return Err("invalid spec: linux.seccomp: SCMP_ACT_NOTIFY (seccomp user notification) \
-                        is not supported by containerd-shim-lazy"
-                .into())
+            return Err(StepError::InvalidSpec("linux.seccomp: SCMP_ACT_NOTIFY (seccomp user notification) \
+                        is not supported by containerd-shim-lazy".into()))
         }
     })
 }
@@ -44,9 +43,8 @@ fn op(o: LinuxSeccompOperator, value: u64, value_two: Option<u64>) -> (ScmpCompa
 pub fn build(seccomp: &LinuxSeccomp) -> StepResult<ScmpFilterContext> {
     let err = |what: &str, e: libseccomp::error::SeccompError| format!("seccomp: {what}: {e}");
     if seccomp.listener_path().is_some() {
-        return Err("invalid spec: linux.seccomp.listenerPath (seccomp notify) is not supported by \
-                    containerd-shim-lazy"
-            .into());
+        return Err(StepError::InvalidSpec("linux.seccomp.listenerPath (seccomp notify) is not supported by \
+                    containerd-shim-lazy".into()));
     }
     let default = action(seccomp.default_action(), seccomp.default_errno_ret())?;
     let mut ctx = ScmpFilterContext::new(default).map_err(|e| err("create filter", e))?;
@@ -114,7 +112,7 @@ pub fn build(seccomp: &LinuxSeccomp) -> StepResult<ScmpFilterContext> {
 pub fn load(seccomp: Option<&LinuxSeccomp>) -> StepResult<()> {
     let Some(seccomp) = seccomp else { return Ok(()) };
     let ctx = build(seccomp)?;
-    ctx.load().map_err(|e| format!("seccomp: load the filter: {e}"))
+    ctx.load().map_err(|e| StepError::Failed(format!("seccomp: load the filter: {e}")))
 }
 
 #[cfg(test)]
@@ -151,6 +149,7 @@ mod tests {
         )
         .unwrap();
         let err = build(&s).err().unwrap();
-        assert!(err.contains("SCMP_ACT_NOTIFY"), "{err}");
+        assert!(matches!(err, StepError::InvalidSpec(_)), "{err:?}");
+        assert!(err.to_string().contains("SCMP_ACT_NOTIFY"), "{err}");
     }
 }

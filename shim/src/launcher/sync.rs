@@ -54,8 +54,8 @@ pub enum FromHelper {
     /// Setup done; the process waits for Start (create) or execs now (exec). `pty` says whether
     /// the pty master is attached.
     Ready { pty: bool },
-    /// A step failed; the text names the step and the path.
-    Error(String),
+    /// A step failed (typed: the shim picks its answer from the variant).
+    Error(super::error::StepError),
 }
 
 /// Sends one message, attaching `fd` to its last datagram.
@@ -179,13 +179,17 @@ mod tests {
         let big = "x".repeat(100_000);
         let file = std::fs::File::open("/dev/null").unwrap();
         let writer = std::thread::spawn(move || {
-            send(a.as_fd(), &FromHelper::Error(big), Some(file.as_raw_fd())).unwrap();
+            let err = super::super::error::StepError::Setup { step: big, path: Some("/p".into()), errno: Some(2), detail: "d".into() };
+            send(a.as_fd(), &FromHelper::Error(err), Some(file.as_raw_fd())).unwrap();
             drop(a);
         });
         let (msg, fd) = recv::<FromHelper>(b.as_fd()).unwrap().unwrap();
         writer.join().unwrap();
         match msg {
-            FromHelper::Error(s) => assert_eq!(s.len(), 100_000),
+            FromHelper::Error(e) => {
+                assert_eq!(e.to_string().len(), 100_003);
+                assert_eq!((e.errno(), e.path()), (Some(2), Some(std::path::Path::new("/p"))));
+            }
             other => panic!("unexpected {other:?}"),
         }
         assert!(fd.is_some(), "the fd must arrive with the last datagram");

@@ -16,6 +16,8 @@ pub enum Error {
     ProcessNotFound { id: String, exec_id: String },
     #[error("{0} already exists in this shim: pick another id or delete the old one first")]
     AlreadyExists(String),
+    #[error("container {0} is still being created in this shim: retry once its Create has returned")]
+    BeingCreated(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -55,7 +57,7 @@ impl From<Error> for ttrpc::Error {
             Error::Launch(l) if l.is_user_error() => Code::INVALID_ARGUMENT,
             Error::Cgroup(c) if c.is_invalid_argument() => Code::INVALID_ARGUMENT,
             Error::Cgroup(c) if c.is_failed_precondition() => Code::FAILED_PRECONDITION,
-            Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Error::FailedPrecondition(_) | Error::BeingCreated(_) => Code::FAILED_PRECONDITION,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Launch(_) | Error::Cgroup(_) | Error::Rootfs(_) | Error::Io { .. } | Error::Other(_) => {
                 Code::UNKNOWN
@@ -63,5 +65,29 @@ impl From<Error> for ttrpc::Error {
         };
         log::debug!("request failed ({code:?}): {e}");
         ttrpc::error::get_rpc_status(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launcher::StepError;
+
+    fn code(e: Error) -> Code {
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn launch_errors_get_their_code_from_the_variant_not_the_text() {
+        let missing = StepError::Executable { name: "foo".into(), detail: "executable file not found in $PATH".into() };
+        assert_eq!(code(Error::Launch(missing.into())), Code::INVALID_ARGUMENT);
+        assert_eq!(code(Error::Launch(StepError::InvalidSpec("x".into()).into())), Code::INVALID_ARGUMENT);
+        // A setup step whose text happens to look like a user error is still a setup failure.
+        let step = StepError::Setup { step: "exec: join the container's mnt namespace".into(), path: None, errno: Some(libc::EPERM), detail: "EPERM".into() };
+        assert_eq!(code(Error::Launch(step.into())), Code::UNKNOWN);
+        assert_eq!(code(Error::Launch(StepError::Failed("invalid spec: x".into()).into())), Code::UNKNOWN);
     }
 }

@@ -65,9 +65,45 @@ impl Container {
     }
 }
 
+/// A container table entry: a Create in progress holds its id with a placeholder, so the table
+/// lock is never held across Create's slow steps (lazy mount, cgroup, helper, hooks).
+enum Slot {
+    Creating,
+    Ready(Container),
+}
+
+/// The container table. Lookups of an id whose Create has not returned yet fail with
+/// [`Error::BeingCreated`]; the placeholder also keeps the shim alive (the table is not empty).
+#[derive(Default)]
+struct Table {
+    slots: HashMap<String, Slot>,
+}
+
+impl Table {
+    fn get(&self, id: &str) -> Result<&Container> {
+        match self.slots.get(id) {
+            Some(Slot::Ready(c)) => Ok(c),
+            Some(Slot::Creating) => Err(Error::BeingCreated(id.to_string())),
+            None => Err(Error::NotFound(id.to_string())),
+        }
+    }
+
+    fn get_mut(&mut self, id: &str) -> Result<&mut Container> {
+        match self.slots.get_mut(id) {
+            Some(Slot::Ready(c)) => Ok(c),
+            Some(Slot::Creating) => Err(Error::BeingCreated(id.to_string())),
+            None => Err(Error::NotFound(id.to_string())),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
 pub struct Shared {
     namespace: String,
-    containers: Mutex<HashMap<String, Container>>,
+    containers: Mutex<Table>,
     publisher: Publisher,
     reaper: Arc<Reaper>,
     exit: Arc<ExitSignal>,
@@ -90,7 +126,7 @@ impl TaskService {
         TaskService {
             shared: Arc::new(Shared {
                 namespace: namespace.to_string(),
-                containers: Mutex::new(HashMap::new()),
+                containers: Mutex::new(Table::default()),
                 publisher,
                 reaper,
                 exit,
@@ -100,10 +136,10 @@ impl TaskService {
     }
 }
 
-fn place_in(cgroup: Option<Arc<Cgroup>>) -> impl FnMut(i32) -> anyhow::Result<()> {
+fn place_in(cgroup: Option<Arc<Cgroup>>) -> impl FnMut(i32) -> Result<(), launcher::PlaceError> {
     move |pid| {
         if let Some(cg) = &cgroup {
-            cg.add_pid(pid).map_err(|e| anyhow::anyhow!("putting pid {pid} into cgroup {}: {e}", cg.path().display()))?;
+            cg.add_pid(pid).map_err(|e| format!("putting pid {pid} into cgroup {}: {e}", cg.path().display()))?;
         }
         Ok(())
     }
@@ -137,6 +173,97 @@ fn delete_cgroup(cgroup: Option<Arc<Cgroup>>) {
     }
 }
 
+/// Owns what a Create has set up so far (rootfs mounts, cgroup, the created init) and the id's
+/// placeholder in the table. Every failure path ends in [`CreateGuard::undo`], which takes down
+/// exactly what was set up, in reverse order, and only then frees the id: a retried Create of the
+/// same id never races the cleanup of its bundle. Dropped without commit or undo (a panic), it
+/// undoes in the background.
+struct CreateGuard {
+    shared: Arc<Shared>,
+    id: String,
+    rootfs: Option<Rootfs>,
+    cgroup: Option<Arc<Cgroup>>,
+    /// The init, blocked before execve (its helper has exited once this is set).
+    created: Option<launcher::Created>,
+    finished: bool,
+}
+
+impl CreateGuard {
+    /// Puts a placeholder for `id` into the table, or fails when the id is taken or being created.
+    async fn claim(shared: &Arc<Shared>, id: &str) -> Result<CreateGuard> {
+        let mut table = shared.containers.lock().await;
+        match table.slots.get(id) {
+            Some(Slot::Creating) => return Err(Error::BeingCreated(id.to_string())),
+            Some(Slot::Ready(_)) => return Err(Error::AlreadyExists(format!("container {id}"))),
+            None => {}
+        }
+        table.slots.insert(id.to_string(), Slot::Creating);
+        Ok(CreateGuard { shared: shared.clone(), id: id.to_string(), rootfs: None, cgroup: None, created: None, finished: false })
+    }
+
+    /// The container takes over everything the guard owns; the placeholder becomes the container.
+    async fn commit(&mut self, mut container: Container) {
+        let mut table = self.shared.containers.lock().await;
+        container.rootfs = self.rootfs.take().unwrap_or_default();
+        container.cgroup = self.cgroup.take();
+        container.gate = self.created.take();
+        table.slots.insert(self.id.clone(), Slot::Ready(container));
+        self.finished = true;
+    }
+
+    /// The teardown of what was set up, last step first; blocking.
+    fn teardown(&mut self) -> impl FnOnce() + Send + 'static {
+        let (created, cgroup, rootfs) = (self.created.take(), self.cgroup.take(), self.rootfs.take());
+        move || {
+            if let Some(created) = created {
+                // Never started: dropping the gate ends it, SIGKILL makes sure.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(created.pid), nix::sys::signal::Signal::SIGKILL);
+                drop(created);
+            }
+            delete_cgroup(cgroup);
+            if let Some(mut rootfs) = rootfs {
+                rootfs.unmount();
+            }
+        }
+    }
+
+    async fn undo(mut self) {
+        self.finished = true;
+        let teardown = self.teardown();
+        if let Err(e) = blocking(teardown).await {
+            log::warn!("create {}: undoing its steps: {e}", self.id);
+        }
+        self.shared.remove_placeholder(&self.id).await;
+    }
+}
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        log::warn!("create {}: abandoned half-way; undoing what it set up", self.id);
+        let teardown = self.teardown();
+        let (shared, id) = (self.shared.clone(), self.id.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let _ = tokio::task::spawn_blocking(teardown).await;
+                    shared.remove_placeholder(&id).await;
+                });
+            }
+            Err(_) => {
+                teardown();
+                if let Ok(mut table) = shared.containers.try_lock() {
+                    if matches!(table.slots.get(&id), Some(Slot::Creating)) {
+                        table.slots.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Whether every process of the container must be killed when its init exits: as the runc shim does
 /// when the container has no pid namespace of its own (the host's, or one it joined by path), because
 /// then the kernel does not kill the rest for us and they would hold the container's output open.
@@ -148,6 +275,14 @@ fn kill_all_on_init_exit(spec: &Spec) -> bool {
 }
 
 impl Shared {
+    /// Frees the id of a Create that failed (never a container that took its place).
+    async fn remove_placeholder(&self, id: &str) {
+        let mut table = self.containers.lock().await;
+        if matches!(table.slots.get(id), Some(Slot::Creating)) {
+            table.slots.remove(id);
+        }
+    }
+
     /// Waits for `pid`'s exit, drains its output, publishes TaskExit (after the start event) and
     /// only then marks it stopped, so Wait returns after TaskExit is queued. For an init, `oom` is its
     /// cgroup and OOM counter: an OOM kill that the 500 ms poller has not seen yet is published BEFORE
@@ -213,12 +348,29 @@ impl Shared {
         })
     }
 
+    /// Create runs as a task of its own: a request cancelled half-way must not stop it between a step
+    /// and the guard recording that step. The table lock is held only to claim and to commit the id.
     async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
-        let mut containers = self.containers.lock().await;
+        let shared = self.clone();
         let id = req.id.clone();
-        if containers.contains_key(&id) {
-            return Err(Error::AlreadyExists(format!("container {id}")));
-        }
+        tokio::spawn(async move {
+            let mut guard = CreateGuard::claim(&shared, &req.id).await?;
+            match shared.create_steps(&req, &mut guard).await {
+                Ok(resp) => Ok(resp),
+                Err(e) => {
+                    log::warn!("create {}: {e}", req.id);
+                    guard.undo().await;
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::Other(format!("create {id}: internal task failed: {e}")))?
+    }
+
+    /// Create's steps; each one hands what it set up to `guard` before the next may fail.
+    async fn create_steps(self: &Arc<Self>, req: &CreateTaskRequest, guard: &mut CreateGuard) -> Result<CreateTaskResponse> {
+        let id = req.id.clone();
         if !req.checkpoint.is_empty() {
             return Err(Error::Unimplemented("restoring from a checkpoint".into()));
         }
@@ -244,17 +396,13 @@ impl Shared {
         let spec = Arc::new(spec);
 
         let (b, mounts, c, i) = (bundle.clone(), req.rootfs.clone(), config.clone(), id.clone());
-        let mut rootfs = blocking(move || Rootfs::mount(&b, &mounts, &c, &i)).await??;
+        guard.rootfs = Some(blocking(move || Rootfs::mount(&b, &mounts, &c, &i)).await??);
 
         let policy = CgroupPolicy { allow_unenforced_limits: config.cgroup.allow_unenforced_limits };
         let (sp, ns, i) = (spec.clone(), self.namespace.clone(), id.clone());
-        let cgroup = match blocking(move || Cgroup::create(sp.linux().as_ref(), &ns, &i, &policy)).await? {
-            Ok(cg) => Some(Arc::new(cg)),
-            Err(e) => {
-                blocking(move || rootfs.unmount()).await?;
-                return Err(e.into());
-            }
-        };
+        let cgroup = Arc::new(blocking(move || Cgroup::create(sp.linux().as_ref(), &ns, &i, &policy)).await??);
+        guard.cgroup = Some(cgroup.clone());
+        let cgroup = Some(cgroup);
 
         let paths = IoPaths {
             stdin: req.stdin.clone(),
@@ -262,39 +410,18 @@ impl Shared {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let launched = match Pending::prepare(&paths, &id, &self.namespace) {
-            Ok((stdio, pending)) => {
-                let (sp, b, i, cg) = (spec.clone(), bundle.clone(), id.clone(), cgroup.clone());
-                let r = blocking(move || {
-                    let req = launcher::CreateRequest { id: &i, bundle: &b, spec: &sp, stdio };
-                    launcher::create(req, &mut place_in(cg))
-                })
-                .await;
-                match r {
-                    Ok(Ok(mut created)) => match pending.attach(created.pty_master.take()) {
-                        Ok(io) => Ok((created, io)),
-                        Err(e) => Err(e),
-                    },
-                    Ok(Err(e)) => Err(Error::Launch(e)),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        let (created, io) = match launched {
-            Ok(x) => x,
-            Err(e) => {
-                log::warn!("create {id}: {e}");
-                blocking(move || {
-                    delete_cgroup(cgroup);
-                    rootfs.unmount();
-                })
-                .await?;
-                return Err(e);
-            }
-        };
-
+        let (stdio, pending) = Pending::prepare(&paths, &id, &self.namespace)?;
+        let (sp, b, i, cg) = (spec.clone(), bundle.clone(), id.clone(), cgroup.clone());
+        let mut created = blocking(move || {
+            let req = launcher::CreateRequest { id: &i, bundle: &b, spec: &sp, stdio };
+            launcher::create(req, &mut place_in(cg))
+        })
+        .await??;
+        let pty_master = created.pty_master.take();
         let pid = created.pid;
+        guard.created = Some(created);
+        let io = pending.attach(pty_master)?;
+
         let init = Process::new("", paths.clone());
         init.state.set_pid(pid);
         *init.io.lock().await = io;
@@ -316,26 +443,24 @@ impl Shared {
                 terminal: paths.terminal,
             })
             .await;
-        containers.insert(
-            id,
-            Container {
-                bundle,
-                spec,
-                cgroup,
-                rootfs,
-                init,
-                execs: HashMap::new(),
-                gate: Some(created),
-                oom_watch,
-                security: config.security.clone(),
-            },
-        );
+        let container = Container {
+            bundle,
+            spec,
+            cgroup: None,
+            rootfs: Rootfs::default(),
+            init,
+            execs: HashMap::new(),
+            gate: None,
+            oom_watch,
+            security: config.security.clone(),
+        };
+        guard.commit(container).await;
         Ok(CreateTaskResponse { pid: pid as u32, ..Default::default() })
     }
 
     async fn start(self: &Arc<Self>, req: StartRequest) -> Result<StartResponse> {
         let mut containers = self.containers.lock().await;
-        let c = containers.get_mut(&req.id).ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        let c = containers.get_mut(&req.id)?;
         if req.exec_id.is_empty() {
             let mut created = c.gate.take().ok_or_else(|| {
                 Error::FailedPrecondition(format!("container {} was already started", req.id))
@@ -394,7 +519,7 @@ impl Shared {
 
     async fn delete(self: &Arc<Self>, req: DeleteRequest) -> Result<DeleteResponse> {
         let mut containers = self.containers.lock().await;
-        let c = containers.get_mut(&req.id).ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        let c = containers.get_mut(&req.id)?;
         if !req.exec_id.is_empty() {
             let p = c.process(&req.id, &req.exec_id)?;
             let exit = match p.state.phase() {
@@ -443,7 +568,7 @@ impl Shared {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.state.pid()), nix::sys::signal::Signal::SIGKILL);
             }
         }
-        let mut c = containers.remove(&req.id).expect("checked above");
+        let Some(Slot::Ready(mut c)) = containers.slots.remove(&req.id) else { unreachable!("checked above") };
         if let Some(w) = c.oom_watch.take() {
             w.abort();
         }
@@ -500,7 +625,7 @@ impl Shared {
 
     async fn kill(&self, req: KillRequest) -> Result<()> {
         let containers = self.containers.lock().await;
-        let c = containers.get(&req.id).ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        let c = containers.get(&req.id)?;
         let sig = req.signal as i32;
         if req.exec_id.is_empty() && req.all {
             if let Some(cg) = c.cgroup.clone() {
@@ -534,7 +659,7 @@ impl Shared {
 
     async fn exec(&self, req: ExecProcessRequest) -> Result<()> {
         let mut containers = self.containers.lock().await;
-        let c = containers.get_mut(&req.id).ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        let c = containers.get_mut(&req.id)?;
         if c.execs.contains_key(&req.exec_id) || req.exec_id.is_empty() {
             return Err(Error::AlreadyExists(format!("exec id {:?} in container {}", req.exec_id, req.id)));
         }
@@ -560,7 +685,7 @@ impl Shared {
 
     async fn state(&self, req: StateRequest) -> Result<StateResponse> {
         let containers = self.containers.lock().await;
-        let c = containers.get(&req.id).ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        let c = containers.get(&req.id)?;
         let p = c.process(&req.id, &req.exec_id)?;
         let exit = p.state.exit();
         Ok(StateResponse {
@@ -582,7 +707,7 @@ impl Shared {
     async fn wait(&self, req: WaitRequest) -> Result<WaitResponse> {
         let state = {
             let containers = self.containers.lock().await;
-            let c = containers.get(&req.id).ok_or_else(|| Error::NotFound(req.id.clone()))?;
+            let c = containers.get(&req.id)?;
             c.process(&req.id, &req.exec_id)?.state.clone()
         };
         let exit = state.wait().await;
@@ -591,7 +716,7 @@ impl Shared {
 
     async fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let containers = self.containers.lock().await;
-        let c = containers.get(&req.id).ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        let c = containers.get(&req.id)?;
         let mut pids = match &c.cgroup {
             Some(cg) => cg.pids().unwrap_or_default(),
             None => Vec::new(),
@@ -608,7 +733,7 @@ impl Shared {
 
     async fn cgroup_of(&self, id: &str) -> Result<(Arc<Cgroup>, Arc<ProcState>)> {
         let containers = self.containers.lock().await;
-        let c = containers.get(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let c = containers.get(id)?;
         let cg = c.cgroup.clone().ok_or_else(|| {
             Error::FailedPrecondition(format!("container {id} has no cgroup (the host has no cgroup v2 hierarchy)"))
         })?;
@@ -654,7 +779,7 @@ impl Shared {
 
     async fn process_io(&self, id: &str, exec_id: &str) -> Result<Arc<Mutex<ProcessIo>>> {
         let containers = self.containers.lock().await;
-        let c = containers.get(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let c = containers.get(id)?;
         Ok(c.process(id, exec_id)?.io.clone())
     }
 }
@@ -733,7 +858,7 @@ impl Task for TaskService {
 
     async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
         let containers = self.shared.containers.lock().await;
-        let task_pid = containers.get(&req.id).map(|c| c.init.state.pid().max(0) as u32).unwrap_or(0);
+        let task_pid = containers.get(&req.id).ok().map(|c| c.init.state.pid().max(0) as u32).unwrap_or(0);
         Ok(ConnectResponse { shim_pid: std::process::id(), task_pid, ..Default::default() })
     }
 

@@ -90,7 +90,7 @@ fn run(name: &str, args: &[&str], resources: Value) -> Result<(Cgroup, Outcome)>
     let mut placed = Vec::new();
     let created = launcher::create(req, &mut |pid| {
         placed.push(pid);
-        cg.add_pid(pid).map_err(anyhow::Error::from)
+        cg.add_pid(pid).map_err(Into::into)
     });
     let mut created = match created {
         Ok(c) => c,
