@@ -359,13 +359,19 @@ impl Tree {
     /// followed inside the image (absolute targets from the image root, `..` stopping at the
     /// root). With `create`, missing directories are made and non-directories in the way replaced
     /// (as extracting the tar over the lower layers would); without it, `None` if there is none.
-    fn resolve_dir(&mut self, comps: &[Vec<u8>], create: bool) -> Result<Option<NodeId>, String> {
+    /// `steps` is the layer's budget of components walked: symlinks that expand into long paths
+    /// must not make a layer cost minutes per entry.
+    fn resolve_dir(&mut self, comps: &[Vec<u8>], create: bool, steps: &mut u64) -> Result<Option<NodeId>, String> {
         /// Symlinks followed for one path before giving up (containerd's RootPath allows 255).
         const MAX_HOPS: u32 = 255;
         let mut hops = 0;
         let mut stack = vec![ROOT_NODE];
         let mut rest: std::collections::VecDeque<Vec<u8>> = comps.iter().cloned().collect();
         while let Some(c) = rest.pop_front() {
+            if *steps == 0 {
+                return Err("resolving the layer's paths takes too many steps (symlinks that expand into long paths?)".into());
+            }
+            *steps -= 1;
             let cur = *stack.last().expect("the root is never popped");
             match c.as_slice() {
                 b"" | b"." => continue,
@@ -411,6 +417,7 @@ impl Tree {
     pub fn apply_layer(&mut self, layer_no: usize, layer: &LayerBlob, parsed: ParsedLayer) -> Result<u64, ConvertError> {
         let parsed = parsed.0;
         let count = parsed.len() as u64;
+        let mut steps = steps_budget(count);
         let err = |p: &Parsed, reason: String| ConvertError::Layer {
             layer: layer.digest,
             reason: format!("tar entry {} ({}): {reason}", p.ordinal, String::from_utf8_lossy(&p.components.join(&b'/'))),
@@ -422,7 +429,7 @@ impl Tree {
                 What::Opaque => None,
                 _ => continue,
             };
-            let Some(dir) = self.resolve_dir(parent, false).map_err(|e| err(p, e))? else { continue };
+            let Some(dir) = self.resolve_dir(parent, false, &mut steps).map_err(|e| err(p, e))? else { continue };
             let entries = self.entries_mut(dir);
             match target {
                 Some(target) => drop(entries.remove(target)),
@@ -440,7 +447,7 @@ impl Tree {
                 }
                 continue;
             };
-            let dir = self.resolve_dir(parent, true).map_err(|e| err(p, e))?.expect("created");
+            let dir = self.resolve_dir(parent, true, &mut steps).map_err(|e| err(p, e))?.expect("created");
             let kind = match &p.what {
                 What::Dir => {
                     let existing = self.entries_mut(dir).get(name).copied();
@@ -460,7 +467,7 @@ impl Tree {
                     let found = match target.split_last() {
                         None => None,
                         Some((last, tparent)) => self
-                            .resolve_dir(tparent, false)
+                            .resolve_dir(tparent, false, &mut steps)
                             .map_err(|e| err(p, format!("hardlink target {}: {e}", show(target))))?
                             .and_then(|d| match &self.nodes[d].kind {
                                 NodeKind::Dir(entries) => entries.get(last).copied(),
@@ -495,6 +502,12 @@ impl Tree {
         }
         Ok(count)
     }
+}
+
+/// Components a layer of `entries` entries may walk while resolving its paths: deep trees and
+/// the odd symlinked parent fit easily; symlinks that expand into thousands of components each do not.
+fn steps_budget(entries: u64) -> u64 {
+    (1 << 20) + entries * 256
 }
 
 fn show(comps: &[Vec<u8>]) -> String {

@@ -147,6 +147,27 @@ fn symlink_loops_in_a_path_are_refused_naming_layer_and_entry() {
 }
 
 #[test]
+fn symlinks_that_expand_into_long_paths_have_a_bounded_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tar = TarBuilder::new().dir("x/", 0o755);
+    // 1,600 components that resolve back to the root: each entry below `s` walks them all.
+    let mut h = TarBuilder::header(tar::EntryType::Symlink, 0o777, 0);
+    tar.0.append_link(&mut h, "s", "x/../".repeat(800)).unwrap();
+    for n in 0..1000 {
+        tar = tar.file(&format!("s/f{n}"), b"");
+    }
+    let (_, reason) = layer_err(convert(dir.path(), vec![tar.finish()], &opts()));
+    assert!(reason.contains("(s/f") && reason.contains("too many steps"), "{reason}");
+    // A few such entries are fine, and land where the symlink points.
+    let dir = tempfile::tempdir().unwrap();
+    let mut tar = TarBuilder::new().dir("x/", 0o755);
+    let mut h = TarBuilder::header(tar::EntryType::Symlink, 0o777, 0);
+    tar.0.append_link(&mut h, "s", "x/../".repeat(800)).unwrap();
+    let conv = convert(dir.path(), vec![tar.file("s/f", b"f").finish()], &opts()).unwrap();
+    assert_eq!(read_file(&conv, "/f"), b"f");
+}
+
+#[test]
 fn hardlinks_to_missing_targets_or_directories_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let tar = RawTar::default().file("f", b"f").hardlink("bad", "nope/f").finish();
