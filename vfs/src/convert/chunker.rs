@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::blobs::{BlobFile, BlobWriter};
-use super::layers::{scan_layer, LayerBlob, ParsedLayer};
+use super::layers::{scan_layer, LayerBlob, Limits, ParsedLayer};
 use super::ConvertError;
 use crate::digest::Digest;
 use crate::index::{BlobRef, Chunk};
@@ -84,6 +84,7 @@ pub(crate) fn stage_layer(
     layer_no: usize,
     layer: &LayerBlob,
     chunk_size: u32,
+    limits: Limits,
     tmp: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(ParsedLayer, StagedLayer), ConvertError> {
@@ -117,7 +118,7 @@ pub(crate) fn stage_layer(
                 }
                 Ok(())
             };
-            let parsed = scan_layer(layer, &mut on_file);
+            let parsed = scan_layer(layer, limits, &mut on_file);
             let _ = tx.send(batch);
             parsed
         });

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use blobs::BlobFile;
-pub use layers::LayerBlob;
+pub use layers::{LayerBlob, Limits, DEFAULT_MAX_LAYER_SIZE};
 pub use source::{Platform, SourceImage, SourceRef};
 
 use crate::digest::Digest;
@@ -63,6 +63,8 @@ pub struct ConvertOptions {
     /// Indexes of earlier lazy images whose data blobs are in the destination repository: their
     /// chunks are referenced instead of stored again (dedup across images of one repository).
     pub reuse: Vec<Index>,
+    /// What one layer may make the converter read: layers are untrusted input.
+    pub limits: Limits,
 }
 
 /// What a conversion produced: the index, the data blobs (temp files) and its figures.
@@ -142,7 +144,7 @@ pub fn convert_layers(
     progress(Progress::Start { layers: layers.len(), compressed: layers.iter().map(|l| l.size).sum() });
     let mut tree = Tree::new();
     let mut staged = Vec::with_capacity(layers.len());
-    for (n, (layer, scanned)) in layers.iter().zip(stage_layers(layers, opts.chunk_size, tmp, progress)).enumerate() {
+    for (n, (layer, scanned)) in layers.iter().zip(stage_layers(layers, opts.chunk_size, opts.limits, tmp, progress)).enumerate() {
         let (parsed, files) = scanned?;
         tree.apply_layer(n, layer, parsed)?;
         staged.push(files);
@@ -257,6 +259,7 @@ pub fn convert_layers(
 fn stage_layers(
     layers: &[LayerBlob],
     chunk_size: u32,
+    limits: Limits,
     tmp: &Path,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Vec<Result<(layers::ParsedLayer, chunker::StagedLayer), ConvertError>> {
@@ -272,7 +275,7 @@ fn stage_layers(
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(layer) = layers.get(i) else { break };
-                        out.push((i, chunker::stage_layer(i, layer, chunk_size, tmp, &advance)));
+                        out.push((i, chunker::stage_layer(i, layer, chunk_size, limits, tmp, &advance)));
                     }
                     out
                 })
@@ -364,3 +367,5 @@ pub fn read_prefetch_list(path: &Path) -> Result<Vec<String>, ConvertError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hostile;

@@ -5,16 +5,16 @@ use std::io::Write as _;
 use super::*;
 use crate::index::ROOT;
 
-const CS: u32 = 4096;
+pub(super) const CS: u32 = 4096;
 
 /// Builds a tar in memory. Entries: (path, kind) where kind picks the header.
-struct TarBuilder(tar::Builder<Vec<u8>>);
+pub(super) struct TarBuilder(pub(super) tar::Builder<Vec<u8>>);
 
 impl TarBuilder {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         TarBuilder(tar::Builder::new(Vec::new()))
     }
-    fn header(ty: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    pub(super) fn header(ty: tar::EntryType, mode: u32, size: u64) -> tar::Header {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(ty);
         h.set_mode(mode);
@@ -24,22 +24,22 @@ impl TarBuilder {
         h.set_mtime(1_700_000_000);
         h
     }
-    fn dir(mut self, path: &str, mode: u32) -> Self {
+    pub(super) fn dir(mut self, path: &str, mode: u32) -> Self {
         let mut h = Self::header(tar::EntryType::Directory, mode, 0);
         self.0.append_data(&mut h, path, std::io::empty()).unwrap();
         self
     }
-    fn file(mut self, path: &str, data: &[u8]) -> Self {
+    pub(super) fn file(mut self, path: &str, data: &[u8]) -> Self {
         let mut h = Self::header(tar::EntryType::Regular, 0o644, data.len() as u64);
         self.0.append_data(&mut h, path, data).unwrap();
         self
     }
-    fn link(mut self, ty: tar::EntryType, path: &str, target: &str) -> Self {
+    pub(super) fn link(mut self, ty: tar::EntryType, path: &str, target: &str) -> Self {
         let mut h = Self::header(ty, 0o777, 0);
         self.0.append_link(&mut h, path, target).unwrap();
         self
     }
-    fn special(mut self, ty: tar::EntryType, path: &str, major: u32, minor: u32) -> Self {
+    pub(super) fn special(mut self, ty: tar::EntryType, path: &str, major: u32, minor: u32) -> Self {
         let mut h = Self::header(ty, 0o600, 0);
         h.set_device_major(major).unwrap();
         h.set_device_minor(minor).unwrap();
@@ -47,7 +47,7 @@ impl TarBuilder {
         self
     }
     /// A file with PAX records (xattrs, nanosecond mtime).
-    fn pax_file(mut self, path: &str, data: &[u8], pax: &[(&str, &[u8])]) -> Self {
+    pub(super) fn pax_file(mut self, path: &str, data: &[u8], pax: &[(&str, &[u8])]) -> Self {
         self.0.append_pax_extensions(pax.iter().map(|(k, v)| (*k, *v))).unwrap();
         self.file_inner(path, data);
         self
@@ -56,19 +56,19 @@ impl TarBuilder {
         let mut h = Self::header(tar::EntryType::Regular, 0o755, data.len() as u64);
         self.0.append_data(&mut h, path, data).unwrap();
     }
-    fn finish(self) -> Vec<u8> {
+    pub(super) fn finish(self) -> Vec<u8> {
         self.0.into_inner().unwrap()
     }
 }
 
 #[derive(Clone, Copy)]
-enum Comp {
+pub(super) enum Comp {
     Plain,
     Gzip,
     Zstd,
 }
 
-fn write_layer(dir: &std::path::Path, n: usize, tar: Vec<u8>, comp: Comp) -> LayerBlob {
+pub(super) fn write_layer(dir: &std::path::Path, n: usize, tar: Vec<u8>, comp: Comp) -> LayerBlob {
     let (data, media_type) = match comp {
         Comp::Plain => (tar, "application/vnd.oci.image.layer.v1.tar"),
         Comp::Gzip => {
@@ -83,12 +83,12 @@ fn write_layer(dir: &std::path::Path, n: usize, tar: Vec<u8>, comp: Comp) -> Lay
     LayerBlob { digest: Digest::of(&data), media_type: media_type.into(), size: data.len() as u64, path }
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8).collect()
 }
 
 /// Reads a file's content back out of the data blobs, verifying every chunk digest.
-fn read_file(conv: &Converted, path: &str) -> Vec<u8> {
+pub(super) fn read_file(conv: &Converted, path: &str) -> Vec<u8> {
     let ino = conv.index.resolve(path.as_bytes()).unwrap_or_else(|| panic!("{path} missing"));
     let Kind::File { size, chunks } = &conv.index.inodes[ino as usize].kind else { panic!("{path} is not a file") };
     let mut out = Vec::new();
@@ -104,8 +104,8 @@ fn read_file(conv: &Converted, path: &str) -> Vec<u8> {
     out
 }
 
-fn opts() -> ConvertOptions {
-    ConvertOptions { chunk_size: CS, source_repo: "127.0.0.1:5000/test/lazy".into(), prefetch: vec![], reuse: vec![] }
+pub(super) fn opts() -> ConvertOptions {
+    ConvertOptions { chunk_size: CS, source_repo: "127.0.0.1:5000/test/lazy".into(), prefetch: vec![], reuse: vec![], limits: Limits::default() }
 }
 
 fn two_layer_image(dir: &std::path::Path) -> (Vec<LayerBlob>, Vec<u8>) {

@@ -24,6 +24,10 @@ pub struct Args {
     /// Platform to convert from a multi-platform image (default: this host's), e.g. linux/arm64/v8.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<Platform>,
+    /// Largest uncompressed layer to read, in GiB: a bigger one is refused as a likely
+    /// decompression bomb.
+    #[arg(long, value_name = "GIB", default_value_t = convert::DEFAULT_MAX_LAYER_SIZE >> 30)]
+    max_layer_size: u64,
     /// Source image: a registry reference, or an OCI layout as oci:DIR[:TAG].
     src: SourceRef,
     /// Destination registry reference for the lazy image (data blobs go to the same repository).
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         source_repo: format!("{}/{}", args.dst.registry, args.dst.repository),
         prefetch,
         reuse,
+        limits: convert::Limits { max_layer_size: args.max_layer_size.saturating_mul(1 << 30) },
     };
     let convert_started = Instant::now();
     let converted = convert_with_progress(&source, &opts, tmp.path())?;

@@ -123,6 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         source_repo: format!("{}/{}", args.dst.registry, args.dst.repository),
         prefetch: Vec::new(),
         reuse: earlier.clone(),
+        limits: convert::Limits::default(),
     };
     let work = |name: &str| -> anyhow::Result<PathBuf> {
         let dir = tmp.path().join(name);
