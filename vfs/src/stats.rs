@@ -28,6 +28,12 @@ pub struct Stats {
     /// Chunks fetched because they sit next to a miss in their blob (the span around a miss),
     /// before anyone read them.
     pub readahead_chunks: AtomicU64,
+    /// Opens answered with FUSE passthrough to a stored file (the kernel reads it directly).
+    pub passthrough_opens: AtomicU64,
+    /// Whole files this mount wrote into the verified file store.
+    pub files_stored: AtomicU64,
+    /// Stored files that failed their content check and were removed (served from chunks instead).
+    pub stored_file_failures: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,6 +48,12 @@ pub struct Snapshot {
     pub prefetched_chunks: u64,
     #[serde(default)]
     pub readahead_chunks: u64,
+    #[serde(default)]
+    pub passthrough_opens: u64,
+    #[serde(default)]
+    pub files_stored: u64,
+    #[serde(default)]
+    pub stored_file_failures: u64,
 }
 
 impl Stats {
@@ -60,6 +72,9 @@ impl Stats {
             verify_failures: self.verify_failures.load(Relaxed),
             prefetched_chunks: self.prefetched_chunks.load(Relaxed),
             readahead_chunks: self.readahead_chunks.load(Relaxed),
+            passthrough_opens: self.passthrough_opens.load(Relaxed),
+            files_stored: self.files_stored.load(Relaxed),
+            stored_file_failures: self.stored_file_failures.load(Relaxed),
         }
     }
 }
