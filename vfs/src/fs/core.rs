@@ -111,6 +111,8 @@ pub struct LazyFs {
     failed: Mutex<HashMap<Digest, Instant>>,
     /// Whole verified files (for passthrough opens), and the thread that writes them.
     store: Option<(Arc<FileStore>, Storer)>,
+    /// Cleared when the kernel cannot pass through: then stored files would only take disk space.
+    store_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl LazyFs {
@@ -125,7 +127,7 @@ impl LazyFs {
         let paths = paths.into_iter().map(|p| p.unwrap_or_else(|| Box::from("?"))).collect();
         stats.image_bytes.store(index.image_bytes(), Ordering::Relaxed);
         let errors = RateLimit::new(Duration::from_secs(10), 20);
-        LazyFs { index, source, stats, paths, recorder, errors, failed: Mutex::new(HashMap::new()), store: None }
+        LazyFs { index, source, stats, paths, recorder, errors, failed: Mutex::new(HashMap::new()), store: None, store_wanted: true.into() }
     }
 
     /// Serves fully cached files from (and writes them into) `store`: see [`LazyFs::stored_file`].
@@ -162,11 +164,19 @@ impl LazyFs {
     /// cache (cheap; deduplicated). A no-op without a file store.
     pub fn want_stored(&self, fuse_ino: u64) {
         let Some((_, storer)) = &self.store else { return };
+        if !self.store_wanted.load(Ordering::Relaxed) {
+            return;
+        }
         if let Ok((ino, Inode { kind: Kind::File { size, .. }, .. })) = self.inode(fuse_ino) {
             if *size > 0 {
                 storer.request(ino);
             }
         }
+    }
+
+    /// Stops writing files into the store (passthrough turned out to be unavailable).
+    pub fn stop_storing(&self) {
+        self.store_wanted.store(false, Ordering::Relaxed);
     }
 
     /// Files queued for the background writer (tests).

@@ -93,6 +93,7 @@ impl FuseAdapter {
                          Serving every file through FUSE reads from now on"
                     );
                     self.passthrough.store(false, Ordering::Relaxed);
+                    self.fs.stop_storing();
                 } else {
                     log::warn!(
                         "FUSE passthrough: cannot register the stored copy of {}: {e}; serving it through FUSE reads",
@@ -206,8 +207,9 @@ impl Filesystem for FuseAdapter {
         if self.passthrough.load(Ordering::Relaxed) {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
             if !granted {
-                log::info!("FUSE passthrough not supported by the kernel; stored files are served through FUSE reads");
+                log::info!("FUSE passthrough not supported by the kernel: every read goes through FUSE, no files are stored");
                 self.passthrough.store(false, Ordering::Relaxed);
+                self.fs.stop_storing();
             }
         }
         let caps = config.capabilities();

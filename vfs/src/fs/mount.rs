@@ -48,9 +48,9 @@ pub struct MountOptions {
     /// (cold 256 MiB read: 166 MiB/s at 1 MiB, 197 MiB/s at 4 MiB here). Readahead only grows for
     /// sequential access, so random readers do not over-fetch. 0 leaves the kernel default.
     pub readahead_kb: u32,
-    /// Whole verified files beside the chunk cache ([`crate::filestore`]): fully cached files are
-    /// written there in the background, and opened with FUSE passthrough when `passthrough` is on.
-    /// `None`: every read goes through the chunk path.
+    /// Whole verified files beside the chunk cache ([`crate::filestore`]): with `passthrough` on
+    /// (and available), fully cached files are written there in the background and later opens
+    /// pass through to them. `None`: every read goes through the chunk path.
     pub file_store: Option<Arc<FileStore>>,
     /// Serve stored files with FUSE passthrough (the kernel reads the stored file directly) when the
     /// kernel supports it (Linux 6.9+) and the process has CAP_SYS_ADMIN; falls back by itself.
@@ -95,15 +95,16 @@ pub fn mount(
         Some(path) => Some(Recorder::create(path, index.inodes.len())?),
         None => None,
     };
+    let passthrough = opts.passthrough && opts.file_store.is_some() && has_cap_sys_admin();
+    if opts.passthrough && opts.file_store.is_some() && !passthrough {
+        log::info!("FUSE passthrough needs CAP_SYS_ADMIN, which this process lacks: every read goes through FUSE");
+    }
     let mut fs = LazyFs::new(index, source, stats, recorder);
-    if let Some(store) = &opts.file_store {
+    // Stored files only serve passthrough opens: without passthrough they would only take disk space.
+    if let Some(store) = opts.file_store.as_ref().filter(|_| passthrough) {
         fs = fs.with_file_store(store.clone());
     }
     let fs = Arc::new(fs);
-    let passthrough = opts.passthrough && opts.file_store.is_some() && has_cap_sys_admin();
-    if opts.passthrough && opts.file_store.is_some() && !passthrough {
-        log::info!("FUSE passthrough needs CAP_SYS_ADMIN, which this process lacks: files are served through FUSE reads");
-    }
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![

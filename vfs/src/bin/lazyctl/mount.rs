@@ -37,8 +37,8 @@ pub struct Args {
     /// FUSE request threads.
     #[arg(long, default_value_t = 8)]
     threads: usize,
-    /// Serve every read through the FUSE request loop: no FUSE passthrough to stored files (as on a
-    /// kernel without it). Fully cached files are still written to the file store.
+    /// Serve every read through the FUSE request loop: no FUSE passthrough to stored files and no
+    /// file store (what a kernel without passthrough gets).
     #[arg(long)]
     no_passthrough: bool,
     /// No file store: fully cached files are not written as whole files beside the chunks (and
