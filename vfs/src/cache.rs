@@ -202,6 +202,22 @@ impl ChunkCache {
         Ok(())
     }
 
+    /// Counts `len` bytes written beside the chunks by the file store ([`crate::filestore`], under
+    /// `<dir>/files`, which eviction scans too) and evicts if that takes the cache over its cap.
+    pub fn account(&self, len: u64) {
+        let size = self.size.fetch_add(len, Ordering::Relaxed) + len;
+        if self.max_bytes > 0 && size > self.max_bytes {
+            if let Err(e) = self.evict() {
+                log::warn!("{e}");
+            }
+        }
+    }
+
+    /// Counts `len` bytes removed by the file store.
+    pub fn account_removed(&self, len: u64) {
+        let _ = self.size.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(s.saturating_sub(len)));
+    }
+
     /// Removes least recently used chunks (by mtime, which hits refresh) until the cache is under
     /// 90% of its cap, and stale temp files. Never removes files younger than `min_age`. One
     /// process evicts at a time (an flock on `<dir>/evict.lock`); others skip.
@@ -270,8 +286,18 @@ impl ChunkCache {
 
     fn scan(&self) -> Result<Vec<Entry>, CacheError> {
         let mut out = Vec::new();
-        for sub in fs::read_dir(&self.chunks).map_err(io(&self.chunks))? {
-            let sub = sub.map_err(io(&self.chunks))?;
+        self.scan_dir(&self.chunks, &mut out)?;
+        // Whole files stored beside the chunks share the cap and the LRU order.
+        let files = self.root.join(crate::filestore::FILES_DIR);
+        if files.is_dir() {
+            self.scan_dir(&files, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn scan_dir(&self, top: &Path, out: &mut Vec<Entry>) -> Result<(), CacheError> {
+        for sub in fs::read_dir(top).map_err(io(top))? {
+            let sub = sub.map_err(io(top))?;
             if !sub.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
@@ -287,7 +313,7 @@ impl ChunkCache {
                 out.push(Entry { path: f.path(), len: meta.len(), mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), temp });
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`digest`]: sha256 digests as used by OCI and by chunks.
 //! - [`registry`]: an OCI distribution client (auth, ranges, retries, deadlines).
 //! - [`cache`]: the node-wide, content-addressed chunk cache.
+//! - [`filestore`]: whole verified files beside the chunk cache, for FUSE passthrough.
 //! - [`fetch`]: turns chunk reads into verified bytes: cache first, then coalesced range requests.
 //! - [`convert`]: OCI image (registry or layout) to lazy image (data blobs + stub image).
 //! - [`fs`]: the filesystem logic over an index and a chunk source, plus the FUSE adapter.
@@ -16,6 +17,7 @@ pub mod cache;
 pub mod convert;
 pub mod digest;
 pub mod fetch;
+pub mod filestore;
 pub mod fs;
 pub mod index;
 pub mod registry;

@@ -31,6 +31,12 @@ pub struct Stats {
     /// Chunks another process sharing the node cache was fetching when this one needed them: it
     /// waited for that fetch and read the chunk from the cache instead of fetching it again.
     pub node_waits: AtomicU64,
+    /// Opens answered with FUSE passthrough to a stored file (the kernel reads it directly).
+    pub passthrough_opens: AtomicU64,
+    /// Whole files this mount wrote into the verified file store.
+    pub files_stored: AtomicU64,
+    /// Stored files that failed their content check and were removed (served from chunks instead).
+    pub stored_file_failures: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +53,12 @@ pub struct Snapshot {
     pub readahead_chunks: u64,
     #[serde(default)]
     pub node_waits: u64,
+    #[serde(default)]
+    pub passthrough_opens: u64,
+    #[serde(default)]
+    pub files_stored: u64,
+    #[serde(default)]
+    pub stored_file_failures: u64,
 }
 
 impl Stats {
@@ -66,6 +78,9 @@ impl Stats {
             prefetched_chunks: self.prefetched_chunks.load(Relaxed),
             readahead_chunks: self.readahead_chunks.load(Relaxed),
             node_waits: self.node_waits.load(Relaxed),
+            passthrough_opens: self.passthrough_opens.load(Relaxed),
+            files_stored: self.files_stored.load(Relaxed),
+            stored_file_failures: self.stored_file_failures.load(Relaxed),
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct FetchConfig {
     /// Largest span (compressed MiB) a miss fetches around the missing chunk; spans start at 1 MiB
     /// and double while misses stay in one region. 0: fetch only what is read.
     pub readahead_max_mb: u64,
+    /// Serve fully cached files with FUSE passthrough from the verified file store (Linux 6.9+,
+    /// falls back to FUSE reads by itself where unsupported). false: every read goes through FUSE.
+    pub passthrough: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -152,6 +155,7 @@ impl Default for FetchConfig {
             prefetch: PrefetchMode::Prioritized,
             prefetch_concurrency: 8,
             readahead_max_mb: 16,
+            passthrough: true,
         }
     }
 }

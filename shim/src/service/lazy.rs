@@ -149,8 +149,15 @@ impl LazyMount {
         let client = Client::new(client_config(config, &repository.registry)?)
             .map_err(|e| fail(format!("registry client for {}: {e}", repository.registry)))?;
         let cache_dir = &config.cache.dir;
-        let cache = ChunkCache::open(cache_dir, config.cache.max_size_mb << 20)
-            .map_err(|e| Error::Rootfs(format!("chunk cache {}: {e}", cache_dir.display())))?;
+        let cache = Arc::new(
+            ChunkCache::open(cache_dir, config.cache.max_size_mb << 20)
+                .map_err(|e| Error::Rootfs(format!("chunk cache {}: {e}", cache_dir.display())))?,
+        );
+        // The file store only makes warm reads faster: without it, files are served from chunks.
+        let file_store = vfs::filestore::FileStore::open(cache.clone())
+            .map_err(|e| log::warn!("file store in {}: {e}; serving files from chunks only", cache_dir.display()))
+            .ok()
+            .map(Arc::new);
         let stats = Arc::new(Stats::default());
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Other("lazy mount outside the shim's runtime".into()))?;
@@ -158,7 +165,7 @@ impl LazyMount {
             BlobLayout::of(&index),
             repository,
             client,
-            Some(Arc::new(cache)),
+            Some(cache),
             stats.clone(),
             handle,
             config.fetch.options(),
@@ -177,6 +184,8 @@ impl LazyMount {
         let opts = MountOptions {
             prefetch: config.fetch.prefetch.into(),
             fsname: format!("lazy:{id}"),
+            file_store,
+            passthrough: config.fetch.passthrough,
             ..MountOptions::default()
         };
         let mounted = vfs::fs::mount(Arc::new(index), Arc::new(source), stats, &mountpoint, opts)

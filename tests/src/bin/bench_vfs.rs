@@ -1,8 +1,13 @@
 //! `cargo run -p lazy-tests --bin bench-vfs [-- --size-mib N --samples N]`: the vfs benchmark.
 //!
 //! Not a test: it measures and prints a table (medians of a few samples) of
-//! - warm sequential read of one big file through a lazy mount (chunks in the node cache, page
-//!   cache dropped) vs the same bytes in a file on the local disk (page cache dropped);
+//! - warm reads (everything in the node cache, page cache dropped) vs the same bytes on the local
+//!   disk: sequential read of one big file, 4 KiB random reads of it, and reading every file of a
+//!   tree of many small files; each through a mount with FUSE passthrough to the verified file
+//!   store (the default) and through one without (`--no-passthrough`: every read goes through the
+//!   FUSE request loop). "fresh mount" samples are the first read in a new mount (a new process: it
+//!   checks the digest of each stored file it opens, or of each chunk, once); "same mount" samples
+//!   read again in that mount;
 //! - cold read through a fresh mount with an empty cache vs `curl` of the same data blob(s) from
 //!   the same registry;
 //! - `lazyctl convert` throughput.
@@ -27,10 +32,18 @@ const FILE: &str = "data/big.bin";
 struct Config {
     size_mib: u64,
     samples: usize,
+    /// Only the warm reads (no convert, cold or curl samples).
+    warm_only: bool,
 }
 
+/// The many-small-files tree: `TREE_DIRS` directories of `TREE_FILES` files each.
+const TREE_DIRS: usize = 40;
+const TREE_FILES: usize = 50;
+/// 4 KiB random reads per sample.
+const RANDOM_READS: usize = 4096;
+
 fn parse_args() -> Result<Config> {
-    let mut config = Config { size_mib: 1024, samples: 3 };
+    let mut config = Config { size_mib: 1024, samples: 3, warm_only: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> Result<u64> {
@@ -42,8 +55,9 @@ fn parse_args() -> Result<Config> {
         match arg.as_str() {
             "--size-mib" => config.size_mib = value("--size-mib")?,
             "--samples" => config.samples = value("--samples")?.max(1) as usize,
+            "--warm-only" => config.warm_only = true,
             "-h" | "--help" => {
-                println!("bench-vfs [--size-mib N (default 1024)] [--samples N (default 3)]");
+                println!("bench-vfs [--size-mib N (default 1024)] [--samples N (default 3)] [--warm-only]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}; try --help"),
@@ -68,7 +82,16 @@ fn main() -> Result<()> {
     eprintln!("bench-vfs: building a {} MiB image...", config.size_mib);
 
     let registry = Registry::start()?;
-    let image = Image::new(vec![Layer::new().add(Entry::dir("data")).add(Entry::random_file(FILE, 0xbe4c, size))]);
+    let tree = tree_files();
+    let tree_bytes: u64 = tree.iter().map(|(_, len)| len).sum();
+    let mut layer = Layer::new().add(Entry::dir("data")).add(Entry::random_file(FILE, 0xbe4c, size)).add(Entry::dir("tree"));
+    for d in 0..TREE_DIRS {
+        layer = layer.add(Entry::dir(&format!("tree/d{d:02}")));
+    }
+    for (i, (path, len)) in tree.iter().enumerate() {
+        layer = layer.add(Entry::random_file(path, 7000 + i as u64, *len));
+    }
+    let image = Image::new(vec![layer]);
     let layout = work.path().join("layout");
     image.write_layout(&layout, "v1")?;
     let source = registry.reference("src/bench:v1");
@@ -77,7 +100,7 @@ fn main() -> Result<()> {
     // Convert: each sample into its own repository, so nothing is deduplicated against an
     // earlier sample and every sample pushes all chunks.
     let mut convert_times = Vec::new();
-    for i in 0..config.samples {
+    for i in 0..if config.warm_only { 1 } else { config.samples } {
         let dst = registry.reference(&format!("lazy/bench{i}:v1"));
         eprintln!("bench-vfs: convert sample {}/{}", i + 1, config.samples);
         let start = Instant::now();
@@ -91,6 +114,11 @@ fn main() -> Result<()> {
     // Local disk baseline: the same bytes in a plain file next to the work dir.
     let local = work.path().join("big.bin");
     std::io::copy(&mut content.reader(), &mut std::fs::File::create(&local)?)?;
+    for (path, _) in &tree {
+        let dst = work.path().join(path);
+        std::fs::create_dir_all(dst.parent().unwrap_or(work.path()))?;
+        std::io::copy(&mut image.content(path).context("tree file content")?.reader(), &mut std::fs::File::create(&dst)?)?;
+    }
     let mut disk = Vec::new();
     for _ in 0..config.samples {
         drop_caches();
@@ -102,7 +130,7 @@ fn main() -> Result<()> {
     let mut warm = Vec::new();
     let mut hot = Vec::new();
     let mut curl = Vec::new();
-    for i in 0..config.samples {
+    for i in 0..if config.warm_only { 0 } else { config.samples } {
         eprintln!("bench-vfs: mount sample {}/{}", i + 1, config.samples);
         // curl of the same data blob(s) from the same registry, alternated with the cold read and
         // with the same page cache state (the registry's blob files not cached either).
@@ -134,6 +162,8 @@ fn main() -> Result<()> {
         mount.unmount()?;
     }
 
+    let warm_results = warm_reads(&config, &lazy, work.path(), &tree, size, &content)?;
+
     println!();
     println!(
         "bench-vfs: one {} MiB file of random bytes ({} data blob(s), {:.1} MiB compressed); medians of {} samples",
@@ -151,12 +181,177 @@ fn main() -> Result<()> {
         println!("{name:<64} {:>9.2}s {:>7.0} MiB/s", m.as_secs_f64(), bytes as f64 / MIB as f64 / m.as_secs_f64());
     };
     row(&format!("sequential read, local disk ({disk_fs}, cold page cache)"), &disk, size);
-    row("sequential read, lazy mount, warm node cache, cold page cache", &warm, size);
-    row("sequential read, lazy mount, page cache hot", &hot, size);
-    row("cold read, lazy mount, empty cache, from the registry", &cold, size);
-    row("curl of the data blob(s), same registry, cold page cache", &curl, blob_bytes);
+    if !config.warm_only {
+        row("sequential read, lazy mount, warm node cache, cold page cache", &warm, size);
+        row("sequential read, lazy mount, page cache hot", &hot, size);
+        row("cold read, lazy mount, empty cache, from the registry", &cold, size);
+        row("curl of the data blob(s), same registry, cold page cache", &curl, blob_bytes);
+    }
     row("lazyctl convert registry -> registry (file bytes)", &convert_times, size);
+    println!();
+    println!(
+        "warm reads, node cache and file store full, page cache dropped before each; {} random 4 KiB reads; \
+         tree: {} files, {:.1} MiB; variants alternated",
+        RANDOM_READS,
+        tree.len(),
+        tree_bytes as f64 / MIB as f64
+    );
+    let random_bytes = (RANDOM_READS * 4096) as u64;
+    for (what, bytes) in [("sequential", size), ("random 4 KiB", random_bytes), ("many small files", tree_bytes)] {
+        for (variant, times) in warm_results.iter().filter(|(w, _, _)| *w == what).map(|(_, v, t)| (v, t)) {
+            row(&format!("{what}: {variant}"), times, bytes);
+        }
+        let base = warm_results.iter().find(|(w, v, _)| *w == what && v.starts_with("local disk")).map(|(_, _, t)| median(t));
+        if let Some(base) = base {
+            for (variant, times) in warm_results.iter().filter(|(w, v, _)| *w == what && !v.starts_with("local disk")).map(|(_, v, t)| (v, t)) {
+                println!("  {what}: {variant}: {:.2}x local disk throughput", base.as_secs_f64() / median(times).as_secs_f64());
+            }
+        }
+    }
     Ok(())
+}
+
+/// The small files of the tree: (path, length), lengths spread like an interpreter's library
+/// tree (most a few KiB, some tens of KiB, a few hundreds).
+fn tree_files() -> Vec<(String, u64)> {
+    let mut rng = 0x5eed_u64;
+    let mut out = Vec::new();
+    for d in 0..TREE_DIRS {
+        for f in 0..TREE_FILES {
+            let r = next(&mut rng);
+            let len = match r % 100 {
+                0..70 => 200 + r / 100 % 8_000,
+                70..95 => 8_000 + r / 100 % 56_000,
+                _ => 64_000 + r / 100 % 448_000,
+            };
+            out.push((format!("tree/d{d:02}/f{f:03}.bin"), len));
+        }
+    }
+    out
+}
+
+fn next(state: &mut u64) -> u64 {
+    // xorshift64*
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+type WarmResults = Vec<(&'static str, String, Vec<Duration>)>;
+
+/// Warm reads through mounts with and without passthrough, and from the local disk, alternated.
+fn warm_reads(config: &Config, lazy: &str, work: &Path, tree: &[(String, u64)], size: u64, content: &Content) -> Result<WarmResults> {
+    let cache = work.join("warm-cache");
+    std::fs::create_dir_all(&cache)?;
+    // Fill the node cache and the file store: read everything once through a passthrough mount
+    // (each release queues the file for the store), then wait until every file is stored.
+    eprintln!("bench-vfs: filling the node cache and the file store");
+    {
+        let mount = LazyMount::start(lazy, MountOptions { cache_dir: Some(cache.clone()), ..MountOptions::default() })?;
+        read_all(&mount.join(FILE), size)?;
+        read_tree(mount.path(), tree)?;
+        let want = tree.len() + 1;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while stored_count(&cache) < want {
+            if Instant::now() > deadline {
+                bail!("the file store holds {} of {want} files after 300 s; mount log:\n{}", stored_count(&cache), mount.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        mount.unmount()?;
+    }
+    let local = work.join("big.bin");
+    let mut results: WarmResults = Vec::new();
+    let mut push = |what: &'static str, variant: &str, d: Duration| {
+        match results.iter_mut().find(|(w, v, _)| *w == what && v == variant) {
+            Some((_, _, times)) => times.push(d),
+            None => results.push((what, variant.to_string(), vec![d])),
+        }
+    };
+    for i in 0..config.samples {
+        eprintln!("bench-vfs: warm sample {}/{}", i + 1, config.samples);
+        drop_caches();
+        push("sequential", "local disk", read_all(&local, size)?);
+        drop_caches();
+        push("random 4 KiB", "local disk", random_reads(&local, size, i as u64)?);
+        drop_caches();
+        push("many small files", "local disk", read_tree(work, tree)?);
+        for (variant, extra) in [("passthrough", vec![]), ("FUSE reads (--no-passthrough)", vec!["--no-passthrough".to_string()])] {
+            // Sequential and random each on a fresh mount (a new process), then again on the same one.
+            for (what, mut run) in [
+                ("sequential", Box::new(|m: &LazyMount| read_all(&m.join(FILE), size)) as Box<dyn FnMut(&LazyMount) -> Result<Duration>>),
+                ("random 4 KiB", Box::new(|m: &LazyMount| random_reads(&m.join(FILE), size, i as u64))),
+                ("many small files", Box::new(|m: &LazyMount| read_tree(m.path(), tree))),
+            ] {
+                let opts = MountOptions { cache_dir: Some(cache.clone()), extra: extra.clone(), ..MountOptions::default() };
+                let mount = LazyMount::start(lazy, opts)?;
+                drop_caches();
+                push(what, &format!("{variant}, fresh mount"), run(&mount)?);
+                drop_caches();
+                push(what, &format!("{variant}, same mount"), run(&mount)?);
+                let stats = mount.stats()?;
+                if variant == "passthrough" && stats.passthrough_opens == 0 {
+                    bail!("{what}: the passthrough mount opened nothing by passthrough: {stats:?}\n{}", mount.log_text());
+                }
+                if i == 0 && what == "sequential" {
+                    let got = harness::tree::hash_file(&mount.join(FILE))?;
+                    if got != content.sha256() {
+                        bail!("{FILE} read through the {variant} mount has the wrong content (sha256 {got})");
+                    }
+                }
+                mount.unmount()?;
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// Files (not temp files) in the file store under `cache`.
+fn stored_count(cache: &Path) -> usize {
+    let Ok(subs) = std::fs::read_dir(cache.join("files")) else { return 0 };
+    subs.flatten()
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|f| !f.file_name().to_string_lossy().starts_with(".tmp."))
+        .count()
+}
+
+/// `RANDOM_READS` 4 KiB reads at random 4 KiB-aligned offsets of `path` (one open).
+fn random_reads(path: &Path, size: u64, seed: u64) -> Result<Duration> {
+    use std::os::unix::fs::FileExt;
+    let start = Instant::now();
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut rng = 0x9e37_79b9_7f4a_7c15 ^ (seed + 1);
+    let mut buf = [0u8; 4096];
+    let blocks = (size / 4096).max(1);
+    for _ in 0..RANDOM_READS {
+        let off = next(&mut rng) % blocks * 4096;
+        file.read_exact_at(&mut buf, off).with_context(|| format!("pread {} at {off}", path.display()))?;
+    }
+    Ok(start.elapsed())
+}
+
+/// Reads every file of the tree under `root` (open, read to the end, close), in path order.
+fn read_tree(root: &Path, tree: &[(String, u64)]) -> Result<Duration> {
+    let start = Instant::now();
+    let mut buf = vec![0u8; 256 << 10];
+    for (path, len) in tree {
+        let path = root.join(path);
+        let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        let mut total = 0u64;
+        loop {
+            let n = f.read(&mut buf).with_context(|| format!("read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        if total != *len {
+            bail!("{}: read {total} bytes, expected {len}", path.display());
+        }
+    }
+    Ok(start.elapsed())
 }
 
 /// Reads `path` sequentially with 1 MiB reads; checks the length; returns the time taken.

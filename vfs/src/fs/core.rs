@@ -22,10 +22,12 @@ use parking_lot::Mutex;
 use crate::digest::Digest;
 
 use crate::fetch::{ChunkRef, ChunkSource};
+use crate::filestore::{FileStore, Lookup};
 use crate::index::{Index, Inode, Kind, ROOT};
 use crate::stats::{Stats, STATS_XATTR};
 
 use super::record::Recorder;
+use super::storer::Storer;
 
 /// Block size reported by statfs and stat: the page size, so tools size their buffers sensibly.
 pub const BLOCK_SIZE: u32 = 4096;
@@ -107,6 +109,10 @@ pub struct LazyFs {
     errors: RateLimit,
     /// Chunks whose fetch failed, and when (see [`FAILURE_MEMO`]).
     failed: Mutex<HashMap<Digest, Instant>>,
+    /// Whole verified files (for passthrough opens), and the thread that writes them.
+    store: Option<(Arc<FileStore>, Storer)>,
+    /// Cleared when the kernel cannot pass through: then stored files would only take disk space.
+    store_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl LazyFs {
@@ -121,7 +127,61 @@ impl LazyFs {
         let paths = paths.into_iter().map(|p| p.unwrap_or_else(|| Box::from("?"))).collect();
         stats.image_bytes.store(index.image_bytes(), Ordering::Relaxed);
         let errors = RateLimit::new(Duration::from_secs(10), 20);
-        LazyFs { index, source, stats, paths, recorder, errors, failed: Mutex::new(HashMap::new()) }
+        LazyFs { index, source, stats, paths, recorder, errors, failed: Mutex::new(HashMap::new()), store: None, store_wanted: true.into() }
+    }
+
+    /// Serves fully cached files from (and writes them into) `store`: see [`LazyFs::stored_file`].
+    pub fn with_file_store(mut self, store: Arc<FileStore>) -> LazyFs {
+        self.store = Storer::start(self.index.clone(), store.clone(), self.stats.clone()).map(|s| (store, s));
+        self
+    }
+
+    pub fn file_store(&self) -> Option<&Arc<FileStore>> {
+        self.store.as_ref().map(|(s, _)| s)
+    }
+
+    /// The verified stored copy of a regular file, opened read-only, if the file store has it
+    /// (empty files never have one). A stored copy that fails its check is removed and counted,
+    /// and the file is queued to be stored again from its chunks.
+    pub fn stored_file(&self, fuse_ino: u64) -> Option<std::fs::File> {
+        let (store, _) = self.store.as_ref()?;
+        let (ino, inode) = self.inode(fuse_ino).ok()?;
+        let Kind::File { size, chunks } = &inode.kind else { return None };
+        if *size == 0 {
+            return None;
+        }
+        match store.lookup(&FileStore::key(*size, chunks), *size, chunks, self.path(ino)) {
+            Lookup::Found(f) => Some(f),
+            Lookup::Absent => None,
+            Lookup::Corrupt => {
+                Stats::add(&self.stats.stored_file_failures, 1);
+                None
+            }
+        }
+    }
+
+    /// Asks the background writer to store this regular file if all its chunks are in the node
+    /// cache (cheap; deduplicated). A no-op without a file store.
+    pub fn want_stored(&self, fuse_ino: u64) {
+        let Some((_, storer)) = &self.store else { return };
+        if !self.store_wanted.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok((ino, Inode { kind: Kind::File { size, .. }, .. })) = self.inode(fuse_ino) {
+            if *size > 0 {
+                storer.request(ino);
+            }
+        }
+    }
+
+    /// Stops writing files into the store (passthrough turned out to be unavailable).
+    pub fn stop_storing(&self) {
+        self.store_wanted.store(false, Ordering::Relaxed);
+    }
+
+    /// Files queued for the background writer (tests).
+    pub fn store_backlog(&self) -> usize {
+        self.store.as_ref().map_or(0, |(_, s)| s.backlog())
     }
 
     pub fn index(&self) -> &Arc<Index> {
@@ -144,6 +204,11 @@ impl LazyFs {
     /// Absolute path of an index inode (the first one found for hardlinked files).
     pub fn path(&self, ino: u32) -> &str {
         self.paths.get(ino as usize).map(|p| &**p).unwrap_or("?")
+    }
+
+    /// Path of a FUSE inode, for logs.
+    pub fn path_of_fuse(&self, fuse_ino: u64) -> &str {
+        self.index.from_fuse_ino(fuse_ino).map_or("?", |ino| self.path(ino))
     }
 
     fn inode(&self, fuse_ino: u64) -> Result<(u32, &Inode), Errno> {

@@ -4,21 +4,35 @@
 //! Kernel caching is on everywhere because the content never changes: long entry/attr TTLs,
 //! FOPEN_KEEP_CACHE on files, FOPEN_CACHE_DIR on directories, cached symlinks, readdirplus so an
 //! `ls -l` is one round trip per directory, and parallel lookups in a directory.
+//!
+//! Passthrough: when the kernel grants FUSE_PASSTHROUGH (and we hold CAP_SYS_ADMIN), opening a file
+//! whose verified copy is in the file store registers that copy as the inode's backing file and
+//! replies FOPEN_PASSTHROUGH: the kernel then reads (and maps) the backing file itself, no request
+//! reaches us. The kernel refuses to mix passthrough and cached opens of one inode, and all
+//! passthrough opens of an inode must share one backing id, so the mode is decided per inode when
+//! it has no open handle and kept until its last handle is released ([`InodeIo`]). The stack depth
+//! we ask for is 1: backing files live on a plain filesystem, and the mount can still be an
+//! overlayfs lower layer (the kernel's limit is 2 stacked filesystems).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
+
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
 
 use super::core::{Attr, FileKind, LazyFs, XattrReply, BLOCK_SIZE};
+use crate::stats::Stats;
 
 /// How long the kernel may trust entries and attributes: the image is immutable, so "forever".
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -27,19 +41,101 @@ const MAX_READAHEAD: u32 = 4 << 20;
 /// Concurrent async (readahead) requests the kernel may queue for us.
 const MAX_BACKGROUND: u16 = 64;
 
+/// File handle of a cached (normal) open.
+const FH_CACHED: u64 = 0;
+/// File handle of a passthrough open.
+const FH_PASSTHROUGH: u64 = 1;
+
 /// The FUSE face of a [`LazyFs`].
 pub struct FuseAdapter {
     fs: Arc<LazyFs>,
     /// Answer open/opendir with ENOSYS once the file checks out: the kernel then stops sending
     /// them (one round trip less per open) and applies FOPEN_KEEP_CACHE / FOPEN_CACHE_DIR by itself.
-    /// Only when not recording, since the record needs to see opens.
+    /// Only when not recording and not passing through, since both need to see opens.
     no_open: bool,
     no_opendir: bool,
+    /// Passthrough was asked for (mount option) and, after init, granted by the kernel. Cleared
+    /// for good if registering a backing file is refused for lack of privilege.
+    passthrough: AtomicBool,
+    /// Open handles per inode (FUSE inode number), and how they were opened.
+    io: Mutex<HashMap<u64, InodeIo>>,
+}
+
+/// How the open handles of one inode read: all the same way (the kernel's rule).
+enum InodeIo {
+    Cached { open: u32 },
+    Passthrough { open: u32, backing: BackingId },
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<LazyFs>) -> FuseAdapter {
-        FuseAdapter { fs, no_open: false, no_opendir: false }
+    /// `passthrough`: use FUSE passthrough for stored files if the kernel and privileges allow.
+    pub fn new(fs: Arc<LazyFs>, passthrough: bool) -> FuseAdapter {
+        let passthrough = AtomicBool::new(passthrough && fs.file_store().is_some());
+        FuseAdapter { fs, no_open: false, no_opendir: false, passthrough, io: Mutex::new(HashMap::new()) }
+    }
+
+    /// Replies to an open with passthrough if the inode's handles already pass through, or if it
+    /// has none and its stored copy is there; otherwise as a cached open (and queues the file for
+    /// the store).
+    fn open_passthrough_or_cached(&self, ino: INodeNo, reply: ReplyOpen) {
+        let Some(reply) = self.join(&mut self.io.lock(), ino, reply) else { return };
+        // No handle open: decide. The stored-file check may hash the file (first use in this
+        // process), so it runs without the lock; the decision is re-checked under it.
+        let stored = self.fs.stored_file(ino.0);
+        let mut io = self.io.lock();
+        let Some(reply) = self.join(&mut io, ino, reply) else { return };
+        let backing = stored.and_then(|file| match reply.open_backing(&file) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    log::warn!(
+                        "FUSE passthrough: registering a backing file was refused ({e}); it needs CAP_SYS_ADMIN. \
+                         Serving every file through FUSE reads from now on"
+                    );
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    self.fs.stop_storing();
+                } else {
+                    log::warn!(
+                        "FUSE passthrough: cannot register the stored copy of {}: {e}; serving it through FUSE reads",
+                        self.fs.path_of_fuse(ino.0)
+                    );
+                }
+                None
+            }
+        });
+        match backing {
+            Some(backing) => {
+                // Replied under the lock: a release cannot close the backing id before the kernel has it.
+                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::empty(), &backing);
+                io.insert(ino.0, InodeIo::Passthrough { open: 1, backing });
+                Stats::add(&self.fs.stats().passthrough_opens, 1);
+            }
+            None => {
+                io.insert(ino.0, InodeIo::Cached { open: 1 });
+                drop(io);
+                reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE);
+                self.fs.want_stored(ino.0);
+            }
+        }
+    }
+
+    /// If `ino` has open handles, opens one more the same way and replies (`None`); otherwise
+    /// hands the reply back.
+    fn join(&self, io: &mut HashMap<u64, InodeIo>, ino: INodeNo, reply: ReplyOpen) -> Option<ReplyOpen> {
+        match io.get_mut(&ino.0) {
+            None => Some(reply),
+            Some(InodeIo::Cached { open }) => {
+                *open += 1;
+                reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE);
+                None
+            }
+            Some(InodeIo::Passthrough { open, backing }) => {
+                *open += 1;
+                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::empty(), backing);
+                Stats::add(&self.fs.stats().passthrough_opens, 1);
+                None
+            }
+        }
     }
 }
 
@@ -108,8 +204,17 @@ impl Filesystem for FuseAdapter {
                 log::debug!("FUSE capability {name} not supported by the kernel");
             }
         }
+        if self.passthrough.load(Ordering::Relaxed) {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
+            if !granted {
+                log::info!("FUSE passthrough not supported by the kernel: every read goes through FUSE, no files are stored");
+                self.passthrough.store(false, Ordering::Relaxed);
+                self.fs.stop_storing();
+            }
+        }
         let caps = config.capabilities();
-        self.no_open = !self.fs.records() && caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_open =
+            !self.fs.records() && !self.passthrough.load(Ordering::Relaxed) && caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.no_opendir = caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
             let _ = config.set_max_readahead(max);
@@ -145,8 +250,41 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
             Ok(()) if self.no_open => reply.error(Errno::ENOSYS),
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(()) if self.passthrough.load(Ordering::Relaxed) => self.open_passthrough_or_cached(ino, reply),
+            Ok(()) => reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+        if !self.passthrough.load(Ordering::Relaxed) && self.fs.file_store().is_none() {
+            return;
+        }
+        let mut io = self.io.lock();
+        if let Some(state) = io.get_mut(&ino.0) {
+            let open = match state {
+                InodeIo::Cached { open } | InodeIo::Passthrough { open, .. } => open,
+            };
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                // Dropping a BackingId closes it in the kernel.
+                io.remove(&ino.0);
+            }
+        }
+        drop(io);
+        if fh.0 == FH_CACHED {
+            // Its reads may have brought the last chunks into the node cache.
+            self.fs.want_stored(ino.0);
         }
     }
 

@@ -4,6 +4,7 @@
 //! - [`core`]: [`LazyFs`], every answer the filesystem gives (lookup, getattr, readdir, read, xattrs).
 //! - [`fuse`]: the fuser adapter over [`LazyFs`].
 //! - [`prefetch`]: background fetching of prioritized (or all) files after mounting.
+//! - [`storer`]: writes fully cached files into the verified file store (for passthrough).
 //! - [`record`]: `--record FILE`, the order in which files are first read.
 //! - [`mount`]: the public API the shim and `lazyctl mount` use: [`mount()`], [`Mounted`], [`read_stats`].
 
@@ -12,6 +13,7 @@ pub mod fuse;
 pub mod mount;
 pub mod prefetch;
 pub mod record;
+pub mod storer;
 
 #[cfg(test)]
 mod testutil;

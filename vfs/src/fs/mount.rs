@@ -19,6 +19,7 @@ use fuser::{BackgroundSession, MountOption, SessionACL};
 use nix::errno::Errno;
 
 use crate::fetch::ChunkSource;
+use crate::filestore::FileStore;
 use crate::index::Index;
 use crate::stats::{Snapshot, Stats, STATS_XATTR};
 
@@ -47,6 +48,13 @@ pub struct MountOptions {
     /// (cold 256 MiB read: 166 MiB/s at 1 MiB, 197 MiB/s at 4 MiB here). Readahead only grows for
     /// sequential access, so random readers do not over-fetch. 0 leaves the kernel default.
     pub readahead_kb: u32,
+    /// Whole verified files beside the chunk cache ([`crate::filestore`]): with `passthrough` on
+    /// (and available), fully cached files are written there in the background and later opens
+    /// pass through to them. `None`: every read goes through the chunk path.
+    pub file_store: Option<Arc<FileStore>>,
+    /// Serve stored files with FUSE passthrough (the kernel reads the stored file directly) when the
+    /// kernel supports it (Linux 6.9+) and the process has CAP_SYS_ADMIN; falls back by itself.
+    pub passthrough: bool,
 }
 
 impl Default for MountOptions {
@@ -57,6 +65,8 @@ impl Default for MountOptions {
             threads: 8,
             fsname: "lazy".to_string(),
             readahead_kb: 4096,
+            file_store: None,
+            passthrough: true,
         }
     }
 }
@@ -85,7 +95,16 @@ pub fn mount(
         Some(path) => Some(Recorder::create(path, index.inodes.len())?),
         None => None,
     };
-    let fs = Arc::new(LazyFs::new(index, source, stats, recorder));
+    let passthrough = opts.passthrough && opts.file_store.is_some() && has_cap_sys_admin();
+    if opts.passthrough && opts.file_store.is_some() && !passthrough {
+        log::info!("FUSE passthrough needs CAP_SYS_ADMIN, which this process lacks: every read goes through FUSE");
+    }
+    let mut fs = LazyFs::new(index, source, stats, recorder);
+    // Stored files only serve passthrough opens: without passthrough they would only take disk space.
+    if let Some(store) = opts.file_store.as_ref().filter(|_| passthrough) {
+        fs = fs.with_file_store(store.clone());
+    }
+    let fs = Arc::new(fs);
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -107,7 +126,7 @@ pub fn mount(
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
 
-    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone()), &mountpoint, &config)
+    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone(), passthrough), &mountpoint, &config)
         .map_err(|source| FsError::Mount { path: mountpoint.clone(), source })?;
     if opts.readahead_kb > 0 {
         set_readahead(&mountpoint, opts.readahead_kb);
@@ -115,6 +134,19 @@ pub fn mount(
     log::debug!("lazy filesystem mounted at {} ({} inodes)", mountpoint.display(), fs.index().inodes.len());
     let prefetcher = Prefetcher::start(fs.clone(), opts.prefetch);
     Ok(Mounted { mountpoint, fs, session: Some(session), prefetcher })
+}
+
+/// linux/capability.h
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Whether the effective capabilities include CAP_SYS_ADMIN (registering a FUSE backing file needs it).
+fn has_cap_sys_admin() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 /// Sets the mount's readahead through its backing device info (/sys/class/bdi/MAJOR:MINOR): FUSE
@@ -139,6 +171,11 @@ impl Mounted {
 
     pub fn stats(&self) -> &Arc<Stats> {
         self.fs.stats()
+    }
+
+    /// Files waiting for the background file-store writer.
+    pub fn store_backlog(&self) -> usize {
+        self.fs.store_backlog()
     }
 
     /// False once the filesystem was unmounted from outside (e.g. `umount`): its request threads ended.

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::fetch::ChunkRef;
-use crate::index::Kind;
+use crate::index::{Index, Kind};
 
 use super::core::{paths_in_order, LazyFs};
 
@@ -109,6 +109,10 @@ impl Prefetcher {
                     }
                     if !flag.load(Ordering::Relaxed) {
                         log::info!("prefetch: {what} files done after {:?}", started.elapsed());
+                        // Whole files now in the node cache: store them for passthrough opens.
+                        for &ino in &files {
+                            fs.want_stored(Index::fuse_ino(ino));
+                        }
                     }
                 }
             })

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
 use vfs::cache::{ChunkCache, DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES};
 use vfs::fetch::{BlobLayout, FetchOptions, RegistryChunkSource};
+use vfs::filestore::FileStore;
 use vfs::fs::{MountOptions, PrefetchMode};
 use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
 use vfs::stats::Stats;
@@ -36,6 +37,14 @@ pub struct Args {
     /// FUSE request threads.
     #[arg(long, default_value_t = 8)]
     threads: usize,
+    /// Serve every read through the FUSE request loop: no FUSE passthrough to stored files and no
+    /// file store (what a kernel without passthrough gets).
+    #[arg(long)]
+    no_passthrough: bool,
+    /// No file store: fully cached files are not written as whole files beside the chunks (and
+    /// nothing is passed through).
+    #[arg(long)]
+    no_file_store: bool,
     /// Repository holding the data blobs (default: the one recorded in the index), e.g. a mirror.
     #[arg(long, value_name = "REPOSITORY")]
     blob_repo: Option<String>,
@@ -72,10 +81,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let blob_repo = args.blob_repo.as_deref().unwrap_or(&index.source);
     let repository: Reference =
         blob_repo.parse().with_context(|| format!("data blob repository {blob_repo:?} of {}", args.image))?;
-    let cache = ChunkCache::open(&args.cache_dir, args.cache_max_bytes)?;
+    let cache = Arc::new(ChunkCache::open(&args.cache_dir, args.cache_max_bytes)?);
+    let file_store = if args.no_file_store { None } else { Some(Arc::new(FileStore::open(cache.clone())?)) };
     let stats = Arc::new(Stats::default());
     let source = chunk_source(&index, repository, client_config, cache, stats.clone(), &runtime)?;
-    let opts = MountOptions { prefetch: args.prefetch, record: args.record, threads: args.threads, ..MountOptions::default() };
+    let opts = MountOptions {
+        prefetch: args.prefetch,
+        record: args.record,
+        threads: args.threads,
+        file_store,
+        passthrough: !args.no_passthrough,
+        ..MountOptions::default()
+    };
     let mounted = vfs::fs::mount(Arc::new(index), Arc::new(source), stats, &args.mountpoint, opts)?;
     println!("mounted {} at {}", args.image, mounted.mountpoint().display());
     std::io::Write::flush(&mut std::io::stdout())?;
@@ -111,13 +128,13 @@ pub(crate) fn chunk_source(
     index: &Index,
     repository: Reference,
     config: ClientConfig,
-    cache: ChunkCache,
+    cache: Arc<ChunkCache>,
     stats: Arc<Stats>,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<RegistryChunkSource> {
     let fetch = FetchOptions { deadline: config.deadline, ..FetchOptions::default() };
     let client = Client::new(ClientConfig { max_concurrency: RegistryChunkSource::max_requests(&fetch), ..config })?;
-    Ok(RegistryChunkSource::new(BlobLayout::of(index), repository, client, Some(Arc::new(cache)), stats, runtime.handle().clone(), fetch))
+    Ok(RegistryChunkSource::new(BlobLayout::of(index), repository, client, Some(cache), stats, runtime.handle().clone(), fetch))
 }
 
 fn load_index(runtime: &tokio::runtime::Runtime, client: &Client, image: &str) -> anyhow::Result<Index> {

@@ -245,7 +245,7 @@ fn record(
     let stats = Arc::new(Stats::default());
     // The mount reads as `lazyctl mount` does.
     let config = vfs::registry::ClientConfig { deadline, ..client.config().clone() };
-    let source = super::mount::chunk_source(index, repository, config, cache, stats.clone(), runtime)?;
+    let source = super::mount::chunk_source(index, repository, config, Arc::new(cache), stats.clone(), runtime)?;
     let index = Arc::new(index.clone());
     let source: Arc<dyn vfs::fetch::ChunkSource> = Arc::new(source);
     let user = image_user(&index, &source, &image.user, &tmp.join("peek"))?;

@@ -1,0 +1,356 @@
+//! Node-wide verified file store: the decompressed bytes of whole regular files, beside the chunk
+//! cache (`<cache dir>/files/ab/abcdef...`), so a fully cached file can be served by the kernel
+//! directly (FUSE passthrough) instead of chunk by chunk through the FUSE request loop.
+//!
+//! - Content-addressed: a file's key is a sha256 over its size and its chunk digests
+//!   ([`FileStore::key`]), so identical files of different images share one stored file.
+//! - Built only from chunks already in the node cache (never fetches), each chunk hashed against its
+//!   digest as it is written; written to a temp file in the final directory and renamed into place,
+//!   so readers see a whole file or none. Stored files are made read-only (mode 0444).
+//! - Counted in the chunk cache's size cap and evicted with it, least recently used first (the
+//!   mtime is the LRU clock, refreshed when a stored file is handed out). Eviction unlinks: a reader
+//!   (or a FUSE passthrough backing file) that already has it open keeps reading it whole.
+//! - Trust: this kernel's ext4 has no fs-verity, so a stored file's content is re-hashed (chunk by
+//!   chunk, against the index) the first time a process hands it out; a file that fails is logged,
+//!   removed and reported as absent, so the caller serves the file from verified chunks instead.
+//!   Later hand-outs in the same process trust the file. Same model as the chunk cache.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+
+use crate::cache::{CacheError, ChunkCache};
+use crate::digest::{Digest, Hasher};
+use crate::index::Chunk;
+
+/// A hand-out refreshes the stored file's mtime (the LRU clock) at most this often.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+/// Subdirectory of the cache dir holding stored files.
+pub const FILES_DIR: &str = "files";
+
+/// Why a file could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Some chunk is not in the node cache (yet): nothing was written.
+    #[error("chunk {chunk_no} ({digest}) is not in the node cache")]
+    Incomplete { chunk_no: usize, digest: Digest },
+    #[error("chunk {chunk_no} ({digest}) in the node cache is corrupt: {reason}")]
+    CorruptChunk { chunk_no: usize, digest: Digest, reason: String },
+    #[error(transparent)]
+    Io(#[from] CacheError),
+}
+
+/// What [`FileStore::lookup`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(File),
+    Absent,
+    /// It was there but failed its check; it has been removed.
+    Corrupt,
+}
+
+pub struct FileStore {
+    cache: Arc<ChunkCache>,
+    dir: PathBuf,
+    /// Stored files whose content this process has hashed (by key).
+    verified: Mutex<HashSet<Digest>>,
+    temp_seq: AtomicU64,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl FileStore {
+    /// The store under `cache`'s directory, sharing its size cap.
+    pub fn open(cache: Arc<ChunkCache>) -> Result<FileStore, CacheError> {
+        let dir = cache.dir().join(FILES_DIR);
+        fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
+        Ok(FileStore { cache, dir, verified: Mutex::new(HashSet::new()), temp_seq: AtomicU64::new(0) })
+    }
+
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    /// The content address of a file made of `chunks` (in order), `size` bytes long.
+    pub fn key(size: u64, chunks: &[Chunk]) -> Digest {
+        let mut h = Hasher::new();
+        h.update(b"lazy-file-v1\0");
+        h.update(&size.to_le_bytes());
+        for c in chunks {
+            h.update(&c.digest.0);
+        }
+        h.finish()
+    }
+
+    pub fn path_of(&self, key: &Digest) -> PathBuf {
+        let hex = key.hex();
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    pub fn contains(&self, key: &Digest) -> bool {
+        self.path_of(key).exists()
+    }
+
+    /// The stored file, opened read-only, if present and intact. `label` names the file in logs.
+    /// The first call per key in this process hashes the whole file against `chunks`; a file that
+    /// fails is removed (logged at error level) and reported as [`Lookup::Corrupt`].
+    pub fn lookup(&self, key: &Digest, size: u64, chunks: &[Chunk], label: &str) -> Lookup {
+        match self.open_verified(key, size, chunks, label) {
+            Ok(Some(f)) => Lookup::Found(f),
+            Ok(None) => Lookup::Absent,
+            Err(()) => Lookup::Corrupt,
+        }
+    }
+
+    /// [`FileStore::lookup`] without the distinction between absent and corrupt.
+    fn open_verified(&self, key: &Digest, size: u64, chunks: &[Chunk], label: &str) -> Result<Option<File>, ()> {
+        let path = self.path_of(key);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                log::warn!("file store {}: {e}; serving {label} from chunks", path.display());
+                return Ok(None);
+            }
+        };
+        let Ok(meta) = file.metadata() else { return Ok(None) };
+        if meta.len() != size {
+            log::error!(
+                "file store {}: {label} is {} bytes on disk, the index says {size}; removing it and serving from chunks",
+                path.display(),
+                meta.len()
+            );
+            self.discard(&path);
+            return Err(());
+        }
+        if !self.verified.lock().contains(key) {
+            if let Err(reason) = check_content(&mut file, chunks) {
+                log::error!(
+                    "file store {}: {label} is corrupt on disk ({reason}); removing it and serving from verified chunks",
+                    path.display()
+                );
+                self.discard(&path);
+                return Err(());
+            }
+            self.verified.lock().insert(*key);
+            // Hand out a fresh descriptor (the check moved this one's offset; passthrough ignores
+            // it, but a caller reading sequentially would not).
+            let Ok(f) = File::open(&path) else { return Ok(None) };
+            file = f;
+        }
+        let stale = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_none_or(|age| age > TOUCH_EVERY);
+        if stale {
+            // The LRU clock. Failure only makes this file look older than it is.
+            let _ = File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+        }
+        Ok(Some(file))
+    }
+
+    /// Writes the file made of `chunks` from the node cache into the store, unless present.
+    /// Never fetches: fails with [`StoreError::Incomplete`] if any chunk is missing. Returns the
+    /// bytes written (0 if it was already stored).
+    pub fn store(&self, key: &Digest, size: u64, chunks: &[Chunk]) -> Result<u64, StoreError> {
+        let path = self.path_of(key);
+        if path.exists() {
+            return Ok(0);
+        }
+        // Cheap completeness check first: a partly cached file costs a few stats, not a copy.
+        for (chunk_no, c) in chunks.iter().enumerate() {
+            if !self.cache.contains(&c.digest) {
+                return Err(StoreError::Incomplete { chunk_no, digest: c.digest });
+            }
+        }
+        let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io(CacheError::Io { path, source })
+        };
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = dir.join(format!(".tmp.{}.{}.{}", key.hex(), std::process::id(), self.temp_seq.fetch_add(1, Ordering::Relaxed)));
+        let result = (|| -> Result<(), StoreError> {
+            let mut out = File::create(&tmp).map_err(io(&tmp))?;
+            let mut written = 0u64;
+            for (chunk_no, c) in chunks.iter().enumerate() {
+                let data = match fs::read(self.cache.path_of(&c.digest)) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::Incomplete { chunk_no, digest: c.digest })
+                    }
+                    Err(e) => return Err(io(&self.cache.path_of(&c.digest))(e)),
+                };
+                if data.len() != c.len as usize {
+                    let reason = format!("{} bytes, the index says {}", data.len(), c.len);
+                    return Err(StoreError::CorruptChunk { chunk_no, digest: c.digest, reason });
+                }
+                let got = Digest::of(&data);
+                if got != c.digest {
+                    return Err(StoreError::CorruptChunk { chunk_no, digest: c.digest, reason: format!("hashes to {got}") });
+                }
+                out.write_all(&data).map_err(io(&tmp))?;
+                written += data.len() as u64;
+            }
+            if written != size {
+                let reason = format!("chunks add up to {written} bytes, the file has {size}");
+                return Err(StoreError::CorruptChunk { chunk_no: chunks.len(), digest: *key, reason });
+            }
+            out.set_permissions(fs::Permissions::from_mode(0o444)).map_err(io(&tmp))?;
+            drop(out);
+            fs::rename(&tmp, &path).map_err(io(&path))
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // We hashed every chunk while writing it: this process trusts the file.
+        self.verified.lock().insert(*key);
+        self.cache.account(size);
+        Ok(size)
+    }
+
+    fn discard(&self, path: &Path) {
+        let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if fs::remove_file(path).is_ok() {
+            self.cache.account_removed(len);
+        }
+    }
+}
+
+/// Hashes `file` chunk by chunk against `chunks`.
+fn check_content(file: &mut File, chunks: &[Chunk]) -> Result<(), String> {
+    let mut buf = Vec::new();
+    for (n, c) in chunks.iter().enumerate() {
+        buf.resize(c.len as usize, 0);
+        file.read_exact(&mut buf).map_err(|e| format!("reading chunk {n}: {e}"))?;
+        let got = Digest::of(&buf);
+        if got != c.digest {
+            return Err(format!("chunk {n} hashes to {got}, expected {}", c.digest));
+        }
+    }
+    let mut rest = [0u8; 1];
+    match file.read(&mut rest) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err("longer than its chunks".into()),
+        Err(e) => Err(format!("reading past the last chunk: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt as _;
+
+    fn chunks_of(cache: &ChunkCache, data: &[u8], chunk: usize, put: bool) -> Vec<Chunk> {
+        data.chunks(chunk)
+            .map(|c| {
+                let d = Digest::of(c);
+                if put {
+                    cache.put(&d, c).unwrap();
+                }
+                Chunk { blob: 0, offset: 0, compressed_len: 0, len: c.len() as u32, digest: d }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stores_a_fully_cached_file_and_refuses_a_partial_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ChunkCache::open(dir.path(), 0).unwrap());
+        let store = FileStore::open(cache.clone()).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut chunks = chunks_of(&cache, &data, 4096, true);
+        let key = FileStore::key(data.len() as u64, &chunks);
+        assert_eq!(store.store(&key, data.len() as u64, &chunks).unwrap(), data.len() as u64);
+        assert_eq!(store.store(&key, data.len() as u64, &chunks).unwrap(), 0, "already stored");
+        assert_eq!(cache.size(), 2 * data.len() as u64, "chunks and the stored file are both counted");
+        let mut f = store.open_verified(&key, data.len() as u64, &chunks, "f").unwrap().unwrap();
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data);
+        assert_eq!(fs::metadata(store.path_of(&key)).unwrap().permissions().mode() & 0o777, 0o444);
+
+        // A file with one chunk not cached is not stored, and nothing is left behind.
+        let other: Vec<u8> = (0..9000u32).map(|i| (i / 100) as u8).collect();
+        let mut partial = chunks_of(&cache, &other[..4096], 4096, true);
+        partial.extend(chunks_of(&cache, &other[4096..], 4096, false));
+        let k2 = FileStore::key(9000, &partial);
+        assert!(matches!(store.store(&k2, 9000, &partial), Err(StoreError::Incomplete { chunk_no: 1, .. })));
+        assert!(!store.contains(&k2));
+        let leftovers = fs::read_dir(store.path_of(&k2).parent().unwrap()).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(leftovers, 0, "no temp file left behind");
+
+        // Different chunking gives a different key.
+        chunks.pop();
+        assert_ne!(FileStore::key(data.len() as u64, &chunks), key);
+    }
+
+    #[test]
+    fn a_corrupt_stored_file_is_never_handed_out_in_a_new_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ChunkCache::open(dir.path(), 0).unwrap());
+        let data = vec![5u8; 20_000];
+        let (key, chunks) = {
+            let store = FileStore::open(cache.clone()).unwrap();
+            let chunks = chunks_of(&cache, &data, 8192, true);
+            let key = FileStore::key(data.len() as u64, &chunks);
+            store.store(&key, data.len() as u64, &chunks).unwrap();
+            (key, chunks)
+        };
+        // Flip a byte on disk.
+        let path = FileStore::open(cache.clone()).unwrap().path_of(&key);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        File::options().write(true).open(&path).unwrap().write_all_at(&[6], 12_345).unwrap();
+        // A new store (as in another process) hashes before handing it out.
+        let store = FileStore::open(cache.clone()).unwrap();
+        assert!(matches!(store.lookup(&key, data.len() as u64, &chunks, "f"), Lookup::Corrupt));
+        assert!(!path.exists(), "the corrupt file is removed");
+        // Rebuilt from the chunks, it is good again.
+        store.store(&key, data.len() as u64, &chunks).unwrap();
+        assert!(matches!(store.lookup(&key, data.len() as u64, &chunks, "f"), Lookup::Found(_)));
+    }
+
+    #[test]
+    fn a_corrupt_chunk_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ChunkCache::open(dir.path(), 0).unwrap());
+        let store = FileStore::open(cache.clone()).unwrap();
+        let data = vec![9u8; 5000];
+        let chunks = chunks_of(&cache, &data, 5000, true);
+        fs::write(cache.path_of(&chunks[0].digest), vec![8u8; 5000]).unwrap();
+        let key = FileStore::key(5000, &chunks);
+        assert!(matches!(store.store(&key, 5000, &chunks), Err(StoreError::CorruptChunk { .. })));
+        assert!(!store.contains(&key));
+    }
+
+    #[test]
+    fn stored_files_are_evicted_with_chunks_and_open_readers_keep_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ChunkCache::open(dir.path(), 30_000).unwrap().with_min_age(Duration::ZERO));
+        let store = FileStore::open(cache.clone()).unwrap();
+        let data: Vec<u8> = (0..12_000u32).map(|i| (i % 253) as u8).collect();
+        let chunks = chunks_of(&cache, &data, 6000, true);
+        let key = FileStore::key(data.len() as u64, &chunks);
+        store.store(&key, data.len() as u64, &chunks).unwrap(); // 24 000 bytes: under the cap
+        let mut reader = store.open_verified(&key, data.len() as u64, &chunks, "f").unwrap().unwrap();
+        // Age everything, then add new chunks over the cap: the old ones (stored file included) go.
+        for p in [store.path_of(&key), cache.path_of(&chunks[0].digest), cache.path_of(&chunks[1].digest)] {
+            let f = File::options().write(true).open(&p).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(1000)).unwrap();
+        }
+        chunks_of(&cache, &vec![1u8; 10_000], 10_000, true);
+        assert!(!store.contains(&key), "the least recently used stored file is evicted");
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data, "an open reader of an evicted stored file reads it whole");
+    }
+}
