@@ -1,6 +1,7 @@
 //! Counters of one mount. Shared by the filesystem (bytes served) and the chunk source (fetches,
 //! cache hits); read by `lazyctl stats` through the `user.lazy.stats` xattr of the mount root.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Name of the virtual xattr on the mount root whose value is [`Snapshot`] as JSON. It is answered
@@ -28,6 +29,17 @@ pub struct Stats {
     /// Chunks fetched because they sit next to a miss in their blob (the span around a miss),
     /// before anyone read them.
     pub readahead_chunks: AtomicU64,
+    /// Per registry host (mirror or server): HTTP requests, bytes received, failed attempts.
+    pub hosts: parking_lot::Mutex<BTreeMap<String, HostSnapshot>>,
+}
+
+/// What one registry host did for a mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostSnapshot {
+    pub requests: u64,
+    pub bytes: u64,
+    /// Attempts that failed (connection error, timeout, 5xx), each followed by a failover or retry.
+    pub failures: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,11 +54,22 @@ pub struct Snapshot {
     pub prefetched_chunks: u64,
     #[serde(default)]
     pub readahead_chunks: u64,
+    /// Which registry host served what (`host:port` -> counters).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostSnapshot>,
 }
 
 impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn add_host(&self, host: &str, requests: u64, bytes: u64, failures: u64) {
+        let mut hosts = self.hosts.lock();
+        let h = hosts.entry(host.to_string()).or_default();
+        h.requests += requests;
+        h.bytes += bytes;
+        h.failures += failures;
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -60,6 +83,7 @@ impl Stats {
             verify_failures: self.verify_failures.load(Relaxed),
             prefetched_chunks: self.prefetched_chunks.load(Relaxed),
             readahead_chunks: self.readahead_chunks.load(Relaxed),
+            hosts: self.hosts.lock().clone(),
         }
     }
 }
