@@ -12,7 +12,9 @@
 //! - [`convert`]: OCI image (registry or layout) to lazy image (data blobs + stub image).
 //! - [`fs`]: the filesystem logic over an index and a chunk source, plus the FUSE adapter.
 //! - [`stats`]: counters a mount exposes so users can tell whether a start was lazy.
+//! - [`builder`]: index + registry + cache settings -> a mounted lazy filesystem (shim and lazyctl).
 
+pub mod builder;
 pub mod cache;
 pub mod convert;
 pub mod digest;

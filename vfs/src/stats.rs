@@ -1,6 +1,7 @@
 //! Counters of one mount. Shared by the filesystem (bytes served) and the chunk source (fetches,
 //! cache hits); read by `lazyctl stats` through the `user.lazy.stats` xattr of the mount root.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Name of the virtual xattr on the mount root whose value is [`Snapshot`] as JSON. It is answered
@@ -37,6 +38,17 @@ pub struct Stats {
     pub files_stored: AtomicU64,
     /// Stored files that failed their content check and were removed (served from chunks instead).
     pub stored_file_failures: AtomicU64,
+    /// Per registry host (mirror or server): HTTP requests, bytes received, failed attempts.
+    pub hosts: parking_lot::Mutex<BTreeMap<String, HostSnapshot>>,
+}
+
+/// What one registry host did for a mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostSnapshot {
+    pub requests: u64,
+    pub bytes: u64,
+    /// Attempts that failed (connection error, timeout, 5xx), each followed by a failover or retry.
+    pub failures: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -59,11 +71,22 @@ pub struct Snapshot {
     pub files_stored: u64,
     #[serde(default)]
     pub stored_file_failures: u64,
+    /// Which registry host served what (`host:port` -> counters).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostSnapshot>,
 }
 
 impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn add_host(&self, host: &str, requests: u64, bytes: u64, failures: u64) {
+        let mut hosts = self.hosts.lock();
+        let h = hosts.entry(host.to_string()).or_default();
+        h.requests += requests;
+        h.bytes += bytes;
+        h.failures += failures;
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -81,6 +104,7 @@ impl Stats {
             passthrough_opens: self.passthrough_opens.load(Relaxed),
             files_stored: self.files_stored.load(Relaxed),
             stored_file_failures: self.stored_file_failures.load(Relaxed),
+            hosts: self.hosts.lock().clone(),
         }
     }
 }

@@ -89,11 +89,18 @@ impl From<PrefetchMode> for vfs::fs::PrefetchMode {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
-    /// containerd's hosts.toml directory (`<dir>/<host[:port]>/hosts.toml`): plain HTTP, CA,
-    /// client certificates. Loopback registries fall back to plain HTTP as containerd does.
+    /// containerd's hosts.toml directory (`<dir>/<host[:port]>/hosts.toml`): mirrors tried in
+    /// order before the registry, plain HTTP, CA, client certificates, headers. Loopback
+    /// registries fall back to plain HTTP as containerd does.
     pub hosts_dir: PathBuf,
-    /// docker config.json with registry credentials; default: docker's usual places.
+    /// docker config.json with registry credentials (`auths`, `credHelpers`, `credsStore`);
+    /// default: docker's usual places.
     pub credentials_file: Option<PathBuf>,
+    /// kubelet's CredentialProviderConfig (`--image-credential-provider-config`): its plugins are
+    /// asked for credentials before docker's config.
+    pub credential_provider_config: Option<PathBuf>,
+    /// Directory of the plugin binaries (`--image-credential-provider-bin-dir`).
+    pub credential_provider_bin_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -160,9 +167,17 @@ impl Default for FetchConfig {
     }
 }
 
+/// Where kubeadm-style nodes keep credential provider plugins.
+pub const DEFAULT_PROVIDER_BIN_DIR: &str = "/usr/libexec/kubernetes/kubelet-plugins/credential-provider/exec";
+
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { hosts_dir: PathBuf::from("/etc/containerd/certs.d"), credentials_file: None }
+        RegistryConfig {
+            hosts_dir: PathBuf::from("/etc/containerd/certs.d"),
+            credentials_file: None,
+            credential_provider_config: None,
+            credential_provider_bin_dir: PathBuf::from(DEFAULT_PROVIDER_BIN_DIR),
+        }
     }
 }
 
@@ -347,6 +362,7 @@ allow_unenforced_limits = true
         }
         let mut full = Config::default();
         full.registry.credentials_file = documented.registry.credentials_file.clone();
+        full.registry.credential_provider_config = documented.registry.credential_provider_config.clone();
         let (mut code, mut doc) = (Vec::new(), Vec::new());
         keys(&toml::Value::try_from(&full).unwrap(), "", &mut code);
         keys(&toml::from_str(block).unwrap(), "", &mut doc);

@@ -4,15 +4,12 @@
 //! `lazyctl stats <bundle>/lazy`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_shim::protos::api::Mount;
-use vfs::cache::ChunkCache;
-use vfs::fetch::{BlobLayout, RegistryChunkSource};
+use vfs::builder::{CacheSettings, LazyMountBuilder};
 use vfs::fs::MountOptions;
-use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
-use vfs::stats::Stats;
+use vfs::registry::{ClientConfig, PlainHttp, ProviderSettings};
 
 use super::config::Config;
 use super::error::{Error, Result};
@@ -73,66 +70,24 @@ impl std::fmt::Debug for LazyMount {
     }
 }
 
-/// The registry client settings for `host` from the shim config and containerd's hosts.toml
-/// convention (`<hosts_dir>/<host>/hosts.toml`, else `<hosts_dir>/_default/hosts.toml`): an
-/// `http://` server or host means plain HTTP, `ca` a CA bundle, `client` a certificate and key.
-pub fn client_config(config: &Config, host: &str) -> Result<ClientConfig> {
+/// The registry settings of lazy mounts, from the shim config: hosts.toml directory (mirrors and
+/// TLS, resolved per registry by [`vfs::registry::hosts`]), credential sources and timeouts.
+pub fn client_config(config: &Config) -> ClientConfig {
     let fetch = &config.fetch;
-    let mut cc = ClientConfig {
+    let registry = &config.registry;
+    ClientConfig {
         plain_http: PlainHttp::Auto,
-        docker_config: config.registry.credentials_file.clone(),
+        hosts_dir: Some(registry.hosts_dir.clone()),
+        docker_config: registry.credentials_file.clone(),
+        credential_providers: registry
+            .credential_provider_config
+            .clone()
+            .map(|config| ProviderSettings { config, bin_dir: registry.credential_provider_bin_dir.clone() }),
         connect_timeout: Duration::from_secs(fetch.connect_timeout_secs.max(1)),
         request_timeout: Duration::from_secs(fetch.request_timeout_secs.max(1)),
         deadline: fetch.deadline(),
-        max_concurrency: RegistryChunkSource::max_requests(&fetch.options()),
         ..ClientConfig::default()
-    };
-    let dir = &config.registry.hosts_dir;
-    let Some(path) = [dir.join(host).join("hosts.toml"), dir.join("_default").join("hosts.toml")]
-        .into_iter()
-        .find(|p| p.is_file())
-    else {
-        return Ok(cc);
-    };
-    let bad = |reason: String| Error::Config { path: path.display().to_string(), reason };
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let doc: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let mut tables = vec![&doc];
-    if let Some(hosts) = doc.get("host").and_then(|h| h.as_table()) {
-        for (url, t) in hosts {
-            if url.starts_with("http://") {
-                cc.plain_http = PlainHttp::Always;
-            }
-            if let Some(t) = t.as_table() {
-                tables.push(t);
-            }
-        }
     }
-    if doc.get("server").and_then(|s| s.as_str()).is_some_and(|s| s.starts_with("http://")) {
-        cc.plain_http = PlainHttp::Always;
-    }
-    for t in tables {
-        match t.get("ca") {
-            Some(toml::Value::String(s)) => cc.ca_file = Some(PathBuf::from(s)),
-            Some(toml::Value::Array(a)) => cc.ca_file = a.first().and_then(|v| v.as_str()).map(PathBuf::from),
-            _ => {}
-        }
-        let pair = |a: &Vec<toml::Value>| match (a.first().and_then(|v| v.as_str()), a.get(1).and_then(|v| v.as_str())) {
-            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
-            _ => None,
-        };
-        match t.get("client") {
-            Some(toml::Value::Array(a)) if a.first().is_some_and(|v| v.is_array()) => {
-                cc.client_cert = a[0].as_array().and_then(pair);
-            }
-            Some(toml::Value::Array(a)) => cc.client_cert = pair(a),
-            _ => {}
-        }
-        if t.get("skip_verify").and_then(|v| v.as_bool()) == Some(true) {
-            log::warn!("{}: skip_verify is not supported by the lazy fetcher; TLS is verified", path.display());
-        }
-    }
-    Ok(cc)
 }
 
 impl LazyMount {
@@ -144,32 +99,16 @@ impl LazyMount {
         let index = vfs::stub::read_index_from_dir(&snapshot.stub_dir)
             .map_err(|e| fail(e.to_string()))?
             .ok_or_else(|| fail("disappeared".into()))?;
-        let repository: Reference =
-            index.source.parse().map_err(|e| fail(format!("data blob repository {:?}: {e}", index.source)))?;
-        let client = Client::new(client_config(config, &repository.registry)?)
-            .map_err(|e| fail(format!("registry client for {}: {e}", repository.registry)))?;
-        let cache_dir = &config.cache.dir;
-        let cache = Arc::new(
-            ChunkCache::open(cache_dir, config.cache.max_size_mb << 20)
-                .map_err(|e| Error::Rootfs(format!("chunk cache {}: {e}", cache_dir.display())))?,
-        );
-        // The file store only makes warm reads faster: without it, files are served from chunks.
-        let file_store = vfs::filestore::FileStore::open(cache.clone())
-            .map_err(|e| log::warn!("file store in {}: {e}; serving files from chunks only", cache_dir.display()))
-            .ok()
-            .map(Arc::new);
-        let stats = Arc::new(Stats::default());
+        let cache = CacheSettings {
+            dir: config.cache.dir.clone(),
+            max_bytes: config.cache.max_size_mb << 20,
+            // Stored files serve passthrough opens only.
+            files: config.fetch.passthrough,
+        };
+        let builder = LazyMountBuilder::new(client_config(config), config.fetch.options(), Some(cache))
+            .map_err(|e| Error::Rootfs(format!("lazy image in {}: {e}", snapshot.stub_dir.display())))?;
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Other("lazy mount outside the shim's runtime".into()))?;
-        let source = RegistryChunkSource::new(
-            BlobLayout::of(&index),
-            repository,
-            client,
-            Some(cache),
-            stats.clone(),
-            handle,
-            config.fetch.options(),
-        );
         let mountpoint = bundle.join("lazy");
         std::fs::create_dir_all(&mountpoint).map_err(Error::io(format!("creating {}", mountpoint.display())))?;
         let scratch = if snapshot.upper.is_none() {
@@ -184,11 +123,11 @@ impl LazyMount {
         let opts = MountOptions {
             prefetch: config.fetch.prefetch.into(),
             fsname: format!("lazy:{id}"),
-            file_store,
             passthrough: config.fetch.passthrough,
             ..MountOptions::default()
         };
-        let mounted = vfs::fs::mount(Arc::new(index), Arc::new(source), stats, &mountpoint, opts)
+        let mounted = builder
+            .mount(index, None, handle, &mountpoint, opts)
             .map_err(|e| fail(format!("mounting at {}: {e}", mountpoint.display())))?;
         log::info!("container {id}: lazy filesystem mounted at {}", mountpoint.display());
         Ok(LazyMount { mountpoint, snapshot: snapshot.clone(), scratch, mounted: Some(mounted) })
@@ -265,23 +204,16 @@ mod tests {
     }
 
     #[test]
-    fn hosts_toml_plain_http_and_tls_material() {
-        let d = tempfile::tempdir().unwrap();
+    fn registry_settings_come_from_the_shim_config() {
         let mut config = Config::default();
-        config.registry.hosts_dir = d.path().to_path_buf();
-        assert_eq!(client_config(&config, "reg:5000").unwrap().plain_http, PlainHttp::Auto);
-        std::fs::create_dir_all(d.path().join("reg:5000")).unwrap();
-        std::fs::write(
-            d.path().join("reg:5000/hosts.toml"),
-            "server = \"https://reg:5000\"\n[host.\"http://mirror:5000\"]\n  ca = \"/etc/ca.pem\"\n  client = [[\"/c.pem\", \"/k.pem\"]]\n",
-        )
-        .unwrap();
-        let cc = client_config(&config, "reg:5000").unwrap();
-        assert_eq!(cc.plain_http, PlainHttp::Always);
-        assert_eq!(cc.ca_file, Some(PathBuf::from("/etc/ca.pem")));
-        assert_eq!(cc.client_cert, Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem"))));
-        std::fs::write(d.path().join("reg:5000/hosts.toml"), "server = [").unwrap();
-        let e = client_config(&config, "reg:5000").unwrap_err().to_string();
-        assert!(e.contains("hosts.toml") && e.contains("fix or remove it"), "{e}");
+        config.registry.hosts_dir = PathBuf::from("/etc/hosts.d");
+        config.registry.credential_provider_config = Some(PathBuf::from("/etc/kp.yaml"));
+        config.fetch.deadline_secs = 7;
+        let cc = client_config(&config);
+        assert_eq!(cc.hosts_dir, Some(PathBuf::from("/etc/hosts.d")));
+        assert_eq!(cc.deadline, Duration::from_secs(7));
+        let p = cc.credential_providers.unwrap();
+        assert_eq!(p.config, PathBuf::from("/etc/kp.yaml"));
+        assert_eq!(p.bin_dir, PathBuf::from(super::super::config::DEFAULT_PROVIDER_BIN_DIR));
     }
 }

@@ -74,11 +74,15 @@ fn parse_params(s: &str) -> HashMap<String, String> {
     out
 }
 
-/// The `auths` section of docker's config.json.
+/// The credential parts of docker's config.json: `auths`, `credHelpers`, `credsStore`.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct DockerConfig {
     #[serde(default)]
     auths: HashMap<String, DockerAuth>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -98,6 +102,11 @@ impl DockerConfig {
     /// Reads the first config file that exists: `explicit`, `$DOCKER_CONFIG/config.json`,
     /// `$HOME/.docker/config.json`, `/root/.docker/config.json`. No file means no credentials.
     pub fn load(explicit: Option<&Path>) -> Result<DockerConfig, RegistryError> {
+        Ok(DockerConfig::load_with_path(explicit)?.map(|(_, c)| c).unwrap_or_default())
+    }
+
+    /// [`DockerConfig::load`], also saying which file it read; None when no file exists.
+    pub fn load_with_path(explicit: Option<&Path>) -> Result<Option<(PathBuf, DockerConfig)>, RegistryError> {
         let mut candidates: Vec<PathBuf> = Vec::new();
         if let Some(p) = explicit {
             candidates.push(p.to_path_buf());
@@ -113,15 +122,27 @@ impl DockerConfig {
         for path in candidates {
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
-                    return DockerConfig::parse(&text).map_err(|e| {
-                        RegistryError::Config(format!("{}: not a valid docker config.json: {e}", path.display()))
-                    })
+                    return match DockerConfig::parse(&text) {
+                        Ok(c) => Ok(Some((path, c))),
+                        Err(e) => Err(RegistryError::Config(format!("{}: not a valid docker config.json: {e}", path.display()))),
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => continue,
                 Err(e) => return Err(RegistryError::Io { path, source: e }),
             }
         }
-        Ok(DockerConfig::default())
+        Ok(None)
+    }
+
+    /// The credential helper for a registry host: its `credHelpers` entry, else `credsStore`.
+    pub fn helper_for(&self, registry: &str) -> Option<String> {
+        let want = normalise_host(registry);
+        self.cred_helpers
+            .iter()
+            .find(|(k, _)| normalise_host(k) == want)
+            .map(|(_, v)| v.clone())
+            .or_else(|| self.creds_store.clone())
+            .filter(|h| !h.is_empty())
     }
 
     /// Username and password for a registry host. Keys may be written `host`, `https://host`,
@@ -253,6 +274,7 @@ mod tests {
         assert_eq!(cfg.credentials("127.0.0.1:5000"), Some(("alice".into(), "secret".into())));
         assert_eq!(cfg.credentials("reg.example.com"), Some(("bob".into(), "hunter2".into())));
         assert_eq!(cfg.credentials("other.example.com"), None);
+        assert_eq!(cfg.helper_for("other.example.com"), Some("desktop".into()));
     }
 
     #[test]

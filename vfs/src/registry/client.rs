@@ -1,24 +1,28 @@
-//! The HTTP side of the registry client: one retry loop (deadline, backoff with jitter, re-auth on
-//! 401) under a concurrency bound, and the distribution API calls built on it.
+//! The HTTP side of the registry client: host choice and failover (hosts.toml mirrors, then the
+//! server), one retry policy ([`Retry`]), re-authentication on 401 under a concurrency bound, and
+//! the distribution API calls built on it.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rand::Rng as _;
-use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::auth::{self, Challenge, DockerConfig};
-use super::config::{ClientConfig, PlainHttp};
+use super::auth::{self, Challenge};
+use super::config::ClientConfig;
+use super::credentials::Keychain;
 use super::error::RegistryError;
+use super::health::Health;
+use super::hosts::{Endpoint, HostsCache, TlsSettings};
 use super::reference::Reference;
+use super::retry::Retry;
 use crate::digest::{Digest, Hasher};
 use crate::stats::Stats;
 
@@ -39,46 +43,139 @@ pub struct Manifest {
     pub bytes: Bytes,
 }
 
-/// Cheap to clone; clones share the connection pool, the concurrency bound, tokens and counters.
+/// Cheap to clone; clones share the connection pools, the concurrency bound, host health, tokens
+/// and the statistics they report into.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    http: reqwest::Client,
     config: ClientConfig,
+    /// One HTTP client per distinct TLS setting and connect timeout (hosts.toml may give each host
+    /// its own CA, client certificate or skip_verify).
+    http: Mutex<HashMap<(TlsSettings, bool), reqwest::Client>>,
     permits: Arc<Semaphore>,
-    docker: DockerConfig,
-    /// `Authorization` header value per (registry, scope), from a basic or bearer challenge.
+    keychain: Arc<Keychain>,
+    /// `Authorization` header value per (endpoint host, scope), from a basic or bearer challenge.
     tokens: Mutex<HashMap<(String, String), String>>,
-    stats: Arc<Stats>,
+    /// One re-authentication at a time: concurrent 401s (an expired token) refresh it once.
+    auth_lock: tokio::sync::Mutex<()>,
+    /// What the last credential lookup for an endpoint host found, for "access denied" messages.
+    last_lookup: Mutex<HashMap<String, String>>,
+    hosts: HostsCache,
+    health: Arc<Health>,
+    /// The counters of the mount this client serves (per-host requests and bytes), if any.
+    stats: Option<Arc<Stats>>,
+}
+
+/// Which hosts.toml capability a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cap {
+    Pull,
+    Resolve,
+    Push,
 }
 
 /// What one request is about, for URLs, scopes and error messages.
 struct Op<'a> {
     r: &'a Reference,
     what: String,
-    push: bool,
+    cap: Cap,
+    /// Path below the repository (`blobs/<digest>`, `manifests/<ref>`, ...).
+    tail: String,
     /// Whole-blob transfers: no total timeout (a large layer may take minutes), only the idle
     /// read timeout of the client. Small requests get a total timeout capped by the deadline.
     bulk: bool,
-    /// Overrides [`ClientConfig::deadline`] for this call.
-    deadline: Option<Duration>,
+    /// Only this endpoint (origin), e.g. the host that opened an upload session.
+    pin: Option<String>,
 }
 
-type MakeRequest<'a> = dyn Fn(&reqwest::Client) -> Result<RequestBuilder, RegistryError> + Send + Sync + 'a;
+impl<'a> Op<'a> {
+    fn new(r: &'a Reference, what: String, cap: Cap, tail: String) -> Op<'a> {
+        Op { r, what, cap, tail, bulk: false, pin: None }
+    }
+}
+
+/// A response and what it holds: the concurrency permit, and which endpoint answered.
+struct Sent {
+    resp: Response,
+    permit: OwnedSemaphorePermit,
+    host: String,
+    origin: String,
+}
+
+/// How one attempt on one endpoint ended.
+enum Attempt {
+    Answer(Sent),
+    /// Connection error, timeout, 5xx or 429: the host is (for now) unavailable.
+    Unavailable { reason: String, retry_after: Option<Duration> },
+    /// This host cannot serve the request (authentication failed): try the next.
+    Skip(RegistryError),
+}
+
+/// Builds the request for one attempt from the HTTP client of the chosen endpoint and the object's
+/// URL on it.
+type MakeRequest<'a> = dyn Fn(&reqwest::Client, reqwest::Url) -> Result<RequestBuilder, RegistryError> + Send + Sync + 'a;
 
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, RegistryError> {
+        Client::build(config, None)
+    }
+
+    /// A client that reports per-host requests and bytes into `stats` (the mount's counters).
+    pub fn with_stats(config: ClientConfig, stats: Arc<Stats>) -> Result<Client, RegistryError> {
+        Client::build(config, Some(stats))
+    }
+
+    fn build(config: ClientConfig, stats: Option<Arc<Stats>>) -> Result<Client, RegistryError> {
+        let keychain = Arc::new(Keychain::new(
+            config.credentials.clone(),
+            config.docker_config.clone(),
+            config.credential_providers.clone(),
+        ));
+        let permits = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                http: Mutex::new(HashMap::new()),
+                permits,
+                keychain,
+                tokens: Mutex::new(HashMap::new()),
+                auth_lock: tokio::sync::Mutex::new(()),
+                last_lookup: Mutex::new(HashMap::new()),
+                hosts: HostsCache::default(),
+                health: Arc::new(Health::default()),
+                stats,
+            }),
+        };
+        // Validate the configured TLS material now, not at the first request.
+        client.http_for(&TlsSettings::default(), false)?;
+        Ok(client)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The HTTP client for a TLS setting; `fast_connect` caps the connect timeout at
+    /// [`ClientConfig::failover_connect_timeout`] (hosts with another host after them).
+    fn http_for(&self, tls: &TlsSettings, fast_connect: bool) -> Result<reqwest::Client, RegistryError> {
+        let key = (tls.clone(), fast_connect);
+        if let Some(c) = self.inner.http.lock().get(&key) {
+            return Ok(c.clone());
+        }
+        let config = &self.inner.config;
+        let connect = if fast_connect { config.connect_timeout.min(config.failover_connect_timeout) } else { config.connect_timeout };
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
-            .connect_timeout(config.connect_timeout)
+            .connect_timeout(connect)
             // Idle bound for every read, including bulk transfers that have no total timeout.
             .read_timeout(config.request_timeout)
             .redirect(reqwest::redirect::Policy::limited(10))
             .user_agent(concat!("containerd-shim-lazy/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &config.ca_file {
+        let cas = config.ca_file.iter().chain(tls.ca.iter());
+        for ca in cas {
             let pem = std::fs::read(ca).map_err(|e| RegistryError::Io { path: ca.clone(), source: e })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| RegistryError::Config(format!("CA file {}: not a PEM certificate bundle: {e}", ca.display())))?;
@@ -89,10 +186,12 @@ impl Client {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        if let Some((cert, key)) = &config.client_cert {
+        if let Some((cert, key)) = tls.client.as_ref().or(config.client_cert.as_ref()) {
             let mut pem = std::fs::read(cert).map_err(|e| RegistryError::Io { path: cert.clone(), source: e })?;
-            pem.push(b'\n');
-            pem.extend(std::fs::read(key).map_err(|e| RegistryError::Io { path: key.clone(), source: e })?);
+            if key != cert {
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).map_err(|e| RegistryError::Io { path: key.clone(), source: e })?);
+            }
             let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
                 RegistryError::Config(format!(
                     "client certificate {} / key {}: not a usable PEM certificate and private key: {e}",
@@ -102,168 +201,260 @@ impl Client {
             })?;
             builder = builder.identity(id);
         }
-        let http = builder.build().map_err(|e| RegistryError::Config(format!("cannot build HTTP client: {e}")))?;
-        let docker = if config.credentials.is_some() {
-            DockerConfig::default()
-        } else {
-            DockerConfig::load(config.docker_config.as_deref()).unwrap_or_else(|e| {
-                log::warn!("ignoring docker credentials: {e}");
-                DockerConfig::default()
-            })
-        };
-        let permits = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
-        Ok(Client {
-            inner: Arc::new(Inner { http, config, permits, docker, tokens: Mutex::new(HashMap::new()), stats: Arc::default() }),
-        })
-    }
-
-    /// Requests sent and bytes received by this client (and its clones), over all registries.
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.inner.stats
-    }
-
-    pub fn config(&self) -> &ClientConfig {
-        &self.inner.config
-    }
-
-    fn scheme(&self, r: &Reference) -> &'static str {
-        match self.inner.config.plain_http {
-            PlainHttp::Always => "http",
-            PlainHttp::Never => "https",
-            PlainHttp::Auto if r.is_loopback() => "http",
-            PlainHttp::Auto => "https",
+        if tls.skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
         }
+        let http = builder.build().map_err(|e| RegistryError::Config(format!("cannot build HTTP client: {e}")))?;
+        self.inner.http.lock().insert(key, http.clone());
+        Ok(http)
     }
 
-    fn url(&self, r: &Reference, tail: &str) -> Result<reqwest::Url, RegistryError> {
-        let s = format!("{}://{}/v2/{}/{tail}", self.scheme(r), r.api_host(), r.repository);
-        reqwest::Url::parse(&s).map_err(|e| RegistryError::Config(format!("bad registry URL {s:?}: {e}")))
-    }
-
-    fn credentials(&self, registry: &str) -> Option<(String, String)> {
-        self.inner.config.credentials.clone().or_else(|| self.inner.docker.credentials(registry))
+    /// The endpoints of a registry in the order to try them (hosts.toml mirrors, then the server).
+    pub fn endpoints(&self, r: &Reference) -> Result<Arc<Vec<Endpoint>>, RegistryError> {
+        let c = &self.inner.config;
+        self.inner.hosts.get(c.hosts_dir.as_deref(), r, c.plain_http)
     }
 
     fn scope(op: &Op<'_>) -> String {
-        format!("repository:{}:{}", op.r.repository, if op.push { "pull,push" } else { "pull" })
+        format!("repository:{}:{}", op.r.repository, if op.cap == Cap::Push { "pull,push" } else { "pull" })
     }
 
-    /// Answers a 401 challenge: stores the `Authorization` value to use for this registry and scope.
-    async fn authenticate(&self, op: &Op<'_>, challenge: Option<&str>) -> Result<(), RegistryError> {
-        let registry = &op.r.registry;
+    fn count(&self, host: &str, requests: u64, bytes: u64, failures: u64) {
+        if let Some(s) = &self.inner.stats {
+            s.add_host(host, requests, bytes, failures);
+        }
+    }
+
+    /// Answers a 401 challenge from `ep`: looks credentials up again (a rotated secret is picked up
+    /// here) and stores the `Authorization` value for this host and scope. `used` is the value the
+    /// refused request carried: if another request refreshed it meanwhile, that one is used.
+    async fn authenticate(&self, op: &Op<'_>, ep: &Endpoint, challenge: Option<&str>, used: Option<&str>) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.inner.auth_lock.lock().await;
+        let host = ep.host().to_string();
         let scope = Self::scope(op);
-        let creds = self.credentials(registry);
+        let key = (host.clone(), scope.clone());
+        if let Some(current) = self.inner.tokens.lock().get(&key) {
+            if Some(current.as_str()) != used {
+                return Ok(());
+            }
+        }
+        let keychain = self.inner.keychain.clone();
+        let image = format!("{}/{}", op.r.registry, op.r.repository);
+        let h = host.clone();
+        let lookup = tokio::task::spawn_blocking(move || keychain.lookup(&h, &image))
+            .await
+            .map_err(|e| RegistryError::Config(format!("credential lookup for {host} panicked: {e}")))??;
+        let described = lookup.describe();
+        self.inner.last_lookup.lock().insert(host.clone(), described.clone());
+        let creds = lookup.credential.as_ref().map(|c| (c.username.clone(), c.secret.clone()));
         let header = match challenge.and_then(Challenge::parse) {
             Some(Challenge::Bearer { realm, service, .. }) => {
                 let timeout = self.inner.config.request_timeout.min(self.inner.config.deadline);
-                auth::fetch_token(&self.inner.http, registry, &realm, service.as_deref(), &scope, creds.as_ref(), timeout).await?
+                let http = self.http_for(&ep.tls, false)?;
+                auth::fetch_token(&http, &host, &realm, service.as_deref(), &scope, creds.as_ref(), timeout).await.map_err(|e| {
+                    if lookup.credential.is_some() {
+                        self.inner.keychain.forget_cached();
+                    }
+                    match e {
+                        RegistryError::Auth { registry, reason } => RegistryError::Auth { registry, reason: format!("{reason} ({described})") },
+                        e => e,
+                    }
+                })?
             }
             Some(Challenge::Basic) | None => match &creds {
                 Some((u, p)) => auth::basic_header(u, p),
                 None => {
                     return Err(RegistryError::Unauthorized {
-                        registry: registry.clone(),
+                        registry: host,
                         repository: op.r.repository.clone(),
                         what: op.what.clone(),
                         status: 401,
-                        hint: "; no credentials configured: run `docker login` (config.json) or pass credentials".into(),
+                        hint: format!("; {described}: configure credentials (docker login, a credential helper or a kubelet credential provider)"),
                     })
                 }
             },
         };
-        log::debug!("registry {registry}: authenticated for {scope}");
-        self.inner.tokens.lock().insert((registry.clone(), scope), header);
+        log::debug!("registry {host}: authenticated for {scope} with {described}");
+        self.inner.tokens.lock().insert(key, header);
         Ok(())
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let c = &self.inner.config;
-        let base = c.initial_backoff.saturating_mul(1u32 << attempt.min(16)).min(c.max_backoff);
-        base.mul_f64(rand::thread_rng().gen_range(0.5..1.0))
+    /// Sends a request to the registry's hosts in order (mirrors, then the server), skipping hosts
+    /// known to be down, failing over at once on connection errors, timeouts, 5xx and 429, and on
+    /// 404/401/403 from a host that is not the last. When every host failed, backs off and tries
+    /// again until the retry deadline. On 401 authenticates and retries the host once. Returns the
+    /// first other response, whatever its status, with the concurrency permit it holds.
+    async fn send(&self, op: &Op<'_>, retry: &mut Retry, make: &MakeRequest<'_>) -> Result<Sent, RegistryError> {
+        let all = self.endpoints(op.r)?;
+        let eligible: Vec<&Endpoint> = all
+            .iter()
+            .filter(|e| match &op.pin {
+                Some(origin) => e.origin == *origin,
+                None => match op.cap {
+                    Cap::Pull => e.capabilities.pull,
+                    Cap::Resolve => e.capabilities.resolve,
+                    Cap::Push => e.capabilities.push,
+                },
+            })
+            .collect();
+        if eligible.is_empty() {
+            return Err(RegistryError::Config(format!("registry {}: no host may serve {}", op.r.registry, op.what)));
+        }
+        let failover = eligible.len() > 1;
+        loop {
+            let up: Vec<&Endpoint> = eligible.iter().copied().filter(|e| !failover || !self.inner.health.is_down(&e.origin)).collect();
+            let order = if up.is_empty() { eligible.clone() } else { up };
+            let mut reasons = Vec::new();
+            let mut retry_after = None;
+            let mut skipped: Option<RegistryError> = None;
+            for (i, ep) in order.iter().enumerate() {
+                let last = i + 1 == order.len();
+                // Hosts with another host after them get a short connect timeout: a dead mirror
+                // must cost at most about a second.
+                match self.attempt(op, ep, retry, make, failover && !last).await? {
+                    Attempt::Answer(sent) => {
+                        if failover {
+                            if let Some(down) = self.inner.health.mark_up(&ep.origin) {
+                                log::info!("registry host {} answers again after {down:.1?}; using it again", ep.origin);
+                            }
+                        }
+                        let status = sent.resp.status();
+                        let refused = matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+                        if refused && !last {
+                            log::debug!("registry host {}: {}: HTTP {status}; trying the next host", ep.origin, op.what);
+                            continue;
+                        }
+                        return Ok(sent);
+                    }
+                    Attempt::Skip(e) => {
+                        if last {
+                            return Err(e);
+                        }
+                        log::debug!("registry host {}: {e}; trying the next host", ep.origin);
+                        skipped = Some(e);
+                    }
+                    Attempt::Unavailable { reason, retry_after: ra } => {
+                        self.count(ep.host(), 0, 0, 1);
+                        if failover && self.inner.health.mark_down(&ep.origin, &reason) {
+                            log::warn!(
+                                "registry {}: host {} unavailable ({reason}); using the next host until it answers again",
+                                op.r.registry,
+                                ep.origin
+                            );
+                            self.spawn_prober(ep);
+                        }
+                        reasons.push(if failover { format!("{}: {reason}", ep.origin) } else { reason });
+                        retry_after = retry_after.max(ra);
+                    }
+                }
+            }
+            if reasons.is_empty() {
+                if let Some(e) = skipped {
+                    return Err(e);
+                }
+            }
+            let reason = reasons.join("; ");
+            if !retry.pause(retry_after).await {
+                return Err(RegistryError::Unreachable {
+                    registry: op.r.registry.clone(),
+                    what: op.what.clone(),
+                    reason,
+                    deadline: retry.budget(),
+                });
+            }
+            log::debug!("registry {}: {}: {reason}; retrying", op.r.registry, op.what);
+        }
     }
 
-    /// Sends a request, retrying connection errors, timeouts, 5xx and 429 with exponential backoff
-    /// and jitter until `start + deadline`; on 401 authenticates and retries once. Returns the first
-    /// other response, whatever its status, with the concurrency permit it holds.
-    async fn send(&self, op: &Op<'_>, start: Instant, make: &MakeRequest<'_>) -> Result<(Response, OwnedSemaphorePermit), RegistryError> {
+    /// One request to one endpoint (two with a 401 answered by authentication).
+    async fn attempt(&self, op: &Op<'_>, ep: &Endpoint, retry: &Retry, make: &MakeRequest<'_>, fast_connect: bool) -> Result<Attempt, RegistryError> {
         let cfg = &self.inner.config;
-        let budget = op.deadline.unwrap_or(cfg.deadline);
-        let deadline = start + budget;
         let scope = Self::scope(op);
-        let unreachable = |reason: String| RegistryError::Unreachable {
-            registry: op.r.registry.clone(),
-            what: op.what.clone(),
-            reason,
-            deadline: budget,
-        };
+        let http = self.http_for(&ep.tls, fast_connect)?;
+        let url = ep.url(&op.r.registry, &op.r.repository, &op.tail)?;
         let mut reauthed = false;
-        let mut attempt = 0u32;
-        let mut retry_after: Option<Duration> = None;
         loop {
-            let now = Instant::now();
-            let remaining = deadline.saturating_duration_since(now);
-            let permit = match tokio::time::timeout(remaining, self.inner.permits.clone().acquire_owned()).await {
+            let permit = match tokio::time::timeout(retry.remaining(), self.inner.permits.clone().acquire_owned()).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => return Err(RegistryError::Config("client shut down".into())),
-                Err(_) => return Err(unreachable(format!("{} requests already in flight never finished", cfg.max_concurrency))),
+                Err(_) => {
+                    return Err(RegistryError::Unreachable {
+                        registry: op.r.registry.clone(),
+                        what: op.what.clone(),
+                        reason: format!("{} requests already in flight never finished", cfg.max_concurrency),
+                        deadline: retry.budget(),
+                    })
+                }
             };
-            let mut req = make(&self.inner.http)?;
+            let mut req = make(&http, url.clone())?;
             if !op.bulk {
-                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-                req = req.timeout(cfg.request_timeout.min(left));
+                req = req.timeout(cfg.request_timeout.min(retry.remaining().max(Duration::from_secs(1))));
             }
-            let auth = self.inner.tokens.lock().get(&(op.r.registry.clone(), scope.clone())).cloned();
-            if let Some(h) = auth {
+            for (name, value) in &ep.headers {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                    req = req.header(n, v);
+                }
+            }
+            let auth = self.inner.tokens.lock().get(&(ep.host().to_string(), scope.clone())).cloned();
+            if let Some(h) = &auth {
                 req = req.header(AUTHORIZATION, h);
             }
-            Stats::add(&self.inner.stats.requests, 1);
-            let reason = match req.send().await {
+            self.count(ep.host(), 1, 0, 0);
+            return Ok(match req.send().await {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
                     let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
                     drop(permit);
-                    self.authenticate(op, challenge.as_deref()).await?;
-                    continue;
+                    match self.authenticate(op, ep, challenge.as_deref(), auth.as_deref()).await {
+                        Ok(()) => continue,
+                        Err(e) => Attempt::Skip(e),
+                    }
                 }
                 Ok(resp) if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS => {
                     let status = resp.status();
                     // An overloaded registry may say when to come back (seconds form only).
-                    retry_after = resp
+                    let retry_after = resp
                         .headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
                     let body = resp.text().await.unwrap_or_default();
-                    format!("HTTP {status}: {}", auth::truncate(&body))
+                    Attempt::Unavailable { reason: format!("HTTP {status}: {}", auth::truncate(&body)), retry_after }
                 }
-                Ok(resp) => return Ok((resp, permit)),
+                Ok(resp) => Attempt::Answer(Sent { resp, permit, host: ep.host().to_string(), origin: ep.origin.clone() }),
                 Err(e) if e.is_builder() => return Err(RegistryError::Config(format!("{}: {e}", op.what))),
-                Err(e) => describe(&e),
-            };
-            drop(permit);
-            attempt += 1;
-            let delay = self.backoff(attempt).max(retry_after.take().unwrap_or_default());
-            if Instant::now() + delay >= deadline {
-                return Err(unreachable(reason));
-            }
-            log::debug!("registry {}: {}: {reason}; retrying in {delay:?}", op.r.registry, op.what);
-            tokio::time::sleep(delay).await;
+                Err(e) => Attempt::Unavailable { reason: describe(&e), retry_after: None },
+            });
         }
     }
 
+    /// Re-probes a host that went down, in the background, until it answers (any status below 500).
+    fn spawn_prober(&self, ep: &Endpoint) {
+        let (Ok(http), Ok(url)) = (self.http_for(&ep.tls, true), ep.ping_url()) else { return };
+        let timeout = self.inner.config.connect_timeout.min(self.inner.config.failover_connect_timeout) + Duration::from_secs(2);
+        self.inner.health.spawn_prober(ep.origin.clone(), move || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { matches!(http.get(url).timeout(timeout).send().await, Ok(r) if !r.status().is_server_error()) }
+        });
+    }
+
     /// Maps a final non-success status to an error naming the object.
-    async fn fail(&self, op: &Op<'_>, resp: Response) -> RegistryError {
+    async fn fail(&self, op: &Op<'_>, sent: Sent) -> RegistryError {
+        let resp = sent.resp;
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        let (registry, repository, what) = (op.r.registry.clone(), op.r.repository.clone(), op.what.clone());
+        let (registry, repository, what) = (sent.host.clone(), op.r.repository.clone(), op.what.clone());
         match status {
             StatusCode::NOT_FOUND => RegistryError::NotFound { registry, repository, what },
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                let hint = if self.credentials(&op.r.registry).is_some() {
-                    "; check that the credentials may access this repository".to_string()
-                } else {
-                    "; no credentials configured: run `docker login` (config.json) or pass credentials".to_string()
+                let hint = match self.inner.last_lookup.lock().get(&sent.host) {
+                    Some(d) if d.starts_with("credentials from") => {
+                        self.inner.keychain.forget_cached();
+                        format!("; {d} were refused: check that they are valid and may access this repository")
+                    }
+                    Some(d) => format!("; {d}: configure credentials (docker login, a credential helper or a kubelet credential provider)"),
+                    None => "; the registry asked for no credentials".to_string(),
                 };
                 RegistryError::Unauthorized { registry, repository, what, status: status.as_u16(), hint }
             }
@@ -272,42 +463,44 @@ impl Client {
     }
 
     /// Sends and reads the whole body, retrying a body cut off mid-way until the deadline.
-    async fn fetch(&self, op: &Op<'_>, max_len: usize, make: &MakeRequest<'_>) -> Result<(StatusCode, HeaderMap, Bytes), RegistryError> {
-        let start = Instant::now();
-        let mut attempt = 0;
+    async fn fetch(&self, op: &Op<'_>, deadline: Duration, max_len: usize, make: &MakeRequest<'_>) -> Result<(StatusCode, HeaderMap, Bytes), RegistryError> {
+        let mut retry = self.retry(deadline);
         loop {
-            let (resp, permit) = self.send(op, start, make).await?;
-            let status = resp.status();
+            let sent = self.send(op, &mut retry, make).await?;
+            let status = sent.resp.status();
             if !status.is_success() {
-                return Err(self.fail(op, resp).await);
+                return Err(self.fail(op, sent).await);
             }
-            if resp.content_length().is_some_and(|n| n > max_len as u64) {
-                return Err(self.bad(op, format!("body of {} bytes exceeds the {max_len}-byte limit", resp.content_length().unwrap_or(0))));
+            if sent.resp.content_length().is_some_and(|n| n > max_len as u64) {
+                return Err(self.bad(op, format!("body of {} bytes exceeds the {max_len}-byte limit", sent.resp.content_length().unwrap_or(0))));
             }
-            let headers = resp.headers().clone();
-            let body = resp.bytes().await;
+            let headers = sent.resp.headers().clone();
+            let (host, permit) = (sent.host, sent.permit);
+            let body = sent.resp.bytes().await;
             drop(permit);
             match body {
                 Ok(b) => {
-                    Stats::add(&self.inner.stats.bytes_fetched, b.len() as u64);
+                    self.count(&host, 0, b.len() as u64, 0);
                     return Ok((status, headers, b));
                 }
                 Err(e) => {
-                    attempt += 1;
-                    let delay = self.backoff(attempt);
-                    let budget = op.deadline.unwrap_or(self.inner.config.deadline);
-                    if start.elapsed() + delay >= budget {
+                    self.count(&host, 0, 0, 1);
+                    if !retry.pause(None).await {
                         return Err(RegistryError::Unreachable {
                             registry: op.r.registry.clone(),
                             what: op.what.clone(),
                             reason: format!("body cut off: {}", describe(&e)),
-                            deadline: budget,
+                            deadline: retry.budget(),
                         });
                     }
-                    tokio::time::sleep(delay).await;
                 }
             }
         }
+    }
+
+    fn retry(&self, budget: Duration) -> Retry {
+        let c = &self.inner.config;
+        Retry::new(budget, c.initial_backoff, c.max_backoff)
     }
 
     fn bad(&self, op: &Op<'_>, reason: String) -> RegistryError {
@@ -330,11 +523,11 @@ impl Client {
     /// Fetches a manifest or index by the reference's digest (verified) or tag.
     pub async fn get_manifest(&self, r: &Reference) -> Result<Manifest, RegistryError> {
         let reference = r.manifest_ref();
-        let op = Op { r, what: format!("manifest {reference}"), push: false, bulk: false, deadline: None };
-        let url = self.url(r, &format!("manifests/{reference}"))?;
+        let cap = if r.digest.is_some() { Cap::Pull } else { Cap::Resolve };
+        let op = Op::new(r, format!("manifest {reference}"), cap, format!("manifests/{reference}"));
         let accept = [MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST].join(", ");
-        let make = |h: &reqwest::Client| Ok(h.get(url.clone()).header(ACCEPT, accept.as_str()));
-        let (_, headers, bytes) = self.fetch(&op, MAX_MANIFEST_BYTES, &make).await?;
+        let make = |h: &reqwest::Client, url| Ok(h.get(url).header(ACCEPT, accept.as_str()));
+        let (_, headers, bytes) = self.fetch(&op, self.inner.config.deadline, MAX_MANIFEST_BYTES, &make).await?;
         let digest = Digest::of(&bytes);
         if let Some(want) = &r.digest {
             self.verify(&op, want, digest)?;
@@ -356,10 +549,9 @@ impl Client {
     /// Lists the repository's tags (`GET /v2/<repo>/tags/list`, first page): the converter looks
     /// for earlier lazy images whose chunks it can reuse. A missing repository has no tags.
     pub async fn list_tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
-        let op = Op { r, what: "tag list".into(), push: false, bulk: false, deadline: None };
-        let url = self.url(r, "tags/list")?;
-        let make = |h: &reqwest::Client| Ok(h.get(url.clone()));
-        let bytes = match self.fetch(&op, MAX_MANIFEST_BYTES, &make).await {
+        let op = Op::new(r, "tag list".into(), Cap::Resolve, "tags/list".into());
+        let make = |h: &reqwest::Client, url| Ok(h.get(url));
+        let bytes = match self.fetch(&op, self.inner.config.deadline, MAX_MANIFEST_BYTES, &make).await {
             Ok((_, _, bytes)) => bytes,
             Err(RegistryError::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -374,41 +566,42 @@ impl Client {
 
     /// Fetches a whole blob into memory and verifies its digest. For small blobs (configs, indexes).
     pub async fn get_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError> {
-        let op = Op { r, what: format!("blob {digest}"), push: false, bulk: true, deadline: None };
-        let url = self.url(r, &format!("blobs/{digest}"))?;
-        let make = |h: &reqwest::Client| Ok(h.get(url.clone()));
-        let (_, _, bytes) = self.fetch(&op, usize::MAX, &make).await?;
+        let mut op = Op::new(r, format!("blob {digest}"), Cap::Pull, format!("blobs/{digest}"));
+        op.bulk = true;
+        let make = |h: &reqwest::Client, url| Ok(h.get(url));
+        let (_, _, bytes) = self.fetch(&op, self.inner.config.deadline, usize::MAX, &make).await?;
         self.verify(&op, digest, Digest::of(&bytes))?;
         Ok(bytes)
     }
 
     /// Streams a blob to `dest` (created or truncated), verifying its digest; returns its size. On a
     /// mismatch `dest` is removed. A download cut off mid-way resumes with a Range request from
-    /// where it stopped; it gives up when no progress was made for the deadline.
+    /// where it stopped (on whichever host answers); it gives up when no progress was made for the
+    /// deadline.
     pub async fn get_blob_to_file(&self, r: &Reference, digest: &Digest, dest: &Path) -> Result<u64, RegistryError> {
-        let op = Op { r, what: format!("blob {digest}"), push: false, bulk: true, deadline: None };
-        let url = self.url(r, &format!("blobs/{digest}"))?;
+        let mut op = Op::new(r, format!("blob {digest}"), Cap::Pull, format!("blobs/{digest}"));
+        op.bulk = true;
         let resume_at = std::sync::atomic::AtomicU64::new(0);
-        let make = |h: &reqwest::Client| {
+        let make = |h: &reqwest::Client, url| {
             let from = resume_at.load(std::sync::atomic::Ordering::Relaxed);
-            let req = h.get(url.clone());
+            let req = h.get(url);
             Ok(if from > 0 { req.header(RANGE, format!("bytes={from}-")) } else { req })
         };
         let io = |e| RegistryError::Io { path: dest.to_path_buf(), source: e };
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut hasher = Hasher::new();
         let mut n = 0u64;
-        let mut stalled_since: Option<Instant> = None;
-        let mut attempt = 0;
+        let mut retry = self.retry(self.inner.config.deadline);
         let result: Result<(), RegistryError> = 'download: loop {
             resume_at.store(n, std::sync::atomic::Ordering::Relaxed);
-            let (mut resp, permit) = match self.send(&op, stalled_since.unwrap_or_else(Instant::now), &make).await {
+            let sent = match self.send(&op, &mut retry, &make).await {
                 Ok(x) => x,
                 Err(e) => break 'download Err(e),
             };
-            if !resp.status().is_success() {
-                break 'download Err(self.fail(&op, resp).await);
+            if !sent.resp.status().is_success() {
+                break 'download Err(self.fail(&op, sent).await);
             }
+            let Sent { mut resp, permit, host, .. } = sent;
             // Resuming: a 206 must start where we stopped; a 200 repeats the whole blob (skip what we have).
             let mut skip = 0u64;
             if n > 0 {
@@ -424,7 +617,7 @@ impl Client {
             let cut = loop {
                 match resp.chunk().await {
                     Ok(Some(mut chunk)) => {
-                        Stats::add(&self.inner.stats.bytes_fetched, chunk.len() as u64);
+                        self.count(&host, 0, chunk.len() as u64, 0);
                         if skip > 0 {
                             let k = skip.min(chunk.len() as u64);
                             chunk = chunk.slice(k as usize..);
@@ -435,7 +628,7 @@ impl Client {
                         }
                         hasher.update(&chunk);
                         n += chunk.len() as u64;
-                        stalled_since = None;
+                        retry.progressed();
                         if let Err(e) = file.write_all(&chunk).await {
                             break 'download Err(io(e));
                         }
@@ -446,19 +639,15 @@ impl Client {
             };
             drop(permit);
             let Some(reason) = cut else { break 'download Ok(()) };
-            let since = *stalled_since.get_or_insert_with(Instant::now);
-            attempt += 1;
-            let delay = self.backoff(attempt);
-            if since.elapsed() + delay >= self.inner.config.deadline {
+            if !retry.pause(None).await {
                 break 'download Err(RegistryError::Unreachable {
                     registry: r.registry.clone(),
                     what: op.what.clone(),
                     reason: format!("download cut off after {n} bytes: {reason}"),
-                    deadline: self.inner.config.deadline,
+                    deadline: retry.budget(),
                 });
             }
-            log::debug!("registry {}: {}: cut off after {n} bytes ({reason}); resuming", r.registry, op.what);
-            tokio::time::sleep(delay).await;
+            log::debug!("registry {host}: {}: cut off after {n} bytes ({reason}); resuming", op.what);
         };
         let result = match result {
             Ok(()) => file.flush().await.map_err(io).and_then(|()| self.verify(&op, digest, hasher.finish())),
@@ -490,12 +679,11 @@ impl Client {
             return Ok(Bytes::new());
         }
         let what = format!("blob {digest} bytes {}..{}", range.start, range.end);
-        let op = Op { r, what, push: false, bulk: false, deadline: Some(deadline) };
-        let url = self.url(r, &format!("blobs/{digest}"))?;
+        let op = Op::new(r, what, Cap::Pull, format!("blobs/{digest}"));
         let header = format!("bytes={}-{}", range.start, range.end - 1);
-        let make = |h: &reqwest::Client| Ok(h.get(url.clone()).header(RANGE, header.as_str()));
+        let make = |h: &reqwest::Client, url| Ok(h.get(url).header(RANGE, header.as_str()));
         let want = (range.end - range.start) as usize;
-        let (status, headers, body) = match self.fetch(&op, usize::MAX, &make).await {
+        let (status, headers, body) = match self.fetch(&op, deadline, usize::MAX, &make).await {
             Err(RegistryError::Status { status: 416, .. }) => {
                 return Err(self.bad(&op, "range lies beyond the end of the blob (HTTP 416); the index does not match the blob".into()))
             }
@@ -522,18 +710,17 @@ impl Client {
     }
 
     pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
-        self.blob_exists_op(r, digest, false).await
+        self.blob_exists_op(r, digest, Cap::Pull).await
     }
 
-    async fn blob_exists_op(&self, r: &Reference, digest: &Digest, push: bool) -> Result<bool, RegistryError> {
-        let op = Op { r, what: format!("blob {digest}"), push, bulk: false, deadline: None };
-        let url = self.url(r, &format!("blobs/{digest}"))?;
-        let make = |h: &reqwest::Client| Ok(h.head(url.clone()));
-        let (resp, _permit) = self.send(&op, Instant::now(), &make).await?;
-        match resp.status() {
+    async fn blob_exists_op(&self, r: &Reference, digest: &Digest, cap: Cap) -> Result<bool, RegistryError> {
+        let op = Op::new(r, format!("blob {digest}"), cap, format!("blobs/{digest}"));
+        let make = |h: &reqwest::Client, url| Ok(h.head(url));
+        let sent = self.send(&op, &mut self.retry(self.inner.config.deadline), &make).await?;
+        match sent.resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.fail(&op, resp).await),
+            _ => Err(self.fail(&op, sent).await),
         }
     }
 
@@ -575,7 +762,7 @@ impl Client {
         len: u64,
         body: &(dyn Fn() -> Result<reqwest::Body, RegistryError> + Send + Sync),
     ) -> Result<(), RegistryError> {
-        if self.blob_exists_op(r, digest, true).await? {
+        if self.blob_exists_op(r, digest, Cap::Push).await? {
             log::debug!("registry {}: {}: blob {digest} already present", r.registry, r.repository);
             return Ok(());
         }
@@ -586,7 +773,7 @@ impl Client {
                 // A retried PUT can find its upload session gone (the registry dropped it with the
                 // failed attempt), or the first PUT may have landed although its answer was lost.
                 Err(e @ RegistryError::NotFound { .. }) => {
-                    if self.blob_exists_op(r, digest, true).await? {
+                    if self.blob_exists_op(r, digest, Cap::Push).await? {
                         return Ok(());
                     }
                     restarts += 1;
@@ -607,31 +794,35 @@ impl Client {
         len: u64,
         body: &(dyn Fn() -> Result<reqwest::Body, RegistryError> + Send + Sync),
     ) -> Result<(), RegistryError> {
-        let op = Op { r, what: format!("upload of blob {digest}"), push: true, bulk: true, deadline: None };
-        let start_url = self.url(r, "blobs/uploads/")?;
-        let make = |h: &reqwest::Client| Ok(h.post(start_url.clone()).header(CONTENT_LENGTH, "0"));
-        let (resp, permit) = self.send(&op, Instant::now(), &make).await?;
-        if resp.status() != StatusCode::ACCEPTED && !resp.status().is_success() {
-            return Err(self.fail(&op, resp).await);
+        let mut op = Op::new(r, format!("upload of blob {digest}"), Cap::Push, "blobs/uploads/".into());
+        op.bulk = true;
+        let make = |h: &reqwest::Client, url| Ok(h.post(url).header(CONTENT_LENGTH, "0"));
+        let sent = self.send(&op, &mut self.retry(self.inner.config.deadline), &make).await?;
+        if sent.resp.status() != StatusCode::ACCEPTED && !sent.resp.status().is_success() {
+            return Err(self.fail(&op, sent).await);
         }
-        let location = resp
+        let location = sent
+            .resp
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| self.bad(&op, "upload session answer has no Location header".into()))?
             .to_string();
+        let Sent { resp, permit, origin, .. } = sent;
         drop(permit);
         let mut put_url = resp.url().join(&location).map_err(|e| self.bad(&op, format!("bad upload Location {location:?}: {e}")))?;
         put_url.query_pairs_mut().append_pair("digest", &digest.to_string());
-        let make = |h: &reqwest::Client| {
+        // The session lives on the host that opened it.
+        op.pin = Some(origin);
+        let make = |h: &reqwest::Client, _| {
             Ok(h.request(Method::PUT, put_url.clone())
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .header(CONTENT_LENGTH, len)
                 .body(body()?))
         };
-        let (resp, _permit) = self.send(&op, Instant::now(), &make).await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(&op, resp).await);
+        let sent = self.send(&op, &mut self.retry(self.inner.config.deadline), &make).await?;
+        if !sent.resp.status().is_success() {
+            return Err(self.fail(&op, sent).await);
         }
         Ok(())
     }
@@ -643,14 +834,13 @@ impl Client {
             (Some(t), _) => t.clone(),
             _ => digest.to_string(),
         };
-        let op = Op { r, what: format!("manifest {reference}"), push: true, bulk: false, deadline: None };
-        let url = self.url(r, &format!("manifests/{reference}"))?;
-        let make = |h: &reqwest::Client| Ok(h.put(url.clone()).header(CONTENT_TYPE, media_type).body(bytes.clone()));
-        let (resp, _permit) = self.send(&op, Instant::now(), &make).await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(&op, resp).await);
+        let op = Op::new(r, format!("manifest {reference}"), Cap::Push, format!("manifests/{reference}"));
+        let make = |h: &reqwest::Client, url| Ok(h.put(url).header(CONTENT_TYPE, media_type).body(bytes.clone()));
+        let sent = self.send(&op, &mut self.retry(self.inner.config.deadline), &make).await?;
+        if !sent.resp.status().is_success() {
+            return Err(self.fail(&op, sent).await);
         }
-        if let Some(got) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+        if let Some(got) = sent.resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
             if got != digest.to_string() {
                 return Err(self.bad(&op, format!("registry stored the manifest as {got}, but its bytes hash to {digest}")));
             }

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
 use super::*;
+use crate::registry::PlainHttp;
 
 #[derive(Debug, Clone)]
 struct Req {
@@ -50,7 +51,11 @@ impl Drop for Server {
 }
 
 async fn serve(handler: impl Fn(&Req, &str) -> Resp + Send + Sync + 'static) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(0, handler).await
+}
+
+async fn serve_on(port: u16, handler: impl Fn(&Req, &str) -> Resp + Send + Sync + 'static) -> Server {
+    let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let handler: Handler = Arc::new(handler);
@@ -187,7 +192,12 @@ async fn retries_5xx_then_succeeds_and_404_is_final() {
 #[tokio::test]
 async fn connection_refused_gives_up_at_the_deadline_with_a_clear_message() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let c = client(Duration::from_millis(800));
+    let stats = Arc::new(crate::stats::Stats::default());
+    let c = Client::with_stats(
+        ClientConfig { deadline: Duration::from_millis(800), initial_backoff: Duration::from_millis(20), ..ClientConfig::default() },
+        stats.clone(),
+    )
+    .unwrap();
     let t = Instant::now();
     let e = c.get_blob_range(&reference(&format!("127.0.0.1:{port}")), &Digest::of(BLOB), 0..4).await.unwrap_err();
     let took = t.elapsed();
@@ -196,7 +206,8 @@ async fn connection_refused_gives_up_at_the_deadline_with_a_clear_message() {
     assert!(msg.contains(&format!("registry 127.0.0.1:{port}")) && msg.contains("deadline"), "{msg}");
     assert!(msg.to_lowercase().contains("refused"), "{msg}");
     assert!(took < Duration::from_secs(2), "gave up after {took:?}");
-    assert!(c.stats().snapshot().requests >= 2, "it retried");
+    let h = &stats.snapshot().hosts[&format!("127.0.0.1:{port}")];
+    assert!(h.requests >= 2 && h.failures == h.requests, "it retried: {h:?}");
 }
 
 #[tokio::test]
@@ -363,7 +374,8 @@ async fn a_registry_that_accepts_but_never_answers_fails_near_the_deadline() {
 fn plain_http_policy_picks_the_scheme() {
     let url = |plain_http, r: &str| {
         let c = Client::new(ClientConfig { plain_http, docker_config: Some("/nonexistent".into()), ..ClientConfig::default() }).unwrap();
-        c.url(&r.parse().unwrap(), "blobs/x").unwrap().to_string()
+        let r: Reference = r.parse().unwrap();
+        c.endpoints(&r).unwrap()[0].url(&r.registry, &r.repository, "blobs/x").unwrap().to_string()
     };
     assert_eq!(url(PlainHttp::Auto, "127.0.0.1:5000/a"), "http://127.0.0.1:5000/v2/a/blobs/x");
     assert_eq!(url(PlainHttp::Auto, "localhost:5000/a"), "http://localhost:5000/v2/a/blobs/x");
@@ -486,4 +498,100 @@ async fn a_lost_upload_session_starts_a_new_one() {
     client(Duration::from_secs(5)).push_blob(&reference(&s.addr), &Digest::of(BLOB), Bytes::from_static(BLOB)).await.unwrap();
     assert_eq!(posts.load(Ordering::SeqCst), 2);
     assert!(*stored.lock());
+}
+
+fn ranged(req: &Req) -> Resp {
+    match range_of(req) {
+        Some((s, e)) => resp(206, &[("Content-Range", &format!("bytes {s}-{e}/{}", BLOB.len()))], &BLOB[s..=e]),
+        None => resp(200, &[], BLOB),
+    }
+}
+
+/// A client whose registry `origin` has the hosts.toml `hosts` (in a temp dir kept alive by the
+/// returned guard).
+fn client_with_hosts(origin: &str, hosts: &str, stats: Arc<crate::stats::Stats>) -> (Client, tempfile::TempDir) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join(origin)).unwrap();
+    std::fs::write(d.path().join(origin).join("hosts.toml"), hosts).unwrap();
+    let c = Client::with_stats(
+        ClientConfig {
+            deadline: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            docker_config: Some("/nonexistent/lazy-test-config.json".into()),
+            hosts_dir: Some(d.path().to_path_buf()),
+            ..ClientConfig::default()
+        },
+        stats,
+    )
+    .unwrap();
+    (c, d)
+}
+
+#[tokio::test]
+async fn reads_go_to_the_mirror_and_fail_over_to_the_server_once_then_come_back() {
+    let origin = serve(|req, _| ranged(req)).await;
+    let mirror_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let stats = Arc::new(crate::stats::Stats::default());
+    let hosts = format!("server = \"http://{}\"\n[host.\"http://127.0.0.1:{mirror_port}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", origin.addr);
+    let (c, _dir) = client_with_hosts(&origin.addr, &hosts, stats.clone());
+    let (r, d) = (reference(&origin.addr), Digest::of(BLOB));
+    // The mirror is dead: the first read fails over at once, later reads skip it.
+    let t = Instant::now();
+    assert_eq!(&c.get_blob_range(&r, &d, 0..4).await.unwrap()[..], &BLOB[..4]);
+    assert!(t.elapsed() < Duration::from_secs(1), "failover took {:?}", t.elapsed());
+    for i in 0..5 {
+        assert_eq!(&c.get_blob_range(&r, &d, i..i + 4).await.unwrap()[..], &BLOB[i as usize..i as usize + 4]);
+    }
+    let snap = stats.snapshot();
+    let m = &snap.hosts[&format!("127.0.0.1:{mirror_port}")];
+    assert_eq!((m.requests, m.failures), (1, 1), "the dead mirror was tried once: {snap:?}");
+    assert_eq!(snap.hosts[&origin.addr].requests, 6);
+    assert_eq!(origin.log.lock().len(), 6);
+
+    // The mirror comes up on its port: the prober notices and reads go to it again.
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{mirror_port}")).await.unwrap();
+    drop(listener);
+    let mirror = serve_on(mirror_port, |req, _| ranged(req)).await;
+    let t = Instant::now();
+    loop {
+        assert_eq!(&c.get_blob_range(&r, &d, 0..4).await.unwrap()[..], &BLOB[..4]);
+        if mirror.log.lock().iter().any(|r| r.path.contains("/blobs/")) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the mirror was never used again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mirror.log.lock()[0].path, "/v2/", "the prober asks the API root");
+    let req = mirror.log.lock().iter().find(|r| r.path.contains("/blobs/")).unwrap().clone();
+    assert_eq!(req.path, format!("/v2/test/repo/blobs/{d}?ns={}", origin.addr.replace(':', "%3A")));
+    let before = origin.log.lock().len();
+    c.get_blob_range(&r, &d, 4..8).await.unwrap();
+    assert_eq!(origin.log.lock().len(), before, "the origin serves nothing while the mirror is up");
+}
+
+#[tokio::test]
+async fn mirror_404_falls_through_and_capabilities_are_honoured() {
+    let origin = serve(|req, _| {
+        if req.path.contains("/manifests/") {
+            return resp(200, &[("Content-Type", MEDIA_OCI_MANIFEST)], b"{}");
+        }
+        ranged(req)
+    })
+    .await;
+    let mirror = serve(|_, _| resp(404, &[], b"")).await;
+    let stats = Arc::new(crate::stats::Stats::default());
+    let hosts = format!(
+        "server = \"http://{}\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\"]\n  header = {{ X-Cache-Key = \"k1\" }}\n",
+        origin.addr, mirror.addr
+    );
+    let (c, _dir) = client_with_hosts(&origin.addr, &hosts, stats.clone());
+    let (r, d) = (reference(&origin.addr), Digest::of(BLOB));
+    assert_eq!(&c.get_blob_range(&r, &d, 0..4).await.unwrap()[..], &BLOB[..4]);
+    assert_eq!(mirror.log.lock().len(), 1);
+    assert_eq!(mirror.log.lock()[0].header("x-cache-key"), Some("k1"));
+    let tagged: Reference = format!("{}/test/repo:v1", origin.addr).parse().unwrap();
+    c.get_manifest(&tagged).await.unwrap();
+    assert_eq!(mirror.log.lock().len(), 1, "a pull-only mirror is not asked to resolve a tag");
+    assert!(!stats.snapshot().hosts.is_empty());
 }

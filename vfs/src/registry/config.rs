@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::credentials::ProviderSettings;
+
 /// Whether to speak plain HTTP instead of HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,12 +25,21 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate and key, for registries that require mutual TLS.
     pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// Username and password (or token) for every registry; else docker's config.json.
+    /// Username and password (or token) for every registry; else the sources of
+    /// [`super::credentials`] (kubelet credential providers, docker credential helpers, auths).
     pub credentials: Option<(String, String)>,
     /// Explicit docker config.json; else `$DOCKER_CONFIG/config.json`, `$HOME/.docker/config.json`,
     /// `/root/.docker/config.json`.
     pub docker_config: Option<PathBuf>,
+    /// Kubelet credential provider plugins, asked before docker's config.
+    pub credential_providers: Option<ProviderSettings>,
+    /// containerd's hosts directory (`/etc/containerd/certs.d`): `<dir>/<registry>/hosts.toml`
+    /// names mirrors and TLS settings ([`super::hosts`]). None: every registry is its own host.
+    pub hosts_dir: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// Connect timeout for a host that has another host after it (a mirror): a dead mirror costs
+    /// at most this, once, before requests fail over to the next host.
+    pub failover_connect_timeout: Duration,
     /// Bound on one small HTTP exchange including its body (manifests, range reads; further capped by
     /// the deadline): a stalled connection is retried, not waited on. Whole-blob downloads and
     /// uploads have no total bound (a layer may take minutes); for them this is the idle timeout,
@@ -52,7 +63,10 @@ impl Default for ClientConfig {
             client_cert: None,
             credentials: None,
             docker_config: None,
+            credential_providers: None,
+            hosts_dir: None,
             connect_timeout: Duration::from_secs(5),
+            failover_connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(60),
             deadline: Duration::from_secs(30),
             max_concurrency: 8,

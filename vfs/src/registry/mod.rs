@@ -7,21 +7,33 @@
 //! - [`reference`]: `host[:port]/repo[:tag][@digest]` parsing and docker.io normalisation.
 //! - [`config`]: [`ClientConfig`] (plain HTTP policy, TLS, credentials, timeouts, deadline).
 //! - [`auth`]: `WWW-Authenticate` challenges, the bearer token flow, docker config.json.
-//! - [`client`]: [`Client`], the retry loop and the API calls.
+//! - [`credentials`]: where credentials come from (kubelet credential providers, docker
+//!   credential helpers, auths), looked up again on every 401.
+//! - [`hosts`]: containerd's hosts.toml (mirrors, capabilities, TLS per host).
+//! - [`health`]: which hosts are down, and their background re-probe.
+//! - [`retry`]: the one backoff-until-deadline policy.
+//! - [`client`]: [`Client`]: host choice and failover, authentication, the API calls.
 //!
-//! Retries: connection errors, timeouts, HTTP 5xx and 429 are retried with exponential backoff and
-//! jitter until [`ClientConfig::deadline`] has passed since the call began; other 4xx are final. A
+//! Each request goes to the registry's hosts in hosts.toml order (mirrors, then the server),
+//! skipping hosts known to be down. Connection errors, timeouts, HTTP 5xx and 429 move it to the
+//! next host at once; when every host failed it backs off (exponential, with jitter) and tries
+//! again until [`ClientConfig::deadline`] has passed since the call began; other 4xx are final. A
 //! 401 triggers (re-)authentication and one retry, so an expired token mid-mount costs one round
-//! trip, not a failed read.
+//! trip, not a failed read. Content from any host is verified by digest by the callers.
 
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod credentials;
 pub mod error;
+pub mod health;
+pub mod hosts;
 pub mod reference;
+pub mod retry;
 
 pub use client::{Client, Manifest, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 pub use config::{ClientConfig, PlainHttp};
+pub use credentials::ProviderSettings;
 pub use error::RegistryError;
 pub use reference::{Reference, ReferenceError};
 

@@ -1,24 +1,58 @@
 //! `lazyctl mount`: mount a lazy image in the foreground until SIGINT/SIGTERM.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
-use vfs::cache::{ChunkCache, DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES};
-use vfs::fetch::{BlobLayout, FetchOptions, RegistryChunkSource};
-use vfs::filestore::FileStore;
+use vfs::builder::{CacheSettings, LazyMountBuilder};
+use vfs::cache::{DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES};
+use vfs::fetch::FetchOptions;
 use vfs::fs::{MountOptions, PrefetchMode};
-use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
-use vfs::stats::Stats;
+use vfs::registry::{Client, ClientConfig, PlainHttp, ProviderSettings, Reference};
 use vfs::Index;
 
-#[derive(clap::Args)]
-pub struct Args {
+/// How lazyctl reaches registries: the same settings the shim reads from its config file.
+#[derive(clap::Args, Clone)]
+pub struct RegistryArgs {
     /// Talk plain HTTP to the registry (default: only for loopback registries).
     #[arg(long)]
     plain_http: bool,
+    /// containerd's hosts directory: `<DIR>/<registry>/hosts.toml` (or `_default/hosts.toml`)
+    /// names mirrors, tried in order before the registry, and TLS settings.
+    #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
+    hosts_dir: PathBuf,
+    /// docker config.json with `auths`, `credHelpers`, `credsStore` (default: docker's usual places).
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+    /// kubelet CredentialProviderConfig file: its plugins are asked for credentials first.
+    #[arg(long, value_name = "FILE", requires = "credential_provider_bin_dir")]
+    credential_provider_config: Option<PathBuf>,
+    /// Directory of the credential provider plugin binaries.
+    #[arg(long, value_name = "DIR")]
+    credential_provider_bin_dir: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    pub fn client_config(&self, deadline: Duration) -> ClientConfig {
+        ClientConfig {
+            plain_http: if self.plain_http { PlainHttp::Always } else { PlainHttp::Auto },
+            hosts_dir: Some(self.hosts_dir.clone()),
+            docker_config: self.docker_config.clone(),
+            credential_providers: match (&self.credential_provider_config, &self.credential_provider_bin_dir) {
+                (Some(config), Some(bin_dir)) => Some(ProviderSettings { config: config.clone(), bin_dir: bin_dir.clone() }),
+                _ => None,
+            },
+            deadline,
+            ..ClientConfig::default()
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Node-wide chunk cache, shared with other mounts and the shim.
     #[arg(long, default_value = DEFAULT_CACHE_DIR)]
     cache_dir: PathBuf,
@@ -70,30 +104,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the network runtime")?;
-    let client_config = ClientConfig {
-        plain_http: if args.plain_http { PlainHttp::Always } else { PlainHttp::Auto },
-        deadline,
-        ..ClientConfig::default()
-    };
-    let client = Client::new(client_config.clone())?;
-
-    let index = load_index(&runtime, &client, &args.image)?;
-    let blob_repo = args.blob_repo.as_deref().unwrap_or(&index.source);
-    let repository: Reference =
-        blob_repo.parse().with_context(|| format!("data blob repository {blob_repo:?} of {}", args.image))?;
-    let cache = Arc::new(ChunkCache::open(&args.cache_dir, args.cache_max_bytes)?);
-    let file_store = if args.no_file_store { None } else { Some(Arc::new(FileStore::open(cache.clone())?)) };
-    let stats = Arc::new(Stats::default());
-    let source = chunk_source(&index, repository, client_config, cache, stats.clone(), &runtime)?;
+    let builder = LazyMountBuilder::new(
+        args.registry.client_config(deadline),
+        FetchOptions { deadline, ..FetchOptions::default() },
+        Some(CacheSettings {
+            dir: args.cache_dir.clone(),
+            max_bytes: args.cache_max_bytes,
+            files: !args.no_file_store && !args.no_passthrough,
+        }),
+    )?;
+    let index = load_index(&runtime, builder.client(), &args.image)?;
     let opts = MountOptions {
         prefetch: args.prefetch,
         record: args.record,
         threads: args.threads,
-        file_store,
         passthrough: !args.no_passthrough,
         ..MountOptions::default()
     };
-    let mounted = vfs::fs::mount(Arc::new(index), Arc::new(source), stats, &args.mountpoint, opts)?;
+    let mounted = builder
+        .mount(index, args.blob_repo.as_deref(), runtime.handle().clone(), &args.mountpoint, opts)
+        .with_context(|| format!("mounting {}", args.image))?;
     println!("mounted {} at {}", args.image, mounted.mountpoint().display());
     std::io::Write::flush(&mut std::io::stdout())?;
 
@@ -122,21 +152,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// A registry reference, or for tests and offline use a local index file or stub directory.
-/// The chunk source a lazyctl mount reads through: its own registry client (with `config`'s
-/// settings), sized for every request the fetcher may have in flight, and the node cache.
-pub(crate) fn chunk_source(
-    index: &Index,
-    repository: Reference,
-    config: ClientConfig,
-    cache: Arc<ChunkCache>,
-    stats: Arc<Stats>,
-    runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<RegistryChunkSource> {
-    let fetch = FetchOptions { deadline: config.deadline, ..FetchOptions::default() };
-    let client = Client::new(ClientConfig { max_concurrency: RegistryChunkSource::max_requests(&fetch), ..config })?;
-    Ok(RegistryChunkSource::new(BlobLayout::of(index), repository, client, Some(cache), stats, runtime.handle().clone(), fetch))
-}
-
 fn load_index(runtime: &tokio::runtime::Runtime, client: &Client, image: &str) -> anyhow::Result<Index> {
     let path = Path::new(image);
     if path.is_dir() {

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::Value;
-use vfs::cache::{ChunkCache, DEFAULT_MAX_BYTES};
+use vfs::builder::{CacheSettings, LazyMountBuilder};
+use vfs::cache::DEFAULT_MAX_BYTES;
+use vfs::fetch::FetchOptions;
 use vfs::convert::{self, ConvertOptions, Platform, SourceRef};
 use vfs::fs::{MountOptions, PrefetchMode};
 use vfs::registry::Reference;
@@ -240,12 +242,14 @@ fn record(
     for d in [&mountpoint, &scratch] {
         std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let repository: Reference = index.source.parse().with_context(|| format!("data blob repository {:?}", index.source))?;
-    let cache = ChunkCache::open(&tmp.join("cache"), DEFAULT_MAX_BYTES)?;
-    let stats = Arc::new(Stats::default());
     // The mount reads as `lazyctl mount` does.
-    let config = vfs::registry::ClientConfig { deadline, ..client.config().clone() };
-    let source = super::mount::chunk_source(index, repository, config, Arc::new(cache), stats.clone(), runtime)?;
+    let builder = LazyMountBuilder::new(
+        vfs::registry::ClientConfig { deadline, ..client.config().clone() },
+        FetchOptions { deadline, ..FetchOptions::default() },
+        Some(CacheSettings { dir: tmp.join("cache"), max_bytes: DEFAULT_MAX_BYTES, files: false }),
+    )?;
+    let stats = builder.stats().clone();
+    let source = builder.chunk_source(index, None, runtime.handle().clone())?;
     let index = Arc::new(index.clone());
     let source: Arc<dyn vfs::fetch::ChunkSource> = Arc::new(source);
     let user = image_user(&index, &source, &image.user, &tmp.join("peek"))?;
