@@ -28,6 +28,8 @@ pub struct Containerd {
     ctr: PathBuf,
     version: Version,
     child: Option<ChildGuard>,
+    /// The `containerd` binary and the PATH it was started with (for [`Containerd::kill_and_restart`]).
+    launch: (PathBuf, String),
 }
 
 /// What `ctr` printed and how it exited.
@@ -152,33 +154,55 @@ impl Containerd {
             path = format!("{}:{path}", dir.display());
         }
         let bin = |name: &str| bin_dir.as_ref().map_or_else(|| PathBuf::from(name), |d| d.join(name));
-        let log = std::fs::File::create(d.join("containerd.log"))?;
-        let child = Command::new(bin("containerd"))
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting containerd (apt-get install containerd)")?;
         let mut c = Containerd {
             dir,
             namespace,
             ctr: bin("ctr"),
             version: opts.version,
-            child: Some(ChildGuard::new("containerd", child)),
+            child: None,
+            launch: (bin("containerd"), path),
         };
+        c.spawn_and_wait()?;
+        Ok(c)
+    }
+
+    /// Starts the containerd process on this instance's config (log appended) and waits until
+    /// `ctr version` answers.
+    fn spawn_and_wait(&mut self) -> Result<()> {
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("containerd.log"))?;
+        let child = Command::new(&self.launch.0)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", &self.launch.1)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd (apt-get install containerd)")?;
+        self.child = Some(ChildGuard::new("containerd", child));
         let start = Instant::now();
         loop {
-            if c.ctr(&["version"]).code == 0 {
-                return Ok(c);
+            if self.ctr(&["version"]).code == 0 {
+                return Ok(());
             }
-            if !c.child.as_mut().is_some_and(|g| g.is_running()) || start.elapsed() > Duration::from_secs(20) {
-                bail!("containerd did not come up; its log:\n{}", c.log());
+            if !self.child.as_mut().is_some_and(|g| g.is_running()) || start.elapsed() > Duration::from_secs(20) {
+                bail!("containerd did not come up; its log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Kills containerd with SIGKILL, as a crash would (its shims and containers live on), and
+    /// starts it again on the same config, root and state; waits until `ctr version` answers.
+    pub fn kill_and_restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.signal(nix::sys::signal::Signal::SIGKILL);
+            if child.wait_timeout(Duration::from_secs(10)).is_none() {
+                bail!("containerd (pid {:?}) did not die within 10 s of SIGKILL", child.pid());
+            }
+        }
+        self.spawn_and_wait()
     }
 
     pub fn namespace(&self) -> &str {

@@ -15,6 +15,7 @@
 //! - [`images`]: build OCI image layouts in Rust (any tar feature a test needs) and push them.
 //! - [`lazyctl`]: drive `lazyctl convert/mount/stats/inspect` exactly as a user would.
 //! - [`scenario`]: steps the vfs tests share (publish + convert, read with errno).
+//! - [`load`]: many lazy containers of one image started at once; shim RSS sampling.
 //! - [`tree`]: snapshot a directory tree's metadata and contents to compare two trees.
 
 pub mod bins;
@@ -26,6 +27,7 @@ pub mod debs;
 pub mod images;
 pub mod lazyctl;
 pub mod link;
+pub mod load;
 pub mod prereq;
 pub mod registry;
 pub mod scenario;
