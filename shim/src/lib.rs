@@ -6,7 +6,9 @@
 //! - [`launcher`]: the single-threaded helper the shim execs (`containerd-shim-lazy-v2 init`) to set
 //!   up a container from its OCI spec, and the shim-side client that drives it.
 //! - [`cgroup`]: cgroup v2: one file per controller behind a small trait, and a manager.
+//! - [`mount_options`]: the one parser of mount(8)-style option lists (rootfs and spec mounts).
 
 pub mod cgroup;
 pub mod launcher;
+pub mod mount_options;
 pub mod service;

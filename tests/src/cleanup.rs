@@ -97,42 +97,14 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Parses /proc/self/mountinfo and tells whether `path` is a mount point.
+/// Whether `path` is a mount point (canonicalised first, as /proc/self/mountinfo lists real paths).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|mp| Path::new(&unescape_mountinfo(mp)) == want)
+    vfs::mountinfo::is_mount_point(&path.canonicalize().unwrap_or_else(|_| path.to_path_buf()))
 }
 
 /// Mount points at or below `dir`, from /proc/self/mountinfo.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .filter(|m| m.starts_with(&dir))
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    vfs::mountinfo::mounts_under(&dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
 }
 
 /// Detaches the mount at `path` (MNT_DETACH, so a busy mount still goes). Ok when not mounted.
@@ -179,13 +151,6 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape_mountinfo(r"/tmp/a\040b"), "/tmp/a b");
-        assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
 
     #[test]
     fn root_is_mounted() {

@@ -235,11 +235,11 @@ pub fn optimize(src: &str, dst: &str, extra: &[&str], cmd: &[&str]) -> Result<st
 /// Mount points in /proc/self/mountinfo under a `lazyctl optimize` temp dir (its lazy mount and
 /// anything a sandbox might leak into the host's mount namespace): empty when it cleaned up.
 pub fn optimize_mounts() -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
+    vfs::mountinfo::read()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.mount_point.display().to_string())
         .filter(|mp| mp.contains("lazyctl-optimize-"))
-        .map(str::to_string)
         .collect()
 }
 

@@ -13,6 +13,7 @@
 //! - [`fs`]: the filesystem logic over an index and a chunk source, plus the FUSE adapter.
 //! - [`stats`]: counters a mount exposes so users can tell whether a start was lazy.
 //! - [`builder`]: index + registry + cache settings -> a mounted lazy filesystem (shim and lazyctl).
+//! - [`mountinfo`]: the one `/proc/self/mountinfo` parser (this crate, the shim and the tests use it).
 
 pub mod builder;
 pub mod cache;
@@ -22,6 +23,7 @@ pub mod fetch;
 pub mod filestore;
 pub mod fs;
 pub mod index;
+pub mod mountinfo;
 pub mod registry;
 pub mod stats;
 pub mod stub;

@@ -36,19 +36,11 @@ pub fn find_cgroup2_mount() -> Result<CgroupMount, CgroupError> {
 }
 
 fn parse_mountinfo(text: &str) -> Option<CgroupMount> {
-    let mut found: Vec<PathBuf> = Vec::new();
-    for line in text.lines() {
-        // "36 25 0:31 / /sys/fs/cgroup rw,... shared:9 - cgroup2 cgroup2 rw"
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split_whitespace().next() != Some("cgroup2") {
-            continue;
-        }
-        if let Some(mp) = left.split_whitespace().nth(4) {
-            found.push(PathBuf::from(mp.replace("\\040", " ")));
-        }
-    }
+    let found: Vec<PathBuf> = vfs::mountinfo::parse(text)
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup2")
+        .map(|m| m.mount_point)
+        .collect();
     let pick = |p: &str| found.iter().find(|m| m.as_path() == Path::new(p)).cloned();
     if let Some(root) = pick("/sys/fs/cgroup") {
         return Some(CgroupMount { root, hybrid: false });
@@ -76,5 +68,7 @@ mod tests {
         assert_eq!(m.root, Path::new("/sys/fs/cgroup"));
         assert!(!m.hybrid);
         assert!(parse_mountinfo("30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n").is_none());
+        let escaped = "30 25 0:26 / /run/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_mountinfo(escaped).unwrap().root, Path::new("/run/my cg"));
     }
 }

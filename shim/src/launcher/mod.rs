@@ -43,7 +43,6 @@ pub use client::{create, exec, Created, Execd};
 pub use error::{LaunchError, PlaceError, StepError};
 pub use helper::helper_main;
 pub use hooks::{run_hooks, ContainerState};
-pub use mounts::{parse_options as parse_mount_options, MountOptions};
 
 /// The container's stdio as handed over by the service (FIFOs or pipes). `None` means /dev/null.
 /// Ignored when the process asks for a terminal: then a pty is made in the container.

@@ -14,92 +14,7 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::{Mount, Spec};
 
 use super::error::{Step, StepError, StepResult};
-
-/// A parsed `options` list: flags for mount(2), propagation changes applied afterwards, and the
-/// filesystem data string (everything mount(2) does not know as a flag).
-#[derive(Debug, PartialEq)]
-pub struct MountOptions {
-    pub flags: MsFlags,
-    pub propagation: Vec<MsFlags>,
-    pub data: String,
-}
-
-/// runc's parseMountOptions.
-pub fn parse_options(options: &[String]) -> MountOptions {
-    let mut out = MountOptions {
-        flags: MsFlags::empty(),
-        propagation: Vec::new(),
-        data: String::new(),
-    };
-    let mut data = Vec::new();
-    for o in options {
-        let (clear, flag) = match o.as_str() {
-            "async" => (true, MsFlags::MS_SYNCHRONOUS),
-            "atime" => (true, MsFlags::MS_NOATIME),
-            "bind" => (false, MsFlags::MS_BIND),
-            "defaults" => (false, MsFlags::empty()),
-            "dev" => (true, MsFlags::MS_NODEV),
-            "diratime" => (true, MsFlags::MS_NODIRATIME),
-            "dirsync" => (false, MsFlags::MS_DIRSYNC),
-            "exec" => (true, MsFlags::MS_NOEXEC),
-            "iversion" => (false, MsFlags::MS_I_VERSION),
-            "lazytime" => (false, MsFlags::MS_LAZYTIME),
-            "loud" => (true, MsFlags::MS_SILENT),
-            "mand" => (false, MsFlags::MS_MANDLOCK),
-            "noatime" => (false, MsFlags::MS_NOATIME),
-            "nodev" => (false, MsFlags::MS_NODEV),
-            "nodiratime" => (false, MsFlags::MS_NODIRATIME),
-            "noexec" => (false, MsFlags::MS_NOEXEC),
-            "noiversion" => (true, MsFlags::MS_I_VERSION),
-            "nolazytime" => (true, MsFlags::MS_LAZYTIME),
-            "nomand" => (true, MsFlags::MS_MANDLOCK),
-            "norelatime" => (true, MsFlags::MS_RELATIME),
-            "nostrictatime" => (true, MsFlags::MS_STRICTATIME),
-            "nosuid" => (false, MsFlags::MS_NOSUID),
-            "rbind" => (false, MsFlags::MS_BIND | MsFlags::MS_REC),
-            "relatime" => (false, MsFlags::MS_RELATIME),
-            "remount" => (false, MsFlags::MS_REMOUNT),
-            "ro" => (false, MsFlags::MS_RDONLY),
-            "rw" => (true, MsFlags::MS_RDONLY),
-            "silent" => (false, MsFlags::MS_SILENT),
-            "strictatime" => (false, MsFlags::MS_STRICTATIME),
-            "suid" => (true, MsFlags::MS_NOSUID),
-            "sync" => (false, MsFlags::MS_SYNCHRONOUS),
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
-            | "runbindable" => {
-                out.propagation.push(propagation(o).unwrap_or(MsFlags::MS_PRIVATE));
-                continue;
-            }
-            // runc's tmpfs copy-up extension: not implemented, the tmpfs starts empty.
-            "tmpcopyup" => continue,
-            _ => {
-                data.push(o.as_str());
-                continue;
-            }
-        };
-        if clear {
-            out.flags &= !flag;
-        } else {
-            out.flags |= flag;
-        }
-    }
-    out.data = data.join(",");
-    out
-}
-
-fn propagation(name: &str) -> Option<MsFlags> {
-    Some(match name {
-        "private" => MsFlags::MS_PRIVATE,
-        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-        "shared" => MsFlags::MS_SHARED,
-        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
-        "slave" => MsFlags::MS_SLAVE,
-        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        "unbindable" => MsFlags::MS_UNBINDABLE,
-        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-        _ => return None,
-    })
-}
+use crate::mount_options::{parse_options, propagation, ParsedOptions};
 
 /// Resolves `unsafe_path` inside `root` following symlinks as if `root` were "/", so a hostile
 /// image cannot point a mount destination outside its rootfs (runc uses securejoin).
@@ -190,36 +105,32 @@ pub fn collect_cgroup_v1() -> Vec<CgroupV1Bind> {
     if host_is_cgroup2() {
         return Vec::new();
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
-        let post: Vec<&str> = post.split_whitespace().collect();
-        let pre: Vec<&str> = pre.split_whitespace().collect();
-        if post.first() != Some(&"cgroup") || pre.len() < 5 {
+    for m in vfs::mountinfo::read().unwrap_or_default() {
+        if m.fstype != "cgroup" {
             continue;
         }
-        let (mount_root, mount_point) = (pre[3], pre[4]);
-        let supers: Vec<&str> = post.get(2).map(|o| o.split(',').collect()).unwrap_or_default();
+        let supers = &m.super_options;
         // /proc/self/cgroup: "N:cpu,cpuacct:/path" or "N:name=systemd:/path".
         let path = own.lines().find_map(|l| {
             let mut f = l.splitn(3, ':');
             let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
             let ctrls: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
-            (!ctrls.is_empty() && ctrls.iter().all(|c| supers.contains(c))).then(|| path.to_string())
+            (!ctrls.is_empty() && ctrls.iter().all(|c| supers.iter().any(|s| s == c))).then(|| path.to_string())
         });
         let Some(path) = path else { continue };
         let rel = Path::new(&path)
-            .strip_prefix(mount_root)
+            .strip_prefix(&m.root)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let name = Path::new(mount_point)
+        let name = m
+            .mount_point
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         out.push(CgroupV1Bind {
-            source: Path::new(mount_point).join(rel),
+            source: m.mount_point.join(rel),
             name,
         });
     }
@@ -288,27 +199,20 @@ fn clean(p: &Path) -> PathBuf {
 
 /// pivot_root fails when the rootfs's parent mount is shared: make it private (runc does the same).
 fn make_parent_private(rootfs: &Path) -> StepResult<()> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo".to_string())?;
+    let info = Path::new(vfs::mountinfo::SELF_MOUNTINFO);
+    let table = vfs::mountinfo::read().step_at(info, || format!("read {}", info.display()))?;
     let mut best: Option<(PathBuf, bool)> = None;
-    for line in mountinfo.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 7 {
-            continue;
-        }
-        let mp = PathBuf::from(unescape(f[4]));
-        if rootfs.starts_with(&mp) && best.as_ref().is_none_or(|(b, _)| mp.as_os_str().len() >= b.as_os_str().len()) {
-            let shared = f[6..].iter().take_while(|o| **o != "-").any(|o| o.starts_with("shared:"));
-            best = Some((mp, shared));
+    for m in table {
+        let len = m.mount_point.as_os_str().len();
+        if rootfs.starts_with(&m.mount_point) && best.as_ref().is_none_or(|(b, _)| len >= b.as_os_str().len()) {
+            let shared = m.is_shared();
+            best = Some((m.mount_point, shared));
         }
     }
     if let Some((mp, true)) = best {
         do_mount(None, &mp, None, MsFlags::MS_PRIVATE, "")?;
     }
     Ok(())
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 fn mount_one(m: &Mount, rootfs: &Path, cgroups: &[CgroupV1Bind]) -> StepResult<()> {
@@ -356,7 +260,7 @@ fn mount_one(m: &Mount, rootfs: &Path, cgroups: &[CgroupV1Bind]) -> StepResult<(
     mount_propagate(m, &source, &dest, &typ, &opts)
 }
 
-fn mount_propagate(m: &Mount, source: &str, dest: &Path, typ: &str, opts: &MountOptions) -> StepResult<()> {
+fn mount_propagate(m: &Mount, source: &str, dest: &Path, typ: &str, opts: &ParsedOptions) -> StepResult<()> {
     let mut flags = opts.flags;
     // /dev is mounted writable for the device nodes, and remounted read-only after pivot_root.
     if clean(m.destination()) == Path::new("/dev") {
@@ -369,7 +273,7 @@ fn mount_propagate(m: &Mount, source: &str, dest: &Path, typ: &str, opts: &Mount
     Ok(())
 }
 
-fn bind_mount(m: &Mount, source: &str, dest: &Path, opts: &MountOptions) -> StepResult<()> {
+fn bind_mount(m: &Mount, source: &str, dest: &Path, opts: &ParsedOptions) -> StepResult<()> {
     let md = std::fs::metadata(source).step(|| {
         format!("bind mount {source} on {}: source", m.destination().display())
     })?;
@@ -402,7 +306,7 @@ fn bind_mount(m: &Mount, source: &str, dest: &Path, opts: &MountOptions) -> Step
 /// v1/hybrid host: as runc, a tmpfs with each v1 hierarchy of the container bound inside, and
 /// symlinks for co-mounted controllers. Like runc on such a host, the cgroup2 "unified" mount is
 /// not shown in the container.
-fn mount_cgroup(m: &Mount, rootfs: &Path, dest: &Path, opts: &MountOptions, cgroups: &[CgroupV1Bind]) -> StepResult<()> {
+fn mount_cgroup(m: &Mount, rootfs: &Path, dest: &Path, opts: &ParsedOptions, cgroups: &[CgroupV1Bind]) -> StepResult<()> {
     mkdir_all(dest)?;
     if host_is_cgroup2() {
         return mount_propagate(m, "cgroup", dest, "cgroup2", opts);
@@ -524,18 +428,6 @@ pub fn mask_path(path: &str) -> StepResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_split_into_flags_propagation_and_data() {
-        let o: Vec<String> = ["nosuid", "noexec", "rbind", "ro", "rslave", "mode=755", "size=65536k", "rw"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let p = parse_options(&o);
-        assert_eq!(p.flags, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_BIND | MsFlags::MS_REC);
-        assert_eq!(p.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
-        assert_eq!(p.data, "mode=755,size=65536k");
-    }
 
     #[test]
     fn secure_join_keeps_symlinks_inside_the_root() {

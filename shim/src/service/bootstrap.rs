@@ -113,26 +113,22 @@ pub fn shim_cgroup(any: &Any) -> Option<String> {
 
 /// cgroup hierarchies to join, as `(mount point, is cgroup2)`: the cgroup2 mount and, on hybrid hosts,
 /// every cgroup v1 hierarchy (what the runc shim joins there).
-fn hierarchies(mountinfo: &str) -> Vec<(PathBuf, bool)> {
-    let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let fstype = right.split_whitespace().next().unwrap_or_default();
-        if fstype != "cgroup" && fstype != "cgroup2" {
-            continue;
-        }
-        if let Some(mp) = left.split_whitespace().nth(4) {
-            out.push((PathBuf::from(mp.replace("\\040", " ")), fstype == "cgroup2"));
-        }
-    }
-    out
+fn hierarchies(table: Vec<vfs::mountinfo::MountEntry>) -> Vec<(PathBuf, bool)> {
+    table
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .map(|m| {
+            let v2 = m.fstype == "cgroup2";
+            (m.mount_point, v2)
+        })
+        .collect()
 }
 
 /// Moves `pid` into the cgroup `path` (a cgroupfs path such as `/pods/shims`) in every hierarchy where
 /// that directory exists. As with the runc shim the cgroup must exist already; none found is an error.
 pub fn join_shim_cgroup(path: &str, pid: u32) -> Result<Vec<PathBuf>, String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
-    join_in(&hierarchies(&mountinfo), path, pid)
+    let table = vfs::mountinfo::read().map_err(|e| format!("reading {}: {e}", vfs::mountinfo::SELF_MOUNTINFO))?;
+    join_in(&hierarchies(table), path, pid)
 }
 
 fn join_in(hierarchies: &[(PathBuf, bool)], path: &str, pid: u32) -> Result<Vec<PathBuf>, String> {

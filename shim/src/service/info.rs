@@ -104,11 +104,11 @@ mod tests {
     #[test]
     fn every_listed_mount_option_is_applied_by_the_launcher_not_passed_as_data() {
         for o in MOUNT_OPTIONS {
-            let parsed = crate::launcher::parse_mount_options(&[o.to_string()]);
+            let parsed = crate::mount_options::parse_options(&[o.to_string()]);
             assert_eq!(parsed.data, "", "{o} would reach the filesystem as data");
         }
         // And an option we do not implement is indeed data (so it must stay unlisted).
-        assert_eq!(crate::launcher::parse_mount_options(&["rro".to_string()]).data, "rro");
+        assert_eq!(crate::mount_options::parse_options(&["rro".to_string()]).data, "rro");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use containerd_shim::protos::api::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::error::{Error, Result};
+use crate::mount_options::{parse_options, ParsedOptions};
 
 /// Mounts of one container, unmounted in reverse order.
 #[derive(Debug, Default)]
@@ -20,42 +21,9 @@ pub struct Rootfs {
     pub lazy: Option<super::lazy::LazyMount>,
 }
 
-/// Splits mount(8)-style options into flags and the data string.
-pub fn parse_options(options: &[String]) -> (MsFlags, Vec<String>) {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in options {
-        let (set, clear) = match o.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
-            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
-            "defaults" | "async" | "atime" => (MsFlags::empty(), MsFlags::empty()),
-            _ => {
-                data.push(o.clone());
-                continue;
-            }
-        };
-        flags.insert(set);
-        flags.remove(clear);
-    }
-    (flags, data)
-}
-
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
-    let (flags, data) = parse_options(&m.options);
+    let ParsedOptions { flags, propagation, data } = parse_options(&m.options);
     let fstype = if m.type_ == "bind" { None } else { Some(m.type_.as_str()) };
-    let data = data.join(",");
     let what = format!("mounting {} {:?} at {} (options {:?})", m.type_, m.source, target.display(), m.options);
     // A read-only bind needs a second, remounting call: MS_RDONLY is ignored on the first.
     let first = if flags.contains(MsFlags::MS_BIND) { flags - MsFlags::MS_RDONLY } else { flags };
@@ -64,6 +32,11 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
         mount(None::<&str>, target, None::<&str>, flags | MsFlags::MS_REMOUNT, None::<&str>)
             .map_err(|e| Error::Rootfs(format!("{what}: remount read-only: {e}")))?;
+    }
+    // As containerd's mount: propagation options are their own calls after the mount.
+    for p in propagation {
+        mount(None::<&str>, target, None::<&str>, p, None::<&str>)
+            .map_err(|e| Error::Rootfs(format!("{what}: set propagation {p:?}: {e}")))?;
     }
     Ok(())
 }
@@ -123,19 +96,5 @@ impl Rootfs {
         if let Some(lazy) = self.lazy.take() {
             lazy.unmount();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_split() {
-        let (f, d) = parse_options(&["ro".into(), "rbind".into(), "lowerdir=/a:/b".into(), "index=off".into()]);
-        assert!(f.contains(MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC));
-        assert_eq!(d, vec!["lowerdir=/a:/b", "index=off"]);
-        let (f, _) = parse_options(&["ro".into(), "rw".into()]);
-        assert!(!f.contains(MsFlags::MS_RDONLY));
     }
 }

@@ -219,7 +219,7 @@ impl Mounted {
             }
             // Not mounted any more (someone ran umount): the request threads end on their own.
             Some(Errno::EINVAL) => Ok(()),
-            _ if !is_mounted(&self.mountpoint) => {
+            _ if !crate::mountinfo::is_mount_point(&self.mountpoint) => {
                 log::warn!("lazy filesystem at {}: request threads ended with: {err}", self.mountpoint.display());
                 Ok(())
             }
@@ -229,34 +229,6 @@ impl Mounted {
             }),
         }
     }
-}
-
-/// Whether `path` is a mount point, per /proc/self/mountinfo (field 5, octal-escaped).
-fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = path.as_os_str().as_encoded_bytes();
-    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| unescape_mountinfo(mp) == want)
-}
-
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
-                out.push(v as u8);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 impl Drop for Mounted {
@@ -301,15 +273,4 @@ fn get_xattr(path: &Path, name: &str) -> Result<Vec<u8>, Errno> {
         }
     }
     Err(Errno::ERANGE)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(super::unescape_mountinfo(r"/run/a\040b\011c\134d"), b"/run/a b\tc\\d");
-        assert_eq!(super::unescape_mountinfo(r"/plain\0"), b"/plain\\0");
-        assert!(super::is_mounted(std::path::Path::new("/proc")));
-        assert!(!super::is_mounted(std::path::Path::new("/proc/self")));
-    }
 }

@@ -34,9 +34,7 @@ fn skip(test: &str) -> bool {
 }
 
 fn mounted_at(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let want = path.to_str().unwrap();
-    mounts.lines().any(|l| l.split(' ').nth(1) == Some(want))
+    crate::mountinfo::is_mount_point(path)
 }
 
 fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
