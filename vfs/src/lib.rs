@@ -13,6 +13,7 @@
 //! - [`fs`]: the filesystem logic over an index and a chunk source, plus the FUSE adapter.
 //! - [`stats`]: counters a mount exposes so users can tell whether a start was lazy.
 //! - [`builder`]: index + registry + cache settings -> a mounted lazy filesystem (shim and lazyctl).
+//! - [`platform`]: an OCI platform (`os/architecture[/variant]`), for convert and stub images.
 //! - [`mountinfo`]: the one `/proc/self/mountinfo` parser (this crate, the shim and the tests use it).
 
 pub mod builder;
@@ -24,6 +25,7 @@ pub mod filestore;
 pub mod fs;
 pub mod index;
 pub mod mountinfo;
+pub mod platform;
 pub mod registry;
 pub mod stats;
 pub mod stub;

@@ -12,15 +12,14 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::convert::Platform;
+use crate::platform::Platform;
 use crate::digest::Digest;
 use crate::index::{Index, IndexError, INDEX_PATH};
-use crate::registry::{Client, Reference, RegistryError, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
+use crate::registry::{Client, Reference, RegistryError, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 
 /// Label on the stub image's config marking it lazy.
 pub const LAZY_LABEL: &str = "io.containerd.lazy.image";
 pub const LAZY_LABEL_VALUE: &str = "v1";
-pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// Config media type of the artifact manifest that lists the data blobs.

@@ -30,6 +30,7 @@ mod helper_log;
 mod hooks;
 mod mounts;
 mod namespaces;
+mod paths;
 mod process;
 mod rootfs_dev;
 mod seccomp;

@@ -11,7 +11,7 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 
 use super::error::{Step, StepError, StepResult};
-use super::mounts::secure_join;
+use super::paths::{mkdir_all, secure_join};
 
 struct Dev {
     path: String,
@@ -64,7 +64,7 @@ pub fn create_devices(spec: &Spec, rootfs: &Path) -> StepResult<()> {
     for d in &devs {
         let dest = secure_join(rootfs, Path::new(&d.path))?;
         if let Some(parent) = dest.parent() {
-            super::mounts::mkdir_all(parent)?;
+            mkdir_all(parent)?;
         }
         match mknod(&dest, d.kind, Mode::from_bits_truncate(d.mode), makedev(d.major, d.minor)) {
             Ok(()) => {}

@@ -64,27 +64,9 @@ pub struct FetchConfig {
     pub passthrough: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PrefetchMode {
-    /// Fetch only what is read.
-    None,
-    /// Fetch the image's prefetch list (files read at start when it was converted) in the
-    /// background; on-demand reads go first.
-    Prioritized,
-    /// The prefetch list, then every other file: the whole image ends up on the node.
-    All,
-}
-
-impl From<PrefetchMode> for vfs::fs::PrefetchMode {
-    fn from(m: PrefetchMode) -> Self {
-        match m {
-            PrefetchMode::None => vfs::fs::PrefetchMode::None,
-            PrefetchMode::Prioritized => vfs::fs::PrefetchMode::Prioritized,
-            PrefetchMode::All => vfs::fs::PrefetchMode::All,
-        }
-    }
-}
+/// `[fetch] prefetch = "none" | "prioritized" | "all"`: the filesystem's own mode, so the
+/// config, `lazyctl mount --prefetch` and the mount agree on names and meaning.
+pub use vfs::fs::PrefetchMode;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -121,7 +121,7 @@ impl LazyMount {
             None
         };
         let opts = MountOptions {
-            prefetch: config.fetch.prefetch.into(),
+            prefetch: config.fetch.prefetch,
             fsname: format!("lazy:{id}"),
             passthrough: config.fetch.passthrough,
             ..MountOptions::default()
@@ -152,7 +152,13 @@ impl LazyMount {
         }
     }
 
-    /// Unmounts the lazy filesystem (after the overlay above it is gone).
+    /// Where the lazy filesystem is mounted (`<bundle>/lazy`).
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts the lazy filesystem (after the overlay above it is gone) and removes the scratch
+    /// dirs. The caller then clears anything still stacked at [`Self::mountpoint`].
     pub fn unmount(mut self) {
         if let Some(m) = self.mounted.take() {
             let snap = m.stats().snapshot();
@@ -166,9 +172,6 @@ impl LazyMount {
             if let Err(e) = m.unmount() {
                 log::warn!("unmounting {}: {e}", self.mountpoint.display());
             }
-        }
-        if let Err(e) = super::rootfs::unmount_all(&self.mountpoint) {
-            log::warn!("{e}");
         }
         if let Some(s) = self.scratch.take() {
             let _ = std::fs::remove_dir_all(s);

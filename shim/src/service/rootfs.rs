@@ -94,7 +94,12 @@ impl Rootfs {
             }
         }
         if let Some(lazy) = self.lazy.take() {
+            let mountpoint = lazy.mountpoint().to_path_buf();
             lazy.unmount();
+            // Whatever is still stacked there (a mount the session no longer owns).
+            if let Err(e) = unmount_all(&mountpoint) {
+                log::warn!("{e}");
+            }
         }
     }
 }

@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 
 pub use blobs::BlobFile;
 pub use layers::{LayerBlob, Limits, DEFAULT_MAX_LAYER_SIZE};
-pub use source::{Platform, SourceImage, SourceRef};
+pub use source::{SourceImage, SourceRef};
+pub use crate::platform::Platform;
 
 use crate::digest::Digest;
 use crate::index::{BlobRef, DirEntry, Index, Inode, Kind, Xattr};

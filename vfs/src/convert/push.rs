@@ -7,8 +7,8 @@ use futures::{StreamExt as _, TryStreamExt as _};
 
 use super::{BlobFile, ConvertError};
 use crate::index::BlobRef;
-use crate::registry::{Client, Reference, MEDIA_OCI_INDEX};
-use crate::stub::{StubImage, MEDIA_OCI_MANIFEST};
+use crate::registry::{Client, Reference, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
+use crate::stub::StubImage;
 
 /// Data blobs pushed concurrently (each upload streams from its temp file).
 const PUSH_CONCURRENCY: usize = 4;

@@ -9,6 +9,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::Value;
 
 use super::{ConvertError, LayerBlob};
+use crate::platform::Platform;
 use crate::digest::Digest;
 use crate::registry::{Client, Reference};
 
@@ -46,75 +47,6 @@ impl std::fmt::Display for SourceRef {
             SourceRef::Layout { dir, tag: None } => write!(f, "oci:{}", dir.display()),
             SourceRef::Registry(r) => write!(f, "{r}"),
         }
-    }
-}
-
-/// An OCI platform (`os/architecture[/variant]`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform of this machine, in OCI (GOARCH) spelling.
-    pub fn host() -> Platform {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "aarch64" => ("arm64", Some("v8")),
-            "x86" => ("386", None),
-            "arm" => ("arm", Some("v7")),
-            "powerpc64" => ("ppc64le", None),
-            other => (other, None),
-        };
-        Platform { os: "linux".into(), architecture: architecture.into(), variant: variant.map(str::to_string) }
-    }
-
-    /// Whether an index entry's platform is this one. A missing variant on either side matches
-    /// (arm64 images usually omit `v8`).
-    pub fn matches(&self, other: &Platform) -> bool {
-        self.os == other.os
-            && self.architecture == other.architecture
-            && match (&self.variant, &other.variant) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
-    }
-
-    fn from_json(v: &Value) -> Option<Platform> {
-        Some(Platform {
-            os: v.get("os")?.as_str()?.to_string(),
-            architecture: v.get("architecture")?.as_str()?.to_string(),
-            variant: v.get("variant").and_then(Value::as_str).map(str::to_string),
-        })
-    }
-}
-
-impl FromStr for Platform {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => {
-                Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None })
-            }
-            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
-                Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(variant.to_string()) })
-            }
-            _ => Err(format!("invalid platform {s:?}: expected os/architecture[/variant], e.g. linux/amd64")),
-        }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
     }
 }
 
@@ -308,17 +240,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_sources_and_platforms() {
+    fn parses_sources() {
         assert_eq!(
             "oci:/tmp/img:v1".parse::<SourceRef>().unwrap(),
             SourceRef::Layout { dir: "/tmp/img".into(), tag: Some("v1".into()) }
         );
         assert_eq!("oci:rel/dir".parse::<SourceRef>().unwrap(), SourceRef::Layout { dir: "rel/dir".into(), tag: None });
         assert!(matches!("127.0.0.1:5000/a/b:1".parse::<SourceRef>().unwrap(), SourceRef::Registry(_)));
-        let p: Platform = "linux/arm64/v8".parse().unwrap();
-        assert!(p.matches(&"linux/arm64".parse().unwrap()));
-        assert!(!p.matches(&"linux/amd64".parse().unwrap()));
-        assert!("linux".parse::<Platform>().is_err());
-        assert_eq!(Platform::host().os, "linux");
     }
 }

@@ -254,7 +254,7 @@ fn write_layout(dir: &std::path::Path, layers: &[LayerBlob]) {
     .unwrap();
     let cd = put(&config);
     let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": crate::stub::MEDIA_OCI_MANIFEST,
+        "schemaVersion": 2, "mediaType": crate::registry::MEDIA_OCI_MANIFEST,
         "config": {"mediaType": crate::stub::MEDIA_OCI_CONFIG, "digest": cd.to_string(), "size": config.len()},
         "layers": layers.iter().map(|l| serde_json::json!({"mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.size})).collect::<Vec<_>>(),
     }))
@@ -263,8 +263,8 @@ fn write_layout(dir: &std::path::Path, layers: &[LayerBlob]) {
     let list = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": crate::registry::MEDIA_OCI_INDEX,
         "manifests": [
-            {"mediaType": crate::stub::MEDIA_OCI_MANIFEST, "digest": Digest::of(b"nope").to_string(), "size": 4, "platform": {"os": "linux", "architecture": "s390x"}},
-            {"mediaType": crate::stub::MEDIA_OCI_MANIFEST, "digest": md.to_string(), "size": manifest.len(), "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": crate::registry::MEDIA_OCI_MANIFEST, "digest": Digest::of(b"nope").to_string(), "size": 4, "platform": {"os": "linux", "architecture": "s390x"}},
+            {"mediaType": crate::registry::MEDIA_OCI_MANIFEST, "digest": md.to_string(), "size": manifest.len(), "platform": {"os": "linux", "architecture": "amd64"}},
         ],
     }))
     .unwrap();

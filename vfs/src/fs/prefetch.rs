@@ -18,15 +18,18 @@ use crate::index::{Index, Kind};
 
 use super::core::{paths_in_order, LazyFs};
 
-/// What to fetch in the background after mounting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+/// What to fetch in the background after mounting. Spelled `none`, `prioritized`, `all` on the
+/// command line ([`FromStr`]) and in the shim's config (serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PrefetchMode {
     /// Nothing: every byte is fetched when read.
     None,
-    /// The index's prefetch list (files a recorded start read first), in order.
+    /// The index's prefetch list (files a recorded start read first), in order; on-demand reads
+    /// go first.
     #[default]
     Prioritized,
-    /// The prefetch list first, then every other regular file.
+    /// The prefetch list first, then every other regular file: the whole image ends up on the node.
     All,
 }
 
