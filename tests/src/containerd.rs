@@ -555,15 +555,8 @@ pub fn busybox_env(test: &str) -> Option<BusyboxEnv> {
 
 /// [`busybox_env`] on containerd `version` (fetching it from Debian's newer suites when needed).
 pub fn busybox_env_on(test: &str, version: Version) -> Option<BusyboxEnv> {
-    use crate::prereq::{prerequisites_met, Prereq};
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-    ];
-    if !prerequisites_met(test, &prereqs) {
+    use crate::prereq::{prerequisites_met, CONTAINERD_PREREQS};
+    if !prerequisites_met(test, CONTAINERD_PREREQS) {
         return None;
     }
     crate::init_logging();

@@ -38,6 +38,29 @@ pub mod vm;
 
 pub use prereq::{prerequisites_met, Prereq};
 
+/// One mebibyte, for file sizes and byte budgets in tests.
+pub const MIB: u64 = 1 << 20;
+
+/// Polls `cond` every 100 ms until it returns true or `limit` passes; returns whether it held.
+pub fn wait_until(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// As [`wait_until`], failing the test with "timed out after .. waiting until `what`".
+#[track_caller]
+pub fn wait_for(what: &str, limit: std::time::Duration, cond: impl FnMut() -> bool) {
+    assert!(wait_until(limit, cond), "timed out after {limit:?} waiting until {what}");
+}
+
 /// Makes `log` output of the harness visible in test output (`RUST_LOG` applies). Idempotent.
 pub fn init_logging() {
     static ONCE: std::sync::Once = std::sync::Once::new();

@@ -5,6 +5,16 @@
 
 use std::path::Path;
 
+/// containerd with `ctr` and images pushed to a loopback registry: what every test that drives
+/// containerd needs (add [`Prereq::Fuse`] for lazy images, more tools as the test uses them).
+pub const CONTAINERD_PREREQS: &[Prereq] = &[
+    Prereq::Root,
+    Prereq::Tool("containerd"),
+    Prereq::Tool("ctr"),
+    Prereq::Tool("docker-registry"),
+    Prereq::Tool("skopeo"),
+];
+
 /// Something a test needs from the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prereq {

@@ -61,19 +61,7 @@ pub fn timed_read(path: &Path) -> (std::result::Result<Vec<u8>, i32>, Duration) 
     (result, start.elapsed())
 }
 
-/// Polls `cond` every 100 ms until it returns true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+pub use crate::wait_until;
 
 /// Every file (recursively) under `dir` whose name contains `needle`.
 pub fn find_files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {

@@ -470,16 +470,7 @@ impl DirectShim {
 
     /// Waits until `f` holds or `limit` passes; returns whether it held.
     pub fn wait_until(&self, limit: Duration, mut f: impl FnMut(&DirectShim) -> bool) -> bool {
-        let start = Instant::now();
-        loop {
-            if f(self) {
-                return true;
-            }
-            if start.elapsed() > limit {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_until(limit, || f(self))
     }
 
     /// What the shim logged so far (its `log` FIFOs).

@@ -12,16 +12,8 @@ use harness::containerd::{busybox_image, Version};
 use harness::images::Entry;
 use harness::cri::{self, CriContainerd, Handler, KUBELET_MASKED_PATHS, KUBELET_READONLY_PATHS};
 use harness::registry::Registry;
-use harness::{prerequisites_met, Prereq};
+use harness::{prerequisites_met, wait_for, Prereq};
 use k8s_cri::v1 as api;
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The repository's shim profile for `handler`, with host paths moved under the CRI temp dir. A
 /// host without the cgroup v2 pids controller (this hybrid one) cannot enforce lazy-sandbox's
@@ -321,7 +313,7 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     .unwrap();
 
     // Nothing left: shim, mounts, cgroups, netns.
-    wait_until("the pod's shim is gone", Duration::from_secs(10), || ctrd.shim_pids().is_empty());
+    wait_for("the pod's shim is gone", Duration::from_secs(10), || ctrd.shim_pids().is_empty());
     assert_eq!(ctrd.mounts(), Vec::<PathBuf>::new(), "mounts left under containerd's dirs");
     assert_eq!(ctrd.leftover_cgroups(), Vec::<PathBuf>::new(), "cgroups left behind");
     assert_eq!(c.new_netns(), Vec::<String>::new(), "network namespaces left behind");

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use harness::prereq::CONTAINERD_PREREQS;
 use harness::{prerequisites_met, Prereq};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -672,15 +673,7 @@ fn compare_with_runc(spec: &Value) {
 /// mount, and `--privileged` (all host devices, all capabilities, no masking).
 #[test]
 fn ctr_flags_give_the_same_view_as_runc() {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-        Prereq::Tool("runc"),
-        Prereq::Tool("containerd-shim-runc-v2"),
-    ];
+    let prereqs = [CONTAINERD_PREREQS, &[Prereq::Tool("runc"), Prereq::Tool("containerd-shim-runc-v2")]].concat();
     if !ready("ctr_flags_give_the_same_view_as_runc")
         || !prerequisites_met("ctr_flags_give_the_same_view_as_runc", &prereqs)
     {

@@ -14,7 +14,7 @@ use harness::scenario::VFS_PREREQS;
 use harness::{cleanup, prerequisites_met};
 use vfs::index::Kind;
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 
 /// busybox plus a layer of files in three directories (several 1 MiB chunks each) and noise.
 fn image() -> Image {

@@ -2,10 +2,10 @@
 //! on a plain busybox OCI image pushed to a local docker-registry. Each test has its own registry,
 //! containerd and namespace, and checks that nothing (shim process, mount, cgroup) is left behind.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::containerd::RUNTIME;
-use harness::{prerequisites_met, Prereq};
+use harness::{prerequisites_met, wait_for, Prereq};
 
 use harness::containerd::{busybox_env_on as setup, BusyboxEnv as Env, Version};
 
@@ -28,17 +28,9 @@ macro_rules! on_every_containerd {
     };
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// After every container is deleted: the shim exits and no mount or cgroup of ours remains.
 fn assert_clean(env: &Env) {
-    wait_until("every shim process has exited", Duration::from_secs(15), || env.ctrd.shim_pids().is_empty());
+    wait_for("every shim process has exited", Duration::from_secs(15), || env.ctrd.shim_pids().is_empty());
     assert_eq!(env.ctrd.mounts(), Vec::<std::path::PathBuf>::new(), "mounts left behind");
     assert_eq!(env.ctrd.leftover_cgroups(), Vec::<std::path::PathBuf>::new(), "cgroups left behind");
 }
@@ -98,7 +90,7 @@ fn shim_detached_exec_ps_pause_kill_metrics_delete_body(test: &str, version: Ver
 
     // Kill one exec process.
     c.ctr_ok(&["task", "kill", "--exec-id", "bg", "-s", "SIGKILL", "d1"]).unwrap();
-    wait_until("the killed exec is gone from ps", Duration::from_secs(10), || {
+    wait_for("the killed exec is gone from ps", Duration::from_secs(10), || {
         c.ctr_ok(&["task", "ps", "d1"]).unwrap().lines().skip(1).count() == 1
     });
 
@@ -114,7 +106,7 @@ fn shim_detached_exec_ps_pause_kill_metrics_delete_body(test: &str, version: Ver
     assert!(!metrics.stdout.trim().is_empty());
 
     c.ctr_ok(&["task", "kill", "--all", "-s", "SIGKILL", "d1"]).unwrap();
-    wait_until("d1 stopped", Duration::from_secs(10), || task_status(&env, "d1") == "STOPPED");
+    wait_for("d1 stopped", Duration::from_secs(10), || task_status(&env, "d1") == "STOPPED");
     c.ctr_ok(&["task", "delete", "d1"]).unwrap();
     c.ctr_ok(&["container", "rm", "d1"]).unwrap();
     assert!(!std::path::Path::new(&format!("/proc/{init}")).exists(), "init {init} still exists");
@@ -181,7 +173,7 @@ fn shim_pod_group_shares_one_shim_body(test: &str, version: Version) {
     let shim = c.shim_pids()[0];
     for id in ["p1", "p2"] {
         c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]).unwrap();
-        wait_until("stopped", Duration::from_secs(10), || task_status(&env, id) == "STOPPED");
+        wait_for("stopped", Duration::from_secs(10), || task_status(&env, id) == "STOPPED");
         c.ctr_ok(&["task", "delete", id]).unwrap();
         c.ctr_ok(&["container", "rm", id]).unwrap();
         if id == "p1" {
@@ -203,10 +195,10 @@ fn shim_killed_then_task_delete_leaves_nothing_body(test: &str, version: Version
     let shims = c.shim_pids();
     assert_eq!(shims.len(), 1);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
-    wait_until("the shim is gone", Duration::from_secs(10), || c.shim_pids().is_empty());
+    wait_for("the shim is gone", Duration::from_secs(10), || c.shim_pids().is_empty());
     let _ = c.ctr(&["task", "delete", "k1"]);
     c.ctr_ok(&["container", "rm", "k1"]).unwrap();
-    wait_until("the container's init is gone", Duration::from_secs(10), || {
+    wait_for("the container's init is gone", Duration::from_secs(10), || {
         !std::path::Path::new(&format!("/proc/{init}")).exists()
     });
     assert!(!socket.exists(), "the dead shim's socket {} was removed", socket.display());
@@ -313,7 +305,7 @@ fn shim_log_uris_file_and_binary_body(test: &str, version: Version) {
     let uri = format!("binary://{}?tag=x", logger.display());
     let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--log-uri", &uri, &env.image, "b1", "sh", "-c", "echo out; echo err >&2"]);
     assert_eq!(out.code, 0, "{}", out.all());
-    wait_until("the logger wrote both streams", Duration::from_secs(10), || {
+    wait_for("the logger wrote both streams", Duration::from_secs(10), || {
         std::fs::read_to_string(dir.join("stdout")).is_ok_and(|s| s == "out\n")
             && std::fs::read_to_string(dir.join("stderr")).is_ok_and(|s| s == "err\n")
     });
@@ -362,15 +354,15 @@ fn shim_terminal_live_resize_and_exec_tty_body(test: &str, version: Version) {
     assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(Duration::from_millis(500));
     tmux.cmd(&["send-keys", "-t", "s", "stty size", "Enter"]);
-    wait_until("the shell prints 24 80", Duration::from_secs(10), || tmux.pane().contains("24 80"));
+    wait_for("the shell prints 24 80", Duration::from_secs(10), || tmux.pane().contains("24 80"));
     tmux.cmd(&["resize-window", "-t", "s", "-x", "120", "-y", "40"]);
     std::thread::sleep(Duration::from_millis(500));
     tmux.cmd(&["send-keys", "-t", "s", "stty size", "Enter"]);
-    wait_until("the shell prints 40 120 after the resize", Duration::from_secs(10), || tmux.pane().contains("40 120"));
+    wait_for("the shell prints 40 120 after the resize", Duration::from_secs(10), || tmux.pane().contains("40 120"));
     tmux.cmd(&["send-keys", "-t", "s", "exit", "Enter"]);
     drop(tmux);
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "t2"]).unwrap();
-    wait_until("t2 stopped", Duration::from_secs(10), || task_status(&env, "t2") == "STOPPED");
+    wait_for("t2 stopped", Duration::from_secs(10), || task_status(&env, "t2") == "STOPPED");
     c.ctr_ok(&["task", "delete", "t2"]).unwrap();
     c.ctr_ok(&["container", "rm", "t2"]).unwrap();
     assert_clean(&env);
@@ -397,7 +389,7 @@ fn shim_events_in_containerd_order_body(test: &str, version: Version) {
     c.ctr_ok(&["task", "pause", "ev"]).unwrap();
     c.ctr_ok(&["task", "resume", "ev"]).unwrap();
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "ev"]).unwrap();
-    wait_until("ev stopped", Duration::from_secs(10), || task_status(&env, "ev") == "STOPPED");
+    wait_for("ev stopped", Duration::from_secs(10), || task_status(&env, "ev") == "STOPPED");
     c.ctr_ok(&["task", "delete", "ev"]).unwrap();
     c.ctr_ok(&["container", "rm", "ev"]).unwrap();
     std::thread::sleep(Duration::from_millis(500));

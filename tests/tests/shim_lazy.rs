@@ -4,20 +4,13 @@
 //! <bundle>/lazy` shows how little was fetched, and a killed shim leaves nothing behind after
 //! `ctr task delete` + `ctr container rm`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::containerd::{busybox_image, Containerd, StartOptions, Version, RUNTIME};
 use harness::images::Entry;
 use harness::registry::Registry;
-use harness::{prerequisites_met, Prereq};
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use harness::prereq::CONTAINERD_PREREQS;
+use harness::{prerequisites_met, wait_for, Prereq};
 
 #[test]
 fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash() {
@@ -36,14 +29,7 @@ fn shim_lazy_image_runs_fetches_little_and_cleans_up_after_a_shim_crash_on_2_1()
 
 /// The scenario on containerd `version` (see harness::containerd::Version).
 fn lazy_image_on(test: &str, version: Version) {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Fuse,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-    ];
+    let prereqs = [CONTAINERD_PREREQS, &[Prereq::Fuse]].concat();
     if !prerequisites_met(test, &prereqs) {
         return;
     }
@@ -102,10 +88,10 @@ fn lazy_image_on(test: &str, version: Version) {
     let shims = ctrd.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
-    wait_until("the shim is gone", Duration::from_secs(10), || ctrd.shim_pids().is_empty());
+    wait_for("the shim is gone", Duration::from_secs(10), || ctrd.shim_pids().is_empty());
     let _ = ctrd.ctr(&["task", "delete", "l1"]);
     ctrd.ctr_ok(&["container", "rm", "l1"]).unwrap();
-    wait_until("the container's init is gone", Duration::from_secs(10), || {
+    wait_for("the container's init is gone", Duration::from_secs(10), || {
         !std::path::Path::new(&format!("/proc/{init}")).exists()
     });
     assert_eq!(ctrd.mounts(), Vec::<std::path::PathBuf>::new(), "mounts left behind");

@@ -10,19 +10,12 @@ use std::time::Instant;
 
 use harness::containerd::{layout_from_rootfs_tar, python_rootfs_tar, Containerd, RUNTIME};
 use harness::registry::Registry;
+use harness::prereq::CONTAINERD_PREREQS;
 use harness::{prerequisites_met, Prereq};
 
 #[test]
 fn shim_lazy_python_prints_42_fetching_under_15_percent() {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Fuse,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-        Prereq::Tool("mmdebstrap"),
-    ];
+    let prereqs = [CONTAINERD_PREREQS, &[Prereq::Fuse, Prereq::Tool("mmdebstrap")]].concat();
     if !prerequisites_met("shim_lazy_python", &prereqs) {
         return;
     }

@@ -10,7 +10,7 @@ use harness::prerequisites_met;
 use harness::registry::Registry;
 use harness::scenario::{mib, publish_and_convert, VFS_PREREQS};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 const READERS: usize = 8;
 
 fn files() -> Vec<(String, u64, u64)> {

@@ -8,7 +8,7 @@ use harness::prerequisites_met;
 use harness::registry::Registry;
 use harness::scenario::{mib, publish_and_convert, read_errno, VFS_PREREQS};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 
 /// Total bytes of every blob in the registry's storage.
 fn stored_blob_bytes(registry: &Registry) -> u64 {

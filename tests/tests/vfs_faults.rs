@@ -18,7 +18,7 @@ use harness::registry::Registry;
 use harness::scenario::{publish_and_convert, read_errno, timed_read, Published, VFS_PREREQS};
 use sha2::{Digest as _, Sha256};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 
 /// An image of `n` random files `data/fI.bin` of `len` bytes each (seed `seed + I`).
 fn files_image(registry: &Registry, name: &str, n: u64, len: u64, seed: u64) -> (Published, Vec<Vec<u8>>) {

@@ -11,7 +11,7 @@ use harness::registry::Registry;
 use harness::scenario::{publish_and_convert, VFS_PREREQS};
 use harness::{cleanup, prerequisites_met, tree, Prereq};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 
 /// security.capability v2 granting cap_net_bind_service (bit 10) permitted + effective.
 const CAP_NET_BIND_SERVICE: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];

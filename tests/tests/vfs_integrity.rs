@@ -8,7 +8,7 @@ use harness::prerequisites_met;
 use harness::registry::{flip_byte, Registry};
 use harness::scenario::{find_files_containing, publish_and_convert, read_errno, VFS_PREREQS};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 
 #[test]
 fn corrupt_chunk_is_eio_and_never_cached() {

@@ -8,7 +8,7 @@ use harness::prerequisites_met;
 use harness::registry::Registry;
 use harness::scenario::{mib, publish_and_convert, VFS_PREREQS};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 
 #[test]
 fn reading_one_small_file_fetches_under_5_percent() {

@@ -10,7 +10,7 @@ use harness::prerequisites_met;
 use harness::registry::Registry;
 use harness::scenario::{publish_and_convert, read_errno, timed_read, VFS_PREREQS};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 const DEADLINE: u64 = 5;
 
 #[test]

@@ -23,7 +23,7 @@ use harness::registry::{flip_byte, Registry};
 use harness::scenario::{publish_and_convert, wait_until, Published, VFS_PREREQS};
 use harness::{prerequisites_met, Prereq};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 /// Bigger than the fetcher's largest span around a miss (16 MiB) plus the kernel's readahead, so
 /// reading its first page leaves most of it uncached.
 const BIG: u64 = 40 * MIB + 12_345;

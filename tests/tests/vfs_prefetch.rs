@@ -10,7 +10,7 @@ use harness::registry::Registry;
 use harness::scenario::{mib, publish_and_convert, read_errno, wait_until, VFS_PREREQS};
 use harness::{cleanup, prerequisites_met};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 const READ_ORDER: [&str; 3] = ["app/p2.bin", "app/p1.bin", "app/p3.bin"];
 
 #[test]

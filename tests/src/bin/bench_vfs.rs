@@ -26,7 +26,7 @@ use harness::lazyctl::{convert, drop_caches, LazyMount, MountOptions};
 use harness::registry::Registry;
 use harness::{cleanup, Prereq};
 
-const MIB: u64 = 1024 * 1024;
+use harness::MIB;
 const FILE: &str = "data/big.bin";
 
 struct Config {
@@ -380,18 +380,14 @@ fn median(times: &[Duration]) -> Duration {
     sorted[sorted.len() / 2]
 }
 
-/// Filesystem type of the mount holding `path`, from /proc/self/mounts (longest prefix wins).
+/// Filesystem type of the mount holding `path`, from /proc/self/mountinfo (longest prefix wins).
 fn fs_type(path: &Path) -> String {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, mp, ty) = (f.next()?, f.next()?, f.next()?);
-            path.starts_with(mp).then(|| (mp.len(), ty.to_string()))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, ty)| ty)
+    vfs::mountinfo::read()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .map(|m| m.fstype)
         .unwrap_or_else(|| "unknown filesystem".into())
 }
