@@ -10,17 +10,16 @@ use vfs::convert::push::PushSummary;
 use vfs::convert::{self, ConvertOptions, Platform, Progress, SourceImage, SourceRef};
 use vfs::registry::{Client, ClientConfig, PlainHttp, Reference};
 
+/// What `convert` and `optimize` both take: how to reach the registries, how to chunk, which
+/// platform and how large a layer may be.
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct ConvertArgs {
     /// Talk plain HTTP to the registries (default: only for loopback registries).
     #[arg(long)]
-    plain_http: bool,
+    pub plain_http: bool,
     /// Uncompressed chunk size: a power of two from 4K to 64M (suffixes K and M allowed).
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_size)]
-    chunk_size: u32,
-    /// Files to prefetch first, one absolute path per line (what `lazyctl mount --record` writes).
-    #[arg(long, value_name = "FILE")]
-    prefetch_list: Option<PathBuf>,
+    pub chunk_size: u32,
     /// Platform to convert from a multi-platform image (default: this host's), e.g. linux/arm64/v8.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<Platform>,
@@ -28,6 +27,26 @@ pub struct Args {
     /// decompression bomb.
     #[arg(long, value_name = "GIB", default_value_t = convert::DEFAULT_MAX_LAYER_SIZE >> 30)]
     max_layer_size: u64,
+}
+
+impl ConvertArgs {
+    /// The platform asked for, or this host's.
+    pub fn platform(&self) -> Platform {
+        self.platform.clone().unwrap_or_else(Platform::host)
+    }
+
+    pub fn limits(&self) -> convert::Limits {
+        convert::Limits { max_layer_size: self.max_layer_size.saturating_mul(1 << 30) }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    common: ConvertArgs,
+    /// Files to prefetch first, one absolute path per line (what `lazyctl mount --record` writes).
+    #[arg(long, value_name = "FILE")]
+    prefetch_list: Option<PathBuf>,
     /// Source image: a registry reference, or an OCI layout as oci:DIR[:TAG].
     src: SourceRef,
     /// Destination registry reference for the lazy image (data blobs go to the same repository).
@@ -54,8 +73,8 @@ pub(crate) fn mb(bytes: u64) -> f64 {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let runtime = network_runtime()?;
-    let client = registry_client(args.plain_http)?;
-    let platform = args.platform.clone().unwrap_or_else(Platform::host);
+    let client = registry_client(args.common.plain_http)?;
+    let platform = args.common.platform();
     let prefetch = match &args.prefetch_list {
         Some(p) => convert::read_prefetch_list(p)?,
         None => Vec::new(),
@@ -64,11 +83,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let source = fetch_source(&runtime, &client, &args.src, &platform, tmp.path())?;
     let reuse = runtime.block_on(convert::reuse::earlier_indexes(&client, &args.dst));
     let opts = ConvertOptions {
-        chunk_size: args.chunk_size,
+        chunk_size: args.common.chunk_size,
         source_repo: format!("{}/{}", args.dst.registry, args.dst.repository),
         prefetch,
         reuse,
-        limits: convert::Limits { max_layer_size: args.max_layer_size.saturating_mul(1 << 30) },
+        limits: args.common.limits(),
     };
     let convert_started = Instant::now();
     let converted = convert_with_progress(&source, &opts, tmp.path())?;
@@ -77,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let total_secs = started.elapsed().as_secs_f64();
 
     println!("converted {} -> {} ({})", args.src, args.dst, pushed.index_digest);
-    print_figures(&converted.summary, &pushed, args.chunk_size, stub.layer.len());
+    print_figures(&converted.summary, &pushed, args.common.chunk_size, stub.layer.len());
     let s = &converted.summary;
     println!(
         "  time {total_secs:.2} s (convert {convert_secs:.2} s: {:.1} MB/s)  overall {:.1} MB/s",

@@ -25,28 +25,21 @@ use serde_json::Value;
 use vfs::builder::{CacheSettings, LazyMountBuilder};
 use vfs::cache::DEFAULT_MAX_BYTES;
 use vfs::fetch::FetchOptions;
-use vfs::convert::{self, ConvertOptions, Platform, SourceRef};
+use vfs::convert::{self, ConvertOptions, SourceRef};
 use vfs::fs::{MountOptions, PrefetchMode};
 use vfs::registry::Reference;
 use vfs::stats::Stats;
 
 use super::convert::{
-    convert_with_progress, fetch_source, mb, network_runtime, parse_size, print_figures, publish, registry_client,
-    reused_blobs,
+    convert_with_progress, fetch_source, mb, network_runtime, print_figures, publish, registry_client, reused_blobs,
+    ConvertArgs,
 };
 use super::sandbox::{Sandbox, Spec};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Talk plain HTTP to the registries (default: only for loopback registries).
-    #[arg(long)]
-    plain_http: bool,
-    /// Uncompressed chunk size: a power of two from 4K to 64M (suffixes K and M allowed).
-    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_size)]
-    chunk_size: u32,
-    /// Platform to convert from a multi-platform image (default: this host's), e.g. linux/arm64/v8.
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    platform: Option<Platform>,
+    #[command(flatten)]
+    common: ConvertArgs,
     /// Stop recording when a line of CMD's stdout or stderr matches REGEX (a server's "ready" line).
     #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
     wait_for: Option<regex::Regex>,
@@ -106,8 +99,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let runtime = network_runtime()?;
-    let client = registry_client(args.plain_http)?;
-    let platform = args.platform.clone().unwrap_or_else(Platform::host);
+    let client = registry_client(args.common.plain_http)?;
+    let platform = args.common.platform();
     let tmp = tempfile::Builder::new().prefix("lazyctl-optimize-").tempdir().context("creating a temp dir")?;
 
     let source = fetch_source(&runtime, &client, &args.src, &platform, tmp.path())?;
@@ -121,11 +114,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // First conversion: what the workload runs on. Its blobs go to DST's repository untagged.
     let earlier = runtime.block_on(convert::reuse::earlier_indexes(&client, &args.dst));
     let mut opts = ConvertOptions {
-        chunk_size: args.chunk_size,
+        chunk_size: args.common.chunk_size,
         source_repo: format!("{}/{}", args.dst.registry, args.dst.repository),
         prefetch: Vec::new(),
         reuse: earlier.clone(),
-        limits: convert::Limits::default(),
+        limits: args.common.limits(),
     };
     let work = |name: &str| -> anyhow::Result<PathBuf> {
         let dir = tmp.path().join(name);
@@ -166,7 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         recording.stopped,
         mb(recording.bytes_served)
     );
-    print_figures(s, &pushed, args.chunk_size, stub.layer.len());
+    print_figures(s, &pushed, args.common.chunk_size, stub.layer.len());
     println!("  time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
