@@ -38,6 +38,10 @@ pub const NAME_MAX: u32 = 255;
 /// kernel's readahead of a page fails, it retries that page with a synchronous read right away
 /// (microseconds later); without this, one read(2) during an outage would wait for the fetch
 /// deadline twice. Short, so a read made after the registry is back is never refused.
+///
+/// This is the read path's only memory of failed chunks. The fetch layer remembers the registry's
+/// health instead (`outage_since`: while it is down, fetches only probe briefly and no readahead is
+/// sent) and which mismatching chunks it already logged; neither refuses a chunk by itself.
 const FAILURE_MEMO: Duration = Duration::from_millis(100);
 
 /// File type as the filesystem reports it (mirrors `fuser::FileType` without depending on it, so
