@@ -65,6 +65,10 @@ pub struct EvictReport {
     pub bytes_left: u64,
 }
 
+/// Subdirectory of the cache dir holding the file store's whole files ([`crate::filestore`]),
+/// which share the cache's cap and LRU order.
+pub const FILES_DIR: &str = "files";
+
 impl ChunkCache {
     /// Opens (creating if needed) the cache at `dir`, capped at `max_bytes` (0: no cap).
     pub fn open(dir: &Path, max_bytes: u64) -> Result<ChunkCache, CacheError> {
@@ -288,7 +292,7 @@ impl ChunkCache {
         let mut out = Vec::new();
         self.scan_dir(&self.chunks, &mut out)?;
         // Whole files stored beside the chunks share the cap and the LRU order.
-        let files = self.root.join(crate::filestore::FILES_DIR);
+        let files = self.root.join(FILES_DIR);
         if files.is_dir() {
             self.scan_dir(&files, &mut out)?;
         }

@@ -26,14 +26,12 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::cache::{CacheError, ChunkCache};
+use crate::cache::{CacheError, ChunkCache, FILES_DIR};
 use crate::digest::{Digest, Hasher};
 use crate::index::Chunk;
 
 /// A hand-out refreshes the stored file's mtime (the LRU clock) at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
-/// Subdirectory of the cache dir holding stored files.
-pub const FILES_DIR: &str = "files";
 
 /// Why a file could not be stored.
 #[derive(Debug, thiserror::Error)]
