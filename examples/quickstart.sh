@@ -2,9 +2,10 @@
 # containerd-shim-lazy quickstart: start a ~330 MB Debian python3 + numpy/pandas image LAZILY and compare
 # it with a full pull + runc.
 #
-#   sudo bash examples/quickstart.sh
+#   bash examples/quickstart.sh          # as root (or: sudo bash examples/quickstart.sh)
 #
-# On a Debian 12 host, as root. Everything runs privately: a docker-registry on 127.0.0.1:<free
+# On a Debian 12 host, as root. It installs the Debian packages it needs, also those the first
+# cargo build needs (that build takes ~15 minutes on a 2-core machine; progress is printed). Everything runs privately: a docker-registry on 127.0.0.1:<free
 # port>, a containerd with its own root/state/socket under a temp dir (a system containerd is never
 # touched), a unique containerd namespace. On exit, also on failure or Ctrl-C, it removes all of it
 # (tasks, containers, shims, mounts, cgroups, containerd's host paths, temp dirs) and checks that no
@@ -215,21 +216,15 @@ cleanup() {
 
 # ---------------------------------------------------------------------------------------------
 step 1 "checking the host and installing packages"
-[ "$(id -u)" = 0 ] || die "run as root: sudo bash $0"
+[ "$(id -u)" = 0 ] || die "run as root (for example: sudo bash $0)"
 [ -r /etc/debian_version ] || log "warning: not a Debian host; the apt-get steps assume Debian 12 (bookworm)"
-packages=(containerd runc docker-registry skopeo umoci mmdebstrap fuse3 ca-certificates curl jq iproute2 procps)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update || die "apt-get update failed: check the network and /etc/apt/sources.list"
-    apt-get install -y --no-install-recommends "${missing[@]}" || die "apt-get install ${missing[*]} failed"
-else
-    log "all packages present: ${packages[*]}"
-fi
+# shellcheck source=tests/deps.sh
+. "$REPO/tests/deps.sh"
+needed=("${RUNTIME_PACKAGES[@]}")
+# The build packages too, unless prebuilt binaries are given.
+[ -n "${LAZY_BIN_DIR:-}" ] || needed+=("${BUILD_PACKAGES[@]}")
+ensure_packages quickstart "${needed[@]}" || die "cannot install the packages it needs (above)"
+log "packages present: ${needed[*]}"
 modprobe fuse 2>/dev/null || true
 [ -c /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
 
@@ -252,20 +247,10 @@ else
     done
     if [ -n "$stale" ]; then
         log "building ($stale): cargo build --bin lazyctl --bin containerd-shim-lazy-v2"
-        # cargo: rustup's, also when run through sudo (the invoking user's toolchain).
-        for envf in "$HOME/.cargo/env" "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)/.cargo/env"; do
-            # shellcheck disable=SC1090
-            [ -f "$envf" ] && ! command -v cargo >/dev/null 2>&1 && . "$envf"
-        done
-        if ! command -v cargo >/dev/null 2>&1; then
-            die "cargo not found. Install Rust >= 1.85 with rustup (https://rustup.rs; Debian 12's rustc is too old) \
-and the build packages: apt-get install build-essential pkg-config libseccomp-dev"
-        fi
-        for p in build-essential pkg-config libseccomp-dev; do
-            dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-                die "the build needs $p: apt-get install --no-install-recommends build-essential pkg-config libseccomp-dev"
-        done
-        (cd "$REPO" && cargo build --bin lazyctl --bin containerd-shim-lazy-v2) || die "cargo build failed (output above)"
+        ensure_cargo quickstart || die "no Rust toolchain (above)"
+        log "the first build compiles ~300 crates: about 15 minutes on 2 cores, a minute or two after that"
+        (cd "$REPO" && cargo_with_progress quickstart build --bin lazyctl --bin containerd-shim-lazy-v2) ||
+            die "cargo build failed (output above)"
     else
         log "up to date in $BIN_SRC"
     fi

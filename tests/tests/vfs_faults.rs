@@ -186,12 +186,15 @@ fn a_cache_changed_or_deleted_under_a_live_mount_is_never_served_and_is_refetche
         return;
     }
     let registry = Registry::start().expect("starting docker-registry");
-    let (published, contents) = files_image(&registry, "cache-tamper", 5, 8 * MIB, 500);
-    let mount = LazyMount::start(&published.lazy, MountOptions::default()).expect("mounting");
+    let (published, contents) = files_image(&registry, "cache-tamper", 8, 8 * MIB, 500);
+    // Chunks only: with passthrough, a fully read file is served from its stored copy (whose own
+    // corruption vfs_passthrough covers) and the tampered chunk would never be read.
+    let opts = MountOptions { extra: vec!["--no-passthrough".into()], ..Default::default() };
+    let mount = LazyMount::start(&published.lazy, opts).expect("mounting");
     for (i, want) in contents.iter().enumerate() {
         assert!(read_errno(&file(&mount, i)).expect("first read") == *want, "file {i}: wrong bytes");
     }
-    // The first file's chunks are no longer in the fetcher's memory (32 MiB, first in first out).
+    // The first file's chunks are no longer in the fetcher's memory (32 MiB, first in first out, of 64).
     let index = fetch_index(&published.lazy).expect("fetching the index");
     let ino = index.resolve(b"data/f0.bin").expect("f0 in the index");
     let vfs::index::Kind::File { chunks, .. } = &index.inode(ino).expect("inode").kind else { panic!("f0 is not a file") };

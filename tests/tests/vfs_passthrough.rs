@@ -174,7 +174,11 @@ fn a_corrupt_stored_file_is_never_served() {
 
 #[test]
 fn eviction_under_a_live_passthrough_open_keeps_the_reader_going() {
-    let Some((_registry, image, published)) = setup("passthrough_evict") else { return };
+    let Some((registry, image, published)) = setup("passthrough_evict") else { return };
+    // A second image over the same cache: reading it puts chunks nobody has fetched yet (the
+    // first image's b.bin is already cached by the spans around a.bin).
+    let other = Image::new(vec![Layer::new().add(Entry::dir("data")).add(Entry::random_file("data/c.bin", 94, 8 * MIB))]);
+    let other_published = publish_and_convert(&registry, &other, "passthrough_evict_other", &[]).expect("publish and convert");
     let cache = temp_dir("pt-cache");
     // Cap 12 MiB: a.bin's chunks (8 MiB) plus its stored copy (8 MiB) are already over it, but
     // files younger than 5 s are never evicted.
@@ -188,8 +192,9 @@ fn eviction_under_a_live_passthrough_open_keeps_the_reader_going() {
     assert_eq!(mount.stats().unwrap().passthrough_opens, 1);
     let mut first_half = vec![0u8; 4 * MIB as usize];
     reader.read_exact(&mut first_half).unwrap();
-    // Reading b.bin puts 8 MiB of new chunks: eviction removes the old ones, stored a.bin included.
-    assert!(std::fs::read(mount.join("data/b.bin")).unwrap() == image.content("data/b.bin").unwrap().to_vec());
+    // Reading c.bin puts 8 MiB of new chunks: eviction removes the old ones, stored a.bin included.
+    let second = mount_with(&other_published, cache.path(), &["--cache-max-bytes", &(12 * MIB).to_string()]);
+    assert!(std::fs::read(second.join("data/c.bin")).unwrap() == other.content("data/c.bin").unwrap().to_vec());
     assert!(wait_until(Duration::from_secs(10), || !stored.exists()), "a.bin's stored copy was not evicted");
     let mut rest = Vec::new();
     reader.read_to_end(&mut rest).expect("reading on after eviction");
@@ -198,6 +203,7 @@ fn eviction_under_a_live_passthrough_open_keeps_the_reader_going() {
     drop(reader);
     // A new open after eviction is served the normal way (the chunks are refetched).
     assert!(std::fs::read(mount.join("data/a.bin")).unwrap() == want);
+    second.unmount().expect("clean unmount");
     mount.unmount().expect("clean unmount");
 }
 

@@ -13,9 +13,12 @@
 //! - Trust: this kernel's ext4 has no fs-verity, so a stored file's content is re-hashed (chunk by
 //!   chunk, against the index) the first time a process hands it out; a file that fails is logged,
 //!   removed and reported as absent, so the caller serves the file from verified chunks instead.
-//!   Later hand-outs in the same process trust the file. Same model as the chunk cache.
+//!   Later hand-outs in the same process trust the file only while its inode and ctime are those
+//!   seen at the check (any write or replacement changes them, and userspace cannot set a ctime):
+//!   a stored file changed under a live mount is hashed again before it is handed out.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
@@ -54,11 +57,26 @@ pub enum Lookup {
     Corrupt,
 }
 
+/// What identifies a stored file's content as it was when this process hashed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp { dev: meta.dev(), ino: meta.ino(), ctime: meta.ctime(), ctime_nsec: meta.ctime_nsec() }
+    }
+}
+
 pub struct FileStore {
     cache: Arc<ChunkCache>,
     dir: PathBuf,
-    /// Stored files whose content this process has hashed (by key).
-    verified: Mutex<HashSet<Digest>>,
+    /// Stored files whose content this process has hashed (by key), as they were then.
+    verified: Mutex<HashMap<Digest, Stamp>>,
     temp_seq: AtomicU64,
 }
 
@@ -73,7 +91,7 @@ impl FileStore {
     pub fn open(cache: Arc<ChunkCache>) -> Result<FileStore, CacheError> {
         let dir = cache.dir().join(FILES_DIR);
         fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
-        Ok(FileStore { cache, dir, verified: Mutex::new(HashSet::new()), temp_seq: AtomicU64::new(0) })
+        Ok(FileStore { cache, dir, verified: Mutex::new(HashMap::new()), temp_seq: AtomicU64::new(0) })
     }
 
     pub fn cache(&self) -> &Arc<ChunkCache> {
@@ -132,16 +150,17 @@ impl FileStore {
             self.discard(&path);
             return Err(());
         }
-        if !self.verified.lock().contains(key) {
+        if self.verified.lock().get(key) != Some(&Stamp::of(&meta)) {
             if let Err(reason) = check_content(&mut file, chunks) {
                 log::error!(
                     "file store {}: {label} is corrupt on disk ({reason}); removing it and serving from verified chunks",
                     path.display()
                 );
+                self.verified.lock().remove(key);
                 self.discard(&path);
                 return Err(());
             }
-            self.verified.lock().insert(*key);
+            self.verified.lock().insert(*key, Stamp::of(&meta));
             // Hand out a fresh descriptor (the check moved this one's offset; passthrough ignores
             // it, but a caller reading sequentially would not).
             let Ok(f) = File::open(&path) else { return Ok(None) };
@@ -149,8 +168,17 @@ impl FileStore {
         }
         let stale = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_none_or(|age| age > TOUCH_EVERY);
         if stale {
-            // The LRU clock. Failure only makes this file look older than it is.
-            let _ = File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+            // The LRU clock. Failure only makes this file look older than it is. Touching changes
+            // the ctime: the new one is what this process last checked.
+            let touched = File::options().write(true).open(&path).and_then(|f| {
+                f.set_modified(SystemTime::now())?;
+                f.metadata()
+            });
+            if let Ok(after) = touched {
+                if let Some(stamp) = self.verified.lock().get_mut(key) {
+                    *stamp = Stamp::of(&after);
+                }
+            }
         }
         Ok(Some(file))
     }
@@ -210,8 +238,10 @@ impl FileStore {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        // We hashed every chunk while writing it: this process trusts the file.
-        self.verified.lock().insert(*key);
+        // We hashed every chunk while writing it: this process trusts the file as it is now.
+        if let Ok(meta) = fs::metadata(&path) {
+            self.verified.lock().insert(*key, Stamp::of(&meta));
+        }
         self.cache.account(size);
         Ok(size)
     }
@@ -315,6 +345,24 @@ mod tests {
         // Rebuilt from the chunks, it is good again.
         store.store(&key, data.len() as u64, &chunks).unwrap();
         assert!(matches!(store.lookup(&key, data.len() as u64, &chunks, "f"), Lookup::Found(_)));
+    }
+
+    #[test]
+    fn a_stored_file_changed_after_its_check_in_this_process_is_checked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ChunkCache::open(dir.path(), 0).unwrap());
+        let data = vec![7u8; 20_000];
+        let store = FileStore::open(cache.clone()).unwrap();
+        let chunks = chunks_of(&cache, &data, 8192, true);
+        let key = FileStore::key(data.len() as u64, &chunks);
+        store.store(&key, data.len() as u64, &chunks).unwrap();
+        assert!(matches!(store.lookup(&key, data.len() as u64, &chunks, "f"), Lookup::Found(_)));
+        // Changed on disk after this process checked and handed it out: never handed out again.
+        let path = store.path_of(&key);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        File::options().write(true).open(&path).unwrap().write_all_at(&[8], 100).unwrap();
+        assert!(matches!(store.lookup(&key, data.len() as u64, &chunks, "f"), Lookup::Corrupt));
+        assert!(!path.exists(), "the corrupt file is removed");
     }
 
     #[test]

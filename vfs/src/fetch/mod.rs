@@ -211,8 +211,46 @@ struct Inner {
     leases: Mutex<HashMap<u32, Arc<Lease>>>,
     /// Whether failing to open a lock file of the node cache was logged (once per mount).
     lock_warned: AtomicBool,
-    /// Whether the last write to the node cache failed (a full disk): logged when it starts and ends.
-    cache_failing: AtomicBool,
+    /// Writes to the node cache failing (a full disk): logged when that starts and ends, at most
+    /// once a minute however often a small chunk still fits between failures.
+    cache_trouble: Mutex<CacheTrouble>,
+}
+
+/// The log of a node cache that stops taking writes: one warning when writes start failing, one
+/// line when they work again, and no more than one of each per [`CacheTrouble::QUIET`].
+#[derive(Default)]
+struct CacheTrouble {
+    failing: bool,
+    warned_at: Option<Instant>,
+    /// Whether the recovery after the last warning was logged.
+    recovery_logged: bool,
+}
+
+impl CacheTrouble {
+    const QUIET: Duration = Duration::from_secs(60);
+
+    fn note(&mut self, put: Result<(), crate::cache::CacheError>, cache: &ChunkCache) {
+        match put {
+            Err(e) => {
+                self.failing = true;
+                if self.warned_at.is_none_or(|t| t.elapsed() >= Self::QUIET) {
+                    self.warned_at = Some(Instant::now());
+                    self.recovery_logged = false;
+                    log::warn!("{e}; reads go on from the registry, uncached, until the cache takes writes again");
+                } else {
+                    log::debug!("{e}");
+                }
+            }
+            Ok(()) if self.failing => {
+                self.failing = false;
+                if !self.recovery_logged {
+                    self.recovery_logged = true;
+                    log::info!("chunk cache {}: takes writes again", cache.dir().display());
+                }
+            }
+            Ok(()) => {}
+        }
+    }
 }
 
 /// Verified chunks recently served, first in first out, bounded in bytes.
@@ -295,7 +333,7 @@ impl RegistryChunkSource {
                 outage_since: Mutex::new(None),
                 leases: Mutex::new(HashMap::new()),
                 lock_warned: AtomicBool::new(false),
-                cache_failing: AtomicBool::new(false),
+                cache_trouble: Mutex::new(CacheTrouble::default()),
             }),
         }
     }
@@ -752,17 +790,8 @@ impl Inner {
             return Err(Failure::Mismatch(got));
         }
         if let Some(cache) = &self.cache {
-            match cache.put(&chunk.digest, &data) {
-                // Logged once per failing stretch, not per chunk: a full disk fails every put.
-                Err(e) if !self.cache_failing.swap(true, Ordering::Relaxed) => {
-                    log::warn!("{e}; reads go on from the registry, uncached, until the cache takes writes again")
-                }
-                Err(e) => log::debug!("{e}"),
-                Ok(()) if self.cache_failing.swap(false, Ordering::Relaxed) => {
-                    log::info!("chunk cache {}: takes writes again", cache.dir().display())
-                }
-                Ok(()) => {}
-            }
+            let put = cache.put(&chunk.digest, &data);
+            self.cache_trouble.lock().note(put, cache);
         }
         let data = Bytes::from(data);
         if claim.label.is_some() {
