@@ -168,6 +168,9 @@ impl Fleet {
             sum.prefetched_chunks += s.prefetched_chunks;
             sum.readahead_chunks += s.readahead_chunks;
             sum.node_waits += s.node_waits;
+            sum.passthrough_opens += s.passthrough_opens;
+            sum.files_stored += s.files_stored;
+            sum.stored_file_failures += s.stored_file_failures;
             sum.image_bytes = s.image_bytes;
         }
         Ok(sum)
@@ -316,6 +319,13 @@ fn shim_pids_of(socket: &str) -> Vec<i32> {
             pids.push(pid);
         }
     }
+    // A shim's fork that has not exec'd yet (its launcher helper) has the shim's command line.
+    let parent = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<i32>().ok())
+    };
+    let all = pids.clone();
+    pids.retain(|p| !parent(*p).is_some_and(|pp| all.contains(&pp)));
     pids
 }
 
@@ -466,4 +476,75 @@ pub fn run_round(
         stats,
         wrong,
     })
+}
+
+/// `lazyctl stats` of container `id`'s lazy mount.
+pub fn stats_of(ctrd: &Containerd, id: &str) -> Result<crate::lazyctl::Stats> {
+    let lazy = ctrd.bundle(id).join("lazy");
+    let out = crate::lazyctl::run(&["stats", &lazy.display().to_string()])?;
+    serde_json::from_str(&out).with_context(|| format!("lazyctl stats {} printed {out}", lazy.display()))
+}
+
+/// `ctr task ls`: task id -> (pid, status) as ctr prints them (RUNNING, CREATED, STOPPED, ...).
+pub fn tasks(ctrd: &Containerd) -> Result<BTreeMap<String, (i32, String)>> {
+    let out = ctrd.ctr_ok(&["task", "ls"])?;
+    Ok(out
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3).then(|| (f[0].to_string(), (f[1].parse().unwrap_or(0), f[2].to_string())))
+        })
+        .collect())
+}
+
+/// Whether process `pid` is gone (or a zombie: dead, waiting to be reaped).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) == Some("Z"),
+    }
+}
+
+/// The node cache's lock files (`<cache>/locks/*`, one per data blob, kept by design) and what is
+/// wrong with each: not empty, or a write lock over the whole file cannot be taken at once (a lock
+/// of a process that died must die with it). Returns (files, problems).
+pub fn check_lock_files(cache: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    use std::os::fd::AsRawFd as _;
+    let dir = cache.join("locks");
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = e.with_context(|| format!("listing {}", dir.display()))?.path();
+        let file = std::fs::File::options().read(true).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata().with_context(|| format!("stat {}", path.display()))?.len();
+        if len != 0 {
+            problems.push(format!("{}: {len} bytes (lock files stay empty)", path.display()));
+        }
+        // SAFETY: an all-zero flock is a valid value of this plain C struct; l_pid stays 0 as OFD
+        // locks require, l_len 0 covers the whole file.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_WRLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: fcntl on a descriptor `file` owns, with a pointer to a live flock it only reads.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+        if rc != 0 {
+            problems.push(format!("{}: a fresh write lock failed: {} (a dead fetcher's lock survived it)", path.display(), std::io::Error::last_os_error()));
+        }
+        files.push(path);
+        // Dropping `file` releases the test's own lock.
+    }
+    Ok((files, problems))
+}
+
+/// cgroup directories named `id` under this containerd's namespace in any hierarchy (v1 controllers
+/// and the cgroup2 mount).
+pub fn cgroups_of(ctrd: &Containerd, id: &str) -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join(ctrd.namespace()).join(id))
+        .filter(|p| p.is_dir())
+        .collect()
 }
