@@ -214,16 +214,36 @@ pub fn delete_all(ctrd: &Containerd, ids: &[String]) -> Result<()> {
 }
 
 /// What is left of a containerd's containers after every one was deleted: shim processes, mounts,
-/// cgroups. Waits up to 15 s for shims to exit; an empty Vec means nothing leaked.
+/// cgroups. Waits up to 30 s for shims, and for the `delete` actions containerd runs after a shim
+/// died (they can be slow on a busy disk), to exit; an empty Vec means nothing leaked.
 pub fn leftovers(ctrd: &Containerd) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !ctrd.shim_pids().is_empty() && Instant::now() < deadline {
+    let socket = ctrd.socket().display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(ctrd.shim_pids().is_empty() && delete_actions_of(&socket).is_empty()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut out: Vec<String> = ctrd.shim_pids().iter().map(|p| format!("shim process {p}")).collect();
+    out.extend(delete_actions_of(&socket).iter().map(|p| format!("shim delete action {p} still running after 30 s")));
     out.extend(ctrd.mounts().iter().map(|m| format!("mount {}", m.display())));
     out.extend(ctrd.leftover_cgroups().iter().map(|c| format!("cgroup {}", c.display())));
     out
+}
+
+/// Pids of our shim's `delete` action (containerd's cleanup of a dead shim) for the containerd on `socket`.
+fn delete_actions_of(socket: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"containerd-shim-lazy-v2"))
+            && args.contains(&socket.as_bytes())
+            && args.contains(&&b"delete"[..])
+        {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// Memory of the shims, sampled.
