@@ -163,7 +163,7 @@ fn shim_killed_in_the_middle_of_prefetch_leaves_no_mount_cgroup_process_fuse_con
 }
 
 /// Lazy containers running and hashing their image, one lazy container in the middle of Create.
-const RUNNING: usize = 10;
+const RUNNING: usize = 30;
 
 #[test]
 fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
