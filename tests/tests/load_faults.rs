@@ -65,7 +65,8 @@ fn shim_config(ctrd: &Containerd, name: &str, fetch: &str) -> (PathBuf, PathBuf)
 fn spawn_run(ctrd: &Containerd, image: &str, id: &str, config: &Path, log: &Path, cmd: &[&str]) -> std::process::Child {
     let uri = format!("file://{}", log.display());
     let config = config.display().to_string();
-    let mut args = vec!["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", &config, "--log-uri", &uri, image, id];
+    let mut args =
+        vec!["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", &config, "--log-uri", &uri, image, id];
     args.extend(cmd);
     let mut c = ctrd.ctr_command(&args);
     c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -82,12 +83,17 @@ fn output_of(child: std::process::Child) -> (i32, String) {
 fn assert_nothing_left(ctrd: &Containerd, what: &str) {
     let left = load::leftovers(ctrd);
     let log: String = ctrd.log().lines().filter(|l| !l.contains("FUSE(")).collect::<Vec<_>>().join("\n");
-    assert!(left.is_empty(), "{what}: left behind: {left:?}\ncontainerd log (tail, without FUSE traces):\n{}", load::tail(&log, 60));
+    assert!(
+        left.is_empty(),
+        "{what}: left behind: {left:?}\ncontainerd log (tail, without FUSE traces):\n{}",
+        load::tail(&log, 60)
+    );
 }
 
 #[test]
 fn shim_killed_in_the_middle_of_prefetch_leaves_no_mount_cgroup_process_fuse_connection_or_lock() {
-    let Some(n) = node("shim_killed_in_the_middle_of_prefetch_leaves_no_mount_cgroup_process_fuse_connection_or_lock") else {
+    let Some(n) = node("shim_killed_in_the_middle_of_prefetch_leaves_no_mount_cgroup_process_fuse_connection_or_lock")
+    else {
         return;
     };
     let image = load::publish(&n.registry, &n.via_link, "prefetch", 64 << 20).expect("publishing the image");
@@ -98,7 +104,8 @@ fn shim_killed_in_the_middle_of_prefetch_leaves_no_mount_cgroup_process_fuse_con
 
     let logs = n.ctrd.scratch("logs");
     let id = "pf";
-    let (code, out) = output_of(spawn_run(&n.ctrd, &image.lazy, id, &config, &logs.join("pf.log"), &["sleep", "100000"]));
+    let (code, out) =
+        output_of(spawn_run(&n.ctrd, &image.lazy, id, &config, &logs.join("pf.log"), &["sleep", "100000"]));
     assert_eq!(code, 0, "ctr run: {out}");
     let mut last = None;
     let streaming = wait_until(Duration::from_secs(60), || {
@@ -145,7 +152,10 @@ fn shim_killed_in_the_middle_of_prefetch_leaves_no_mount_cgroup_process_fuse_con
 
     assert_nothing_left(&n.ctrd, "after the shim was killed mid-prefetch and the task deleted");
     assert!(load::cgroups_of(&n.ctrd, id).is_empty(), "cgroups left: {:?}", load::cgroups_of(&n.ctrd, id));
-    assert!(wait_until(Duration::from_secs(5), || load::process_gone(task_pid)), "the container's process {task_pid} is left");
+    assert!(
+        wait_until(Duration::from_secs(5), || load::process_gone(task_pid)),
+        "the container's process {task_pid} is left"
+    );
     assert!(
         wait_until(Duration::from_secs(5), || !fusectl.exists(connection)),
         "FUSE connection {connection} (the killed shim's lazy mount) is still in fusectl"
@@ -168,7 +178,8 @@ const RUNNING: usize = 30;
 #[test]
 fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
     let Some(mut n) = node("containerd_restart_while_lazy_containers_run_and_one_is_being_created") else { return };
-    let image: LoadImage = load::publish(&n.registry, &n.registry.host(), "restart", 16 << 20).expect("publishing the image");
+    let image: LoadImage =
+        load::publish(&n.registry, &n.registry.host(), "restart", 16 << 20).expect("publishing the image");
     // The container being created reads its image through the link, into a cache of its own (so
     // nothing it needs is there yet), and waits for the link far longer than the test.
     let slow = load::publish(&n.registry, &n.via_link, "slow", 1 << 20).expect("publishing the slow image");
@@ -181,7 +192,8 @@ fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
         "prefetch = \"none\"\nconnect_timeout_secs = 1\nrequest_timeout_secs = 2\ndeadline_secs = 300\n",
     );
 
-    let fleet = load::start_all(&n.ctrd, &image.lazy, &config, RUNNING, "r", &load::hash_then_sleep(), None).expect("starting");
+    let fleet =
+        load::start_all(&n.ctrd, &image.lazy, &config, RUNNING, "r", &load::hash_then_sleep(), None).expect("starting");
     let digests = fleet.wait_digests(Duration::from_secs(180)).expect("every container hashes its file");
     let wrong: Vec<_> = digests.iter().filter(|(_, (_, d))| *d != image.digest).collect();
     assert!(wrong.is_empty(), "wrong digests (want {}): {wrong:?}", image.digest);
@@ -189,7 +201,14 @@ fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
     // The Create of "stuck" reads /etc/passwd from its lazy rootfs (HOME for the process) behind a cut link.
     n.link.set_cut(true);
     let stuck_log = n.ctrd.scratch("logs-stuck").join("stuck.log");
-    let run = spawn_run(&n.ctrd, &slow.lazy, "stuck", &slow_config, &stuck_log, &["sh", "-c", "echo started; exec sleep 100000"]);
+    let run = spawn_run(
+        &n.ctrd,
+        &slow.lazy,
+        "stuck",
+        &slow_config,
+        &stuck_log,
+        &["sh", "-c", "echo started; exec sleep 100000"],
+    );
     let stuck_lazy = n.ctrd.bundle("stuck").join("lazy");
     assert!(
         wait_until(Duration::from_secs(30), || is_mounted(&stuck_lazy)),
@@ -197,7 +216,10 @@ fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
         load::tail(&n.ctrd.log(), 30)
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert!(load::tasks(&n.ctrd).is_ok_and(|t| !t.get("stuck").is_some_and(|(_, s)| s == "RUNNING")), "'stuck' is not stuck");
+    assert!(
+        load::tasks(&n.ctrd).is_ok_and(|t| !t.get("stuck").is_some_and(|(_, s)| s == "RUNNING")),
+        "'stuck' is not stuck"
+    );
 
     n.ctrd.kill_and_restart().expect("restarting containerd");
     let (code, out) = output_of(run);
@@ -234,7 +256,9 @@ fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
     if state.as_deref() == Some("CREATED") {
         // Its Create completed, but the `ctr run` that would have started it died with containerd:
         // a user deletes the task (nothing of it may stay) and starts it again.
-        n.ctrd.ctr_ok(&["task", "delete", "--force", "stuck"]).expect("ctr task delete of the task the restart left CREATED");
+        n.ctrd
+            .ctr_ok(&["task", "delete", "--force", "stuck"])
+            .expect("ctr task delete of the task the restart left CREATED");
         let bundle_mounts = harness::cleanup::mounts_under(&n.ctrd.bundle("stuck"));
         assert!(bundle_mounts.is_empty(), "mounts of the deleted CREATED task: {bundle_mounts:?}");
         assert!(load::cgroups_of(&n.ctrd, "stuck").is_empty(), "cgroups of the deleted CREATED task");
@@ -244,7 +268,9 @@ fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
     }
     if state.as_deref() == Some("RUNNING") {
         assert!(
-            wait_until(Duration::from_secs(30), || std::fs::read_to_string(&stuck_log).unwrap_or_default().contains("started")),
+            wait_until(Duration::from_secs(30), || std::fs::read_to_string(&stuck_log)
+                .unwrap_or_default()
+                .contains("started")),
             "'stuck' is RUNNING but printed nothing: {:?}",
             std::fs::read_to_string(&stuck_log)
         );
@@ -254,5 +280,9 @@ fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
     ids.push("stuck".into());
     load::delete_all(&n.ctrd, &ids).expect("deleting every container");
     assert_nothing_left(&n.ctrd, "after the restart and deleting every container");
-    assert!(load::cgroups_of(&n.ctrd, "stuck").is_empty(), "cgroups of 'stuck' left: {:?}", load::cgroups_of(&n.ctrd, "stuck"));
+    assert!(
+        load::cgroups_of(&n.ctrd, "stuck").is_empty(),
+        "cgroups of 'stuck' left: {:?}",
+        load::cgroups_of(&n.ctrd, "stuck")
+    );
 }

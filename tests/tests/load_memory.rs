@@ -34,7 +34,11 @@ fn shim_rss_stays_bounded_while_prefetch_all_streams_a_1_gib_image() {
     let registry = Registry::start().expect("starting docker-registry");
     let published = Instant::now();
     let image = load::publish(&registry, &registry.host(), "big", DATA).expect("publishing the 1 GiB image");
-    eprintln!("published busybox + 1 GiB ({} bytes of lazy data blobs) in {:.1?}", image.blob_bytes, published.elapsed());
+    eprintln!(
+        "published busybox + 1 GiB ({} bytes of lazy data blobs) in {:.1?}",
+        image.blob_bytes,
+        published.elapsed()
+    );
     let ctrd = Containerd::start_with(&StartOptions::default()).expect("starting containerd");
     ctrd.pull(&image.lazy).expect("pulling the lazy stub");
     let dir = ctrd.scratch("big");
@@ -53,7 +57,11 @@ fn shim_rss_stays_bounded_while_prefetch_all_streams_a_1_gib_image() {
     });
     let streamed = started.elapsed();
     let during = sampler.now();
-    assert!(prefetched, "the prefetch did not bring the image within 300 s: {stats:?} of {} blob bytes", image.blob_bytes);
+    assert!(
+        prefetched,
+        "the prefetch did not bring the image within 300 s: {stats:?} of {} blob bytes",
+        image.blob_bytes
+    );
     eprintln!(
         "prefetched {} bytes in {streamed:.1?}; shim RSS peak {} KiB (VmHWM {} KiB) over {} samples",
         stats.as_ref().unwrap().bytes_fetched,
@@ -64,15 +72,24 @@ fn shim_rss_stays_bounded_while_prefetch_all_streams_a_1_gib_image() {
 
     // The container reads the whole file, now from the node cache.
     let out = ctrd.ctr(&["task", "exec", "--exec-id", "hash", id, "sha256sum", &format!("/{}", load::DATA_FILE)]);
-    assert!(out.code == 0 && out.stdout.starts_with(&image.digest), "sha256sum in the container: {:?} (want {})", out.all(), image.digest);
+    assert!(
+        out.code == 0 && out.stdout.starts_with(&image.digest),
+        "sha256sum in the container: {:?} (want {})",
+        out.all(),
+        image.digest
+    );
     let rss = sampler.stop();
     std::thread::sleep(Duration::from_millis(200));
-    let blob_bytes: u64 = registry.requests_since(log_offset).unwrap().iter().filter(|r| r.is_blob_get()).map(|r| r.bytes).sum();
+    let blob_bytes: u64 =
+        registry.requests_since(log_offset).unwrap().iter().filter(|r| r.is_blob_get()).map(|r| r.bytes).sum();
     fleet.delete_all(&ctrd).expect("deleting the container");
     let left = load::leftovers(&ctrd);
     assert!(left.is_empty(), "left behind: {left:?}");
 
-    eprintln!("after reading the file: shim VmHWM {} KiB; the registry served {blob_bytes} blob bytes", rss.hwm_max_kib);
+    eprintln!(
+        "after reading the file: shim VmHWM {} KiB; the registry served {blob_bytes} blob bytes",
+        rss.hwm_max_kib
+    );
     assert_eq!(rss.shims, 1, "one shim: {rss:?}");
     assert!(
         rss.hwm_max_kib < RSS_LIMIT_MIB << 10,

@@ -52,8 +52,20 @@ fn node(test: &str) -> Option<Node> {
 }
 
 fn check(node: &Node, n: usize, pod: bool) {
-    let s = load::run_round(&node.ctrd, &node.registry, &node.image, &node.config, &node.cache, n, "c", pod, Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("{n} containers at once: {e:#}\ncontainerd log (tail):\n{}", load::tail(&node.ctrd.log(), 40)));
+    let s = load::run_round(
+        &node.ctrd,
+        &node.registry,
+        &node.image,
+        &node.config,
+        &node.cache,
+        n,
+        "c",
+        pod,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| {
+        panic!("{n} containers at once: {e:#}\ncontainerd log (tail):\n{}", load::tail(&node.ctrd.log(), 40))
+    });
     log::info!(
         "{n} containers{}: all done in {:.2?}, registry {} blob bytes in {} requests for {} bytes read per container, \
          node_waits {}, passthrough opens {}, shim RSS peak sum {} KiB, max {} KiB, {} shims",
@@ -105,6 +117,8 @@ fn load_ten_lazy_containers_in_one_shim_fetch_the_image_once() {
 
 #[test]
 fn load_thirty_lazy_containers_in_one_shim_fetch_the_image_once_with_bounded_rss() {
-    let Some(node) = node("load_thirty_lazy_containers_in_one_shim_fetch_the_image_once_with_bounded_rss") else { return };
+    let Some(node) = node("load_thirty_lazy_containers_in_one_shim_fetch_the_image_once_with_bounded_rss") else {
+        return;
+    };
     check(&node, 30, true);
 }

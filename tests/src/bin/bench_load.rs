@@ -21,7 +21,10 @@ use harness::load::{self, Sample};
 use harness::registry::Registry;
 
 #[derive(Parser)]
-#[command(name = "bench-load", about = "N lazy containers of one image started at once: time, registry bytes, shim RSS")]
+#[command(
+    name = "bench-load",
+    about = "N lazy containers of one image started at once: time, registry bytes, shim RSS"
+)]
 struct Args {
     /// Comma-separated container counts.
     #[arg(long, default_value = "1,10,30,50", value_delimiter = ',')]
@@ -92,8 +95,9 @@ fn main() -> Result<()> {
             }
             let prefix = format!("r{round}{}n{n}-", if pod { "pod" } else { "" });
             let limit = Duration::from_secs(120 + 10 * n as u64);
-            let s = load::run_round(&ctrd, &registry, &image, &config, &cache, n, &prefix, pod, limit)
-                .with_context(|| format!("round {} with {n} containers{}", round + 1, if pod { " in one shim" } else { "" }))?;
+            let s = load::run_round(&ctrd, &registry, &image, &config, &cache, n, &prefix, pod, limit).with_context(
+                || format!("round {} with {n} containers{}", round + 1, if pod { " in one shim" } else { "" }),
+            )?;
             if !s.wrong.is_empty() {
                 bail!("round {}, N={n}: wrong output from {} containers: {:?}", round + 1, s.wrong.len(), s.wrong);
             }
@@ -128,7 +132,18 @@ fn main() -> Result<()> {
     };
     println!(
         "{:<14} {:>9} {:>9} {:>9} {:>11} {:>8} {:>11} {:>10} {:>8} {:>11} {:>12} {:>11}",
-        "N", "first s", "all s", "x N=1", "registry MB", "x data", "MB/contnr", "requests", "req/ctr", "node_waits", "RSS sum MiB", "RSS max MiB"
+        "N",
+        "first s",
+        "all s",
+        "x N=1",
+        "registry MB",
+        "x data",
+        "MB/contnr",
+        "requests",
+        "req/ctr",
+        "node_waits",
+        "RSS sum MiB",
+        "RSS max MiB"
     );
     for (n, pod) in &cells {
         let of: Vec<&Sample> = samples.iter().filter(|s| s.n == *n && s.pod == *pod).collect();
