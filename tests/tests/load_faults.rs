@@ -201,7 +201,7 @@ fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
     // The Create of "stuck" reads /etc/passwd from its lazy rootfs (HOME for the process) behind a cut link.
     n.link.set_cut(true);
     let stuck_log = n.ctrd.scratch("logs-stuck").join("stuck.log");
-    let run = spawn_run(
+    let mut run = spawn_run(
         &n.ctrd,
         &slow.lazy,
         "stuck",
@@ -221,6 +221,7 @@ fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
         "'stuck' is not stuck"
     );
 
+    assert!(run.try_wait().unwrap().is_none(), "ctr run of 'stuck' returned before the restart: its Create was not stuck");
     n.ctrd.kill_and_restart().expect("restarting containerd");
     let (code, out) = output_of(run);
     eprintln!("ctr run of 'stuck' across the restart exited {code}: {}", out.trim());
