@@ -82,7 +82,15 @@ pub struct Fleet {
 /// Starts `n` containers `<prefix>0..` of `image` at once (one `ctr run -d` thread each) with the
 /// shim config `config`, each logging to a file. With `pod`, every container carries the sandbox
 /// annotation `pod` and one shim serves them all. Fails naming every container that did not start.
-pub fn start_all(ctrd: &Containerd, image: &str, config: &Path, n: usize, prefix: &str, cmd: &[String], pod: Option<&str>) -> Result<Fleet> {
+pub fn start_all(
+    ctrd: &Containerd,
+    image: &str,
+    config: &Path,
+    n: usize,
+    prefix: &str,
+    cmd: &[String],
+    pod: Option<&str>,
+) -> Result<Fleet> {
     let logs = ctrd.scratch(&format!("logs-{prefix}"));
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     let config = config.display().to_string();
@@ -95,7 +103,8 @@ pub fn start_all(ctrd: &Containerd, image: &str, config: &Path, n: usize, prefix
                 let (logs, config, annotation) = (&logs, &config, &annotation);
                 s.spawn(move || {
                     let uri = format!("file://{}", logs.join(format!("{id}.log")).display());
-                    let mut args = vec!["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", config, "--log-uri", &uri];
+                    let mut args =
+                        vec!["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", config, "--log-uri", &uri];
                     if let Some(a) = annotation {
                         args.extend(["--annotation", a]);
                     }
@@ -109,7 +118,12 @@ pub fn start_all(ctrd: &Containerd, image: &str, config: &Path, n: usize, prefix
         handles.into_iter().filter_map(|h| h.join().expect("ctr run thread")).collect()
     });
     if !failures.is_empty() {
-        bail!("{} of {n} containers did not start:\n{}\ncontainerd log (tail):\n{}", failures.len(), failures.join("\n"), tail(&ctrd.log(), 30));
+        bail!(
+            "{} of {n} containers did not start:\n{}\ncontainerd log (tail):\n{}",
+            failures.len(),
+            failures.join("\n"),
+            tail(&ctrd.log(), 30)
+        );
     }
     Ok(Fleet { ids, logs, started })
 }
@@ -143,9 +157,18 @@ impl Fleet {
                 return Ok(done);
             }
             if self.started.elapsed() > limit {
-                let missing: Vec<String> =
-                    self.ids.iter().filter(|id| !done.contains_key(*id)).map(|id| format!("{id}: {:?}", self.log(id))).collect();
-                bail!("{} of {} containers printed no digest within {limit:?}:\n{}", missing.len(), self.ids.len(), missing.join("\n"));
+                let missing: Vec<String> = self
+                    .ids
+                    .iter()
+                    .filter(|id| !done.contains_key(*id))
+                    .map(|id| format!("{id}: {:?}", self.log(id)))
+                    .collect();
+                bail!(
+                    "{} of {} containers printed no digest within {limit:?}:\n{}",
+                    missing.len(),
+                    self.ids.len(),
+                    missing.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -157,8 +180,8 @@ impl Fleet {
         for id in &self.ids {
             let lazy = ctrd.bundle(id).join("lazy");
             let out = crate::lazyctl::run(&["stats", &lazy.display().to_string()])?;
-            let s: crate::lazyctl::Stats =
-                serde_json::from_str(&out).with_context(|| format!("lazyctl stats {} printed {out}", lazy.display()))?;
+            let s: crate::lazyctl::Stats = serde_json::from_str(&out)
+                .with_context(|| format!("lazyctl stats {} printed {out}", lazy.display()))?;
             sum.bytes_served += s.bytes_served;
             sum.bytes_fetched += s.bytes_fetched;
             sum.requests += s.requests;
@@ -168,6 +191,9 @@ impl Fleet {
             sum.prefetched_chunks += s.prefetched_chunks;
             sum.readahead_chunks += s.readahead_chunks;
             sum.node_waits += s.node_waits;
+            sum.passthrough_opens += s.passthrough_opens;
+            sum.files_stored += s.files_stored;
+            sum.stored_file_failures += s.stored_file_failures;
             sum.image_bytes = s.image_bytes;
         }
         Ok(sum)
@@ -211,16 +237,52 @@ pub fn delete_all(ctrd: &Containerd, ids: &[String]) -> Result<()> {
 }
 
 /// What is left of a containerd's containers after every one was deleted: shim processes, mounts,
-/// cgroups. Waits up to 15 s for shims to exit; an empty Vec means nothing leaked.
+/// cgroups. Waits up to 30 s for shims, and for the `delete` actions containerd runs after a shim
+/// died (they can be slow on a busy disk), to exit; an empty Vec means nothing leaked.
 pub fn leftovers(ctrd: &Containerd) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !ctrd.shim_pids().is_empty() && Instant::now() < deadline {
+    let socket = ctrd.socket().display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(ctrd.shim_pids().is_empty() && delete_actions_of(&socket).is_empty()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut out: Vec<String> = ctrd.shim_pids().iter().map(|p| format!("shim process {p}")).collect();
+    let mut out: Vec<String> = ctrd.shim_pids().iter().map(|p| format!("shim process {}", describe(*p))).collect();
+    out.extend(delete_actions_of(&socket).iter().map(|p| format!("shim delete action {p} still running after 30 s")));
     out.extend(ctrd.mounts().iter().map(|m| format!("mount {}", m.display())));
     out.extend(ctrd.leftover_cgroups().iter().map(|c| format!("cgroup {}", c.display())));
     out
+}
+
+/// `pid (state S, parent P, threads T, in WCHAN): ARGS` from /proc, for reports of leftovers.
+fn describe(pid: i32) -> String {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    let status = read("status");
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or("?").trim().to_string();
+    let args = read("cmdline").replace('\0', " ");
+    format!(
+        "{pid} (state {}, parent {}, threads {}, in {}): {}",
+        field("State:"),
+        field("PPid:"),
+        field("Threads:"),
+        read("wchan"),
+        args.trim()
+    )
+}
+
+/// Pids of our shim's `delete` action (containerd's cleanup of a dead shim) for the containerd on `socket`.
+fn delete_actions_of(socket: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"containerd-shim-lazy-v2"))
+            && args.contains(&socket.as_bytes())
+            && args.contains(&&b"delete"[..])
+        {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// Memory of the shims, sampled.
@@ -316,6 +378,13 @@ fn shim_pids_of(socket: &str) -> Vec<i32> {
             pids.push(pid);
         }
     }
+    // A shim's fork that has not exec'd yet (its launcher helper) has the shim's command line.
+    let parent = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<i32>().ok())
+    };
+    let all = pids.clone();
+    pids.retain(|p| !parent(*p).is_some_and(|pp| all.contains(&pp)));
     pids
 }
 
@@ -343,7 +412,9 @@ impl FuseCtl {
     pub fn mount() -> Result<FuseCtl> {
         let dir = temp_dir("fusectl");
         nix::mount::mount(Some("fusectl"), dir.path(), Some("fusectl"), nix::mount::MsFlags::empty(), None::<&str>)
-            .with_context(|| format!("mounting fusectl at {} (needs root and the fuse module)", dir.path().display()))?;
+            .with_context(|| {
+                format!("mounting fusectl at {} (needs root and the fuse module)", dir.path().display())
+            })?;
         Ok(FuseCtl { mount: Some(MountGuard::new(dir.path())), _dir: dir })
     }
 
@@ -448,11 +519,7 @@ pub fn run_round(
     std::thread::sleep(Duration::from_millis(200));
     let requests = registry.requests_since(log_offset)?;
     let blobs: Vec<_> = requests.iter().filter(|r| r.is_blob_get()).collect();
-    let wrong = done
-        .iter()
-        .filter(|(_, (_, d))| *d != image.digest)
-        .map(|(id, (_, d))| format!("{id}: {d}"))
-        .collect();
+    let wrong = done.iter().filter(|(_, (_, d))| *d != image.digest).map(|(id, (_, d))| format!("{id}: {d}")).collect();
     Ok(Sample {
         n,
         pod,
@@ -466,4 +533,83 @@ pub fn run_round(
         stats,
         wrong,
     })
+}
+
+/// `lazyctl stats` of container `id`'s lazy mount.
+pub fn stats_of(ctrd: &Containerd, id: &str) -> Result<crate::lazyctl::Stats> {
+    let lazy = ctrd.bundle(id).join("lazy");
+    let out = crate::lazyctl::run(&["stats", &lazy.display().to_string()])?;
+    serde_json::from_str(&out).with_context(|| format!("lazyctl stats {} printed {out}", lazy.display()))
+}
+
+/// `ctr task ls`: task id -> (pid, status) as ctr prints them (RUNNING, CREATED, STOPPED, ...).
+pub fn tasks(ctrd: &Containerd) -> Result<BTreeMap<String, (i32, String)>> {
+    let out = ctrd.ctr_ok(&["task", "ls"])?;
+    Ok(out
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3).then(|| (f[0].to_string(), (f[1].parse().unwrap_or(0), f[2].to_string())))
+        })
+        .collect())
+}
+
+/// Whether process `pid` is gone (or a zombie: dead, waiting to be reaped).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) == Some("Z"),
+    }
+}
+
+/// The node cache's lock files (`<cache>/locks/*`, one per data blob, kept by design) and what is
+/// wrong with each: not empty, or a write lock over the whole file cannot be taken at once (a lock
+/// of a process that died must die with it). Returns (files, problems).
+pub fn check_lock_files(cache: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    use std::os::fd::AsRawFd as _;
+    let dir = cache.join("locks");
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = e.with_context(|| format!("listing {}", dir.display()))?.path();
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata().with_context(|| format!("stat {}", path.display()))?.len();
+        if len != 0 {
+            problems.push(format!("{}: {len} bytes (lock files stay empty)", path.display()));
+        }
+        // SAFETY: an all-zero flock is a valid value of this plain C struct; l_pid stays 0 as OFD
+        // locks require, l_len 0 covers the whole file.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_WRLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: fcntl on a descriptor `file` owns, with a pointer to a live flock it only reads.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+        if rc != 0 {
+            problems.push(format!(
+                "{}: a fresh write lock failed: {} (a dead fetcher's lock survived it)",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        files.push(path);
+        // Dropping `file` releases the test's own lock.
+    }
+    Ok((files, problems))
+}
+
+/// cgroup directories named `id` under this containerd's namespace in any hierarchy (v1 controllers
+/// and the cgroup2 mount).
+pub fn cgroups_of(ctrd: &Containerd, id: &str) -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join(ctrd.namespace()).join(id))
+        .filter(|p| p.is_dir())
+        .collect()
 }

@@ -82,6 +82,7 @@ fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
     if containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).is_err() {
         eprintln!("containerd-shim-lazy-v2: no `log` FIFO in the working directory; logging is off");
     }
+    fix_mmap_threshold();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -94,6 +95,23 @@ fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
         socket::SocketFile::new(flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket)).remove();
     }
     result
+}
+
+/// Large allocations (each lazy mount's FUSE request buffers are 16 MiB, fetch spans a few MiB) must
+/// go straight to mmap and back to the kernel when freed. glibc raises its mmap threshold to the
+/// size of the largest mmapped block freed so far (up to 32 MiB); after that, every 16 MiB FUSE
+/// buffer comes from a malloc arena and calloc must zero it, so each mount cost ~38 MiB of RSS while
+/// idle (10 containers in one pod shim: 384 MiB; with the threshold fixed: 12 MiB). Setting the
+/// threshold explicitly turns that adjustment off.
+fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only changes allocator parameters; it is called before any other thread exists.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) };
+        if ok != 1 {
+            log::warn!("mallopt(M_MMAP_THRESHOLD) failed; lazy mounts may hold more memory than needed");
+        }
+    }
 }
 
 fn listener(flags: &containerd_shim::Flags) -> anyhow::Result<UnixListener> {

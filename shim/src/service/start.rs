@@ -48,14 +48,23 @@ pub fn run(flags: &Flags) -> anyhow::Result<()> {
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
     let path = socket_path(&address).to_string();
 
+    // Starts of one pod group run concurrently (CRI and `ctr run` start a pod's containers in
+    // parallel) and must agree on one server. Unserialized, a second start could find no server
+    // yet, unlink the socket the first had just bound and spawn a second server: containers then
+    // split between two servers, and a server that never gets a task never exits (seen as a
+    // leftover shim in the load tests). Holding a lock on the socket directory from the connect to
+    // the bind makes the later start see the earlier one's listening socket.
+    let dir = Path::new(&path).parent().context("start: the socket path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("start: creating {}", dir.display()))?;
+    let dir_file = std::fs::File::open(dir).with_context(|| format!("start: opening {}", dir.display()))?;
+    let _group_lock = nix::fcntl::Flock::lock(dir_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("start: locking {} against concurrent starts", dir.display()))?;
     if UnixStream::connect(&path).is_ok() {
         // An existing server of this pod group: reuse it.
         std::fs::write("address", &address).context("start: writing the address file")?;
         print_address(&address)?;
         return Ok(());
-    }
-    if let Some(dir) = Path::new(&path).parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("start: creating {}", dir.display()))?;
     }
     let _ = std::fs::remove_file(&path); // a stale socket of a dead server
     let listener = UnixListener::bind(&path).with_context(|| format!("start: binding {path}"))?;

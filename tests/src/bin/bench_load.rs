@@ -5,7 +5,8 @@
 //! the rounds: time until the first and the last container printed the right digest, what the
 //! registry served (blob bytes and requests, in total and per container, and as a multiple of
 //! the data one container reads), and shim memory (peak sum of VmRSS over all shims, peak VmHWM of
-//! one shim). The N values are alternated (rotated each round). Prints figures; asserts no timing.
+//! one shim), and the time for all N as a multiple of the time for N=1 (NaN without N=1). The N
+//! values are alternated (rotated each round). Prints figures; asserts no timing.
 //!
 //! Needs root, FUSE, containerd, ctr, docker-registry, skopeo and the workspace binaries
 //! (`cargo build --release --workspace --bins`). See README "Benchmarks".
@@ -20,7 +21,10 @@ use harness::load::{self, Sample};
 use harness::registry::Registry;
 
 #[derive(Parser)]
-#[command(name = "bench-load", about = "N lazy containers of one image started at once: time, registry bytes, shim RSS")]
+#[command(
+    name = "bench-load",
+    about = "N lazy containers of one image started at once: time, registry bytes, shim RSS"
+)]
 struct Args {
     /// Comma-separated container counts.
     #[arg(long, default_value = "1,10,30,50", value_delimiter = ',')]
@@ -91,8 +95,9 @@ fn main() -> Result<()> {
             }
             let prefix = format!("r{round}{}n{n}-", if pod { "pod" } else { "" });
             let limit = Duration::from_secs(120 + 10 * n as u64);
-            let s = load::run_round(&ctrd, &registry, &image, &config, &cache, n, &prefix, pod, limit)
-                .with_context(|| format!("round {} with {n} containers{}", round + 1, if pod { " in one shim" } else { "" }))?;
+            let s = load::run_round(&ctrd, &registry, &image, &config, &cache, n, &prefix, pod, limit).with_context(
+                || format!("round {} with {n} containers{}", round + 1, if pod { " in one shim" } else { "" }),
+            )?;
             if !s.wrong.is_empty() {
                 bail!("round {}, N={n}: wrong output from {} containers: {:?}", round + 1, s.wrong.len(), s.wrong);
             }
@@ -120,9 +125,25 @@ fn main() -> Result<()> {
         args.rounds,
         image.read_bytes as f64 / 1e6
     );
+    // The bar: all N done within 3x the time one container takes alone.
+    let alone = {
+        let one: Vec<f64> = samples.iter().filter(|s| s.n == 1 && !s.pod).map(|s| s.all_done.as_secs_f64()).collect();
+        median(one)
+    };
     println!(
-        "{:<14} {:>9} {:>9} {:>11} {:>8} {:>11} {:>10} {:>8} {:>11} {:>12} {:>11}",
-        "N", "first s", "all s", "registry MB", "x data", "MB/contnr", "requests", "req/ctr", "node_waits", "RSS sum MiB", "RSS max MiB"
+        "{:<14} {:>9} {:>9} {:>9} {:>11} {:>8} {:>11} {:>10} {:>8} {:>11} {:>12} {:>11}",
+        "N",
+        "first s",
+        "all s",
+        "x N=1",
+        "registry MB",
+        "x data",
+        "MB/contnr",
+        "requests",
+        "req/ctr",
+        "node_waits",
+        "RSS sum MiB",
+        "RSS max MiB"
     );
     for (n, pod) in &cells {
         let of: Vec<&Sample> = samples.iter().filter(|s| s.n == *n && s.pod == *pod).collect();
@@ -130,10 +151,11 @@ fn main() -> Result<()> {
         let bytes = med(&|s| s.blob_bytes as f64);
         let requests = med(&|s| s.blob_requests as f64);
         println!(
-            "{:<14} {:>9.2} {:>9.2} {:>11.1} {:>8.2} {:>11.2} {:>10.0} {:>8.1} {:>11.0} {:>12.1} {:>11.1}",
+            "{:<14} {:>9.2} {:>9.2} {:>9.2} {:>11.1} {:>8.2} {:>11.2} {:>10.0} {:>8.1} {:>11.0} {:>12.1} {:>11.1}",
             if *pod { format!("{n} (one shim)") } else { n.to_string() },
             med(&|s| s.first_done.as_secs_f64()),
             med(&|s| s.all_done.as_secs_f64()),
+            med(&|s| s.all_done.as_secs_f64()) / alone,
             bytes / 1e6,
             bytes / image.read_bytes as f64,
             bytes / 1e6 / *n as f64,
