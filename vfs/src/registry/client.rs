@@ -20,6 +20,7 @@ use super::config::ClientConfig;
 use super::credentials::Keychain;
 use super::error::RegistryError;
 use super::health::Health;
+use super::image_creds::ImageCredStore;
 use super::hosts::{Endpoint, HostsCache, TlsSettings};
 use super::reference::Reference;
 use super::retry::Retry;
@@ -129,11 +130,10 @@ impl Client {
     }
 
     fn build(config: ClientConfig, stats: Option<Arc<Stats>>) -> Result<Client, RegistryError> {
-        let keychain = Arc::new(Keychain::new(
-            config.credentials.clone(),
-            config.docker_config.clone(),
-            config.credential_providers.clone(),
-        ));
+        let keychain = Arc::new(
+            Keychain::new(config.credentials.clone(), config.docker_config.clone(), config.credential_providers.clone())
+                .with_image_credentials(config.image_credentials.clone().map(ImageCredStore::new)),
+        );
         let permits = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
         let client = Client {
             inner: Arc::new(Inner {

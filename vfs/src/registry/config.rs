@@ -33,6 +33,9 @@ pub struct ClientConfig {
     pub docker_config: Option<PathBuf>,
     /// Kubelet credential provider plugins, asked before docker's config.
     pub credential_providers: Option<ProviderSettings>,
+    /// Directory of credentials handed over per image ([`super::image_creds`]: what the shim's CRI
+    /// proxy records from PullImage), asked first.
+    pub image_credentials: Option<PathBuf>,
     /// containerd's hosts directory (`/etc/containerd/certs.d`): `<dir>/<registry>/hosts.toml`
     /// names mirrors and TLS settings ([`super::hosts`]). None: every registry is its own host.
     pub hosts_dir: Option<PathBuf>,
@@ -64,6 +67,7 @@ impl Default for ClientConfig {
             credentials: None,
             docker_config: None,
             credential_providers: None,
+            image_credentials: None,
             hosts_dir: None,
             connect_timeout: Duration::from_secs(5),
             failover_connect_timeout: Duration::from_secs(1),
