@@ -6,7 +6,10 @@
 //! - [`launcher`]: the single-threaded helper the shim execs (`containerd-shim-lazy-v2 init`) to set
 //!   up a container from its OCI spec, and the shim-side client that drives it.
 //! - [`cgroup`]: cgroup v2: one file per controller behind a small trait, and a manager.
+//! - [`criproxy`]: `containerd-shim-lazy-v2 cri-proxy`, the CRI image-service proxy that hands
+//!   imagePullSecrets to lazy mounts.
 
 pub mod cgroup;
+pub mod criproxy;
 pub mod launcher;
 pub mod service;
