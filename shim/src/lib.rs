@@ -7,8 +7,11 @@
 //!   up a container from its OCI spec, and the shim-side client that drives it.
 //! - [`cgroup`]: cgroup v2: one file per controller behind a small trait, and a manager.
 //! - [`mount_options`]: the one parser of mount(8)-style option lists (rootfs and spec mounts).
+//! - [`criproxy`]: `containerd-shim-lazy-v2 cri-proxy`, the CRI image-service proxy that hands
+//!   imagePullSecrets to lazy mounts.
 
 pub mod cgroup;
+pub mod criproxy;
 pub mod launcher;
 pub mod mount_options;
 pub mod service;

@@ -56,11 +56,13 @@ pub struct MountOptions {
     pub deadline: Option<u64>,
     /// Any further arguments, placed before IMAGE.
     pub extra: Vec<String>,
+    /// Extra environment of the lazyctl process (e.g. PATH with a test's credential helper).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        Self { prefetch: "none".into(), cache_dir: None, record: None, deadline: None, extra: Vec::new() }
+        Self { prefetch: "none".into(), cache_dir: None, record: None, deadline: None, extra: Vec::new(), env: Vec::new() }
     }
 }
 
@@ -95,6 +97,7 @@ impl LazyMount {
             cmd.args(["--deadline", &deadline.to_string()]);
         }
         cmd.args(&opts.extra).arg(image).arg(&mountpoint);
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }

@@ -33,6 +33,7 @@ pub mod registry;
 pub mod scenario;
 pub mod shim_direct;
 pub mod soci;
+pub mod token_server;
 pub mod tree;
 pub mod vm;
 

@@ -30,6 +30,9 @@ pub struct Registry {
     served: Arc<AtomicU64>,
     proxy: Option<Proxy>,
     child: Option<ChildGuard>,
+    /// Whether `/v2/` asks for credentials (then 401 means "up").
+    auth: bool,
+    pull_through: Option<String>,
 }
 
 impl Registry {
@@ -53,19 +56,38 @@ impl Registry {
             served: Arc::new(AtomicU64::new(0)),
             proxy: None,
             child: None,
+            auth: opts.auth.is_some(),
+            pull_through: opts.pull_through.clone(),
         };
-        registry.write_config()?;
+        registry.write_config(opts.auth.as_ref())?;
         registry.restart()?;
         Ok(registry)
     }
 
-    fn write_config(&self) -> Result<()> {
+    fn write_config(&self, auth: Option<&Auth>) -> Result<()> {
+        let mut extra = String::new();
+        if let Some(remote) = &self.pull_through {
+            extra.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
+        }
+        match auth {
+            None => {}
+            Some(Auth::Htpasswd { users }) => {
+                let path = self.write_htpasswd(users)?;
+                extra.push_str(&format!("auth:\n  htpasswd:\n    realm: lazy-tests\n    path: {}\n", path.display()));
+            }
+            Some(Auth::Token { realm, service, issuer, cert }) => {
+                extra.push_str(&format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                    cert.display()
+                ));
+            }
+        }
         let config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{}\n{}",
+             http:\n  addr: 127.0.0.1:{}\n{}{extra}",
             self.storage_dir().display(),
             self.backend_port,
             match &self.tls {
@@ -74,6 +96,37 @@ impl Registry {
             }
         );
         std::fs::write(self.dir.path().join("config.yml"), config).context("writing registry config.yml")
+    }
+
+    fn write_htpasswd(&self, users: &[(String, String)]) -> Result<PathBuf> {
+        let path = self.dir.path().join("htpasswd");
+        let mut lines = String::new();
+        for (user, password) in users {
+            lines.push_str(&format!("{user}:{}\n", bcrypt(password)?));
+        }
+        std::fs::write(&path, lines).context("writing htpasswd")?;
+        Ok(path)
+    }
+
+    /// Restarts the registry (same port and storage) requiring `auth` from now on (None: open): a
+    /// test publishes an image openly, then makes the registry private.
+    pub fn set_auth(&mut self, auth: Option<Auth>) -> Result<()> {
+        self.stop();
+        self.auth = auth.is_some();
+        self.write_config(auth.as_ref())?;
+        self.restart()
+    }
+
+    /// Replaces the htpasswd users and restarts the registry (same port and storage; docker-registry
+    /// reads the file at start): a password rotated on the registry side.
+    pub fn rotate_htpasswd(&mut self, users: &[(&str, &str)]) -> Result<()> {
+        if !self.auth {
+            bail!("rotate_htpasswd on a registry started without auth");
+        }
+        self.stop();
+        let users: Vec<(String, String)> = users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect();
+        self.write_htpasswd(&users)?;
+        self.restart()
     }
 
     /// `127.0.0.1:PORT`, the registry host as image references spell it.
@@ -162,7 +215,7 @@ impl Registry {
                     std::fs::read_to_string(self.log_path()).unwrap_or_default()
                 );
             }
-            if self.probe(self.backend_port).is_ok_and(|s| s == 200) {
+            if self.probe(self.backend_port).is_ok_and(|s| s == 200 || (self.auth && s == 401)) {
                 break;
             }
             if Instant::now() > deadline {
@@ -178,6 +231,7 @@ impl Registry {
         self.proxy = Some(Proxy::start(self.port, self.backend_port, self.served.clone())?);
         match self.probe(self.port) {
             Ok(200) => Ok(()),
+            Ok(401) if self.auth => Ok(()),
             other => bail!("registry proxy on port {} does not answer /v2/: {other:?}", self.port),
         }
     }
@@ -314,6 +368,50 @@ pub struct StartOptions {
     pub storage: Option<PathBuf>,
     /// Serve HTTPS with this certificate.
     pub tls: Option<Tls>,
+    /// Run as a pull-through cache of this registry URL (`proxy: remoteurl:`), as a cluster cache
+    /// in front of an origin registry does.
+    pub pull_through: Option<String>,
+    /// Require credentials.
+    pub auth: Option<Auth>,
+}
+
+/// How a test registry checks clients.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Basic auth against an htpasswd file with these users and passwords. Read at start: after
+    /// changing passwords, build a new registry over the same storage or restart with new users.
+    Htpasswd { users: Vec<(String, String)> },
+    /// Bearer tokens from a token server ([`crate::token_server::TokenServer::registry_auth`]).
+    Token { realm: String, service: String, issuer: String, cert: PathBuf },
+}
+
+/// A bcrypt hash of `password` for htpasswd, from libcrypt (what docker-registry verifies).
+fn bcrypt(password: &str) -> Result<String> {
+    use rand::Rng as _;
+    #[link(name = "crypt")]
+    extern "C" {
+        fn crypt(key: *const libc::c_char, salt: *const libc::c_char) -> *mut libc::c_char;
+    }
+    const ALPHABET: &[u8] = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    // 22 salt characters; the last one only carries 2 bits, so keep it to the characters libcrypt
+    // emits there.
+    let mut salt: String = (0..21).map(|_| ALPHABET[rng.gen_range(0..64)] as char).collect();
+    salt.push('e');
+    let setting = std::ffi::CString::new(format!("$2b$05${salt}"))?;
+    let key = std::ffi::CString::new(password)?;
+    // SAFETY: both arguments are valid NUL-terminated strings; crypt returns a pointer to a static
+    // buffer (or NULL), which is copied out at once on this thread (tests hash from one thread).
+    let out = unsafe { crypt(key.as_ptr(), setting.as_ptr()) };
+    if out.is_null() {
+        bail!("libcrypt cannot make a bcrypt hash: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: non-NULL result of crypt is a NUL-terminated string.
+    let hash = unsafe { std::ffi::CStr::from_ptr(out) }.to_string_lossy().into_owned();
+    if !hash.starts_with("$2b$") {
+        bail!("libcrypt returned {hash:?} for a bcrypt setting: this libcrypt lacks bcrypt");
+    }
+    Ok(hash)
 }
 
 /// A test CA and a server certificate it signed for 127.0.0.1 and localhost (PEM files).
@@ -362,6 +460,8 @@ pub struct AccessLine {
     pub status: u16,
     /// Response body bytes.
     pub bytes: u64,
+    /// The client's User-Agent (`containerd-shim-lazy/...` for our client).
+    pub user_agent: String,
 }
 
 impl AccessLine {
@@ -377,12 +477,20 @@ impl AccessLine {
         let mut rest = rest.split_whitespace();
         let status = rest.next()?.parse().ok()?;
         let bytes = rest.next()?.parse().unwrap_or(0);
-        Some(AccessLine { method, uri, status, bytes })
+        // ... 206 26000 "referer" "user agent"
+        let quoted: Vec<&str> = line.rsplit('"').collect();
+        let user_agent = if quoted.len() >= 3 { quoted[1].to_string() } else { String::new() };
+        Some(AccessLine { method, uri, status, bytes, user_agent })
     }
 
     /// A blob GET (layers, configs, lazy data), as opposed to manifests, tags and `/v2/`.
     pub fn is_blob_get(&self) -> bool {
         self.method == "GET" && self.uri.contains("/blobs/sha256:")
+    }
+
+    /// Sent by this project's registry client (lazyctl, the shim), not by another registry.
+    pub fn is_ours(&self) -> bool {
+        self.user_agent.starts_with("containerd-shim-lazy/")
     }
 }
 
@@ -546,6 +654,8 @@ mod tests {
             .unwrap();
         assert_eq!((l.method.as_str(), l.uri.as_str(), l.status, l.bytes), ("GET", "/v2/x/blobs/sha256:00", 206, 157));
         assert!(l.is_blob_get());
+        assert_eq!(l.user_agent, "curl/7.88.1");
+        assert!(!l.is_ours());
         assert_eq!(AccessLine::parse(r#"time="2026" level=info msg="response completed" http.request.uri=/v2/"#), None);
     }
 
@@ -580,7 +690,7 @@ mod tests {
         let digest = plain.push_blob("t/blob", b"hello over tls").unwrap();
         let certs = temp_dir("tls");
         let tls = Tls::generate(certs.path()).unwrap();
-        let secure = Registry::start_with(StartOptions { storage: Some(plain.storage_dir()), tls: Some(tls.clone()) }).unwrap();
+        let secure = Registry::start_with(StartOptions { storage: Some(plain.storage_dir()), tls: Some(tls.clone()), ..Default::default() }).unwrap();
         let offset = secure.log_offset();
         let out = Command::new("curl")
             .args(["-sf", "--cacert"])

@@ -83,6 +83,10 @@ pub struct RegistryConfig {
     pub credential_provider_config: Option<PathBuf>,
     /// Directory of the plugin binaries (`--image-credential-provider-bin-dir`).
     pub credential_provider_bin_dir: PathBuf,
+    /// Credentials handed over per image by `containerd-shim-lazy-v2 cri-proxy` from CRI PullImage
+    /// (Kubernetes imagePullSecrets), asked before every other source. A directory that does not
+    /// exist holds none.
+    pub pull_credentials_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -159,6 +163,7 @@ impl Default for RegistryConfig {
             credentials_file: None,
             credential_provider_config: None,
             credential_provider_bin_dir: PathBuf::from(DEFAULT_PROVIDER_BIN_DIR),
+            pull_credentials_dir: PathBuf::from(vfs::registry::image_creds::DEFAULT_DIR),
         }
     }
 }

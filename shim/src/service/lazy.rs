@@ -83,6 +83,7 @@ pub fn client_config(config: &Config) -> ClientConfig {
             .credential_provider_config
             .clone()
             .map(|config| ProviderSettings { config, bin_dir: registry.credential_provider_bin_dir.clone() }),
+        image_credentials: Some(registry.pull_credentials_dir.clone()),
         connect_timeout: Duration::from_secs(fetch.connect_timeout_secs.max(1)),
         request_timeout: Duration::from_secs(fetch.request_timeout_secs.max(1)),
         deadline: fetch.deadline(),

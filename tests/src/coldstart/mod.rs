@@ -337,7 +337,7 @@ impl Bench {
         let host = format!("127.0.0.1:{link_port}");
         let (tls_registry, soci, tls_host) = if opts.variants.contains(&Variant::Soci) {
             let storage = Some(registry.storage_dir());
-            let r = Registry::start_with(registry::StartOptions { storage, tls: Some(tls.clone()) })?;
+            let r = Registry::start_with(registry::StartOptions { storage, tls: Some(tls.clone()), ..Default::default() })?;
             let port = link.route_by_protocol(registry.port(), r.port())?;
             (Some(r), Some(Soci::start(&tls.ca)?), format!("127.0.0.1:{port}"))
         } else {

@@ -20,6 +20,7 @@ use super::config::ClientConfig;
 use super::credentials::Keychain;
 use super::error::RegistryError;
 use super::health::Health;
+use super::image_creds::ImageCredStore;
 use super::hosts::{Endpoint, HostsCache, TlsSettings};
 use super::reference::Reference;
 use super::retry::Retry;
@@ -129,11 +130,10 @@ impl Client {
     }
 
     fn build(config: ClientConfig, stats: Option<Arc<Stats>>) -> Result<Client, RegistryError> {
-        let keychain = Arc::new(Keychain::new(
-            config.credentials.clone(),
-            config.docker_config.clone(),
-            config.credential_providers.clone(),
-        ));
+        let keychain = Arc::new(
+            Keychain::new(config.credentials.clone(), config.docker_config.clone(), config.credential_providers.clone())
+                .with_image_credentials(config.image_credentials.clone().map(ImageCredStore::new)),
+        );
         let permits = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
         let client = Client {
             inner: Arc::new(Inner {
@@ -400,7 +400,20 @@ impl Client {
                 req = req.header(AUTHORIZATION, h);
             }
             self.count(ep.host(), 1, 0, 0);
-            return Ok(match req.send().await {
+            let answer = if fast_connect {
+                // Another host follows: a host that connects but does not answer must not hold the
+                // request (nor use up the retry deadline) for the whole request timeout.
+                let limit = cfg.failover_answer_timeout + cfg.connect_timeout.min(cfg.failover_connect_timeout);
+                match tokio::time::timeout(limit, req.send()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Ok(Attempt::Unavailable { reason: format!("no answer within {limit:?}"), retry_after: None })
+                    }
+                }
+            } else {
+                req.send().await
+            };
+            return Ok(match answer {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
                     let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -595,3 +595,32 @@ async fn mirror_404_falls_through_and_capabilities_are_honoured() {
     assert_eq!(mirror.log.lock().len(), 1, "a pull-only mirror is not asked to resolve a tag");
     assert!(!stats.snapshot().hosts.is_empty());
 }
+
+#[tokio::test]
+async fn a_mirror_that_accepts_but_never_answers_is_skipped_after_the_failover_answer_timeout() {
+    let origin = serve(|req, _| ranged(req)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock); // never answer, never close
+        }
+    });
+    let stats = Arc::new(crate::stats::Stats::default());
+    let hosts = format!("server = \"http://{}\"\n[host.\"http://{hung}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", origin.addr);
+    let (c, _dir) = client_with_hosts(&origin.addr, &hosts, stats.clone());
+    let (r, d) = (reference(&origin.addr), Digest::of(BLOB));
+    let t = Instant::now();
+    assert_eq!(&c.get_blob_range(&r, &d, 0..4).await.unwrap()[..], &BLOB[..4]);
+    let first = t.elapsed();
+    assert!(first < Duration::from_secs(5), "the hung mirror held the read for {first:?}");
+    let t = Instant::now();
+    for i in 0..5 {
+        assert_eq!(&c.get_blob_range(&r, &d, i..i + 4).await.unwrap()[..], &BLOB[i as usize..i as usize + 4]);
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "reads after failover took {:?}", t.elapsed());
+    task.abort();
+    let snap = stats.snapshot();
+    assert_eq!(snap.hosts[&hung].failures, 1, "the hung mirror was tried once: {snap:?}");
+}

@@ -33,6 +33,9 @@ pub struct ClientConfig {
     pub docker_config: Option<PathBuf>,
     /// Kubelet credential provider plugins, asked before docker's config.
     pub credential_providers: Option<ProviderSettings>,
+    /// Directory of credentials handed over per image ([`super::image_creds`]: what the shim's CRI
+    /// proxy records from PullImage), asked first.
+    pub image_credentials: Option<PathBuf>,
     /// containerd's hosts directory (`/etc/containerd/certs.d`): `<dir>/<registry>/hosts.toml`
     /// names mirrors and TLS settings ([`super::hosts`]). None: every registry is its own host.
     pub hosts_dir: Option<PathBuf>,
@@ -40,6 +43,11 @@ pub struct ClientConfig {
     /// Connect timeout for a host that has another host after it (a mirror): a dead mirror costs
     /// at most this, once, before requests fail over to the next host.
     pub failover_connect_timeout: Duration,
+    /// For a host that has another host after it: the longest wait for the answer's headers once
+    /// connected. A mirror that accepts connections but does not answer (a cache still starting,
+    /// hung) is then skipped after this long, once, instead of holding the read for the whole
+    /// request timeout (and using up its retry deadline before the next host is tried).
+    pub failover_answer_timeout: Duration,
     /// Bound on one small HTTP exchange including its body (manifests, range reads; further capped by
     /// the deadline): a stalled connection is retried, not waited on. Whole-blob downloads and
     /// uploads have no total bound (a layer may take minutes); for them this is the idle timeout,
@@ -64,9 +72,11 @@ impl Default for ClientConfig {
             credentials: None,
             docker_config: None,
             credential_providers: None,
+            image_credentials: None,
             hosts_dir: None,
             connect_timeout: Duration::from_secs(5),
             failover_connect_timeout: Duration::from_secs(1),
+            failover_answer_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(60),
             deadline: Duration::from_secs(30),
             max_concurrency: 8,

@@ -1,5 +1,6 @@
 //! Where registry credentials come from, in order: credentials given explicitly (the client's
-//! configuration), kubelet credential provider plugins (a `CredentialProviderConfig` file, exec
+//! configuration), credentials handed over for this image by its pull ([`super::image_creds`]:
+//! Kubernetes imagePullSecrets through the shim's CRI proxy), kubelet credential provider plugins (a `CredentialProviderConfig` file, exec
 //! protocol `credentialprovider.kubelet.k8s.io/v1`, cached as the plugin says), docker credential
 //! helpers (`credHelpers` / `credsStore` in config.json: `docker-credential-NAME get`), then the
 //! `auths` of config.json.
@@ -19,6 +20,7 @@ use parking_lot::Mutex;
 
 use super::auth::DockerConfig;
 use super::error::RegistryError;
+use super::image_creds::ImageCredStore;
 
 /// How long a helper or plugin may run before it is killed and its answer counted as an error.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(20);
@@ -66,6 +68,10 @@ pub struct ProviderSettings {
 #[derive(Debug)]
 pub struct Keychain {
     explicit: Option<(String, String)>,
+    handed: Option<ImageCredStore>,
+    /// The last handed-over credential found per (image, host): a long-lived mount keeps using it
+    /// after its record expired (a newer record replaces it).
+    handed_seen: Mutex<HashMap<(String, String), Credential>>,
     docker_config: Option<PathBuf>,
     providers: Option<ProviderSettings>,
     /// Plugin answers still within their cacheDuration: (plugin, cache key) -> (expiry, auth map).
@@ -74,7 +80,20 @@ pub struct Keychain {
 
 impl Keychain {
     pub fn new(explicit: Option<(String, String)>, docker_config: Option<PathBuf>, providers: Option<ProviderSettings>) -> Keychain {
-        Keychain { explicit, docker_config, providers, provider_cache: Mutex::new(HashMap::new()) }
+        Keychain {
+            explicit,
+            handed: None,
+            handed_seen: Mutex::new(HashMap::new()),
+            docker_config,
+            providers,
+            provider_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Also (and first) consults credentials handed over per image in `store`.
+    pub fn with_image_credentials(mut self, store: Option<ImageCredStore>) -> Keychain {
+        self.handed = store;
+        self
     }
 
     /// Credentials for `host` (the endpoint: a mirror or the registry) when pulling `image`
@@ -84,6 +103,25 @@ impl Keychain {
         if let Some((u, p)) = &self.explicit {
             out.credential = Some(Credential { username: u.clone(), secret: p.clone(), source: "the configured credentials".into() });
             return Ok(out);
+        }
+        if let Some(store) = &self.handed {
+            out.tried.push(format!("credentials of the image's pull in {}", store.dir().display()));
+            let key = (image.to_string(), host.to_string());
+            let found = match store.get(image, host) {
+                Ok(Some(c)) => {
+                    self.handed_seen.lock().insert(key, c.clone());
+                    Some(c)
+                }
+                Ok(None) => self.handed_seen.lock().get(&key).cloned(),
+                Err(e) => {
+                    log::warn!("{e}; ignoring handed-over credentials");
+                    self.handed_seen.lock().get(&key).cloned()
+                }
+            };
+            if let Some(c) = found {
+                out.credential = Some(c);
+                return Ok(out);
+            }
         }
         if let Some(p) = &self.providers {
             out.tried.push(format!("kubelet credential provider config {}", p.config.display()));

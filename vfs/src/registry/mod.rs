@@ -9,6 +9,7 @@
 //! - [`auth`]: `WWW-Authenticate` challenges, the bearer token flow, docker config.json.
 //! - [`credentials`]: where credentials come from (kubelet credential providers, docker
 //!   credential helpers, auths), looked up again on every 401.
+//! - [`image_creds`]: credentials handed over per image (imagePullSecrets via the CRI proxy).
 //! - [`hosts`]: containerd's hosts.toml (mirrors, capabilities, TLS per host).
 //! - [`health`]: which hosts are down, and their background re-probe.
 //! - [`retry`]: the one backoff-until-deadline policy.
@@ -28,6 +29,7 @@ pub mod credentials;
 pub mod error;
 pub mod health;
 pub mod hosts;
+pub mod image_creds;
 pub mod reference;
 pub mod retry;
 
