@@ -180,9 +180,19 @@ impl FetchConfig {
             concurrency: self.concurrency.max(1),
             prefetch_concurrency: self.prefetch_concurrency.max(1),
             readahead_max: self.readahead_max_mb << 20,
+            memory: Some(shim_chunk_memory()),
             ..vfs::fetch::FetchOptions::default()
         }
     }
+}
+
+/// The shim's one memory of recently read chunks, shared by every lazy mount it serves: a pod
+/// shim with N lazy containers keeps 32 MiB of them, not 32 MiB per container.
+fn shim_chunk_memory() -> std::sync::Arc<vfs::fetch::ChunkMemory> {
+    static MEMORY: std::sync::OnceLock<std::sync::Arc<vfs::fetch::ChunkMemory>> = std::sync::OnceLock::new();
+    MEMORY
+        .get_or_init(|| std::sync::Arc::new(vfs::fetch::ChunkMemory::new(vfs::fetch::FetchOptions::default().memory_bytes)))
+        .clone()
 }
 
 /// What the Create request's options said about configuration.

@@ -143,7 +143,12 @@ pub struct FetchOptions {
     /// Bytes of recently read chunks kept in memory. The kernel reads a file in pieces (128 KiB by
     /// default) and each piece asks for its whole chunk: without this, a sequential read of a 1 MiB
     /// chunk re-reads the cache file 8 times (or, with no node cache, fetches it 8 times). 0 disables.
+    /// Ignored when `memory` is set.
     pub memory_bytes: u64,
+    /// One memory of recent chunks shared by every source given it: a process serving many mounts
+    /// (a pod shim) bounds it once instead of once per mount, and mounts of one image share its
+    /// chunks. None: this source keeps its own, of `memory_bytes`.
+    pub memory: Option<Arc<ChunkMemory>>,
 }
 
 impl Default for FetchOptions {
@@ -157,6 +162,7 @@ impl Default for FetchOptions {
             concurrency: 8,
             prefetch_concurrency: 8,
             memory_bytes: 32 << 20,
+            memory: None,
         }
     }
 }
@@ -201,7 +207,7 @@ struct Inner {
     readahead: Mutex<Readahead>,
     /// Chunks whose digest mismatch was already logged at error level (once per chunk, not per read).
     logged_bad: Mutex<HashSet<Digest>>,
-    recent: Mutex<Recent>,
+    recent: Arc<ChunkMemory>,
     /// When a fetch last failed because the registry was unreachable; cleared by the next success.
     /// While set (and recent), fetches only probe for [`OUTAGE_PROBE`] instead of waiting the whole
     /// deadline: the kernel retries a failed read page by page, and each retry must not cost another
@@ -253,7 +259,42 @@ impl CacheTrouble {
     }
 }
 
-/// Verified chunks recently served, first in first out, bounded in bytes.
+/// Verified chunks recently served, first in first out, bounded in bytes: what the kernel's
+/// pieces of one chunk read (see [`FetchOptions::memory_bytes`]). May be shared by many sources
+/// ([`FetchOptions::memory`]); its content is verified and addressed by digest, so sharing never
+/// serves one image's bytes for another's chunk.
+pub struct ChunkMemory {
+    cap: u64,
+    recent: Mutex<Recent>,
+}
+
+impl std::fmt::Debug for ChunkMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkMemory").field("cap", &self.cap).field("bytes", &self.recent.lock().bytes).finish()
+    }
+}
+
+impl ChunkMemory {
+    /// At most `cap` bytes of chunks (0: remembers nothing).
+    pub fn new(cap: u64) -> ChunkMemory {
+        ChunkMemory { cap, recent: Mutex::new(Recent::default()) }
+    }
+
+    fn get(&self, d: &Digest) -> Option<Bytes> {
+        self.recent.lock().get(d)
+    }
+
+    fn contains(&self, d: &Digest) -> bool {
+        self.recent.lock().map.contains_key(d)
+    }
+
+    fn insert(&self, d: Digest, data: Bytes) {
+        if self.cap > 0 {
+            self.recent.lock().insert(d, data, self.cap);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Recent {
     map: HashMap<Digest, Bytes>,
@@ -315,6 +356,7 @@ impl RegistryChunkSource {
             log::warn!("lazy chunk source on a current-thread tokio runtime: reads may stall; use a multi-thread runtime");
         }
         let readahead = if cache.is_some() { opts.readahead_max } else { 0 };
+        let recent = opts.memory.clone().unwrap_or_else(|| Arc::new(ChunkMemory::new(opts.memory_bytes)));
         RegistryChunkSource {
             inner: Arc::new(Inner {
                 layout,
@@ -329,7 +371,7 @@ impl RegistryChunkSource {
                 opts,
                 inflight: Mutex::new(HashMap::new()),
                 logged_bad: Mutex::new(HashSet::new()),
-                recent: Mutex::new(Recent::default()),
+                recent,
                 outage_since: Mutex::new(None),
                 leases: Mutex::new(HashMap::new()),
                 lock_warned: AtomicBool::new(false),
@@ -351,7 +393,7 @@ impl RegistryChunkSource {
 impl Inner {
     /// A chunk from memory or the node cache.
     fn cached(&self, c: &Chunk) -> Option<Bytes> {
-        if let Some(b) = self.recent.lock().get(&c.digest) {
+        if let Some(b) = self.recent.get(&c.digest) {
             return Some(b);
         }
         let b = self.cache.as_ref()?.get_sized(&c.digest, c.len as u64)?;
@@ -361,13 +403,11 @@ impl Inner {
 
     /// Whether a chunk is on the node (not read: whoever reads it later verifies it).
     fn on_node(&self, c: &Chunk) -> bool {
-        self.recent.lock().map.contains_key(&c.digest) || self.cache.as_ref().is_some_and(|cache| cache.contains(&c.digest))
+        self.recent.contains(&c.digest) || self.cache.as_ref().is_some_and(|cache| cache.contains(&c.digest))
     }
 
     fn remember(&self, d: &Digest, data: &Bytes) {
-        if self.opts.memory_bytes > 0 {
-            self.recent.lock().insert(*d, data.clone(), self.opts.memory_bytes);
-        }
+        self.recent.insert(*d, data.clone());
     }
 
     /// Claims the fetch of `chunk` unless one is in flight already (then returns `None`).
