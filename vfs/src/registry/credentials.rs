@@ -65,6 +65,9 @@ pub struct ProviderSettings {
     pub bin_dir: PathBuf,
 }
 
+/// A plugin answer kept for its cacheDuration: expiry and the (matchImage key, credential) pairs.
+type CachedAnswer = (Instant, Vec<(String, Credential)>);
+
 #[derive(Debug)]
 pub struct Keychain {
     explicit: Option<(String, String)>,
@@ -75,7 +78,7 @@ pub struct Keychain {
     docker_config: Option<PathBuf>,
     providers: Option<ProviderSettings>,
     /// Plugin answers still within their cacheDuration: (plugin, cache key) -> (expiry, auth map).
-    provider_cache: Mutex<HashMap<(String, String), (Instant, Vec<(String, Credential)>)>>,
+    provider_cache: Mutex<HashMap<(String, String), CachedAnswer>>,
 }
 
 impl Keychain {
@@ -125,7 +128,7 @@ impl Keychain {
         }
         if let Some(p) = &self.providers {
             out.tried.push(format!("kubelet credential provider config {}", p.config.display()));
-            if let Some(c) = self.from_providers(p, host, image)? {
+            if let Some(c) = self.ask_providers(p, host, image)? {
                 out.credential = Some(c);
                 return Ok(out);
             }
@@ -166,7 +169,7 @@ impl Keychain {
         }
     }
 
-    fn from_providers(&self, p: &ProviderSettings, host: &str, image: &str) -> Result<Option<Credential>, RegistryError> {
+    fn ask_providers(&self, p: &ProviderSettings, host: &str, image: &str) -> Result<Option<Credential>, RegistryError> {
         let bad = |reason: String| RegistryError::Config(format!("kubelet credential provider config {}: {reason}", p.config.display()));
         let text = std::fs::read_to_string(&p.config).map_err(|e| RegistryError::Io { path: p.config.clone(), source: e })?;
         let config: ProviderConfig = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
@@ -224,7 +227,7 @@ impl Keychain {
         for e in &provider.env {
             cmd.env(&e.name, &e.value);
         }
-        let (ok, stdout, stderr) = run(cmd, &bin, request.to_string().as_bytes()).map_err(|e| fail(e))?;
+        let (ok, stdout, stderr) = run(cmd, &bin, request.to_string().as_bytes()).map_err(&fail)?;
         if !ok {
             return Err(fail(format!("plugin {} failed: {}", bin.display(), super::auth::truncate(&stderr))));
         }

@@ -129,7 +129,7 @@ fn parse(text: &str, path: &Path, registry: &Reference, default_scheme: &str, se
         server = endpoint(s, &doc, default_scheme, false, base).map_err(|e| bad(format!("server {s:?}: {e}")))?;
     } else {
         // Top-level TLS keys apply to the default server too.
-        let mut top = endpoint(&server.origin, &doc, default_scheme, false, base).map_err(|e| bad(e))?;
+        let mut top = endpoint(&server.origin, &doc, default_scheme, false, base).map_err(bad)?;
         top.path = server.path.clone();
         server = top;
     }
@@ -159,13 +159,8 @@ fn endpoint(url: &str, t: &toml::Table, default_scheme: &str, mirror: bool, base
         return Err("no host in the URL".into());
     }
     let override_path = t.get("override_path").and_then(|v| v.as_bool()).unwrap_or(false);
-    let path = if override_path {
-        url_path.to_string()
-    } else if url_path.ends_with("/v2") {
-        url_path.to_string()
-    } else {
-        format!("{url_path}/v2")
-    };
+    // containerd appends /v2 unless override_path is set (or the URL already ends in it).
+    let path = if override_path || url_path.ends_with("/v2") { url_path.to_string() } else { format!("{url_path}/v2") };
     let capabilities = match t.get("capabilities") {
         None => Capabilities::ALL,
         Some(v) => {
