@@ -59,9 +59,23 @@ impl Registry {
             auth: opts.auth.is_some(),
             pull_through: opts.pull_through.clone(),
         };
-        registry.write_config(opts.auth.as_ref())?;
-        registry.restart()?;
-        Ok(registry)
+        // The ports are picked free but bound later, so another process (an outgoing connection's
+        // ephemeral port, a parallel test) can take one in between: then start on fresh ports.
+        let mut attempt = 1;
+        loop {
+            registry.write_config(opts.auth.as_ref())?;
+            match registry.restart() {
+                Ok(()) => return Ok(registry),
+                Err(e) if attempt < 3 && format!("{e:#}").contains("in use") => {
+                    log::warn!("registry ports {}/{} taken meanwhile ({e:#}); trying fresh ones", registry.port, registry.backend_port);
+                    registry.stop();
+                    registry.port = free_port()?;
+                    registry.backend_port = free_port()?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn write_config(&self, auth: Option<&Auth>) -> Result<()> {
