@@ -210,7 +210,7 @@ mod tests {
         let opts = any("containerd.runc.v1.Options", string_field(3, "/s"));
         let bare = decode_start_input(&opts.write_to_bytes().unwrap(), "c1", "ns");
         assert_eq!(bare, StartInput { bootstrap: false, options: vec![opts.clone()] });
-        let b = decode_start_input(&bootstrap("c1", "ns", &[opts.clone()]), "c1", "ns");
+        let b = decode_start_input(&bootstrap("c1", "ns", std::slice::from_ref(&opts)), "c1", "ns");
         assert_eq!(b, StartInput { bootstrap: true, options: vec![opts] });
         // A BootstrapParams for another container is not ours: not taken as bootstrap.
         assert!(!decode_start_input(&bootstrap("c2", "ns", &[]), "c1", "ns").bootstrap);

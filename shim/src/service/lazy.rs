@@ -200,7 +200,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let s = detect(&[m.clone()]).unwrap().unwrap();
+        let s = detect(std::slice::from_ref(&m)).unwrap().unwrap();
         assert_eq!(s.stub_dir, stub);
         assert_eq!(s.upper, Some((PathBuf::from("/u"), PathBuf::from("/w"))));
         std::fs::remove_file(stub.join(INDEX_PATH)).unwrap();

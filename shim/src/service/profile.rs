@@ -122,7 +122,7 @@ pub fn apply(cfg: &SecurityConfig, spec: &mut Spec) -> Result<Vec<String>> {
         }
         if cfg.default_pids_limit > 0 {
             let mut res: LinuxResources = linux.resources().clone().unwrap_or_default();
-            if res.pids().as_ref().map_or(true, |p| p.limit() <= 0) {
+            if res.pids().as_ref().is_none_or(|p| p.limit() <= 0) {
                 let pids = LinuxPidsBuilder::default()
                     .limit(cfg.default_pids_limit)
                     .build()

@@ -333,7 +333,7 @@ mod tests {
     fn uris() {
         assert!(matches!(parse_target("").unwrap(), Target::None));
         assert!(matches!(parse_target("/run/x/stdout").unwrap(), Target::Fifo(p) if p == "/run/x/stdout"));
-        assert!(matches!(parse_target("file:///var/log/a%20b.log").unwrap(), Target::File(p) if p == PathBuf::from("/var/log/a b.log")));
+        assert!(matches!(parse_target("file:///var/log/a%20b.log").unwrap(), Target::File(p) if p == std::path::Path::new("/var/log/a b.log")));
         match parse_target("binary:///usr/bin/logger?id=x&debug").unwrap() {
             Target::Binary { path, args } => {
                 assert_eq!(path, PathBuf::from("/usr/bin/logger"));

@@ -69,7 +69,7 @@ impl Container {
 /// lock is never held across Create's slow steps (lazy mount, cgroup, helper, hooks).
 enum Slot {
     Creating,
-    Ready(Container),
+    Ready(Box<Container>),
 }
 
 /// The container table. Lookups of an id whose Create has not returned yet fail with
@@ -207,7 +207,7 @@ impl CreateGuard {
         container.rootfs = self.rootfs.take().unwrap_or_default();
         container.cgroup = self.cgroup.take();
         container.gate = self.created.take();
-        table.slots.insert(self.id.clone(), Slot::Ready(container));
+        table.slots.insert(self.id.clone(), Slot::Ready(Box::new(container)));
         self.finished = true;
     }
 
@@ -292,12 +292,12 @@ impl Shared {
         id: &str,
         exec_id: &str,
         pid: i32,
-        state: Arc<ProcState>,
-        io: Arc<Mutex<ProcessIo>>,
+        process: &Process,
         oom: Option<(Arc<Cgroup>, Arc<AtomicU64>)>,
         kill_rest: Option<Arc<Cgroup>>,
     ) {
         let exit_rx = self.reaper.subscribe(pid);
+        let (state, io) = (process.state.clone(), process.io.clone());
         let shared = self.clone();
         let id = id.to_string();
         let exec_id = if exec_id.is_empty() { id.clone() } else { exec_id.to_string() };
@@ -430,7 +430,7 @@ impl Shared {
             (cg, seen)
         });
         let kill_rest = cgroup.clone().filter(|_| kill_all_on_init_exit(&spec));
-        self.monitor(&id, "", pid, init.state.clone(), init.io.clone(), oom.clone(), kill_rest);
+        self.monitor(&id, "", pid, &init, oom.clone(), kill_rest);
         let oom_watch = oom.map(|(cg, seen)| self.watch_oom(&id, cg, seen));
         self.publisher
             .publish(Event::Create {
@@ -509,7 +509,7 @@ impl Shared {
         *p.io.lock().await = pending.attach(execd.pty_master.take())?;
         p.state.set_pid(execd.pid);
         p.state.set_phase(Phase::Running);
-        self.monitor(&req.id, &req.exec_id, execd.pid, p.state.clone(), p.io.clone(), None, None);
+        self.monitor(&req.id, &req.exec_id, execd.pid, p, None, None);
         self.publisher
             .publish(Event::ExecStarted { id: req.id.clone(), exec_id: req.exec_id.clone(), pid: execd.pid as u32 })
             .await;

@@ -402,10 +402,9 @@ impl Bench {
             optimized,
             scratch,
         };
-        if bench.soci.is_some() {
+        if let Some(soci) = &bench.soci {
             let t = Instant::now();
             let ctrd = bench.node()?;
-            let soci = bench.soci.as_ref().expect("checked");
             for images in bench.images.values() {
                 soci.create_and_push(&ctrd, &images.tls)?;
             }

@@ -195,7 +195,7 @@ fn misses_that_keep_landing_in_one_region_grow_the_span() {
         let before = r.source.stats().snapshot().bytes_fetched;
         r.source.read_chunks(&refs(&r.chunks[at..at + 1]));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while r.source.inner.inflight.lock().len() > 0 && Instant::now() < deadline {
+        while !r.source.inner.inflight.lock().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         spans.push(r.source.stats().snapshot().bytes_fetched - before);

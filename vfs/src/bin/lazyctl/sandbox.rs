@@ -162,7 +162,7 @@ impl Sandbox {
 
     /// The helper's exit status, if it has exited.
     pub fn try_wait(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
-        Ok(self.child.as_mut().expect("running").try_wait().context("waiting for the sandbox")?)
+        self.child.as_mut().expect("running").try_wait().context("waiting for the sandbox")
     }
 
     /// Kills the workload and everything in its PID namespace, and waits for it: SIGTERM to the
