@@ -16,11 +16,7 @@ pub struct ParsedOptions {
 
 /// runc's parseMountOptions.
 pub fn parse_options(options: &[String]) -> ParsedOptions {
-    let mut out = ParsedOptions {
-        flags: MsFlags::empty(),
-        propagation: Vec::new(),
-        data: String::new(),
-    };
+    let mut out = ParsedOptions { flags: MsFlags::empty(), propagation: Vec::new(), data: String::new() };
     let mut data = Vec::new();
     for o in options {
         let (clear, flag) = match o.as_str() {
@@ -55,8 +51,7 @@ pub fn parse_options(options: &[String]) -> ParsedOptions {
             "strictatime" => (false, MsFlags::MS_STRICTATIME),
             "suid" => (true, MsFlags::MS_NOSUID),
             "sync" => (false, MsFlags::MS_SYNCHRONOUS),
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
-            | "runbindable" => {
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable" => {
                 out.propagation.push(propagation(o).unwrap_or(MsFlags::MS_PRIVATE));
                 continue;
             }
@@ -132,7 +127,8 @@ mod tests {
     fn propagation_is_kept_apart_from_flags_in_order() {
         let p = parse_options(&strings(&["bind", "private", "rshared", "runbindable"]));
         assert_eq!(p.flags, MsFlags::MS_BIND);
-        let want = [MsFlags::MS_PRIVATE, MsFlags::MS_SHARED | MsFlags::MS_REC, MsFlags::MS_UNBINDABLE | MsFlags::MS_REC];
+        let want =
+            [MsFlags::MS_PRIVATE, MsFlags::MS_SHARED | MsFlags::MS_REC, MsFlags::MS_UNBINDABLE | MsFlags::MS_REC];
         assert_eq!(p.propagation, want);
         assert_eq!(propagation("rslave"), Some(MsFlags::MS_SLAVE | MsFlags::MS_REC));
         assert_eq!(propagation("slavish"), None);

@@ -149,7 +149,11 @@ impl Containerd {
             config_version = if opts.version.is_v2() { 3 } else { 2 },
         );
         std::fs::write(d.join("config.toml"), config)?;
-        let mut path = format!("{}:{}", crate::bins::shim().parent().expect("bin dir").display(), std::env::var("PATH").unwrap_or_default());
+        let mut path = format!(
+            "{}:{}",
+            crate::bins::shim().parent().expect("bin dir").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         if let Some(dir) = &bin_dir {
             path = format!("{}:{path}", dir.display());
         }
@@ -317,7 +321,11 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> CtrOutput {
         Err(_) => {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             let out = rx.recv().ok().and_then(|r| r.ok());
-            let mut o = out.map(CtrOutput::from).unwrap_or(CtrOutput { code: -1, stdout: String::new(), stderr: String::new() });
+            let mut o = out.map(CtrOutput::from).unwrap_or(CtrOutput {
+                code: -1,
+                stdout: String::new(),
+                stderr: String::new(),
+            });
             o.code = -1;
             o.stderr.push_str(&format!("\n(ctr killed after {limit:?})"));
             o
@@ -534,7 +542,10 @@ pub fn layout_from_rootfs_tar(rootfs_tar: &Path, dir: &Path, tag: &str, cmd: &[&
     )?;
     manifest["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
     manifest["platform"] = serde_json::json!({"architecture": "amd64", "os": "linux"});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [manifest]}))?)?;
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [manifest]}))?,
+    )?;
     Ok(())
 }
 

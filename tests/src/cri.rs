@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1 as cri;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::cleanup::{force_unmount, temp_dir};
@@ -52,8 +52,7 @@ pub const KUBELET_MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 /// kubelet's default read-only paths.
-pub const KUBELET_READONLY_PATHS: &[&str] =
-    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const KUBELET_READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// A shim configuration for one runtime handler: `(handler name, TOML of its ConfigPath file)`.
 pub struct Handler {
@@ -117,7 +116,8 @@ impl CriContainerd {
 
         // The repository's handler snippet, with ConfigPath pointed at our shim configs.
         let snippet_path = if version.is_v2() { runtimeclass_config_v3() } else { runtimeclass_config() };
-        let snippet = std::fs::read_to_string(&snippet_path).with_context(|| format!("reading {}", snippet_path.display()))?;
+        let snippet =
+            std::fs::read_to_string(&snippet_path).with_context(|| format!("reading {}", snippet_path.display()))?;
         let shim_dir = d.join("shim");
         std::fs::create_dir_all(&shim_dir)?;
         for h in handlers {
@@ -142,7 +142,8 @@ impl CriContainerd {
                 cni = cni.display(),
                 hosts = hosts.display(),
             )
-        } else { format!(
+        } else {
+            format!(
             "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause}\"\n  restrict_oom_score_adj = true\n  \
              stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{CNI_BIN_DIR}\"\n  conf_dir = \"{cni}\"\n\
@@ -151,7 +152,8 @@ impl CriContainerd {
              {handlers_toml}",
             cni = cni.display(),
             hosts = hosts.display(),
-        ) };
+        )
+        };
         let netns_before = list_dir(Path::new(NETNS_DIR));
         let containerd = Containerd::start_with(&StartOptions {
             cri: true,
@@ -247,8 +249,10 @@ impl CriContainerd {
 
     /// Stops and removes every pod sandbox CRI still lists (best effort; for cleanup).
     pub fn remove_all_pods(&self) {
-        let pods = self
-            .call("ListPodSandbox", |mut c| async move { c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await })
+        let pods =
+            self.call("ListPodSandbox", |mut c| async move {
+                c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await
+            })
             .map(|r| r.items)
             .unwrap_or_default();
         for p in pods {

@@ -53,8 +53,7 @@ pub fn extracted(suite: &str, package: &str) -> Result<PathBuf> {
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&staged), "dpkg-deb -x (apt-get install dpkg)")?;
     let version = deb_version(&deb)?;
     std::fs::write(suite_dir.join(format!("{package}.version")), format!("{version}\n"))?;
-    std::fs::rename(&staged, &root)
-        .with_context(|| format!("moving {} to {}", staged.display(), root.display()))?;
+    std::fs::rename(&staged, &root).with_context(|| format!("moving {} to {}", staged.display(), root.display()))?;
     log::info!("Debian {suite}'s {package} {version} extracted at {}", root.display());
     Ok(root)
 }
@@ -140,24 +139,18 @@ impl PrivateApt {
             self.command().arg("download").arg(package).current_dir(dir),
             &format!("apt-get download {package} from Debian {}", self.suite),
         )?;
-        let deb = std::fs::read_dir(dir)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "deb")
-                    && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-            });
-        deb.with_context(|| format!("apt-get download {package} succeeded but left no {package}_*.deb in {}", dir.display()))
+        let deb = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).find(|p| {
+            p.extension().is_some_and(|e| e == "deb")
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+        });
+        deb.with_context(|| {
+            format!("apt-get download {package} succeeded but left no {package}_*.deb in {}", dir.display())
+        })
     }
 }
 
 fn deb_version(deb: &Path) -> Result<String> {
-    let out = Command::new("dpkg-deb")
-        .args(["-f"])
-        .arg(deb)
-        .arg("Version")
-        .output()
-        .context("running dpkg-deb -f")?;
+    let out = Command::new("dpkg-deb").args(["-f"]).arg(deb).arg("Version").output().context("running dpkg-deb -f")?;
     if !out.status.success() {
         bail!("dpkg-deb -f {} Version failed: {}", deb.display(), String::from_utf8_lossy(&out.stderr));
     }

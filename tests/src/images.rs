@@ -19,7 +19,10 @@ use sha2::{Digest as _, Sha256};
 pub enum Content {
     Bytes(Vec<u8>),
     /// `len` incompressible bytes from a seeded generator (same seed, same bytes).
-    Random { seed: u64, len: u64 },
+    Random {
+        seed: u64,
+        len: u64,
+    },
 }
 
 impl Content {
@@ -377,11 +380,7 @@ impl Image {
 
     /// Sum of the sizes of all regular files in all layers (before whiteouts).
     pub fn file_bytes(&self) -> u64 {
-        self.layers
-            .iter()
-            .flat_map(|l| &l.entries)
-            .map(|e| if let Kind::File(c) = &e.kind { c.len() } else { 0 })
-            .sum()
+        self.layers.iter().flat_map(|l| &l.entries).map(|e| if let Kind::File(c) = &e.kind { c.len() } else { 0 }).sum()
     }
 
     /// The content of regular file `path` as the topmost layer that has it defines it.

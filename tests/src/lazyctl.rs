@@ -62,7 +62,14 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        Self { prefetch: "none".into(), cache_dir: None, record: None, deadline: None, extra: Vec::new(), env: Vec::new() }
+        Self {
+            prefetch: "none".into(),
+            cache_dir: None,
+            record: None,
+            deadline: None,
+            extra: Vec::new(),
+            env: Vec::new(),
+        }
     }
 }
 
@@ -87,9 +94,7 @@ impl LazyMount {
         std::fs::create_dir_all(&cache_dir)?;
         let log = dir.path().join("lazyctl.log");
         let mut cmd = Command::new(bins::lazyctl());
-        cmd.args(["mount", "--plain-http", "--prefetch", &opts.prefetch])
-            .arg("--cache-dir")
-            .arg(&cache_dir);
+        cmd.args(["mount", "--plain-http", "--prefetch", &opts.prefetch]).arg("--cache-dir").arg(&cache_dir);
         if let Some(record) = &opts.record {
             cmd.arg("--record").arg(record);
         }
@@ -265,5 +270,7 @@ pub fn fetch_index(image: &str) -> Result<vfs::Index> {
     let client = Client::new(ClientConfig { plain_http: PlainHttp::Always, ..ClientConfig::default() })?;
     let reference: Reference = image.parse()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(vfs::stub::fetch_index(&client, &reference)).with_context(|| format!("fetching the index of {image}"))
+    runtime
+        .block_on(vfs::stub::fetch_index(&client, &reference))
+        .with_context(|| format!("fetching the index of {image}"))
 }

@@ -373,7 +373,8 @@ struct HttpConn {
 
 impl HttpConn {
     fn connect(port: u16) -> Result<HttpConn> {
-        let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(120)))?;
         Ok(HttpConn { port, reader: BufReader::with_capacity(256 * 1024, stream) })

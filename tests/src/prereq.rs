@@ -50,11 +50,12 @@ impl Prereq {
             Prereq::Filesystem(fs) => {
                 let known = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
                 let listed = known.lines().any(|l| l.split_whitespace().last() == Some(fs));
-                (!listed).then(|| format!("needs the kernel's {fs} filesystem (not in /proc/filesystems; modprobe {fs})"))
+                (!listed)
+                    .then(|| format!("needs the kernel's {fs} filesystem (not in /proc/filesystems; modprobe {fs})"))
             }
-            Prereq::Tool(name) => which(name).is_none().then(|| {
-                format!("needs `{name}` on PATH (apt-get install it; .ci/run has the package list)")
-            }),
+            Prereq::Tool(name) => which(name)
+                .is_none()
+                .then(|| format!("needs `{name}` on PATH (apt-get install it; .ci/run has the package list)")),
         }
     }
 }

@@ -67,7 +67,11 @@ impl Registry {
             match registry.restart() {
                 Ok(()) => return Ok(registry),
                 Err(e) if attempt < 3 && format!("{e:#}").contains("in use") => {
-                    log::warn!("registry ports {}/{} taken meanwhile ({e:#}); trying fresh ones", registry.port, registry.backend_port);
+                    log::warn!(
+                        "registry ports {}/{} taken meanwhile ({e:#}); trying fresh ones",
+                        registry.port,
+                        registry.backend_port
+                    );
                     registry.stop();
                     registry.port = free_port()?;
                     registry.backend_port = free_port()?;
@@ -105,7 +109,8 @@ impl Registry {
             self.storage_dir().display(),
             self.backend_port,
             match &self.tls {
-                Some(tls) => format!("  tls:\n    certificate: {}\n    key: {}\n", tls.cert.display(), tls.key.display()),
+                Some(tls) =>
+                    format!("  tls:\n    certificate: {}\n    key: {}\n", tls.cert.display(), tls.key.display()),
                 None => String::new(),
             }
         );
@@ -309,11 +314,7 @@ impl Registry {
     /// Path of a blob's data file in storage, e.g. to flip a byte of it.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        self.storage_dir()
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
+        self.storage_dir().join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
     }
 
     /// Reads a blob straight from storage (no HTTP, so it does not count as served).
@@ -453,14 +454,52 @@ impl Tls {
             Ok(())
         };
         openssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "7",
-            "-subj", "/CN=lazy-tests test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "7",
+            "-subj",
+            "/CN=lazy-tests test CA",
         ])?;
-        openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"])?;
-        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")?;
         openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-            "server.pem", "-days", "7", "-extfile", "san.ext",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])?;
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "7",
+            "-extfile",
+            "san.ext",
         ])?;
         Ok(Tls { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") })
     }
@@ -528,10 +567,8 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, Vec<u8>)> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n")?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let head_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("HTTP response without end of headers")?;
+    let head_end =
+        response.windows(4).position(|w| w == b"\r\n\r\n").context("HTTP response without end of headers")?;
     let head = String::from_utf8_lossy(&response[..head_end]);
     let status = head
         .split_whitespace()
@@ -704,7 +741,12 @@ mod tests {
         let digest = plain.push_blob("t/blob", b"hello over tls").unwrap();
         let certs = temp_dir("tls");
         let tls = Tls::generate(certs.path()).unwrap();
-        let secure = Registry::start_with(StartOptions { storage: Some(plain.storage_dir()), tls: Some(tls.clone()), ..Default::default() }).unwrap();
+        let secure = Registry::start_with(StartOptions {
+            storage: Some(plain.storage_dir()),
+            tls: Some(tls.clone()),
+            ..Default::default()
+        })
+        .unwrap();
         let offset = secure.log_offset();
         let out = Command::new("curl")
             .args(["-sf", "--cacert"])

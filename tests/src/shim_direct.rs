@@ -119,9 +119,20 @@ fn fifo_reader(path: &Path) -> Result<Arc<Mutex<Vec<u8>>>> {
 /// adds its default allow-list). `cgroups_path` as containerd sets it (`/<namespace>/<id>`).
 pub fn go_client_spec(cgroups_path: &str, args: &[&str], terminal: bool) -> Value {
     let caps = json!([
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-        "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
     ]);
     json!({
         "ociVersion": "1.1.0",
@@ -173,11 +184,14 @@ impl DirectShim {
             return None;
         }
         let shim = crate::bins::shim();
-        let missing: Vec<String> = [(Path::new(BUSYBOX), "apt-get install busybox-static"), (shim.as_path(), "cargo build -p containerd-shim-lazy")]
-            .iter()
-            .filter(|(p, _)| !p.is_file())
-            .map(|(p, fix)| format!("needs {} ({fix})", p.display()))
-            .collect();
+        let missing: Vec<String> = [
+            (Path::new(BUSYBOX), "apt-get install busybox-static"),
+            (shim.as_path(), "cargo build -p containerd-shim-lazy"),
+        ]
+        .iter()
+        .filter(|(p, _)| !p.is_file())
+        .map(|(p, fix)| format!("needs {} ({fix})", p.display()))
+        .collect();
         if !missing.is_empty() {
             let text = format!("{test}: {}", missing.join("; "));
             if crate::prereq::in_ci() {
@@ -189,7 +203,8 @@ impl DirectShim {
         crate::init_logging();
         static N: AtomicU32 = AtomicU32::new(0);
         let namespace = format!("ld{}x{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
         let dir = crate::cleanup::temp_dir("direct-shim");
         let collector = Arc::new(Collector::default());
         let events_sock = dir.path().join("containerd.sock.ttrpc");
@@ -227,7 +242,11 @@ impl DirectShim {
 
     /// The container's cgroup v2 directory (hybrid hosts: under /sys/fs/cgroup/unified).
     pub fn cgroup_dir(&self, id: &str) -> PathBuf {
-        let root = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() { "/sys/fs/cgroup/unified" } else { "/sys/fs/cgroup" };
+        let root = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+            "/sys/fs/cgroup/unified"
+        } else {
+            "/sys/fs/cgroup"
+        };
         Path::new(root).join(&self.namespace).join(id)
     }
 
@@ -323,7 +342,9 @@ impl DirectShim {
     /// Connects the task client to `address` and learns the server's pid (Connect).
     pub fn connect(&mut self, address: &str) -> Result<()> {
         let address = address.trim().to_string();
-        let path = address.strip_prefix("unix://").with_context(|| format!("start printed {address:?}, not a unix:// address"))?;
+        let path = address
+            .strip_prefix("unix://")
+            .with_context(|| format!("start printed {address:?}, not a unix:// address"))?;
         self.socket = Some(PathBuf::from(path));
         let client = self.rt.block_on(Client::connect(&address)).with_context(|| format!("connecting to {address}"))?;
         let client = TaskClient::new(client);
@@ -357,13 +378,23 @@ impl DirectShim {
         Ok(Capture { path, data })
     }
 
-    pub fn create(&self, id: &str, terminal: bool, stdout: Option<&Capture>, options: Option<Any>) -> Result<CreateTaskResponse> {
+    pub fn create(
+        &self,
+        id: &str,
+        terminal: bool,
+        stdout: Option<&Capture>,
+        options: Option<Any>,
+    ) -> Result<CreateTaskResponse> {
         let req = CreateTaskRequest {
             id: id.into(),
             bundle: self.bundle(id).display().to_string(),
             terminal,
             stdout: stdout.map(|c| c.path.display().to_string()).unwrap_or_default(),
-            stderr: if terminal { String::new() } else { stdout.map(|c| c.path.display().to_string()).unwrap_or_default() },
+            stderr: if terminal {
+                String::new()
+            } else {
+                stdout.map(|c| c.path.display().to_string()).unwrap_or_default()
+            },
             options: options.into(),
             ..Default::default()
         };
@@ -429,7 +460,8 @@ impl DirectShim {
     /// Wait with a bound: Err when it did not return within `limit`.
     pub fn wait(&self, id: &str, exec_id: &str, limit: Duration) -> Result<WaitResponse> {
         let req = WaitRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() };
-        let fut = self.client().wait(containerd_shim_protos::ttrpc::context::with_timeout(limit.as_nanos() as i64), &req);
+        let fut =
+            self.client().wait(containerd_shim_protos::ttrpc::context::with_timeout(limit.as_nanos() as i64), &req);
         match self.rt.block_on(async { tokio::time::timeout(limit, fut).await }) {
             Ok(r) => Ok(r?),
             Err(_) => bail!("Wait({id}/{exec_id}) did not return within {limit:?}"),

@@ -97,7 +97,11 @@ impl Soci {
                 bail!("soci-snapshotter-grpc exited with {status} before listening; its log:\n{}", self.log());
             }
             if start.elapsed() > Duration::from_secs(20) {
-                bail!("soci-snapshotter-grpc did not create {} within 20 s; its log:\n{}", self.socket().display(), self.log());
+                bail!(
+                    "soci-snapshotter-grpc did not create {} within 20 s; its log:\n{}",
+                    self.socket().display(),
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -59,8 +59,19 @@ impl TokenServer {
         openssl(
             dir.path(),
             &[
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "token.key", "-out", "token.pem", "-days",
-                "7", "-subj", "/CN=lazy-tests token issuer",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "token.key",
+                "-out",
+                "token.pem",
+                "-days",
+                "7",
+                "-subj",
+                "/CN=lazy-tests token issuer",
             ],
             None,
         )?;
@@ -157,21 +168,25 @@ fn serve(mut conn: TcpStream, shared: &Shared) -> Result<()> {
     if path != "/token" {
         return respond(&mut conn, 404, "{\"error\":\"not found\"}");
     }
-    let params: Vec<(String, String)> = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), percent_decode(v)))
-        .collect();
+    let params: Vec<(String, String)> =
+        query.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), percent_decode(v))).collect();
     let user = {
         let users = shared.users.lock().unwrap();
         users
             .iter()
-            .find(|(u, p)| authorization.as_deref() == Some(format!("Basic {}", base64(format!("{u}:{p}").as_bytes(), false)).as_str()))
+            .find(|(u, p)| {
+                authorization.as_deref()
+                    == Some(format!("Basic {}", base64(format!("{u}:{p}").as_bytes(), false)).as_str())
+            })
             .map(|(u, _)| u.clone())
     };
     let Some(user) = user else {
         shared.refused.fetch_add(1, Ordering::SeqCst);
-        return respond(&mut conn, 401, "{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"wrong username or password\"}]}");
+        return respond(
+            &mut conn,
+            401,
+            "{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"wrong username or password\"}]}",
+        );
     };
     let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone()).unwrap_or_default();
     let access: Vec<serde_json::Value> = params
@@ -190,12 +205,14 @@ fn serve(mut conn: TcpStream, shared: &Shared) -> Result<()> {
         "exp": now + shared.lifetime.as_secs().max(1) - REGISTRY_LEEWAY_SECS,
         "jti": format!("{now}-{}", shared.issued.load(Ordering::SeqCst)), "access": access,
     });
-    let signing_input = format!("{}.{}", base64(header.to_string().as_bytes(), true), base64(claims.to_string().as_bytes(), true));
+    let signing_input =
+        format!("{}.{}", base64(header.to_string().as_bytes(), true), base64(claims.to_string().as_bytes(), true));
     let dir = shared.key.parent().context("token key without a directory")?;
     let signature = openssl(dir, &["dgst", "-sha256", "-sign", "token.key"], Some(signing_input.as_bytes()))?;
     let token = format!("{signing_input}.{}", base64(&signature, true));
     shared.issued.fetch_add(1, Ordering::SeqCst);
-    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": shared.lifetime.as_secs().max(1)});
+    let body =
+        serde_json::json!({"token": token, "access_token": token, "expires_in": shared.lifetime.as_secs().max(1)});
     respond(&mut conn, 200, &body.to_string())
 }
 

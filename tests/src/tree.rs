@@ -62,11 +62,7 @@ fn walk(root: &Path, path: &Path, out: &mut Snapshot) -> Result<()> {
     };
     let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
     let sha256 = if kind == 'f' { Some(hash_file(path)?) } else { None };
-    let link_target = if kind == 'l' {
-        Some(std::fs::read_link(path)?.to_string_lossy().into_owned())
-    } else {
-        None
-    };
+    let link_target = if kind == 'l' { Some(std::fs::read_link(path)?.to_string_lossy().into_owned()) } else { None };
     out.insert(
         rel,
         Meta {
@@ -131,14 +127,10 @@ pub fn xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
         let c_name = CString::new(name)?;
         let mut value = vec![0u8; 64 * 1024];
         // SAFETY: both strings are NUL-terminated; value is a valid writable buffer of its length.
-        let len = unsafe {
-            libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr().cast(), value.len())
-        };
+        let len = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
         if len < 0 {
             let err = std::io::Error::last_os_error();
-            return Err(err).with_context(|| {
-                format!("lgetxattr {} {}", path.display(), String::from_utf8_lossy(name))
-            });
+            return Err(err).with_context(|| format!("lgetxattr {} {}", path.display(), String::from_utf8_lossy(name)));
         }
         value.truncate(len as usize);
         out.insert(String::from_utf8_lossy(name).into_owned(), value);

@@ -354,8 +354,7 @@ fn boot_once(kernel: &Path, initrd: &Path, work: &Path, cfg: &VmConfig, accel: &
             .arg(format!("file={},if=none,id=d0,format=raw,cache=unsafe", qemu_opt_value(&disk)))
             .args(["-device", "virtio-blk-pci,drive=d0"]);
     }
-    cmd
-        .args(["-append", "console=ttyS0 quiet panic=-1 loglevel=4"])
+    cmd.args(["-append", "console=ttyS0 quiet panic=-1 loglevel=4"])
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(Stdio::piped());
@@ -384,20 +383,15 @@ fn boot_once(kernel: &Path, initrd: &Path, work: &Path, cfg: &VmConfig, accel: &
         .filter_map(|l| l.rsplit_once("VM-EXIT-CODE=").map(|(_, c)| c))
         .next_back()
         .and_then(|c| c.trim().parse::<i32>().ok());
-    let unreachable = console.lines().find_map(|l| l.split_once("VM-UNREACHABLE=").map(|(_, p)| PathBuf::from(p.trim_end())));
+    let unreachable =
+        console.lines().find_map(|l| l.split_once("VM-UNREACHABLE=").map(|(_, p)| PathBuf::from(p.trim_end())));
     if let Some(path) = unreachable {
         return Ok(Attempt::Unreachable(path, console));
     }
     match (code, status) {
         (Some(exit_code), _) => {
             let output = String::from_utf8_lossy(&std::fs::read(work.join("output")).unwrap_or_default()).into_owned();
-            Ok(Attempt::Done(VmRun {
-                exit_code,
-                output,
-                console,
-                elapsed,
-                accel,
-            }))
+            Ok(Attempt::Done(VmRun { exit_code, output, console, elapsed, accel }))
         }
         (None, None) => Ok(Attempt::Infra(format!("timed out after {} s", cfg.timeout.as_secs()), console)),
         (None, Some(s)) => Ok(Attempt::Infra(

@@ -46,13 +46,20 @@ fn bench_coldstart_smoke_every_variant_prints_and_the_report_is_written() {
         for mode in ["cold", "warm"] {
             let printed = stdout.lines().any(|l| {
                 let words: Vec<&str> = l.split_whitespace().collect();
-                words.len() > 4 && words[0] == "round" && words[2] == "py-print" && words[3] == *variant && words[4] == mode
+                words.len() > 4
+                    && words[0] == "round"
+                    && words[2] == "py-print"
+                    && words[3] == *variant
+                    && words[4] == mode
                     && l.contains("\"42\"")
             });
             assert!(printed, "no {mode} {variant} sample that printed 42:\n{stdout}");
         }
     }
-    assert!(!stdout.contains("note:"), "a variant did not run as intended (e.g. SOCI fell back to a full pull):\n{stdout}");
+    assert!(
+        !stdout.contains("note:"),
+        "a variant did not run as intended (e.g. SOCI fell back to a full pull):\n{stdout}"
+    );
     assert!(stdout.contains("workload   mode  variant"), "no table:\n{stdout}");
     assert!(stdout.contains("| py-print cold |"), "no summary table:\n{stdout}");
 

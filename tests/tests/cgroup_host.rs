@@ -60,11 +60,7 @@ impl Drop for ChildGuard {
 }
 
 fn linux(top: &str, name: &str, res: LinuxResources) -> Linux {
-    LinuxBuilder::default()
-        .cgroups_path(PathBuf::from(format!("/{top}/{name}")))
-        .resources(res)
-        .build()
-        .unwrap()
+    LinuxBuilder::default().cgroups_path(PathBuf::from(format!("/{top}/{name}"))).resources(res).build().unwrap()
 }
 
 fn memory_limit() -> LinuxResources {
@@ -128,7 +124,9 @@ fn hybrid_host_refuses_unenforceable_limits_and_runs_the_rest() {
             "the memory controller is not available in cgroup v2 at {} (hybrid cgroup host)",
             mount.root.display()
         );
-        for part in ["memory limit", want.as_str(), "systemd.unified_cgroup_hierarchy=1", "allow_unenforced_limits = true"] {
+        for part in
+            ["memory limit", want.as_str(), "systemd.unified_cgroup_hierarchy=1", "allow_unenforced_limits = true"]
+        {
             assert!(msg.contains(part), "error {msg:?} lacks {part:?}");
         }
         assert!(e.is_failed_precondition());
@@ -141,7 +139,9 @@ fn hybrid_host_refuses_unenforceable_limits_and_runs_the_rest() {
         assert!(cg.path().is_dir());
         let warned = WARNINGS.lock().unwrap().clone();
         assert!(
-            warned.iter().any(|w| w.contains("container lenient") && w.contains("NOT ENFORCED") && w.contains("memory limit")),
+            warned
+                .iter()
+                .any(|w| w.contains("container lenient") && w.contains("NOT ENFORCED") && w.contains("memory limit")),
             "no per-container warning logged: {warned:?}"
         );
         cg.delete().unwrap();
@@ -185,7 +185,11 @@ fn hybrid_host_refuses_unenforceable_limits_and_runs_the_rest() {
         assert_eq!(r, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
     }
     let cg = Cgroup::create(Some(&linux(&top, "devices", pause_container())), "k8s.io", "devices", &strict).unwrap();
-    let script = format!("read go; head -c 1 {} >/dev/null && echo null-ok; head -c 1 {} >/dev/null || echo mem-denied", null.display(), mem.display());
+    let script = format!(
+        "read go; head -c 1 {} >/dev/null && echo null-ok; head -c 1 {} >/dev/null || echo mem-denied",
+        null.display(),
+        mem.display()
+    );
     let mut child = ChildGuard(
         Command::new("sh")
             .args(["-c", &script])

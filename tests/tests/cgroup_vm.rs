@@ -35,11 +35,7 @@ fn cgroup_v2_limits_are_enforced_in_a_vm() {
     let guest = env!("CARGO_BIN_EXE_cgroup-guest");
     // The launcher checks re-execute the shim binary as their helper: it must be built next to the guest.
     let shim = harness::bins::shim();
-    let cfg = VmConfig {
-        disk_mb: Some(64),
-        share: vec![shim],
-        ..VmConfig::default()
-    };
+    let cfg = VmConfig { disk_mb: Some(64), share: vec![shim], ..VmConfig::default() };
     let run = match vm::run(&[guest], &cfg) {
         Ok(run) => run,
         Err(e) => panic!("{e}"),

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use harness::containerd::{busybox_image, Version};
-use harness::images::Entry;
 use harness::cri::{self, CriContainerd, Handler, KUBELET_MASKED_PATHS, KUBELET_READONLY_PATHS};
+use harness::images::Entry;
 use harness::registry::Registry;
 use harness::{prerequisites_met, wait_for, Prereq};
 use k8s_cri::v1 as api;
@@ -43,7 +43,8 @@ fn v2_controller(controller: &str) -> bool {
 /// A `<RFC3339Nano> stdout F <text>` line of CRI's log format.
 fn is_cri_log_line(line: &str, text: &str) -> bool {
     let mut parts = line.splitn(4, ' ');
-    let (Some(ts), Some(stream), Some(tag), Some(msg)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(ts), Some(stream), Some(tag), Some(msg)) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     let ts_ok = ts.len() >= 20 && ts.as_bytes()[4] == b'-' && ts.as_bytes()[10] == b'T' && ts.contains('.');
@@ -101,7 +102,8 @@ fn tail(s: &str, n: usize) -> String {
 }
 
 fn exec(c: &CriContainerd, id: &str, cmd: &[&str]) -> api::ExecSyncResponse {
-    let req = api::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 30 };
+    let req =
+        api::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 30 };
     c.call("ExecSync", |mut r| async move { r.exec_sync(req).await }).unwrap()
 }
 
@@ -143,8 +145,10 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
         .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&ctrd.log(), 60)))
         .container_id;
     let id = cid.clone();
-    c.call("StartContainer", |mut r| async move { r.start_container(api::StartContainerRequest { container_id: id }).await })
-        .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&ctrd.log(), 60)));
+    c.call("StartContainer", |mut r| async move {
+        r.start_container(api::StartContainerRequest { container_id: id }).await
+    })
+    .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&ctrd.log(), 60)));
     log::info!("{handler}: RunPodSandbox + CreateContainer + StartContainer in {:.1?}", started.elapsed());
 
     let id = cid.clone();
@@ -217,7 +221,11 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     let r = exec(
         c,
         &cid,
-        &["sh", "-c", "awk '$2==\"/proc/sys\"{split($4,o,\",\"); print o[1]}' /proc/mounts; test -c /proc/keys && echo masked"],
+        &[
+            "sh",
+            "-c",
+            "awk '$2==\"/proc/sys\"{split($4,o,\",\"); print o[1]}' /proc/mounts; test -c /proc/keys && echo masked",
+        ],
     );
     assert_eq!(String::from_utf8_lossy(&r.stdout), "ro\nmasked\n", "/proc/sys read-only, /proc/keys masked: {r:?}");
 
@@ -273,7 +281,9 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     // ContainerStats.
     let id = cid.clone();
     let stats = c
-        .call("ContainerStats", |mut r| async move { r.container_stats(api::ContainerStatsRequest { container_id: id }).await })
+        .call("ContainerStats", |mut r| async move {
+            r.container_stats(api::ContainerStatsRequest { container_id: id }).await
+        })
         .unwrap()
         .stats
         .expect("ContainerStats has stats");
@@ -285,8 +295,10 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     // Stop (sleep as PID 1 ignores SIGTERM: CRI kills it after the timeout) and remove.
     let id = cid.clone();
     let stop_started = Instant::now();
-    c.call("StopContainer", |mut r| async move { r.stop_container(api::StopContainerRequest { container_id: id, timeout: 2 }).await })
-        .unwrap();
+    c.call("StopContainer", |mut r| async move {
+        r.stop_container(api::StopContainerRequest { container_id: id, timeout: 2 }).await
+    })
+    .unwrap();
     let id = cid.clone();
     let status = c
         .call("ContainerStatus", |mut r| async move {
@@ -299,13 +311,21 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
     // SIGTERM ends `sleep` unless it is PID 1 of its namespace (then CRI kills it after 2 s).
     let expected = if pid_mode == api::NamespaceMode::Pod { 143 } else { 137 };
     assert_eq!(status.exit_code, expected, "{status:?}");
-    log::info!("{handler}: StopContainer(timeout 2 s) took {:.1?}, exit code {}", stop_started.elapsed(), status.exit_code);
+    log::info!(
+        "{handler}: StopContainer(timeout 2 s) took {:.1?}, exit code {}",
+        stop_started.elapsed(),
+        status.exit_code
+    );
     let id = cid.clone();
-    c.call("RemoveContainer", |mut r| async move { r.remove_container(api::RemoveContainerRequest { container_id: id }).await })
-        .unwrap();
+    c.call("RemoveContainer", |mut r| async move {
+        r.remove_container(api::RemoveContainerRequest { container_id: id }).await
+    })
+    .unwrap();
     let id = sid.clone();
-    c.call("StopPodSandbox", |mut r| async move { r.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: id }).await })
-        .unwrap();
+    c.call("StopPodSandbox", |mut r| async move {
+        r.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: id }).await
+    })
+    .unwrap();
     let id = sid.clone();
     c.call("RemovePodSandbox", |mut r| async move {
         r.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id }).await
@@ -349,7 +369,8 @@ fn lifecycle_on(test: &str, version: Version) {
         return;
     }
     if !Path::new(cri::CNI_BIN_DIR).join("bridge").exists() {
-        let why = format!("cri_pod: needs CNI plugins in {} (apt-get install containernetworking-plugins)", cri::CNI_BIN_DIR);
+        let why =
+            format!("cri_pod: needs CNI plugins in {} (apt-get install containernetworking-plugins)", cri::CNI_BIN_DIR);
         assert!(!harness::prereq::in_ci(), "CI=true, refusing to skip: {why}");
         eprintln!("SKIP {why}");
         return;
@@ -363,12 +384,16 @@ fn lifecycle_on(test: &str, version: Version) {
     let image_bytes = image.file_bytes();
     let published = harness::scenario::publish_and_convert(&registry, &image, "bb", &[]).expect("publish + convert");
     let served_before = registry.served_bytes();
-    let handlers: Vec<Handler> =
-        ["lazy", "lazy-sandbox"].iter().map(|h| Handler { name: h.to_string(), shim_config: shim_profile(h) }).collect();
+    let handlers: Vec<Handler> = ["lazy", "lazy-sandbox"]
+        .iter()
+        .map(|h| Handler { name: h.to_string(), shim_config: shim_profile(h) })
+        .collect();
     let c = CriContainerd::start_on(&registry, &handlers, version).expect("starting containerd with CRI");
 
     let start = Instant::now();
-    let image_ref = c.pull(&published.lazy).unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&c.containerd().log(), 40)));
+    let image_ref = c
+        .pull(&published.lazy)
+        .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&c.containerd().log(), 40)));
     log::info!("PullImage {} -> {image_ref} in {:.1?}", published.lazy, start.elapsed());
 
     // `lazy` as a default pod; `lazy-sandbox` with shareProcessNamespace.

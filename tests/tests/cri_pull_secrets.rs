@@ -34,7 +34,10 @@ fn shim_profile() -> String {
         .replace("allow_unenforced_limits = false", "allow_unenforced_limits = true");
     let marker = "# credentials_file = \"/root/.docker/config.json\"";
     assert!(text.contains(marker), "lazy.toml changed: update this test's profile edit");
-    text.replace(marker, "credentials_file = \"{dir}/no-node-credentials.json\"\npull_credentials_dir = \"{dir}/creds\"")
+    text.replace(
+        marker,
+        "credentials_file = \"{dir}/no-node-credentials.json\"\npull_credentials_dir = \"{dir}/creds\"",
+    )
 }
 
 fn image_client(rt: &tokio::runtime::Runtime, sock: PathBuf) -> ImageServiceClient<Channel> {
@@ -43,7 +46,11 @@ fn image_client(rt: &tokio::runtime::Runtime, sock: PathBuf) -> ImageServiceClie
             Endpoint::try_from("http://[::]:0")?
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let sock = sock.clone();
-                    async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(sock).await?)) }
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(sock).await?,
+                        ))
+                    }
                 }))
                 .await
         })
@@ -51,7 +58,12 @@ fn image_client(rt: &tokio::runtime::Runtime, sock: PathBuf) -> ImageServiceClie
     ImageServiceClient::new(channel)
 }
 
-fn pull(rt: &tokio::runtime::Runtime, client: &ImageServiceClient<Channel>, image: &str, auth: Option<api::AuthConfig>) -> Result<String, String> {
+fn pull(
+    rt: &tokio::runtime::Runtime,
+    client: &ImageServiceClient<Channel>,
+    image: &str,
+    auth: Option<api::AuthConfig>,
+) -> Result<String, String> {
     let mut c = client.clone();
     let req = api::PullImageRequest {
         image: Some(api::ImageSpec { image: image.into(), ..Default::default() }),
@@ -84,7 +96,10 @@ fn a_pod_runs_a_private_lazy_image_with_only_its_pull_secret() {
         return;
     }
     if !Path::new(cri::CNI_BIN_DIR).join("bridge").exists() {
-        let why = format!("cri_pull_secrets: needs CNI plugins in {} (apt-get install containernetworking-plugins)", cri::CNI_BIN_DIR);
+        let why = format!(
+            "cri_pull_secrets: needs CNI plugins in {} (apt-get install containernetworking-plugins)",
+            cri::CNI_BIN_DIR
+        );
         assert!(!harness::prereq::in_ci(), "CI=true, refusing to skip: {why}");
         eprintln!("SKIP {why}");
         return;
@@ -95,13 +110,16 @@ fn a_pod_runs_a_private_lazy_image_with_only_its_pull_secret() {
     image.layers[0].push(Entry::dir("data"));
     image.layers[0].push(Entry::random_file("data/secret.bin", 21, 3 << 20));
     let want = Content::Random { seed: 21, len: 3 << 20 }.sha256();
-    let published = harness::scenario::publish_and_convert(&registry, &image, "private", &[]).expect("publish + convert");
+    let published =
+        harness::scenario::publish_and_convert(&registry, &image, "private", &[]).expect("publish + convert");
     let handlers = [Handler { name: "lazy".into(), shim_config: shim_profile() }];
     let c = CriContainerd::start(&registry, &handlers).expect("starting containerd with CRI");
     // The pause image is a node image, pulled before the registry turns private.
     let pause = cri::push_pause(&registry).expect("pause image");
     c.pull(&pause).expect("pulling the pause image");
-    registry.set_auth(Some(Auth::Htpasswd { users: vec![(USER.into(), PASSWORD.into())] })).expect("making the registry private");
+    registry
+        .set_auth(Some(Auth::Htpasswd { users: vec![(USER.into(), PASSWORD.into())] }))
+        .expect("making the registry private");
 
     // The proxy, as a node runs it beside containerd.
     let creds = c.dir().join("creds");
@@ -122,7 +140,11 @@ fn a_pod_runs_a_private_lazy_image_with_only_its_pull_secret() {
     let _proxy = ChildGuard::new("cri-proxy", child);
     let start = Instant::now();
     while !sock.exists() {
-        assert!(start.elapsed() < Duration::from_secs(10), "cri-proxy did not listen: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "cri-proxy did not listen: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -132,7 +154,10 @@ fn a_pod_runs_a_private_lazy_image_with_only_its_pull_secret() {
     let refused = pull(&rt, &images, &published.lazy, None).expect_err("a pull without credentials must fail");
     eprintln!("PullImage without credentials: {refused}");
     assert!(refused.contains("401") || refused.to_lowercase().contains("unauthorized"), "{refused}");
-    assert!(std::fs::read_dir(&creds).map_or(true, |d| d.count() == 0), "nothing recorded for a pull without credentials");
+    assert!(
+        std::fs::read_dir(&creds).map_or(true, |d| d.count() == 0),
+        "nothing recorded for a pull without credentials"
+    );
 
     // With the pod's pull secret (what the kubelet puts in AuthConfig).
     // containerd 1.6 parses server_address as a URL: a bare `host:port` fails the pull there.
@@ -142,12 +167,17 @@ fn a_pod_runs_a_private_lazy_image_with_only_its_pull_secret() {
         server_address: format!("http://{}", registry.host()),
         ..Default::default()
     };
-    let image_ref = pull(&rt, &images, &published.lazy, Some(auth))
-        .unwrap_or_else(|e| panic!("PullImage with credentials: {e}\ncontainerd log:\n{}", tail(&c.containerd().log(), 40)));
+    let image_ref = pull(&rt, &images, &published.lazy, Some(auth)).unwrap_or_else(|e| {
+        panic!("PullImage with credentials: {e}\ncontainerd log:\n{}", tail(&c.containerd().log(), 40))
+    });
     eprintln!("PullImage {} -> {image_ref}", published.lazy);
     let records: Vec<PathBuf> = std::fs::read_dir(&creds).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(records.len(), 1, "one credential record: {records:?}");
-    assert_eq!(std::fs::metadata(&records[0]).unwrap().permissions().mode() & 0o777, 0o600, "record readable by root only");
+    assert_eq!(
+        std::fs::metadata(&records[0]).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "record readable by root only"
+    );
     assert_eq!(std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777, 0o700);
     let proxy_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(!proxy_log.contains(PASSWORD), "the proxy logged the password:\n{proxy_log}");
@@ -172,7 +202,10 @@ fn a_pod_runs_a_private_lazy_image_with_only_its_pull_secret() {
         hostname: "pull-secret".into(),
         log_directory: log_dir.display().to_string(),
         linux: Some(api::LinuxPodSandboxConfig {
-            security_context: Some(api::LinuxSandboxSecurityContext { namespace_options: Some(ns.clone()), ..Default::default() }),
+            security_context: Some(api::LinuxSandboxSecurityContext {
+                namespace_options: Some(ns.clone()),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -198,18 +231,25 @@ fn a_pod_runs_a_private_lazy_image_with_only_its_pull_secret() {
         }),
         ..Default::default()
     };
-    let req = api::CreateContainerRequest { pod_sandbox_id: sid, config: Some(container), sandbox_config: Some(config) };
+    let req =
+        api::CreateContainerRequest { pod_sandbox_id: sid, config: Some(container), sandbox_config: Some(config) };
     let cid = c
         .call("CreateContainer", |mut r| async move { r.create_container(req).await })
         .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&c.containerd().log(), 60)))
         .container_id;
     let id = cid.clone();
-    c.call("StartContainer", |mut r| async move { r.start_container(api::StartContainerRequest { container_id: id }).await })
-        .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&c.containerd().log(), 60)));
+    c.call("StartContainer", |mut r| async move {
+        r.start_container(api::StartContainerRequest { container_id: id }).await
+    })
+    .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&c.containerd().log(), 60)));
     let lazy = c.containerd().bundle(&cid).join("lazy");
     assert!(c.containerd().mounts().contains(&lazy), "the app runs from a lazy mount: {:?}", c.containerd().mounts());
 
-    let req = api::ExecSyncRequest { container_id: cid.clone(), cmd: vec!["sha256sum".into(), "/data/secret.bin".into()], timeout: 60 };
+    let req = api::ExecSyncRequest {
+        container_id: cid.clone(),
+        cmd: vec!["sha256sum".into(), "/data/secret.bin".into()],
+        timeout: 60,
+    };
     let r = c.call("ExecSync", |mut x| async move { x.exec_sync(req).await }).unwrap();
     let out = String::from_utf8_lossy(&r.stdout);
     assert_eq!(

@@ -8,14 +8,24 @@ use harness::{prerequisites_met, Prereq};
 
 fn version_line(bin: &std::path::Path, arg: &str) -> String {
     let out = Command::new(bin).arg(arg).output().unwrap_or_else(|e| panic!("running {} {arg}: {e}", bin.display()));
-    assert!(out.status.success(), "{} {arg} exited {}: {}", bin.display(), out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{} {arg} exited {}: {}",
+        bin.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The version word of `containerd --version` ("containerd github.com/containerd/containerd v1.7.24 ...").
 fn containerd_version(root: &std::path::Path) -> String {
     let line = version_line(&root.join("usr/bin/containerd"), "--version");
-    line.split_whitespace().nth(2).unwrap_or_else(|| panic!("unexpected containerd --version: {line}")).trim_start_matches('v').to_string()
+    line.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("unexpected containerd --version: {line}"))
+        .trim_start_matches('v')
+        .to_string()
 }
 
 #[test]
@@ -39,7 +49,10 @@ fn debs_containerd_and_soci_from_newer_suites_run_here() {
     let soci = harness::debs::extracted("sid", "soci-snapshotter").expect("soci-snapshotter from sid");
     let line = version_line(&soci.join("usr/bin/soci"), "--version");
     assert!(line.contains("0.4.") || line.contains("v0."), "soci --version: {line}");
-    assert!(soci.join("usr/bin/soci-snapshotter-grpc").is_file(), "sid's soci-snapshotter ships the snapshotter daemon");
+    assert!(
+        soci.join("usr/bin/soci-snapshotter-grpc").is_file(),
+        "sid's soci-snapshotter ships the snapshotter daemon"
+    );
     log::info!(
         "containerd {} (trixie), {} (sid), soci-snapshotter {} (sid)",
         harness::debs::cached_version("trixie", "containerd").unwrap_or_default(),

@@ -33,10 +33,7 @@ fn ready(test: &str) -> bool {
         missing.push("needs /bin/busybox (apt-get install busybox-static)".to_string());
     }
     if !shim.is_file() {
-        missing.push(format!(
-            "needs {} (cargo build -p containerd-shim-lazy)",
-            shim.display()
-        ));
+        missing.push(format!("needs {} (cargo build -p containerd-shim-lazy)", shim.display()));
     }
     if !missing.is_empty() {
         let text = format!("{test}: {}", missing.join("; "));
@@ -85,11 +82,7 @@ impl Bundle {
         )
         .unwrap();
         std::fs::write(rootfs.join("etc/group"), "root:x:0:\nwheel:x:10:\nuser:x:1000:\n").unwrap();
-        std::fs::set_permissions(
-            rootfs.join("tmp"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-        )
-        .unwrap();
+        std::fs::set_permissions(rootfs.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
         Bundle { dir, pids: Vec::new() }
     }
 
@@ -126,7 +119,7 @@ impl Bundle {
         if start {
             created.start()?;
         }
-        Ok(Running { pid: created.pid, stdout: out_r, stderr: err_r, created, })
+        Ok(Running { pid: created.pid, stdout: out_r, stderr: err_r, created })
     }
 
     /// Runs `args` to completion in a container made from `spec` (with `args` put in).
@@ -204,9 +197,20 @@ fn wait_exit(pid: i32, timeout: Duration) -> i32 {
 /// hostname, env).
 fn default_spec() -> Value {
     let caps = json!([
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-        "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
     ]);
     json!({
         "ociVersion": "1.0.2-dev",
@@ -260,16 +264,10 @@ fn hostname_user_groups_cwd_env_umask_and_pid1() {
     spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10], "umask": 63});
     spec["process"]["cwd"] = json!("/tmp");
     spec["process"]["env"].as_array_mut().unwrap().push(json!("FOO=bar"));
-    let out = b.run(
-        spec,
-        &["sh", "-c", "hostname; id -u; id -g; id -G; pwd; echo $FOO $HOME; umask; echo $$; ulimit -n"],
-    );
+    let out =
+        b.run(spec, &["sh", "-c", "hostname; id -u; id -g; id -G; pwd; echo $FOO $HOME; umask; echo $$; ulimit -n"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(
-        out.stdout,
-        "launcher-test\n1000\n1000\n1000 10\n/tmp\nbar /home/user\n0077\n1\n1024\n",
-        "{out:?}"
-    );
+    assert_eq!(out.stdout, "launcher-test\n1000\n1000\n1000 10\n/tmp\nbar /home/user\n0077\n1\n1024\n", "{out:?}");
 }
 
 #[test]
@@ -280,7 +278,11 @@ fn mounts_devices_and_symlinks_look_like_runc() {
     let mut b = Bundle::new();
     let out = b.run(
         default_spec(),
-        &["sh", "-c", "cut -d' ' -f5 /proc/self/mountinfo; ls -l /dev /dev/null; echo x > /dev/null && echo devnull-ok"],
+        &[
+            "sh",
+            "-c",
+            "cut -d' ' -f5 /proc/self/mountinfo; ls -l /dev /dev/null; echo x > /dev/null && echo devnull-ok",
+        ],
     );
     assert_eq!(out.code, 0, "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -294,13 +296,16 @@ fn mounts_devices_and_symlinks_look_like_runc() {
             "/dev/{dev} must be a 0666 char device: {out:?}"
         );
     }
-    for link in ["fd -> /proc/self/fd", "stdin -> /proc/self/fd/0", "stdout -> /proc/self/fd/1", "stderr -> /proc/self/fd/2", "ptmx -> pts/ptmx"] {
+    for link in [
+        "fd -> /proc/self/fd",
+        "stdin -> /proc/self/fd/0",
+        "stdout -> /proc/self/fd/1",
+        "stderr -> /proc/self/fd/2",
+        "ptmx -> pts/ptmx",
+    ] {
         assert!(out.stdout.contains(link), "/dev/{link} missing: {out:?}");
     }
-    assert!(
-        lines.iter().any(|l| l.contains(" 1,   3 ") && l.ends_with(" /dev/null")),
-        "/dev/null is 1:3: {out:?}"
-    );
+    assert!(lines.iter().any(|l| l.contains(" 1,   3 ") && l.ends_with(" /dev/null")), "/dev/null is 1:3: {out:?}");
     assert!(out.stdout.contains("devnull-ok"), "{out:?}");
 }
 
@@ -316,7 +321,9 @@ fn capabilities_are_the_specs_sets() {
     let want = "00000000a80425fb";
     assert_eq!(
         out.stdout,
-        format!("CapInh:\t0000000000000000\nCapPrm:\t{want}\nCapEff:\t{want}\nCapBnd:\t{want}\nCapAmb:\t0000000000000000\n"),
+        format!(
+            "CapInh:\t0000000000000000\nCapPrm:\t{want}\nCapEff:\t{want}\nCapBnd:\t{want}\nCapAmb:\t0000000000000000\n"
+        ),
         "{out:?}"
     );
     // A non-root user without ambient caps ends up with none effective (as with runc).
@@ -395,7 +402,10 @@ fn seccomp_profile() -> Value {
         .filter(|n| !["mkdir", "mkdirat", "personality", "clone", "socket"].contains(&n.as_str()))
         .collect();
     if names.is_empty() {
-        names = ["read", "write", "openat", "close", "execve", "exit_group", "brk", "mmap"].iter().map(|s| s.to_string()).collect();
+        names = ["read", "write", "openat", "close", "execve", "exit_group", "brk", "mmap"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     }
     names.push("no_such_syscall_in_this_kernel".into());
     json!({
@@ -422,7 +432,10 @@ fn seccomp_profile_loads_and_denies_a_syscall() {
         let mut spec = default_spec();
         spec["process"]["noNewPrivileges"] = json!(nnp);
         spec["linux"]["seccomp"] = seccomp_profile();
-        let out = b.run(spec, &["sh", "-c", "mkdir /tmp/d; echo rc=$?; touch /tmp/f && echo touch-ok; grep Seccomp: /proc/self/status"]);
+        let out = b.run(
+            spec,
+            &["sh", "-c", "mkdir /tmp/d; echo rc=$?; touch /tmp/f && echo touch-ok; grep Seccomp: /proc/self/status"],
+        );
         assert!(out.stderr.contains("Operation not permitted"), "nnp={nnp}: {out:?}");
         assert_eq!(out.stdout, "rc=1\ntouch-ok\nSeccomp:\t2\n", "nnp={nnp}: {out:?}");
     }
@@ -439,7 +452,11 @@ fn exec_joins_the_running_containers_namespaces() {
     let running = b.create(&spec, true).expect("create");
     let spec_obj: oci_spec::runtime::Spec = serde_json::from_value(spec.clone()).unwrap();
     let mut process = spec_obj.process().clone().unwrap();
-    process.set_args(Some(vec!["sh".into(), "-c".into(), "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /home".into()]));
+    process.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /home".into(),
+    ]));
     process.set_cwd("/tmp".into());
     let (out_r, out_w) = nix::unistd::pipe().unwrap();
     let req = ExecRequest {
@@ -485,9 +502,7 @@ fn hooks_run_in_order_with_state_and_a_failing_hook_fails_create() {
     }
     let mut b = Bundle::new();
     let log = b.path().join("hooks.log");
-    let hook = |name: &str| {
-        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} $(cat) >> {}", log.display())]})
-    };
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} $(cat) >> {}", log.display())]});
     let mut spec = default_spec();
     spec["hooks"] = json!({
         "prestart": [hook("prestart")],
@@ -501,10 +516,8 @@ fn hooks_run_in_order_with_state_and_a_failing_hook_fails_create() {
     let text = std::fs::read_to_string(&log).unwrap();
     let phases: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(phases, ["prestart", "createRuntime", "createContainer"], "{text}");
-    let states: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l.split_once(' ').unwrap().1).unwrap())
-        .collect();
+    let states: Vec<Value> =
+        text.lines().map(|l| serde_json::from_str(l.split_once(' ').unwrap().1).unwrap()).collect();
     assert_eq!(states[1]["id"], "launcher-test");
     assert_eq!(states[1]["status"], "creating");
     assert_eq!(states[1]["bundle"], b.path().to_str().unwrap());
@@ -513,7 +526,8 @@ fn hooks_run_in_order_with_state_and_a_failing_hook_fails_create() {
     assert_eq!(states[2]["pid"].as_i64(), Some(pid), "createContainer sees the same pid: {text}");
     assert_eq!(states[2]["status"], "created");
 
-    spec["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 4"]}]});
+    spec["hooks"] =
+        json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 4"]}]});
     let err = b.create(&spec, false).err().expect("a failing createRuntime hook fails create");
     assert_eq!(err.to_string(), "createRuntime hook /bin/sh: exit status 4: no network for you");
 }
@@ -528,7 +542,8 @@ fn terminal_gives_a_controlling_pty_with_the_requested_size() {
     spec["process"]["terminal"] = json!(true);
     spec["process"]["consoleSize"] = json!({"height": 40, "width": 120});
     spec["process"]["user"] = json!({"uid": 1000, "gid": 1000});
-    spec["process"]["args"] = json!(["sh", "-c", "tty; stty size; test -c /dev/console && echo console-ok; stat -c %u:%g $(tty)"]);
+    spec["process"]["args"] =
+        json!(["sh", "-c", "tty; stty size; test -c /dev/console && echo console-ok; stat -c %u:%g $(tty)"]);
     let running = b.create(&spec, true).expect("create with terminal");
     let master = running.created.pty_master.as_ref().expect("pty master").try_clone().unwrap();
     let pid = running.pid;
@@ -548,7 +563,11 @@ fn terminal_gives_a_controlling_pty_with_the_requested_size() {
     assert_eq!(wait_exit(pid, Duration::from_secs(30)), 0);
     drop(running);
     let out = reader.join().unwrap();
-    assert_eq!(out.replace('\r', ""), "/dev/pts/0\n40 120\nconsole-ok\n1000:5\n", "a non-root user owns its pty (group tty from gid=5)");
+    assert_eq!(
+        out.replace('\r', ""),
+        "/dev/pts/0\n40 120\nconsole-ok\n1000:5\n",
+        "a non-root user owns its pty (group tty from gid=5)"
+    );
 }
 
 #[test]
@@ -650,11 +669,8 @@ fn compare_with_runc(spec: &Value) {
         .output()
         .expect("run runc");
     // runc removes its container on exit; make sure, also when the assertions below fail.
-    let _ = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(state.path())
-        .args(["delete", "--force", &id])
-        .output();
+    let _ =
+        std::process::Command::new("runc").arg("--root").arg(state.path()).args(["delete", "--force", &id]).output();
     let runc_out = normalize(&String::from_utf8_lossy(&runc.stdout));
     assert!(runc.status.success(), "runc failed: {runc:?}");
     let ours_out = normalize(&out.stdout);
@@ -744,8 +760,10 @@ fn cgroup2_mount_with_a_cgroup_namespace_on_a_pure_v2_host() {
         return;
     }
     if !host_is_pure_cgroup2() {
-        eprintln!("SKIP cgroup2_mount_with_a_cgroup_namespace_on_a_pure_v2_host: this host has hybrid cgroups; \
-                   launcher_tests_pass_in_a_cgroup_v2_vm runs it in a pure v2 VM");
+        eprintln!(
+            "SKIP cgroup2_mount_with_a_cgroup_namespace_on_a_pure_v2_host: this host has hybrid cgroups; \
+                   launcher_tests_pass_in_a_cgroup_v2_vm runs it in a pure v2 VM"
+        );
         return;
     }
     let mut b = Bundle::new();

@@ -61,7 +61,8 @@ fn edit_config(layout: &std::path::Path, edit: impl FnOnce(&mut serde_json::Valu
         std::fs::write(blobs.join(&hex), &bytes).unwrap();
         (format!("sha256:{hex}"), bytes.len())
     };
-    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
     let mut config = read(manifest["config"]["digest"].as_str().unwrap());
     edit(&mut config["config"]);
@@ -91,7 +92,11 @@ fn assert_hot_layout(dst: &str, want: &[&str]) {
     for (&ino, path) in index.prefetch.iter().zip(want) {
         let Kind::File { chunks, .. } = &index.inodes[ino as usize].kind else { panic!("{path} is not a file") };
         for (n, c) in chunks.iter().enumerate() {
-            assert_eq!((c.blob, c.offset), (0, end), "{path} chunk {n} should follow the previous listed chunk in blob 0");
+            assert_eq!(
+                (c.blob, c.offset),
+                (0, end),
+                "{path} chunk {n} should follow the previous listed chunk in blob 0"
+            );
             end += c.compressed_len as u64;
         }
     }
@@ -195,7 +200,8 @@ fn a_command_missing_from_the_image_fails_clearly_and_leaves_nothing() {
     assert!(inspect_json(&dst).is_err(), "DST must not be tagged after a failed optimize");
 
     // A failing workload is an error too, unless --allow-failure.
-    let out = optimize(&src, &dst, &[], &["/bin/sh", "-c", "cat /c/z >/dev/null; exit 3"]).expect("running lazyctl optimize");
+    let out =
+        optimize(&src, &dst, &[], &["/bin/sh", "-c", "cat /c/z >/dev/null; exit 3"]).expect("running lazyctl optimize");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("CMD exited with status 3"), "{stderr}");
     assert_nothing_left();

@@ -221,7 +221,10 @@ fn containerd_restart_while_lazy_containers_run_and_one_is_being_created() {
         "'stuck' is not stuck"
     );
 
-    assert!(run.try_wait().unwrap().is_none(), "ctr run of 'stuck' returned before the restart: its Create was not stuck");
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "ctr run of 'stuck' returned before the restart: its Create was not stuck"
+    );
     n.ctrd.kill_and_restart().expect("restarting containerd");
     let (code, out) = output_of(run);
     eprintln!("ctr run of 'stuck' across the restart exited {code}: {}", out.trim());

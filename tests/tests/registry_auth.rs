@@ -107,7 +107,8 @@ fn docker_credential_helper_and_a_password_rotated_under_a_running_mount() {
     let config = dir.path().join("config.json");
     std::fs::write(&config, serde_json::json!({"credHelpers": {registry.host(): "lazytest"}}).to_string()).unwrap();
 
-    let mount = LazyMount::start(&published.lazy, opts(&config, &[], Some(dir.path()))).expect("mounting with the helper");
+    let mount =
+        LazyMount::start(&published.lazy, opts(&config, &[], Some(dir.path()))).expect("mounting with the helper");
     check_file(&mount, 0);
     let before = calls(&log);
     assert!(before >= 1, "the credential helper was never asked");
@@ -205,14 +206,22 @@ fn kubelet_credential_provider_plugin() {
 
 /// curl's answer status for `url` with extra arguments.
 fn curl_status(args: &[&str], url: &str) -> u16 {
-    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).args(args).arg(url).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
 #[test]
 fn bearer_tokens_that_expire_every_two_seconds_during_a_long_read() {
     harness::init_logging();
-    if !prerequisites_met("registry_auth", &[VFS_PREREQS, &[harness::Prereq::Tool("openssl"), harness::Prereq::Tool("curl")]].concat()) {
+    if !prerequisites_met(
+        "registry_auth",
+        &[VFS_PREREQS, &[harness::Prereq::Tool("openssl"), harness::Prereq::Tool("curl")]].concat(),
+    ) {
         return;
     }
     let lifetime = Duration::from_secs(2);

@@ -68,7 +68,8 @@ fn host_bytes(stats: &Stats, host: &str) -> u64 {
 
 fn timed_file(mount: &LazyMount, i: u64) -> Duration {
     let start = Instant::now();
-    let bytes = read_errno(&mount.join(&format!("data/f{i}.bin"))).unwrap_or_else(|e| panic!("reading f{i}: errno {e}"));
+    let bytes =
+        read_errno(&mount.join(&format!("data/f{i}.bin"))).unwrap_or_else(|e| panic!("reading f{i}: errno {e}"));
     let took = start.elapsed();
     assert!(bytes == content(i), "f{i}: wrong bytes");
     took
@@ -114,7 +115,10 @@ fn reads_go_to_the_mirror_fail_over_within_a_second_and_come_back() {
     let after = timed_file(&mount, 3);
     eprintln!("mirror down: first uncached read {failover:.1?}, the next {after:.1?}");
     assert!(failover < Duration::from_millis(1500), "the read that met the dead mirror took {failover:?} (limit ~1 s)");
-    assert!(after < Duration::from_millis(500), "the read after failover took {after:?}: the dead mirror is tried again");
+    assert!(
+        after < Duration::from_millis(500),
+        "the read after failover took {after:?}: the dead mirror is tried again"
+    );
     assert!(!our_blob_gets(&origin, origin_at_kill).is_empty(), "reads with the mirror down must come from the origin");
     let stats = mount.stats().unwrap();
     let failures = stats.hosts.get(&mirror.host()).map_or(0, |h| h.failures);
@@ -131,7 +135,10 @@ fn reads_go_to_the_mirror_fail_over_within_a_second_and_come_back() {
     timed_file(&mount, 4);
     timed_file(&mount, 5);
     assert!(!our_blob_gets(&mirror, mirror_back).is_empty(), "reads after the mirror came back did not use it");
-    assert!(our_blob_gets(&origin, origin_back).is_empty(), "reads after the mirror came back still went to the origin");
+    assert!(
+        our_blob_gets(&origin, origin_back).is_empty(),
+        "reads after the mirror came back still went to the origin"
+    );
     eprintln!("lazyctl stats hosts: {:?}", mount.stats().unwrap().hosts);
     mount.unmount().expect("clean unmount");
 }
@@ -148,7 +155,8 @@ fn a_mirror_that_drops_connection_attempts_costs_one_short_timeout() {
     // dropped) or connects and never gets an answer, as with a firewalled, overloaded or hung host.
     let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
     let bh = blackhole.local_addr().unwrap();
-    let _fill: Vec<TcpStream> = (0..8).filter_map(|_| TcpStream::connect_timeout(&bh, Duration::from_millis(200)).ok()).collect();
+    let _fill: Vec<TcpStream> =
+        (0..8).filter_map(|_| TcpStream::connect_timeout(&bh, Duration::from_millis(200)).ok()).collect();
     let hosts = tempfile::tempdir().unwrap();
     write_hosts(hosts.path(), &origin.host(), &origin.host(), &bh.to_string());
 
@@ -166,7 +174,11 @@ fn a_mirror_that_drops_connection_attempts_costs_one_short_timeout() {
     assert!(slowest < Duration::from_millis(1500), "a read took {slowest:?}: the dead mirror costs more than once");
     let stats = mount.stats().unwrap();
     let failures = stats.hosts.get(&bh.to_string()).map_or(0, |h| h.failures);
-    assert!((1..=2).contains(&failures), "black-hole mirror attempts: {failures} (want one per mount); {:?}", stats.hosts);
+    assert!(
+        (1..=2).contains(&failures),
+        "black-hole mirror attempts: {failures} (want one per mount); {:?}",
+        stats.hosts
+    );
     assert!(host_bytes(&stats, &origin.host()) >= FILES * MIB, "{:?}", stats.hosts);
     drop(blackhole);
     mount.unmount().expect("clean unmount");

@@ -181,7 +181,8 @@ impl Setup {
     fn wait_until_stuck(&self) {
         let lazy_mount = self.bundle.join("lazy");
         assert!(
-            self.s.wait_until(Duration::from_secs(30), |_| cleanup::is_mounted(&lazy_mount) && !processes_with(&self.hook).is_empty()),
+            self.s.wait_until(Duration::from_secs(30), |_| cleanup::is_mounted(&lazy_mount)
+                && !processes_with(&self.hook).is_empty()),
             "the stuck Create never reached its hook reading the lazy rootfs; shim log:\n{}",
             self.s.log()
         );
@@ -195,7 +196,10 @@ impl Setup {
         assert!(!mountinfo.contains("lazy:stuck"), "a lazy FUSE mount of the failed Create is left:\n{mountinfo}");
         let cgroup = self.s.cgroup_dir("stuck");
         assert!(!cgroup.exists(), "cgroup {} left by the failed Create", cgroup.display());
-        assert!(self.s.wait_until(Duration::from_secs(5), |_| processes_with(&self.hook).is_empty()), "the hook process is left");
+        assert!(
+            self.s.wait_until(Duration::from_secs(5), |_| processes_with(&self.hook).is_empty()),
+            "the hook process is left"
+        );
     }
 }
 
@@ -232,7 +236,11 @@ fn a_create_stuck_on_a_hanging_registry_stalls_no_sibling_and_leaves_nothing_beh
         let (exec, t_exec) = timed(|| s.exec("sib", &exec_id, &["echo", "ok"], false, &capture));
         exec.expect("ExecProcess in the sibling");
         for (what, took) in [("State", t_state), ("Kill", t_kill), ("ExecProcess", t_exec)] {
-            assert!(took < SIBLING_LIMIT, "{what} of the sibling took {took:?} while another Create was stuck; shim log:\n{}", s.log());
+            assert!(
+                took < SIBLING_LIMIT,
+                "{what} of the sibling took {took:?} while another Create was stuck; shim log:\n{}",
+                s.log()
+            );
             worst = worst.max(took);
         }
         assert!(!stuck.is_finished(), "the Create finished during the measurement: it was not stuck");

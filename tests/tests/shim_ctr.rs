@@ -125,9 +125,8 @@ fn shim_terminal_mode_with_size_body(test: &str, version: Version) {
         return;
     }
     // `script` gives ctr a pty; stty sets its size, which ctr sends as ResizePty.
-    let ctr = env
-        .ctrd
-        .ctr_command(&["run", "--rm", "-t", "--runtime", RUNTIME, &env.image, "tty1", "sh", "-c", SIZE_PROBE]);
+    let ctr =
+        env.ctrd.ctr_command(&["run", "--rm", "-t", "--runtime", RUNTIME, &env.image, "tty1", "sh", "-c", SIZE_PROBE]);
     let cmdline: Vec<String> = std::iter::once(ctr.get_program())
         .chain(ctr.get_args())
         .map(|a| format!("'{}'", a.to_string_lossy()))
@@ -143,8 +142,13 @@ fn shim_terminal_mode_with_size_body(test: &str, version: Version) {
     drop(stdin_w);
     let text = String::from_utf8_lossy(&out.stdout);
     log::info!("terminal output: {text:?}");
-    let log: Vec<String> = env.ctrd.log().lines().filter(|l| l.contains("tty1") || l.contains("esize")).map(String::from).collect();
-    assert!(text.contains("33 101"), "terminal size inside the container: {text:?}\ncontainerd log:\n{}", log.join("\n"));
+    let log: Vec<String> =
+        env.ctrd.log().lines().filter(|l| l.contains("tty1") || l.contains("esize")).map(String::from).collect();
+    assert!(
+        text.contains("33 101"),
+        "terminal size inside the container: {text:?}\ncontainerd log:\n{}",
+        log.join("\n")
+    );
     assert!(text.contains("/dev/pts/"), "stdin is a pty: {text:?}");
     assert_eq!(out.status.code(), Some(4), "exit code through the terminal: {text:?}");
     assert_clean(&env);
@@ -231,7 +235,8 @@ fn shim_bad_input_gives_clear_errors_and_leaks_nothing_body(test: &str, version:
     let _ = c.ctr(&["container", "rm", "b3"]);
 
     // An invalid spec field: a systemd-style cgroupsPath.
-    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--cgroup", "system.slice:lazy:b4", &env.image, "b4", "true"]);
+    let out =
+        c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--cgroup", "system.slice:lazy:b4", &env.image, "b4", "true"]);
     assert_ne!(out.code, 0);
     assert!(out.all().contains("system.slice:lazy:b4"), "names the bad cgroupsPath: {}", out.all());
     let _ = c.ctr(&["container", "rm", "b4"]);
@@ -284,7 +289,19 @@ fn shim_log_uris_file_and_binary_body(test: &str, version: Version) {
 
     let file = dir.join("c.log");
     let uri = format!("file://{}", file.display());
-    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--log-uri", &uri, &env.image, "f1", "sh", "-c", "echo out; echo err >&2; exit 2"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--log-uri",
+        &uri,
+        &env.image,
+        "f1",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 2",
+    ]);
     assert_eq!(out.code, 2, "{}", out.all());
     let text = std::fs::read_to_string(&file).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
@@ -303,7 +320,19 @@ fn shim_log_uris_file_and_binary_body(test: &str, version: Version) {
     .unwrap();
     std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let uri = format!("binary://{}?tag=x", logger.display());
-    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--log-uri", &uri, &env.image, "b1", "sh", "-c", "echo out; echo err >&2"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--log-uri",
+        &uri,
+        &env.image,
+        "b1",
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
     assert_eq!(out.code, 0, "{}", out.all());
     wait_for("the logger wrote both streams", Duration::from_secs(10), || {
         std::fs::read_to_string(dir.join("stdout")).is_ok_and(|s| s == "out\n")
@@ -431,7 +460,11 @@ fn shim_info_through_containerd_2_1_introspection() {
 #[test]
 fn teardown_fails_when_a_deleted_containers_cgroup_remains() {
     let Some(env) = setup("teardown_fails_when_a_deleted_containers_cgroup_remains", Version::V1_6) else { return };
-    let root = if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() { "/sys/fs/cgroup/unified" } else { "/sys/fs/cgroup" };
+    let root = if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        "/sys/fs/cgroup/unified"
+    } else {
+        "/sys/fs/cgroup"
+    };
     let ghost = std::path::Path::new(root).join(env.ctrd.namespace()).join("ghost");
     std::fs::create_dir_all(&ghost).unwrap();
     assert_eq!(env.ctrd.cgroups_of_deleted_containers(), vec![ghost.clone()]);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use harness::containerd::{busybox_image, Containerd, StartOptions, Version, RUNTIME};
 use harness::images::Entry;
-use harness::registry::Registry;
 use harness::prereq::CONTAINERD_PREREQS;
+use harness::registry::Registry;
 use harness::{prerequisites_met, wait_for, Prereq};
 
 #[test]
@@ -41,7 +41,8 @@ fn lazy_image_on(test: &str, version: Version) {
     image.layers[0].push(Entry::random_file("data/unused.bin", 7, 64 << 20));
     let published = harness::scenario::publish_and_convert(&registry, &image, "bb", &[]).expect("publish + convert");
 
-    let ctrd = Containerd::start_with(&StartOptions { version, ..StartOptions::default() }).expect("starting containerd");
+    let ctrd =
+        Containerd::start_with(&StartOptions { version, ..StartOptions::default() }).expect("starting containerd");
     let cfg_dir = ctrd.scratch("shimcfg");
     let cache = cfg_dir.join("cache");
     let cfg = cfg_dir.join("config.toml");
@@ -52,18 +53,39 @@ fn lazy_image_on(test: &str, version: Version) {
 
     // Foreground run: output and exit code as with a plain image.
     let out = ctrd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &cfg, &published.lazy, "l0", "sh", "-c",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &cfg,
+        &published.lazy,
+        "l0",
+        "sh",
+        "-c",
         "echo hi; exit 3",
     ]);
     assert_eq!((out.code, out.stdout.as_str()), (3, "hi\n"), "{}\ncontainerd log:\n{}", out.all(), ctrd.log());
 
     // Detached run: the lazy mount is visible and its stats show a lazy start.
-    ctrd.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", &cfg, &published.lazy, "l1", "sleep", "1000"])
-        .unwrap();
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &cfg,
+        &published.lazy,
+        "l1",
+        "sleep",
+        "1000",
+    ])
+    .unwrap();
     let bundle = ctrd.bundle("l1");
     let lazy = bundle.join("lazy");
     assert!(ctrd.mounts().contains(&lazy), "lazy FUSE mount at {}: {:?}", lazy.display(), ctrd.mounts());
-    let out = ctrd.ctr(&["task", "exec", "--exec-id", "w", "l1", "sh", "-c", "echo written > /tmp/f; cat /tmp/f; ls /data"]);
+    let out =
+        ctrd.ctr(&["task", "exec", "--exec-id", "w", "l1", "sh", "-c", "echo written > /tmp/f; cat /tmp/f; ls /data"]);
     assert_eq!((out.code, out.stdout.as_str()), (0, "written\nunused.bin\n"), "{}", out.all());
     let stats = harness::lazyctl::run(&["stats", &lazy.display().to_string()]).expect("lazyctl stats");
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
@@ -77,7 +99,10 @@ fn lazy_image_on(test: &str, version: Version) {
     // l0 fetched busybox into the node cache; l1 found it there.
     assert!(fetched * 10 < image_bytes, "fetched {fetched} of {image_bytes} bytes: not lazy: {stats}");
     let served = registry.served_bytes() - served_before_runs;
-    assert!(served > 0 && served * 10 < image_bytes, "the registry served {served} of {image_bytes} bytes for both runs");
+    assert!(
+        served > 0 && served * 10 < image_bytes,
+        "the registry served {served} of {image_bytes} bytes for both runs"
+    );
     log::info!("lazy runs: registry served {served} of {image_bytes} image bytes; l1 stats {stats}");
 
     // SIGKILL the shim of the running lazy container: delete + rm must leave nothing.

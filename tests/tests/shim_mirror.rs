@@ -28,7 +28,8 @@ fn a_lazy_container_runs_on_a_node_that_reaches_the_registry_only_through_the_mi
     image.layers[0].push(Entry::dir("data"));
     image.layers[0].push(Entry::random_file("data/payload.bin", 31, 4 << 20));
     let want = Content::Random { seed: 31, len: 4 << 20 }.sha256();
-    let published = harness::scenario::publish_and_convert(&origin, &image, "viamirror", &[]).expect("publish + convert");
+    let published =
+        harness::scenario::publish_and_convert(&origin, &image, "viamirror", &[]).expect("publish + convert");
     let mirror = Registry::start_with(RegistryOptions {
         pull_through: Some(format!("http://{}", origin.host())),
         ..Default::default()
@@ -42,7 +43,10 @@ fn a_lazy_container_runs_on_a_node_that_reaches_the_registry_only_through_the_mi
     std::fs::create_dir_all(hosts.join(origin.host())).unwrap();
     std::fs::write(
         hosts.join(origin.host()).join("hosts.toml"),
-        format!("server = \"http://{dead}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", mirror.host()),
+        format!(
+            "server = \"http://{dead}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.host()
+        ),
     )
     .unwrap();
     let cfg = dir.join("config.toml");
@@ -61,8 +65,16 @@ fn a_lazy_container_runs_on_a_node_that_reaches_the_registry_only_through_the_mi
     ctrd.ctr_ok(&["images", "pull", "--hosts-dir", &hosts.display().to_string(), &published.lazy])
         .expect("pulling the stub through the mirror");
     let out = ctrd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &cfg.display().to_string(), &published.lazy, "m0",
-        "sha256sum", "/data/payload.bin",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &cfg.display().to_string(),
+        &published.lazy,
+        "m0",
+        "sha256sum",
+        "/data/payload.bin",
     ]);
     assert_eq!(
         (out.code, out.stdout.split_whitespace().next().unwrap_or("")),
@@ -79,6 +91,7 @@ fn a_lazy_container_runs_on_a_node_that_reaches_the_registry_only_through_the_mi
         .filter(|l| l.user_agent.starts_with("containerd"))
         .collect();
     assert!(direct.is_empty(), "containerd or the shim talked to the origin directly: {direct:?}");
-    let lazy_reads = mirror.requests_since(mirror_start).unwrap().into_iter().filter(|l| l.is_ours() && l.is_blob_get()).count();
+    let lazy_reads =
+        mirror.requests_since(mirror_start).unwrap().into_iter().filter(|l| l.is_ours() && l.is_blob_get()).count();
     assert!(lazy_reads > 0, "the shim's lazy reads did not go to the mirror");
 }

@@ -82,7 +82,19 @@ fn shim_profiles_sandbox_denies_what_lazy_allows() {
     let (lazy, sandbox) = (profile(&env, "lazy"), profile(&env, "lazy-sandbox"));
     let run = |cfg: &Path, id: &str| {
         let cfg = cfg.display().to_string();
-        let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &cfg, &env.image, id, "sh", "-c", PROBE]);
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            &cfg,
+            &env.image,
+            id,
+            "sh",
+            "-c",
+            PROBE,
+        ]);
         println!("{id}:\n{}", out.all());
         assert_eq!(out.code, 0, "ctr run {id}: {}\ncontainerd log:\n{}", out.all(), c.log());
         out.stdout
@@ -99,11 +111,11 @@ fn shim_profiles_sandbox_denies_what_lazy_allows() {
 
     // lazy-sandbox: the same commands are denied.
     let out = run(&sandbox, "sbx1");
-    assert!(!out.contains("touch-ok") && out.contains("Read-only file system"), "lazy-sandbox: read-only rootfs:\n{out}");
     assert!(
-        !out.contains("mknod-ok") && out.contains("Operation not permitted"),
-        "lazy-sandbox: no CAP_MKNOD:\n{out}"
+        !out.contains("touch-ok") && out.contains("Read-only file system"),
+        "lazy-sandbox: read-only rootfs:\n{out}"
     );
+    assert!(!out.contains("mknod-ok") && out.contains("Operation not permitted"), "lazy-sandbox: no CAP_MKNOD:\n{out}");
     assert_eq!(status_field(&out, "NoNewPrivs"), "1");
     assert_eq!(status_field(&out, "Seccomp"), "2", "lazy-sandbox: containerd's default seccomp filter");
     assert_eq!(status_field(&out, "CapBnd"), SANDBOX_CAPS);

@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use harness::containerd::{layout_from_rootfs_tar, python_rootfs_tar, Containerd, RUNTIME};
-use harness::registry::Registry;
 use harness::prereq::CONTAINERD_PREREQS;
+use harness::registry::Registry;
 use harness::{prerequisites_met, Prereq};
 
 #[test]
@@ -34,8 +34,11 @@ fn shim_lazy_python_prints_42_fetching_under_15_percent() {
     let ctrd = Containerd::start().expect("starting containerd");
     let cfg_dir = ctrd.scratch("shimcfg");
     let cfg = cfg_dir.join("config.toml");
-    std::fs::write(&cfg, format!("[cache]\ndir = \"{}\"\n[fetch]\nprefetch = \"none\"\n", cfg_dir.join("cache").display()))
-        .unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[cache]\ndir = \"{}\"\n[fetch]\nprefetch = \"none\"\n", cfg_dir.join("cache").display()),
+    )
+    .unwrap();
     let cfg = cfg.display().to_string();
     ctrd.pull(&lazy).expect("pulling the lazy stub");
     let served_before = registry.served_bytes();

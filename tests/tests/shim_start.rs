@@ -44,8 +44,11 @@ impl Drop for Servers {
 fn bundle(dir: &Path, name: &str, sandbox: &str) -> std::path::PathBuf {
     let b = dir.join(name);
     std::fs::create_dir_all(&b).unwrap();
-    std::fs::write(b.join("config.json"), format!(r#"{{"annotations":{{"io.kubernetes.cri.sandbox-id":"{sandbox}"}}}}"#))
-        .unwrap();
+    std::fs::write(
+        b.join("config.json"),
+        format!(r#"{{"annotations":{{"io.kubernetes.cri.sandbox-id":"{sandbox}"}}}}"#),
+    )
+    .unwrap();
     b
 }
 
@@ -84,7 +87,10 @@ fn shim_start_prints_only_the_address_and_groups_by_sandbox() {
     let (code, out1, err) = start(&bundle(dir.path(), "b1", "podA"), &address, &ttrpc, "c1", &bootstrap);
     let mut servers = Servers(vec![out1.clone()]);
     assert_eq!((code, err.as_str()), (0, ""), "start failed: {err}");
-    assert!(out1.starts_with("unix:///run/containerd/s/") && !out1.contains('\n'), "stdout is only the address: {out1:?}");
+    assert!(
+        out1.starts_with("unix:///run/containerd/s/") && !out1.contains('\n'),
+        "stdout is only the address: {out1:?}"
+    );
     assert_eq!(std::fs::read_to_string(dir.path().join("b1/address")).unwrap(), out1);
 
     let start_t = Instant::now();

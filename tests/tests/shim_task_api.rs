@@ -32,7 +32,8 @@ fn setup(test: &str, id: &str, args: &[&str], terminal: bool) -> Option<DirectSh
 
 #[test]
 fn kill_all_of_a_created_task_publishes_exit_and_wait_returns_137() {
-    let Some(s) = setup("kill_all_of_a_created_task_publishes_exit_and_wait_returns_137", "c1", &["sleep", "1000"], false)
+    let Some(s) =
+        setup("kill_all_of_a_created_task_publishes_exit_and_wait_returns_137", "c1", &["sleep", "1000"], false)
     else {
         return;
     };
@@ -103,9 +104,18 @@ fn resize_pty_without_a_terminal_succeeds_like_runc() {
 #[test]
 fn host_pid_namespace_init_exit_kills_the_rest_and_exits_promptly() {
     let Some(mut s) = DirectShim::new("host_pid_namespace_init_exit_kills_the_rest_and_exits_promptly") else { return };
-    let mut spec = go_client_spec(&s.cgroups_path("h1"), &["sh", "-c", "sleep 1000 & echo $! > /tmp/bg; sleep 0.2; tr '\\0' ' ' < /proc/$!/cmdline > /tmp/bgcmd; exit 3"], false);
+    let mut spec = go_client_spec(
+        &s.cgroups_path("h1"),
+        &[
+            "sh",
+            "-c",
+            "sleep 1000 & echo $! > /tmp/bg; sleep 0.2; tr '\\0' ' ' < /proc/$!/cmdline > /tmp/bgcmd; exit 3",
+        ],
+        false,
+    );
     // No pid namespace: the host's (docker run --pid=host, hostPID: true).
-    spec["linux"]["namespaces"] = serde_json::json!([{"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]);
+    spec["linux"]["namespaces"] =
+        serde_json::json!([{"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]);
     // Devices as ctr and CRI send them (allowed), so that only the pid namespace differs.
     spec["linux"]["resources"]["devices"] = serde_json::json!([{"allow": true, "access": "rwm"}]);
     let bundle = s.write_bundle("h1", &spec).unwrap();
@@ -123,8 +133,14 @@ fn host_pid_namespace_init_exit_kills_the_rest_and_exits_promptly() {
     let cmd = std::fs::read_to_string(bundle.join("rootfs/tmp/bgcmd")).unwrap_or_default();
     assert!(cmd.contains("sleep 1000"), "the background process ran: {cmd:?}");
     let gone = s.wait_until(Duration::from_secs(2), |_| !Path::new(&format!("/proc/{bg}")).exists());
-    assert!(gone, "the container's other process {bg} was killed when its init exited (runc does this without a pid namespace)");
-    assert!(took < Duration::from_millis(2500), "Wait returned {took:?} after Start: TaskExit must not wait for stdout to drain");
+    assert!(
+        gone,
+        "the container's other process {bg} was killed when its init exited (runc does this without a pid namespace)"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "Wait returned {took:?} after Start: TaskExit must not wait for stdout to drain"
+    );
     assert!(
         s.wait_until(Duration::from_secs(5), |s| s.init_exits("h1").iter().any(|e| e.exit_status == 3)),
         "TaskExit published"
@@ -209,7 +225,8 @@ fn launcher_helper_warnings_reach_the_shim_log() {
     let Some(mut s) = DirectShim::new("launcher_helper_warnings_reach_the_shim_log") else { return };
     let mut spec = go_client_spec(&s.cgroups_path("w1"), &["sh", "-c", "echo out"], false);
     // TSYNC is one of the flags the launcher ignores with a warning, inside the helper.
-    spec["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_TSYNC"]});
+    spec["linux"]["seccomp"] =
+        serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_TSYNC"]});
     s.write_bundle("w1", &spec).unwrap();
     s.start("w1", b"").unwrap();
     let out = s.capture("w1.out").unwrap();
@@ -223,7 +240,11 @@ fn launcher_helper_warnings_reach_the_shim_log() {
         s.log()
     );
     assert!(s.log().lines().any(|l| l.contains("launcher helper") && l.contains(want)), "{}", s.log());
-    assert_eq!(out.wait_for("out", Duration::from_secs(5)), "out\n", "nothing of the helper's log in the container's output");
+    assert_eq!(
+        out.wait_for("out", Duration::from_secs(5)),
+        "out\n",
+        "nothing of the helper's log in the container's output"
+    );
     s.delete("w1").unwrap();
 }
 
@@ -274,7 +295,8 @@ fn info_prints_runtime_info_as_containerd_2_decodes_it() {
     let features: serde_json::Value = serde_json::from_slice(&info.features.value).unwrap();
     assert_eq!(features["linux"]["cgroup"]["v2"], true);
     // The options containerd passes are echoed back (as the runc shim does).
-    let opts = Any { type_url: "runtimeoptions.v1.Options".into(), value: vec![0x12, 2, b'/', b'c'], ..Default::default() };
+    let opts =
+        Any { type_url: "runtimeoptions.v1.Options".into(), value: vec![0x12, 2, b'/', b'c'], ..Default::default() };
     let out = run(&opts.write_to_bytes().unwrap());
     assert!(out.status.success());
     assert_eq!(RuntimeInfo::parse_from_bytes(&out.stdout).unwrap().options.as_ref(), Some(&opts));

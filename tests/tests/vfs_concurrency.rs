@@ -14,7 +14,8 @@ use harness::MIB;
 const READERS: usize = 8;
 
 fn files() -> Vec<(String, u64, u64)> {
-    let mut out: Vec<(String, u64, u64)> = (0..4).map(|i| (format!("data/f{i}.bin"), 10 + i, 6 * MIB + i * 777)).collect();
+    let mut out: Vec<(String, u64, u64)> =
+        (0..4).map(|i| (format!("data/f{i}.bin"), 10 + i, 6 * MIB + i * 777)).collect();
     out.push(("data/tiny.bin".into(), 20, 3000));
     out
 }
@@ -30,7 +31,12 @@ fn read_all(mount: &LazyMount, readers: usize) -> Vec<Vec<String>> {
             if i % 2 == 1 {
                 order.reverse();
             }
-            Command::new("sha256sum").args(&order).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sha256sum")
+            Command::new("sha256sum")
+                .args(&order)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("sha256sum")
         })
         .collect();
     children
@@ -39,8 +45,10 @@ fn read_all(mount: &LazyMount, readers: usize) -> Vec<Vec<String>> {
         .map(|(i, c)| {
             let out = c.wait_with_output().expect("waiting for sha256sum");
             assert!(out.status.success(), "reader {i} failed: {}", String::from_utf8_lossy(&out.stderr));
-            let mut hashes: Vec<String> =
-                String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().next().unwrap_or("").to_string()).collect();
+            let mut hashes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+                .collect();
             if i % 2 == 1 {
                 hashes.reverse();
             }
@@ -71,10 +79,7 @@ fn eight_cold_readers_fetch_each_chunk_once() {
     }
     let image = Image::new(vec![layer]);
     let published = publish_and_convert(&registry, &image, "concurrency", &[]).expect("publish and convert");
-    let expected: Vec<String> = files()
-        .iter()
-        .map(|(p, ..)| image.content(p).expect("in image").sha256())
-        .collect();
+    let expected: Vec<String> = files().iter().map(|(p, ..)| image.content(p).expect("in image").sha256()).collect();
     let data_blob_bytes: u64 = registry
         .lazy_data_blobs(&published.lazy_repo, &published.tag)
         .expect("data blobs")
@@ -88,8 +93,14 @@ fn eight_cold_readers_fetch_each_chunk_once() {
         "1 reader: fetched {} in {} requests, {} misses, registry served {}\n\
          {READERS} readers: fetched {} in {} requests, {} misses, registry served {}\n\
          data blobs total {}",
-        mib(one.bytes_fetched), one.requests, one.cache_misses, mib(one_served),
-        mib(many.bytes_fetched), many.requests, many.cache_misses, mib(many_served),
+        mib(one.bytes_fetched),
+        one.requests,
+        one.cache_misses,
+        mib(one_served),
+        mib(many.bytes_fetched),
+        many.requests,
+        many.cache_misses,
+        mib(many_served),
         mib(data_blob_bytes)
     );
     assert_eq!(outputs.len(), READERS);
@@ -152,7 +163,10 @@ fn six_mounts_sharing_a_node_cache_fetch_each_chunk_once_between_them() {
             std::thread::spawn(move || {
                 let out = Command::new("sha256sum").args(&paths).output().expect("sha256sum");
                 assert!(out.status.success(), "sha256sum: {}", String::from_utf8_lossy(&out.stderr));
-                String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().next().unwrap_or("").to_string()).collect::<Vec<_>>()
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
             })
         })
         .collect();

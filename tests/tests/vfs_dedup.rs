@@ -61,7 +61,10 @@ fn identical_chunks_are_stored_once() {
     let summary = convert(&source2, &lazy2, &[]).expect("converting the second image into the same repository");
     let grew = stored_blob_bytes(&registry) - before;
     eprintln!("second image into the same repository: registry storage grew by {}\n{summary}", mib(grew));
-    assert!(grew < MIB / 2, "converting an image whose 4 MiB file is already in the repository stored {grew} more bytes");
+    assert!(
+        grew < MIB / 2,
+        "converting an image whose 4 MiB file is already in the repository stored {grew} more bytes"
+    );
 
     let mount = LazyMount::start(&lazy2, MountOptions::default()).expect("mounting the second image");
     assert_eq!(read_errno(&mount.join("c/again.bin")).unwrap(), second.content("c/again.bin").unwrap().to_vec());

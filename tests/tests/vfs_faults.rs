@@ -67,7 +67,10 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
         let dir = temp_dir("tmpfs-cache");
-        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "lazy-test-cache"]).arg(dir.path()).status();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "lazy-test-cache"])
+            .arg(dir.path())
+            .status();
         assert!(status.is_ok_and(|s| s.success()), "mount -t tmpfs on {}", dir.path().display());
         Tmpfs { guard: MountGuard::new(dir.path()), _dir: dir }
     }
@@ -93,10 +96,15 @@ fn a_full_cache_disk_costs_caching_never_a_read_and_the_cache_recovers() {
     let (published, contents) = files_image(&registry, "cache-full", 5, 8 * MIB, 300);
     let tmpfs = Tmpfs::mount("1m");
     let cache = tmpfs.path().join("cache");
-    let mount = LazyMount::start(&published.lazy, MountOptions { cache_dir: Some(cache.clone()), ..Default::default() }).expect("mounting");
+    let mount =
+        LazyMount::start(&published.lazy, MountOptions { cache_dir: Some(cache.clone()), ..Default::default() })
+            .expect("mounting");
 
     for (i, want) in contents.iter().enumerate() {
-        assert!(read_errno(&file(&mount, i)).expect("reading with the cache disk full") == *want, "file {i}: wrong bytes");
+        assert!(
+            read_errno(&file(&mount, i)).expect("reading with the cache disk full") == *want,
+            "file {i}: wrong bytes"
+        );
     }
     let log = mount.log_text();
     let full_lines = log.matches("reads go on from the registry, uncached").count();
@@ -145,7 +153,8 @@ fn eviction_at_a_tiny_cap_under_ten_mounts_never_fails_a_read() {
                 let (mount, contents, files) = (mount.clone(), contents.clone(), pick(m));
                 std::thread::spawn(move || {
                     for i in files {
-                        let got = read_errno(&file(&mount, i)).unwrap_or_else(|e| panic!("mount {m}: file {i}: errno {e}"));
+                        let got =
+                            read_errno(&file(&mount, i)).unwrap_or_else(|e| panic!("mount {m}: file {i}: errno {e}"));
                         assert!(got == contents[i], "mount {m}: file {i}: wrong bytes");
                     }
                 })
@@ -168,11 +177,16 @@ fn eviction_at_a_tiny_cap_under_ten_mounts_never_fails_a_read() {
     for r in readers {
         r.join().expect("a reader failed");
     }
-    let left: u64 = cache_files(cache.path()).iter().filter_map(|(p, _)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let left: u64 =
+        cache_files(cache.path()).iter().filter_map(|(p, _)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     let total = 2 * 2 * EACH as u64 * 2 * MIB;
-    let evictions = old_mounts.iter().chain(&new_mounts).map(|m| m.log_text().matches("evicted").count()).sum::<usize>();
+    let evictions =
+        old_mounts.iter().chain(&new_mounts).map(|m| m.log_text().matches("evicted").count()).sum::<usize>();
     eprintln!("cache holds {left} of the {total} bytes read (cap {}); {evictions} eviction passes logged", 4 * MIB);
-    assert!(left + 2 * MIB <= total, "nothing was evicted ({left} of {total} bytes left): the test did not exercise eviction");
+    assert!(
+        left + 2 * MIB <= total,
+        "nothing was evicted ({left} of {total} bytes left): the test did not exercise eviction"
+    );
     assert_no_partial_files(cache.path());
     for m in old_mounts.into_iter().chain(new_mounts) {
         Arc::into_inner(m).expect("readers are done").unmount().expect("clean unmount");
@@ -197,7 +211,9 @@ fn a_cache_changed_or_deleted_under_a_live_mount_is_never_served_and_is_refetche
     // The first file's chunks are no longer in the fetcher's memory (32 MiB, first in first out, of 64).
     let index = fetch_index(&published.lazy).expect("fetching the index");
     let ino = index.resolve(b"data/f0.bin").expect("f0 in the index");
-    let vfs::index::Kind::File { chunks, .. } = &index.inode(ino).expect("inode").kind else { panic!("f0 is not a file") };
+    let vfs::index::Kind::File { chunks, .. } = &index.inode(ino).expect("inode").kind else {
+        panic!("f0 is not a file")
+    };
     let victim = mount.cache_dir().join("chunks").join(&chunks[0].digest.hex()[..2]).join(chunks[0].digest.hex());
     let mut bytes = std::fs::read(&victim).expect("f0's first chunk is cached");
     bytes[1000] ^= 0x40;
@@ -205,9 +221,16 @@ fn a_cache_changed_or_deleted_under_a_live_mount_is_never_served_and_is_refetche
 
     let before = mount.stats().expect("stats").requests;
     assert!(drop_caches(), "cannot drop the page cache");
-    assert!(read_errno(&file(&mount, 0)).expect("reading over a corrupted cache file") == contents[0], "served a corrupted chunk");
+    assert!(
+        read_errno(&file(&mount, 0)).expect("reading over a corrupted cache file") == contents[0],
+        "served a corrupted chunk"
+    );
     let log = mount.log_text();
-    assert!(log.contains("removing the corrupt file"), "the corruption was not reported (stats {:?}):\n{log}", mount.stats());
+    assert!(
+        log.contains("removing the corrupt file"),
+        "the corruption was not reported (stats {:?}):\n{log}",
+        mount.stats()
+    );
     assert!(mount.stats().expect("stats").requests > before, "the corrupted chunk was not fetched again");
 
     // The whole cache directory removed under the mount.
@@ -215,9 +238,15 @@ fn a_cache_changed_or_deleted_under_a_live_mount_is_never_served_and_is_refetche
     let before = mount.stats().expect("stats").requests;
     assert!(drop_caches(), "cannot drop the page cache");
     for (i, want) in contents.iter().enumerate() {
-        assert!(read_errno(&file(&mount, i)).expect("reading with the cache dir gone") == *want, "file {i}: wrong bytes");
+        assert!(
+            read_errno(&file(&mount, i)).expect("reading with the cache dir gone") == *want,
+            "file {i}: wrong bytes"
+        );
     }
-    assert!(mount.stats().expect("stats").requests > before, "nothing was fetched again after the cache dir was removed");
+    assert!(
+        mount.stats().expect("stats").requests > before,
+        "nothing was fetched again after the cache dir was removed"
+    );
     assert!(!cache_files(mount.cache_dir()).is_empty(), "the cache did not come back");
     assert_no_partial_files(mount.cache_dir());
     mount.unmount().expect("clean unmount");
@@ -297,7 +326,8 @@ fn a_flapping_registry_gives_right_bytes_or_eio_and_never_hangs() {
     std::thread::sleep(Duration::from_secs(DEADLINE + 1));
     // Afterwards everything reads, each file on its first try.
     for (n, want) in contents.iter().enumerate() {
-        let got = read_errno(&file(&mount, n)).unwrap_or_else(|e| panic!("file {n} after the registry settled: errno {e}\n{}", mount.log_text()));
+        let got = read_errno(&file(&mount, n))
+            .unwrap_or_else(|e| panic!("file {n} after the registry settled: errno {e}\n{}", mount.log_text()));
         assert!(got == *want, "file {n}: wrong bytes");
     }
     Arc::into_inner(mount).expect("readers are done").unmount().expect("clean unmount");
@@ -322,7 +352,10 @@ fn a_trickling_registry_fails_each_read_at_the_deadline() {
     let took = start.elapsed();
     eprintln!("one 64 KiB read(2) over a 4 KB/s link returned {first:?} after {took:.1?}");
     assert_eq!(first.expect_err("a trickle cannot deliver in time").raw_os_error(), Some(libc::EIO));
-    assert!(took < Duration::from_secs(DEADLINE + 2), "read(2) took {took:?}: the {DEADLINE} s deadline was not honoured");
+    assert!(
+        took < Duration::from_secs(DEADLINE + 2),
+        "read(2) took {took:?}: the {DEADLINE} s deadline was not honoured"
+    );
     let (result, took) = timed_read(&file(&mount, 1));
     assert_eq!(result.expect_err("a trickle cannot deliver in time"), libc::EIO);
     assert!(took < Duration::from_secs(2 * DEADLINE + 2), "whole-file read took {took:?}: a hang");
@@ -332,7 +365,8 @@ fn a_trickling_registry_fails_each_read_at_the_deadline() {
     // deadline; later ones are fast.
     std::thread::sleep(Duration::from_secs(DEADLINE + 1));
     for (n, want) in contents.iter().enumerate() {
-        let got = read_errno(&file(&mount, n)).unwrap_or_else(|e| panic!("file {n} once the link is fast again: errno {e}\n{}", mount.log_text()));
+        let got = read_errno(&file(&mount, n))
+            .unwrap_or_else(|e| panic!("file {n} once the link is fast again: errno {e}\n{}", mount.log_text()));
         assert!(got == *want, "file {n}: wrong bytes");
     }
     mount.unmount().expect("clean unmount");

@@ -34,7 +34,11 @@ pub fn fidelity_image() -> Image {
         .add(Entry::random_file("data/big.bin", 1, 9 * MIB + 12345))
         .add(Entry::file("data/replaced.txt", "lower version\n"))
         .add(Entry::dir("bin"))
-        .add(Entry::file("bin/ping", "#!/bin/sh\necho ping\n").mode(0o755).xattr("security.capability", CAP_NET_BIND_SERVICE));
+        .add(
+            Entry::file("bin/ping", "#!/bin/sh\necho ping\n")
+                .mode(0o755)
+                .xattr("security.capability", CAP_NET_BIND_SERVICE),
+        );
     let upper = Layer::new()
         .add(Entry::dir("etc"))
         .add(Entry::whiteout("etc/gone.conf"))
@@ -104,7 +108,10 @@ fn check_mount_matches_unpack(lazy_image: &str, expected: &tree::Snapshot) {
     assert_eq!(actual["links/a.txt"].ino, actual["links/c.txt"].ino);
     assert_eq!(actual["links/hard-lower"].ino, actual["lower/target.txt"].ino);
     assert_eq!(actual["files/nano"].mtime, (1_600_000_000, 123_456_789));
-    assert_eq!(actual["bin/ping"].xattrs.get("security.capability").map(Vec::as_slice), Some(&CAP_NET_BIND_SERVICE[..]));
+    assert_eq!(
+        actual["bin/ping"].xattrs.get("security.capability").map(Vec::as_slice),
+        Some(&CAP_NET_BIND_SERVICE[..])
+    );
     assert_eq!(actual["data/big.bin"].size, 9 * MIB + 12345);
     mount.unmount().expect("unmounting cleanly on SIGTERM");
 }

@@ -36,7 +36,10 @@ fn corrupt_chunk_is_eio_and_never_cached() {
     let err = read_errno(&mount.join("data/victim.bin")).expect_err("reading a file with a corrupt chunk must fail");
     assert_eq!(err, libc::EIO, "corrupt chunk: want EIO, got errno {err}");
     assert_eq!(read_errno(&mount.join("data/small.txt")).expect("other files still read"), b"I stay readable\n");
-    assert_eq!(read_errno(&mount.join("data/other.txt")).expect("other files still read"), "me too\n".repeat(1000).as_bytes());
+    assert_eq!(
+        read_errno(&mount.join("data/other.txt")).expect("other files still read"),
+        "me too\n".repeat(1000).as_bytes()
+    );
     // A second attempt fails the same way (no bad bytes were cached by the first).
     assert_eq!(read_errno(&mount.join("data/victim.bin")).expect_err("still corrupt"), libc::EIO);
 
@@ -47,10 +50,7 @@ fn corrupt_chunk_is_eio_and_never_cached() {
         .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect();
     let mentions_chunk = log.lines().any(|l| l.contains("chunk") && l.contains("sha256:") && l.contains("victim.bin"));
-    assert!(
-        mentions_chunk,
-        "the mount's log should name the file, the chunk and its digest; log:\n{log}"
-    );
+    assert!(mentions_chunk, "the mount's log should name the file, the chunk and its digest; log:\n{log}");
     let blob_hex = blob.trim_start_matches("sha256:");
     let chunk_digests: Vec<&str> = named.iter().copied().filter(|h| *h != blob_hex).collect();
     assert!(!chunk_digests.is_empty(), "no chunk digest in the log:\n{log}");

@@ -54,7 +54,12 @@ fn reading_one_small_file_fetches_under_5_percent() {
         stats.image_bytes
     );
     let limit = stats.image_bytes / 20;
-    assert!(stats.bytes_fetched < limit, "lazyctl stats: fetched {} >= 5% of {}", stats.bytes_fetched, stats.image_bytes);
+    assert!(
+        stats.bytes_fetched < limit,
+        "lazyctl stats: fetched {} >= 5% of {}",
+        stats.bytes_fetched,
+        stats.image_bytes
+    );
     assert!(served < limit, "registry served {served} bytes >= 5% of the image's {} bytes", stats.image_bytes);
     assert!(stats.bytes_served >= content.len() as u64, "bytes_served {} counts the read", stats.bytes_served);
     mount.unmount().expect("clean unmount");

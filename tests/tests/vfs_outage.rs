@@ -25,7 +25,8 @@ fn registry_outage_fails_fast_and_recovers() {
         .add(Entry::random_file("srv/a.bin", 1, 2 * MIB))
         .add(Entry::random_file("srv/b.bin", 2, 3 * MIB))]);
     let published = publish_and_convert(&registry, &image, "outage", &[]).expect("publish and convert");
-    let (a, b) = (Content::Random { seed: 1, len: 2 * MIB }.to_vec(), Content::Random { seed: 2, len: 3 * MIB }.to_vec());
+    let (a, b) =
+        (Content::Random { seed: 1, len: 2 * MIB }.to_vec(), Content::Random { seed: 2, len: 3 * MIB }.to_vec());
 
     let opts = MountOptions { deadline: Some(DEADLINE), ..Default::default() };
     let mount = LazyMount::start(&published.lazy, opts).expect("mounting");

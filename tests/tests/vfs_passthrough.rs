@@ -80,7 +80,12 @@ fn wait_stored(cache: &Path, len: u64) -> PathBuf {
         found = stored_files(cache).into_iter().find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == len));
         found.is_some()
     });
-    assert!(ok, "no stored file of {len} bytes appeared under {} within 20 s: {:?}", cache.display(), stored_files(cache));
+    assert!(
+        ok,
+        "no stored file of {len} bytes appeared under {} within 20 s: {:?}",
+        cache.display(),
+        stored_files(cache)
+    );
     found.unwrap()
 }
 
@@ -177,8 +182,10 @@ fn eviction_under_a_live_passthrough_open_keeps_the_reader_going() {
     let Some((registry, image, published)) = setup("passthrough_evict") else { return };
     // A second image over the same cache: reading it puts chunks nobody has fetched yet (the
     // first image's b.bin is already cached by the spans around a.bin).
-    let other = Image::new(vec![Layer::new().add(Entry::dir("data")).add(Entry::random_file("data/c.bin", 94, 8 * MIB))]);
-    let other_published = publish_and_convert(&registry, &other, "passthrough_evict_other", &[]).expect("publish and convert");
+    let other =
+        Image::new(vec![Layer::new().add(Entry::dir("data")).add(Entry::random_file("data/c.bin", 94, 8 * MIB))]);
+    let other_published =
+        publish_and_convert(&registry, &other, "passthrough_evict_other", &[]).expect("publish and convert");
     let cache = temp_dir("pt-cache");
     // Cap 12 MiB: a.bin's chunks (8 MiB) plus its stored copy (8 MiB) are already over it, but
     // files younger than 5 s are never evicted.
@@ -253,6 +260,10 @@ fn without_passthrough_reads_work_as_before() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert!(stored_files(cache.path()).is_empty(), "no file store without passthrough: {:?}", stored_files(cache.path()));
+    assert!(
+        stored_files(cache.path()).is_empty(),
+        "no file store without passthrough: {:?}",
+        stored_files(cache.path())
+    );
     mount.unmount().expect("clean unmount");
 }

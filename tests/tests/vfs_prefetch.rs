@@ -33,11 +33,7 @@ fn record_then_prioritized_prefetch() {
     let opts = MountOptions { record: Some(record.clone()), ..Default::default() };
     let mount = LazyMount::start(&published.lazy, opts).expect("mounting with --record");
     for path in READ_ORDER {
-        assert_eq!(
-            read_errno(&mount.join(path)).expect("reading"),
-            image.content(path).unwrap().to_vec(),
-            "{path}"
-        );
+        assert_eq!(read_errno(&mount.join(path)).expect("reading"), image.content(path).unwrap().to_vec(), "{path}");
     }
     mount.unmount().expect("clean unmount");
     let text = std::fs::read_to_string(&record).expect("the record file exists after unmount");

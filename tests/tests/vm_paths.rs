@@ -70,7 +70,8 @@ echo "tmp_fs=$(awk '$2 == "/tmp" {{ print $3 }}' /proc/mounts)"
         share: vec![shared.path().to_path_buf()],
         ..VmConfig::default()
     };
-    let out = vm::run(&["/bin/sh", script.to_str().unwrap(), b.to_str().unwrap()], &cfg).unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        vm::run(&["/bin/sh", script.to_str().unwrap(), b.to_str().unwrap()], &cfg).unwrap_or_else(|e| panic!("{e}"));
     println!("VM ({}) finished in {:.1} s, exit code {}", out.accel, out.elapsed.as_secs_f64(), out.exit_code);
     let tail: Vec<&str> = out.console.lines().rev().take(20).collect();
     let console = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
@@ -88,7 +89,8 @@ echo "tmp_fs=$(awk '$2 == "/tmp" {{ print $3 }}' /proc/mounts)"
 
 #[test]
 fn unreachable_host_paths_fail_on_the_host_naming_them() {
-    let shm = tempfile::Builder::new().prefix("lazy-vm-paths-").tempfile_in("/dev/shm").expect("temp file under /dev/shm");
+    let shm =
+        tempfile::Builder::new().prefix("lazy-vm-paths-").tempfile_in("/dev/shm").expect("temp file under /dev/shm");
     let shm_path = shm.path().display().to_string();
     let gone = PathBuf::from(format!("/tmp/lazy-vm-paths-gone-{}/target/debug/guest", std::process::id()));
     let cases: Vec<(Vec<&str>, VmConfig, String)> = vec![

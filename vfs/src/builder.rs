@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 
 use crate::cache::{CacheError, ChunkCache};
-use crate::filestore::FileStore;
 use crate::fetch::{BlobLayout, FetchOptions, RegistryChunkSource};
-use crate::fs::{FsError, Mounted, MountOptions};
+use crate::filestore::FileStore;
+use crate::fs::{FsError, MountOptions, Mounted};
 use crate::registry::{Client, ClientConfig, Reference, ReferenceError, RegistryError};
 use crate::stats::Stats;
 use crate::Index;
@@ -52,7 +52,11 @@ pub struct LazyMountBuilder {
 impl LazyMountBuilder {
     /// The client's concurrency bound is set from `fetch` (every request the fetcher may have in
     /// flight); its deadline is the caller's (keep it at most the fetch deadline).
-    pub fn new(registry: ClientConfig, fetch: FetchOptions, cache: Option<CacheSettings>) -> Result<LazyMountBuilder, BuildError> {
+    pub fn new(
+        registry: ClientConfig,
+        fetch: FetchOptions,
+        cache: Option<CacheSettings>,
+    ) -> Result<LazyMountBuilder, BuildError> {
         let stats = Arc::new(Stats::default());
         let registry = ClientConfig { max_concurrency: RegistryChunkSource::max_requests(&fetch), ..registry };
         let client = Client::with_stats(registry, stats.clone())?;
@@ -82,7 +86,12 @@ impl LazyMountBuilder {
 
     /// The chunk source over `index`'s data blobs, in `blob_repo` (default: the repository the
     /// index records). `handle` must belong to a multi-thread runtime.
-    pub fn chunk_source(&self, index: &Index, blob_repo: Option<&str>, handle: Handle) -> Result<RegistryChunkSource, BuildError> {
+    pub fn chunk_source(
+        &self,
+        index: &Index,
+        blob_repo: Option<&str>,
+        handle: Handle,
+    ) -> Result<RegistryChunkSource, BuildError> {
         let repo = blob_repo.unwrap_or(&index.source);
         let repository: Reference =
             repo.parse().map_err(|source| BuildError::Repository { repository: repo.to_string(), source })?;

@@ -140,7 +140,12 @@ impl ChunkCache {
         };
         let meta = file.metadata().ok()?;
         if len.is_some_and(|l| l != meta.len()) {
-            log::warn!("chunk cache {}: length {} instead of {}; removing it", path.display(), meta.len(), len.unwrap_or(0));
+            log::warn!(
+                "chunk cache {}: length {} instead of {}; removing it",
+                path.display(),
+                meta.len(),
+                len.unwrap_or(0)
+            );
             self.discard(&path, meta.len());
             return None;
         }
@@ -151,7 +156,10 @@ impl ChunkCache {
         }
         let got = Digest::of(&buf);
         if got != *digest {
-            log::warn!("chunk cache {}: content hashes to {got}; removing the corrupt file and fetching the chunk again", path.display());
+            log::warn!(
+                "chunk cache {}: content hashes to {got}; removing the corrupt file and fetching the chunk again",
+                path.display()
+            );
             self.discard(&path, meta.len());
             return None;
         }
@@ -314,7 +322,12 @@ impl ChunkCache {
                     continue;
                 }
                 let temp = f.file_name().as_encoded_bytes().starts_with(b".tmp.");
-                out.push(Entry { path: f.path(), len: meta.len(), mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), temp });
+                out.push(Entry {
+                    path: f.path(),
+                    len: meta.len(),
+                    mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    temp,
+                });
             }
         }
         Ok(())
@@ -435,7 +448,8 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(cache.get(&d).as_deref(), Some(&data[..]));
-        let names: Vec<_> = fs::read_dir(cache.path_of(&d).parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> =
+            fs::read_dir(cache.path_of(&d).parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -468,7 +482,13 @@ mod tests {
         let children: Vec<_> = (0..4)
             .map(|seed| {
                 std::process::Command::new(&exe)
-                    .args(["--ignored", "--exact", "cache::tests::cache_child_process", "--nocapture", "--test-threads=1"])
+                    .args([
+                        "--ignored",
+                        "--exact",
+                        "cache::tests::cache_child_process",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
                     .env("LAZY_CACHE_CHILD_DIR", dir.path())
                     .env("LAZY_CACHE_CHILD_SEED", seed.to_string())
                     .stdout(std::process::Stdio::piped())

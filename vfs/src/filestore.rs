@@ -18,9 +18,9 @@
 //!   a stored file changed under a live mount is hashed again before it is handed out.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt as _;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,7 +203,12 @@ impl FileStore {
             move |source| StoreError::Io(CacheError::Io { path, source })
         };
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let tmp = dir.join(format!(".tmp.{}.{}.{}", key.hex(), std::process::id(), self.temp_seq.fetch_add(1, Ordering::Relaxed)));
+        let tmp = dir.join(format!(
+            ".tmp.{}.{}.{}",
+            key.hex(),
+            std::process::id(),
+            self.temp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
         let result = (|| -> Result<(), StoreError> {
             let mut out = File::create(&tmp).map_err(io(&tmp))?;
             let mut written = 0u64;
@@ -221,7 +226,11 @@ impl FileStore {
                 }
                 let got = Digest::of(&data);
                 if got != c.digest {
-                    return Err(StoreError::CorruptChunk { chunk_no, digest: c.digest, reason: format!("hashes to {got}") });
+                    return Err(StoreError::CorruptChunk {
+                        chunk_no,
+                        digest: c.digest,
+                        reason: format!("hashes to {got}"),
+                    });
                 }
                 out.write_all(&data).map_err(io(&tmp))?;
                 written += data.len() as u64;

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::platform::Platform;
 use crate::digest::Digest;
 use crate::index::{Index, IndexError, INDEX_PATH};
+use crate::platform::Platform;
 use crate::registry::{Client, Reference, RegistryError, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 
 /// Label on the stub image's config marking it lazy.
@@ -135,7 +135,8 @@ pub fn build(source_config: &Value, platform: &Platform, index: &Index) -> StubI
     .expect("json");
     let manifest_digest = Digest::of(&manifest);
 
-    let blobs_config = serde_json::to_vec(&json!({"index": layer_digest.to_string(), "chunkSize": index.chunk_size})).expect("json");
+    let blobs_config =
+        serde_json::to_vec(&json!({"index": layer_digest.to_string(), "chunkSize": index.chunk_size})).expect("json");
     let blobs_config_digest = Digest::of(&blobs_config);
     let blob_descs: Vec<Value> = index
         .blobs
@@ -198,11 +199,8 @@ pub fn read_index_from_dir(rootfs_dir: &Path) -> Result<Option<Index>, StubError
 
 /// Extracts the encoded index from a stub layer (gzip or plain tar).
 pub fn index_from_layer(image: &str, layer: &[u8]) -> Result<Index, StubError> {
-    let reader: Box<dyn Read> = if layer.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::GzDecoder::new(layer))
-    } else {
-        Box::new(layer)
-    };
+    let reader: Box<dyn Read> =
+        if layer.starts_with(&[0x1f, 0x8b]) { Box::new(flate2::read::GzDecoder::new(layer)) } else { Box::new(layer) };
     let malformed = |reason: String| StubError::Malformed { image: image.to_string(), reason };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(|e| malformed(format!("stub layer is not a tar: {e}")))? {
@@ -226,7 +224,8 @@ pub async fn fetch_index(client: &Client, reference: &Reference) -> Result<Index
     let image = reference.to_string();
     let malformed = |reason: String| StubError::Malformed { image: image.clone(), reason };
     let m = client.get_manifest(reference).await?;
-    let mut doc: Value = serde_json::from_slice(&m.bytes).map_err(|e| malformed(format!("manifest is not JSON: {e}")))?;
+    let mut doc: Value =
+        serde_json::from_slice(&m.bytes).map_err(|e| malformed(format!("manifest is not JSON: {e}")))?;
     if m.media_type == MEDIA_OCI_INDEX || m.media_type == MEDIA_DOCKER_LIST || doc.get("manifests").is_some() {
         let host = Platform::host();
         let manifests = doc.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -271,10 +270,21 @@ mod tests {
 
     #[test]
     fn stub_carries_config_label_and_index() {
-        let index = Index::new(4096, "127.0.0.1:5000/x".into(), vec![], vec![crate::index::Inode {
-            kind: crate::index::Kind::Dir { entries: vec![] },
-            mode: 0o755, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0, xattrs: vec![],
-        }], vec![]);
+        let index = Index::new(
+            4096,
+            "127.0.0.1:5000/x".into(),
+            vec![],
+            vec![crate::index::Inode {
+                kind: crate::index::Kind::Dir { entries: vec![] },
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                mtime_nsec: 0,
+                xattrs: vec![],
+            }],
+            vec![],
+        );
         let src = json!({
             "architecture": "amd64", "os": "linux",
             "config": {"Entrypoint": ["/bin/sh"], "Env": ["A=1"], "WorkingDir": "/w", "User": "1000"},

@@ -31,27 +31,15 @@ pub(crate) struct Setting {
 
 impl Setting {
     pub fn limit(file: impl Into<String>, value: impl Into<String>, what: impl Into<String>) -> Setting {
-        Setting {
-            file: file.into(),
-            value: value.into(),
-            enforcement: Enforcement::Limit(what.into()),
-        }
+        Setting { file: file.into(), value: value.into(), enforcement: Enforcement::Limit(what.into()) }
     }
 
     pub fn priority(file: impl Into<String>, value: impl Into<String>) -> Setting {
-        Setting {
-            file: file.into(),
-            value: value.into(),
-            enforcement: Enforcement::Priority,
-        }
+        Setting { file: file.into(), value: value.into(), enforcement: Enforcement::Priority }
     }
 
     pub fn if_present(file: impl Into<String>, value: impl Into<String>) -> Setting {
-        Setting {
-            file: file.into(),
-            value: value.into(),
-            enforcement: Enforcement::IfPresent,
-        }
+        Setting { file: file.into(), value: value.into(), enforcement: Enforcement::IfPresent }
     }
 
     /// The controller owning the file ("memory" for memory.max).

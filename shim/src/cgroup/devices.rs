@@ -43,9 +43,7 @@ fn num(field: &str, v: Option<i64>) -> Result<Option<u32>, CgroupError> {
     match v {
         None => Ok(None),
         Some(v) if v < 0 => Ok(None),
-        Some(v) => u32::try_from(v)
-            .map(Some)
-            .map_err(|_| CgroupError::invalid(field, format!("{v} is out of range"))),
+        Some(v) => u32::try_from(v).map(Some).map_err(|_| CgroupError::invalid(field, format!("{v} is out of range"))),
     }
 }
 
@@ -105,15 +103,15 @@ pub fn runc_default_allow() -> Vec<Rule> {
     vec![
         c(None, None, ACC_MKNOD),
         Rule { allow: true, kind: Some(DEV_BLOCK), major: None, minor: None, access: ACC_MKNOD },
-        c(Some(1), Some(3), ACC_ALL),   // null
-        c(Some(1), Some(8), ACC_ALL),   // random
-        c(Some(1), Some(7), ACC_ALL),   // full
-        c(Some(5), Some(0), ACC_ALL),   // tty
-        c(Some(1), Some(5), ACC_ALL),   // zero
-        c(Some(1), Some(9), ACC_ALL),   // urandom
-        c(Some(5), Some(1), ACC_ALL),   // console
-        c(Some(136), None, ACC_ALL),    // pts/*
-        c(Some(5), Some(2), ACC_ALL),   // ptmx
+        c(Some(1), Some(3), ACC_ALL),    // null
+        c(Some(1), Some(8), ACC_ALL),    // random
+        c(Some(1), Some(7), ACC_ALL),    // full
+        c(Some(5), Some(0), ACC_ALL),    // tty
+        c(Some(1), Some(5), ACC_ALL),    // zero
+        c(Some(1), Some(9), ACC_ALL),    // urandom
+        c(Some(5), Some(1), ACC_ALL),    // console
+        c(Some(136), None, ACC_ALL),     // pts/*
+        c(Some(5), Some(2), ACC_ALL),    // ptmx
         c(Some(10), Some(200), ACC_ALL), // net/tun
     ]
 }
@@ -294,7 +292,9 @@ mod tests {
     #[test]
     fn deny_all_plus_runc_defaults_allows_the_standard_devices_only() {
         let r = with_runc_defaults(parse_rules(&[rule(false, LinuxDeviceType::A, None, None, "rwm")]).unwrap());
-        for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, 0), (136, 9), (10, 200)] {
+        for (major, minor) in
+            [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, 0), (136, 9), (10, 200)]
+        {
             assert!(decide(&r, true, major, minor, "rw"), "c {major}:{minor} rw");
         }
         assert!(decide(&r, true, 4, 0, "m"), "mknod of any char device");

@@ -50,11 +50,7 @@ pub enum CgroupError {
     },
     /// The kernel did not reach the expected state in time.
     #[error("cgroup {path}: timed out after {secs} s waiting for {what}")]
-    Timeout {
-        path: PathBuf,
-        what: &'static str,
-        secs: u64,
-    },
+    Timeout { path: PathBuf, what: &'static str, secs: u64 },
 }
 
 impl CgroupError {
@@ -69,17 +65,10 @@ impl CgroupError {
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CgroupError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        CgroupError::Io { op, path: path.into(), source }
     }
 
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        CgroupError::InvalidResource {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        CgroupError::InvalidResource { field: field.into(), reason: reason.into() }
     }
 }

@@ -27,8 +27,7 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
         .truncate(true)
         .open(path)
         .map_err(|e| CgroupError::io("open for writing", path, e))?;
-    f.write_all(value.as_bytes())
-        .map_err(|e| CgroupError::io("write", path, with_value(e, value)))
+    f.write_all(value.as_bytes()).map_err(|e| CgroupError::io("write", path, with_value(e, value)))
 }
 
 fn with_value(e: std::io::Error, value: &str) -> std::io::Error {

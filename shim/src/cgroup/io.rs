@@ -41,11 +41,7 @@ impl Controller for Io {
         for d in b.weight_device().iter().flatten() {
             let Some(w) = d.weight() else { continue };
             check_weight("blockIO.weightDevice.weight", w)?;
-            let (file, v) = if bfq {
-                ("io.bfq.weight", u64::from(w))
-            } else {
-                ("io.weight", blkio_to_io_weight(w))
-            };
+            let (file, v) = if bfq { ("io.bfq.weight", u64::from(w)) } else { ("io.weight", blkio_to_io_weight(w)) };
             out.push(Setting::priority(file, format!("{}:{} {v}", d.major(), d.minor())));
         }
         if b.leaf_weight().is_some() {

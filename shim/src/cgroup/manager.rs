@@ -27,19 +27,10 @@ pub struct Manager {
 /// Turns `linux.cgroupsPath` into a path relative to the cgroup2 root. Empty means `/<namespace>/<id>` (what
 /// containerd's runc shim does for `ctr run`); relative paths are taken relative to the root too.
 pub fn resolve_cgroups_path(linux: Option<&Linux>, namespace: &str, id: &str) -> Result<PathBuf, CgroupError> {
-    let given = linux
-        .and_then(|l| l.cgroups_path().as_ref())
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let text = if given.is_empty() {
-        format!("/{namespace}/{id}")
-    } else {
-        given.clone()
-    };
-    let bad = |reason: &str| CgroupError::InvalidPath {
-        path: text.clone(),
-        reason: reason.into(),
-    };
+    let given =
+        linux.and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let text = if given.is_empty() { format!("/{namespace}/{id}") } else { given.clone() };
+    let bad = |reason: &str| CgroupError::InvalidPath { path: text.clone(), reason: reason.into() };
     if !text.starts_with('/') && text.split(':').count() == 3 {
         return Err(bad(
             "systemd cgroup paths (slice:prefix:name) are not supported by this shim: use the cgroupfs driver \
@@ -107,12 +98,7 @@ impl Manager {
             dir.push(c);
             mkdir(&dir)?;
         }
-        let m = Manager {
-            mount,
-            path,
-            id: id.to_string(),
-            policy: *policy,
-        };
+        let m = Manager { mount, path, id: id.to_string(), policy: *policy };
         if let Some(res) = resources {
             if let Err(e) = m.apply(res) {
                 if let Err(rm) = std::fs::remove_dir(&m.path) {
@@ -127,12 +113,7 @@ impl Manager {
     /// The manager for an existing cgroup, None when it does not exist.
     pub fn open(mount: CgroupMount, rel: &Path, id: &str) -> Option<Manager> {
         let path = mount.root.join(rel);
-        path.is_dir().then(|| Manager {
-            mount,
-            path,
-            id: id.to_string(),
-            policy: CgroupPolicy::default(),
-        })
+        path.is_dir().then(|| Manager { mount, path, id: id.to_string(), policy: CgroupPolicy::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -141,9 +122,7 @@ impl Manager {
 
     /// Controllers available in this cgroup (its cgroup.controllers).
     pub fn available(&self) -> Result<BTreeSet<String>, CgroupError> {
-        Ok(fs::read_opt(&self.path.join("cgroup.controllers"))?
-            .map(|t| controllers_in(&t))
-            .unwrap_or_default())
+        Ok(fs::read_opt(&self.path.join("cgroup.controllers"))?.map(|t| controllers_in(&t)).unwrap_or_default())
     }
 
     /// Every planned write for `res`, in the order they are applied (devices are separate).
@@ -173,7 +152,11 @@ impl Manager {
         };
         CgroupError::Unenforceable {
             what: what.to_string(),
-            controller: if controller.contains(' ') { controller.to_string() } else { format!("{controller} controller") },
+            controller: if controller.contains(' ') {
+                controller.to_string()
+            } else {
+                format!("{controller} controller")
+            },
             mount: self.mount.root.clone(),
             hybrid: self.mount.hybrid_note(),
             fix,

@@ -43,9 +43,7 @@ fn read(d: &Path, f: &str) -> String {
 }
 
 fn create(d: &Path, res: &LinuxResources, allow: bool) -> Result<Manager, CgroupError> {
-    let policy = CgroupPolicy {
-        allow_unenforced_limits: allow,
-    };
+    let policy = CgroupPolicy { allow_unenforced_limits: allow };
     Manager::create(CgroupMount::at(d), Path::new("default/c1"), "c1", Some(res), &policy)
 }
 
@@ -117,13 +115,19 @@ fn policy_allows_unenforced_limits_and_priorities_are_skipped() {
 fn unified_keys_must_name_existing_files() {
     let d = fixture("memory");
     let ok = LinuxResourcesBuilder::default()
-        .unified([("memory.high".to_string(), "1000000".to_string())].into_iter().collect::<std::collections::HashMap<_, _>>())
+        .unified(
+            [("memory.high".to_string(), "1000000".to_string())]
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        )
         .build()
         .unwrap();
     create(d.path(), &ok, false).unwrap();
     assert_eq!(read(d.path(), "memory.high"), "1000000");
     let typo = LinuxResourcesBuilder::default()
-        .unified([("memory.hgih".to_string(), "1".to_string())].into_iter().collect::<std::collections::HashMap<_, _>>())
+        .unified(
+            [("memory.hgih".to_string(), "1".to_string())].into_iter().collect::<std::collections::HashMap<_, _>>(),
+        )
         .build()
         .unwrap();
     let e = create(d.path(), &typo, false).unwrap_err();

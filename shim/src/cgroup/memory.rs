@@ -30,10 +30,7 @@ pub(crate) fn swap_value(swap: i64, limit: i64) -> Result<Option<String>, Cgroup
         _ => {}
     }
     if limit == 0 || limit == -1 {
-        return Err(CgroupError::invalid(
-            "memory.swap",
-            "a swap limit needs a memory limit (OCI swap is memory+swap)",
-        ));
+        return Err(CgroupError::invalid("memory.swap", "a swap limit needs a memory limit (OCI swap is memory+swap)"));
     }
     if limit < 0 || swap < 0 {
         return Err(CgroupError::invalid("memory.swap", format!("invalid values swap {swap}, limit {limit}")));

@@ -66,11 +66,7 @@ impl Cgroup {
     }
 
     /// Finds the cgroup a previous shim created for this container (cleanup after a shim crash).
-    pub fn open_existing(
-        linux: Option<&Linux>,
-        namespace: &str,
-        id: &str,
-    ) -> Result<Option<Cgroup>, CgroupError> {
+    pub fn open_existing(linux: Option<&Linux>, namespace: &str, id: &str) -> Result<Option<Cgroup>, CgroupError> {
         let mount = find_cgroup2_mount()?;
         let rel = manager::resolve_cgroups_path(linux, namespace, id)?;
         Ok(Manager::open(mount, &rel, id).map(|manager| Cgroup { manager }))

@@ -14,10 +14,7 @@ pub struct CgroupMount {
 impl CgroupMount {
     /// A cgroup2 root at an arbitrary path (tests use a temp dir shaped like cgroupfs).
     pub fn at(root: impl Into<PathBuf>) -> CgroupMount {
-        CgroupMount {
-            root: root.into(),
-            hybrid: false,
-        }
+        CgroupMount { root: root.into(), hybrid: false }
     }
 
     pub(crate) fn hybrid_note(&self) -> &'static str {
@@ -36,11 +33,8 @@ pub fn find_cgroup2_mount() -> Result<CgroupMount, CgroupError> {
 }
 
 fn parse_mountinfo(text: &str) -> Option<CgroupMount> {
-    let found: Vec<PathBuf> = vfs::mountinfo::parse(text)
-        .into_iter()
-        .filter(|m| m.fstype == "cgroup2")
-        .map(|m| m.mount_point)
-        .collect();
+    let found: Vec<PathBuf> =
+        vfs::mountinfo::parse(text).into_iter().filter(|m| m.fstype == "cgroup2").map(|m| m.mount_point).collect();
     let pick = |p: &str| found.iter().find(|m| m.as_path() == Path::new(p)).cloned();
     if let Some(root) = pick("/sys/fs/cgroup") {
         return Some(CgroupMount { root, hybrid: false });

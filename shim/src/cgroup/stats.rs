@@ -18,9 +18,7 @@ pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
 
 /// The memory.events `oom_kill` counter; 0 when the memory controller is not enabled.
 pub(crate) fn oom_kills(dir: &Path) -> Result<u64, CgroupError> {
-    Ok(fs::read_opt(&dir.join("memory.events"))?
-        .and_then(|t| keyed_value(&t, "oom_kill"))
-        .unwrap_or(0))
+    Ok(fs::read_opt(&dir.join("memory.events"))?.and_then(|t| keyed_value(&t, "oom_kill")).unwrap_or(0))
 }
 
 fn read_num(dir: &Path, file: &str) -> Result<Option<u64>, CgroupError> {
@@ -193,9 +191,9 @@ pub(crate) fn metrics_any(dir: &Path) -> Result<Any, CgroupError> {
     let m = metrics(dir)?;
     let mut any = Any::new();
     any.type_url = METRICS_TYPE_URL.to_string();
-    any.value = m.write_to_bytes().map_err(|e| {
-        CgroupError::io("encode io.containerd.cgroups.v2.Metrics for", dir, std::io::Error::other(e))
-    })?;
+    any.value = m
+        .write_to_bytes()
+        .map_err(|e| CgroupError::io("encode io.containerd.cgroups.v2.Metrics for", dir, std::io::Error::other(e)))?;
     Ok(any)
 }
 
@@ -207,7 +205,10 @@ mod tests {
     fn reads_stats_files_into_metrics() {
         let d = tempfile::tempdir().unwrap();
         let w = |f: &str, t: &str| std::fs::write(d.path().join(f), t).unwrap();
-        w("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\nnr_throttled 4\nthrottled_usec 77\n");
+        w(
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\nnr_throttled 4\nthrottled_usec 77\n",
+        );
         w("memory.current", "4096\n");
         w("memory.max", "max\n");
         w("memory.stat", "anon 1024\nfile 2048\npgfault 9\n");

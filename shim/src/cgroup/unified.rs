@@ -11,14 +11,8 @@ use super::CgroupError;
 pub(crate) struct Unified;
 
 /// Core files the shim manages itself; writing them through `unified` would break tracking or placement.
-const FORBIDDEN: &[&str] = &[
-    "cgroup.procs",
-    "cgroup.threads",
-    "cgroup.subtree_control",
-    "cgroup.kill",
-    "cgroup.freeze",
-    "cgroup.type",
-];
+const FORBIDDEN: &[&str] =
+    &["cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "cgroup.kill", "cgroup.freeze", "cgroup.type"];
 
 pub(crate) fn validate_key(key: &str) -> Result<(), CgroupError> {
     let field = format!("unified[{key:?}]");
@@ -46,11 +40,7 @@ impl Controller for Unified {
         let mut out = Vec::new();
         for k in keys {
             validate_key(k)?;
-            out.push(Setting {
-                file: k.clone(),
-                value: map[k].clone(),
-                enforcement: Enforcement::Unified,
-            });
+            out.push(Setting { file: k.clone(), value: map[k].clone(), enforcement: Enforcement::Unified });
         }
         Ok(out)
     }

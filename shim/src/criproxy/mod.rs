@@ -66,7 +66,9 @@ impl Options {
                 "--creds-dir" => creds_dir = PathBuf::from(value()?),
                 "--ttl-secs" => {
                     let v = value()?;
-                    ttl = Duration::from_secs(v.parse().with_context(|| format!("--ttl-secs {v:?}: not a number of seconds"))?);
+                    ttl = Duration::from_secs(
+                        v.parse().with_context(|| format!("--ttl-secs {v:?}: not a number of seconds"))?,
+                    );
                 }
                 "-h" | "--help" => bail!("{USAGE}"),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
@@ -124,7 +126,8 @@ pub async fn serve(opts: Arc<Options>) -> anyhow::Result<()> {
     }) {
         let _ = std::fs::remove_file(&opts.listen);
     }
-    let listener = UnixListener::bind(&opts.listen).with_context(|| format!("listening on {}", opts.listen.display()))?;
+    let listener =
+        UnixListener::bind(&opts.listen).with_context(|| format!("listening on {}", opts.listen.display()))?;
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&opts.listen, std::fs::Permissions::from_mode(0o600))
@@ -181,7 +184,11 @@ async fn connection(down: UnixStream, opts: Arc<Options>) -> anyhow::Result<()> 
         .context("serving a CRI client")
 }
 
-async fn forward(req: Request<Incoming>, mut sender: SendRequest<Body>, opts: Arc<Options>) -> Result<Response<Body>, Infallible> {
+async fn forward(
+    req: Request<Incoming>,
+    mut sender: SendRequest<Body>,
+    opts: Arc<Options>,
+) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let body: Body = if record::is_pull_image(parts.uri.path()) {
         let bytes = match Limited::new(body, MAX_PULL_REQUEST).collect().await {
@@ -195,11 +202,17 @@ async fn forward(req: Request<Incoming>, mut sender: SendRequest<Body>, opts: Ar
     };
     let path = parts.uri.path().to_string();
     if let Err(e) = sender.ready().await {
-        return Ok(grpc_error(14, &format!("cri-proxy: containerd at {} is unreachable: {e}", opts.containerd.display())));
+        return Ok(grpc_error(
+            14,
+            &format!("cri-proxy: containerd at {} is unreachable: {e}", opts.containerd.display()),
+        ));
     }
     match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(resp) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed())),
-        Err(e) => Ok(grpc_error(14, &format!("cri-proxy: forwarding {path} to containerd at {}: {e}", opts.containerd.display()))),
+        Err(e) => Ok(grpc_error(
+            14,
+            &format!("cri-proxy: forwarding {path} to containerd at {}: {e}", opts.containerd.display()),
+        )),
     }
 }
 
@@ -207,8 +220,12 @@ async fn forward(req: Request<Incoming>, mut sender: SendRequest<Body>, opts: Ar
 fn remember(body: &[u8], opts: &Options) {
     match record::pull_credentials(body) {
         Ok(Some((image, auth))) => match ImageCredStore::new(&opts.creds_dir).put(&image, &auth, opts.ttl) {
-            Ok(Some(path)) => log::info!("cri-proxy: PullImage {image}: recorded its credentials in {}", path.display()),
-            Ok(None) => log::debug!("cri-proxy: PullImage {image}: AuthConfig without username or password; nothing recorded"),
+            Ok(Some(path)) => {
+                log::info!("cri-proxy: PullImage {image}: recorded its credentials in {}", path.display())
+            }
+            Ok(None) => {
+                log::debug!("cri-proxy: PullImage {image}: AuthConfig without username or password; nothing recorded")
+            }
             Err(e) => log::warn!("cri-proxy: PullImage {image}: cannot record its credentials: {e}"),
         },
         Ok(None) => {}
@@ -239,8 +256,10 @@ mod tests {
     #[test]
     fn options_parse_and_need_both_sockets() {
         let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        let o = Options::parse(&args("--listen unix:///run/p.sock --containerd /run/containerd/containerd.sock --ttl-secs 60"))
-            .unwrap();
+        let o = Options::parse(&args(
+            "--listen unix:///run/p.sock --containerd /run/containerd/containerd.sock --ttl-secs 60",
+        ))
+        .unwrap();
         assert_eq!(o.listen, PathBuf::from("/run/p.sock"));
         assert_eq!(o.creds_dir, PathBuf::from(DEFAULT_DIR));
         assert_eq!(o.ttl, Duration::from_secs(60));

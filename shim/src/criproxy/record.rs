@@ -22,7 +22,8 @@ pub fn pull_credentials(body: &[u8]) -> Result<Option<(String, PullAuth)>, Strin
         return Err("PullImage request is compressed (grpc-encoding); its credentials cannot be read".into());
     }
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    let msg = body.get(5..5 + len).ok_or_else(|| format!("PullImage message claims {len} bytes, has {}", body.len() - 5))?;
+    let msg =
+        body.get(5..5 + len).ok_or_else(|| format!("PullImage message claims {len} bytes, has {}", body.len() - 5))?;
     let req = PullImageRequest::decode(msg).map_err(|e| format!("PullImage request is not a PullImageRequest: {e}"))?;
     let image = req.image.map(|i| i.image).unwrap_or_default();
     let Some(a) = req.auth else { return Ok(None) };
@@ -52,12 +53,20 @@ mod tests {
     fn finds_image_and_auth_config() {
         let req = PullImageRequest {
             image: Some(ImageSpec { image: "reg.io/team/app:v1".into(), ..Default::default() }),
-            auth: Some(AuthConfig { username: "u".into(), password: "p".into(), server_address: "reg.io".into(), ..Default::default() }),
+            auth: Some(AuthConfig {
+                username: "u".into(),
+                password: "p".into(),
+                server_address: "reg.io".into(),
+                ..Default::default()
+            }),
             sandbox_config: None,
         };
         let (image, auth) = pull_credentials(&framed(&req)).unwrap().unwrap();
         assert_eq!(image, "reg.io/team/app:v1");
-        assert_eq!((auth.username.as_str(), auth.password.as_str(), auth.server_address.as_str()), ("u", "p", "reg.io"));
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str(), auth.server_address.as_str()),
+            ("u", "p", "reg.io")
+        );
         let anonymous = PullImageRequest { auth: None, ..req };
         assert!(pull_credentials(&framed(&anonymous)).unwrap().is_none());
         assert!(pull_credentials(&[1, 0, 0, 0, 0]).is_err(), "compressed");

@@ -10,9 +10,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 
-use super::sync::{self, FromHelper, Request, ToHelper, HELPER_SYNC_FD};
 use super::error::{PlaceError, StepError};
 use super::helper_log::{self, HELPER_LOG_FD};
+use super::sync::{self, FromHelper, Request, ToHelper, HELPER_SYNC_FD};
 use super::{helper_exe, CreateRequest, ExecRequest, LaunchError, Stdio};
 
 /// A created container: its init is blocked right before execve until [`Created::start`].
@@ -42,25 +42,13 @@ pub fn create(
     req: CreateRequest<'_>,
     place: &mut dyn FnMut(i32) -> Result<(), PlaceError>,
 ) -> Result<Created, LaunchError> {
-    let process = req
-        .spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| LaunchError::InvalidSpec("spec has no process".into()))?;
+    let process = req.spec.process().as_ref().ok_or_else(|| LaunchError::InvalidSpec("spec has no process".into()))?;
     let terminal = process.terminal().unwrap_or(false);
-    let request = Request::Create {
-        id: req.id.to_string(),
-        bundle: req.bundle.to_path_buf(),
-        spec: Box::new(req.spec.clone()),
-    };
+    let request =
+        Request::Create { id: req.id.to_string(), bundle: req.bundle.to_path_buf(), spec: Box::new(req.spec.clone()) };
     let (sock, helper_pid) = spawn_helper(request, req.stdio, terminal)?;
     let (pid, pty) = handshake(&sock, helper_pid, place)?;
-    Ok(Created {
-        pid,
-        helper_pid,
-        pty_master: pty,
-        gate: Some(sock),
-    })
+    Ok(Created { pid, helper_pid, pty_master: pty, gate: Some(sock) })
 }
 
 impl Created {
@@ -71,32 +59,22 @@ impl Created {
             .gate
             .take()
             .ok_or_else(|| LaunchError::Setup(StepError::Failed("start: the container was already started".into())))?;
-        sync::send(sock.as_fd(), &ToHelper::Start, None).map_err(|source| {
-            LaunchError::Sync {
-                step: "send start",
-                source,
-            }
-        })?;
+        sync::send(sock.as_fd(), &ToHelper::Start, None)
+            .map_err(|source| LaunchError::Sync { step: "send start", source })?;
         match sync::recv::<FromHelper>(sock.as_fd()) {
             Ok(None) => Ok(()),
             Ok(Some((FromHelper::Error(e), _))) => Err(e.into()),
             Ok(Some((other, _))) => Err(LaunchError::Setup(StepError::Failed(format!(
                 "start: unexpected message from the container init: {other:?}"
             )))),
-            Err(source) => Err(LaunchError::Sync {
-                step: "wait for exec",
-                source,
-            }),
+            Err(source) => Err(LaunchError::Sync { step: "wait for exec", source }),
         }
     }
 }
 
 /// Joins the container's namespaces, places the new process into the container's cgroup, applies
 /// the process attributes and execs it. Returns once the process has exec'd.
-pub fn exec(
-    req: ExecRequest<'_>,
-    place: &mut dyn FnMut(i32) -> Result<(), PlaceError>,
-) -> Result<Execd, LaunchError> {
+pub fn exec(req: ExecRequest<'_>, place: &mut dyn FnMut(i32) -> Result<(), PlaceError>) -> Result<Execd, LaunchError> {
     let terminal = req.process.terminal().unwrap_or(false);
     let request = Request::Exec {
         container_pid: req.container_pid,
@@ -107,43 +85,22 @@ pub fn exec(
     let (pid, pty) = handshake(&sock, helper_pid, place)?;
     // After Ready the process execs at once; EOF confirms it, an Error says why it could not.
     match sync::recv::<FromHelper>(sock.as_fd()) {
-        Ok(None) => Ok(Execd {
-            pid,
-            helper_pid,
-            pty_master: pty,
-        }),
+        Ok(None) => Ok(Execd { pid, helper_pid, pty_master: pty }),
         Ok(Some((FromHelper::Error(e), _))) => Err(e.into()),
-        Ok(Some((other, _))) => Err(LaunchError::Setup(StepError::Failed(format!(
-            "exec: unexpected message from the process: {other:?}"
-        )))),
-        Err(source) => Err(LaunchError::Sync {
-            step: "wait for exec",
-            source,
-        }),
+        Ok(Some((other, _))) => {
+            Err(LaunchError::Setup(StepError::Failed(format!("exec: unexpected message from the process: {other:?}"))))
+        }
+        Err(source) => Err(LaunchError::Sync { step: "wait for exec", source }),
     }
 }
 
-fn spawn_helper(
-    request: Request,
-    stdio: Stdio,
-    terminal: bool,
-) -> Result<(OwnedFd, i32), LaunchError> {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| LaunchError::Sync {
-        step: "socketpair",
-        source: e.into(),
-    })?;
+fn spawn_helper(request: Request, stdio: Stdio, terminal: bool) -> Result<(OwnedFd, i32), LaunchError> {
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| LaunchError::Sync { step: "socketpair", source: e.into() })?;
     // Above the fds dup2()ed into place below, so neither dup2 can clobber the other's source.
     let theirs = high_fd(theirs, "sync socket")?;
-    let (log_r, log_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Sync {
-        step: "log pipe",
-        source: e.into(),
-    })?;
+    let (log_r, log_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| LaunchError::Sync { step: "log pipe", source: e.into() })?;
     let log_w = high_fd(log_w, "log pipe")?;
     let exe = helper_exe();
     let mut cmd = Command::new(&exe);
@@ -152,9 +109,7 @@ fn spawn_helper(
         Some(fd) if !terminal => std::process::Stdio::from(fd),
         _ => std::process::Stdio::null(),
     };
-    cmd.stdin(to_stdio(stdio.stdin))
-        .stdout(to_stdio(stdio.stdout))
-        .stderr(to_stdio(stdio.stderr));
+    cmd.stdin(to_stdio(stdio.stdin)).stdout(to_stdio(stdio.stdout)).stderr(to_stdio(stdio.stderr));
     let (raw, log_raw) = (theirs.as_raw_fd(), log_w.as_raw_fd());
     // SAFETY: the closure runs between fork and exec in the child and only calls dup2, which is
     // async-signal-safe; it touches no memory shared with other threads. Both sources are above
@@ -169,10 +124,7 @@ fn spawn_helper(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| LaunchError::SpawnHelper {
-        path: exe.clone(),
-        source,
-    })?;
+    let child = cmd.spawn().map_err(|source| LaunchError::SpawnHelper { path: exe.clone(), source })?;
     drop(log_w);
     helper_log::forward(log_r, child.id() as i32);
     drop(theirs);
@@ -181,10 +133,7 @@ fn spawn_helper(
     drop(child);
     if let Err(source) = sync::send(ours.as_fd(), &ToHelper::Request(request), None) {
         let _ = kill(Pid::from_raw(helper_pid), Signal::SIGKILL);
-        return Err(LaunchError::Sync {
-            step: "send request",
-            source,
-        });
+        return Err(LaunchError::Sync { step: "send request", source });
     }
     Ok((ours, helper_pid))
 }
@@ -218,18 +167,11 @@ fn handshake(
             Ok(Some(m)) => m,
             // EOF: every holder of the socket exited; there is nothing left to kill.
             Ok(None) => {
-                return Err(LaunchError::HelperDied(if pid.is_some() {
-                    "container setup"
-                } else {
-                    "launcher helper"
-                }));
+                return Err(LaunchError::HelperDied(if pid.is_some() { "container setup" } else { "launcher helper" }));
             }
             Err(source) => {
                 kill_all(pid);
-                return Err(LaunchError::Sync {
-                    step: "wait for the helper",
-                    source,
-                });
+                return Err(LaunchError::Sync { step: "wait for the helper", source });
             }
         };
         match msg {
@@ -242,10 +184,7 @@ fn handshake(
                 }
                 sync::send(sock.as_fd(), &ToHelper::Ack, None).map_err(|source| {
                     kill_all(pid);
-                    LaunchError::Sync {
-                        step: "send ack",
-                        source,
-                    }
+                    LaunchError::Sync { step: "send ack", source }
                 })?;
             }
             (FromHelper::Ready { pty }, fd) if pid.is_some() => {

@@ -17,12 +17,8 @@ pub fn setup(size: Option<oci_spec::runtime::Box>, mount_console: bool) -> StepR
         .step(|| "console: open /dev/ptmx (is /dev/pts mounted in the container?)".to_string())?;
     unlockpt(&master).step(|| "console: unlockpt".to_string())?;
     let slave_path = ptsname_r(&master).step(|| "console: ptsname".to_string())?;
-    let slave = nix::fcntl::open(
-        slave_path.as_str(),
-        OFlag::O_RDWR | OFlag::O_NOCTTY,
-        nix::sys::stat::Mode::empty(),
-    )
-    .step(|| format!("console: open {slave_path}"))?;
+    let slave = nix::fcntl::open(slave_path.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY, nix::sys::stat::Mode::empty())
+        .step(|| format!("console: open {slave_path}"))?;
     if mount_console {
         std::fs::OpenOptions::new()
             .create(true)
@@ -40,12 +36,8 @@ pub fn setup(size: Option<oci_spec::runtime::Box>, mount_console: bool) -> StepR
         .step(|| format!("console: bind mount {slave_path} on /dev/console"))?;
     }
     if let Some(size) = size {
-        let ws = libc::winsize {
-            ws_row: size.height() as u16,
-            ws_col: size.width() as u16,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
+        let ws =
+            libc::winsize { ws_row: size.height() as u16, ws_col: size.width() as u16, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCSWINSZ reads a winsize struct that lives for the call.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
@@ -60,7 +52,8 @@ pub fn setup(size: Option<oci_spec::runtime::Box>, mount_console: bool) -> StepR
         return Err(format!(
             "console: make {slave_path} the controlling terminal: {}",
             std::io::Error::last_os_error()
-        ).into());
+        )
+        .into());
     }
     // SAFETY: the PtyMaster owns this fd; into_raw_fd hands its ownership to the OwnedFd.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) })

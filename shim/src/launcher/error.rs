@@ -31,11 +31,7 @@ pub enum LaunchError {
     },
     /// An OCI hook failed, timed out or could not be run.
     #[error("{phase} hook {path}: {detail}")]
-    Hook {
-        phase: &'static str,
-        path: PathBuf,
-        detail: String,
-    },
+    Hook { phase: &'static str, path: PathBuf, detail: String },
     /// The helper or the container process went away without saying why (killed, crashed).
     #[error("{0}: the launcher helper exited without reporting a result (see the shim log)")]
     HelperDied(&'static str),
@@ -87,12 +83,7 @@ pub enum StepError {
     /// A named setup step failed, e.g. `mount proc on /proc: EPERM: Operation not permitted`.
     /// `step` names the step and its path; `errno` is the OS error when there was one.
     #[error("{step}: {detail}")]
-    Setup {
-        step: String,
-        path: Option<PathBuf>,
-        errno: Option<i32>,
-        detail: String,
-    },
+    Setup { step: String, path: Option<PathBuf>, errno: Option<i32>, detail: String },
     /// A failure without an OS error (the launcher protocol, a hook's exit status); the text says
     /// what failed.
     #[error("{0}")]

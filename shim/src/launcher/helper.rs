@@ -58,10 +58,7 @@ pub fn helper_main() -> ! {
 /// Nothing the shim leaked (FUSE fds, sockets) may reach hooks or the container.
 fn mark_fds_cloexec() {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
-    let fds: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
-        .collect();
+    let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|fd| *fd > 2).collect();
     for fd in fds {
         // SAFETY: F_SETFD on a descriptor number; a stale one (the read_dir fd) just fails.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -91,11 +88,7 @@ fn run(sock: &OwnedFd) -> StepResult<()> {
     };
     match request {
         Request::Create { id, bundle, spec } => create(sock, &id, &bundle, &spec),
-        Request::Exec {
-            container_pid,
-            spec,
-            process,
-        } => exec(sock, container_pid, &spec, &process),
+        Request::Exec { container_pid, spec, process } => exec(sock, container_pid, &spec, &process),
     }
 }
 
@@ -110,7 +103,10 @@ fn recv_private(fd: BorrowedFd<'_>) -> Option<Private> {
 
 /// Forks; the child runs `child` and reports its error itself. Returns the child's pid and the
 /// helper's end of the private channel.
-fn fork_child(sock: &OwnedFd, child: impl FnOnce(BorrowedFd<'_>) -> StepResult<std::convert::Infallible>) -> StepResult<(Pid, OwnedFd)> {
+fn fork_child(
+    sock: &OwnedFd,
+    child: impl FnOnce(BorrowedFd<'_>) -> StepResult<std::convert::Infallible>,
+) -> StepResult<(Pid, OwnedFd)> {
     let (ours, theirs) = private_pair()?;
     // SAFETY: this helper is single-threaded (a fresh exec of the shim binary that started no
     // threads), so the child may allocate and run arbitrary code after fork.
@@ -168,9 +164,8 @@ fn create(sock: &OwnedFd, id: &str, bundle: &Path, spec: &Spec) -> StepResult<()
     let hooks = spec.hooks().clone().unwrap_or_default();
 
     namespaces::enter_pid_namespace(&plan)?;
-    let (pid, private) = fork_child(sock, |private| {
-        container_init(sock, private, &plan, spec, &process, &rootfs, id, bundle)
-    })?;
+    let (pid, private) =
+        fork_child(sock, |private| container_init(sock, private, &plan, spec, &process, &rootfs, id, bundle))?;
     place_child(sock, pid, &private)?;
 
     // Serve the child's request for the runtime-namespace hooks, then wait until it is done.
@@ -232,11 +227,8 @@ fn container_init(
     run_phase("createContainer", hooks.create_container().as_ref(), &state)?;
     mounts::pivot_root(rootfs)?;
 
-    let pty = if process.terminal().unwrap_or(false) {
-        Some(console::setup(process.console_size(), true)?)
-    } else {
-        None
-    };
+    let pty =
+        if process.terminal().unwrap_or(false) { Some(console::setup(process.console_size(), true)?) } else { None };
     mounts::finalize_rootfs(spec, &rootfs_state)?;
     process::apply_umask(process);
     apply_container_settings(spec, plan)?;
@@ -273,7 +265,9 @@ fn apply_container_settings(spec: &Spec, plan: &namespaces::Plan) -> StepResult<
     for (what, value) in [("hostname", spec.hostname()), ("domainname", spec.domainname())] {
         let Some(value) = value.as_ref().filter(|v| !v.is_empty()) else { continue };
         if !plan.own_uts {
-            return Err(StepError::InvalidSpec(format!("{what} {value:?} needs a private UTS namespace; add {{\"type\": \"uts\"}} to linux.namespaces")));
+            return Err(StepError::InvalidSpec(format!(
+                "{what} {value:?} needs a private UTS namespace; add {{\"type\": \"uts\"}} to linux.namespaces"
+            )));
         }
         if what == "hostname" {
             nix::unistd::sethostname(value).step(|| format!("sethostname {value:?}"))?;

@@ -87,7 +87,10 @@ mod tests {
 
     #[test]
     fn lines_keep_their_level() {
-        assert_eq!(parse_line("WARN seccomp flag X is not supported"), (log::Level::Warn, "seccomp flag X is not supported"));
+        assert_eq!(
+            parse_line("WARN seccomp flag X is not supported"),
+            (log::Level::Warn, "seccomp flag X is not supported")
+        );
         assert_eq!(parse_line("DEBUG a b"), (log::Level::Debug, "a b"));
         assert_eq!(parse_line("no level here"), (log::Level::Info, "no level here"));
         let args = ["init", "--log-level=DEBUG"].map(std::ffi::OsString::from);

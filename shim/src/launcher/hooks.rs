@@ -42,12 +42,7 @@ impl ContainerState {
             status: status.to_string(),
             pid,
             bundle: bundle.to_path_buf(),
-            annotations: spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
         }
     }
 }
@@ -61,11 +56,7 @@ pub fn run_hooks(hooks: &[Hook], state: &ContainerState) -> Result<(), LaunchErr
         _ => "OCI",
     };
     for hook in hooks {
-        run_one(hook, state).map_err(|detail| LaunchError::Hook {
-            phase,
-            path: hook.path().clone(),
-            detail,
-        })?;
+        run_one(hook, state).map_err(|detail| LaunchError::Hook { phase, path: hook.path().clone(), detail })?;
     }
     Ok(())
 }
@@ -100,9 +91,7 @@ fn run_one(hook: &Hook, state: &ContainerState) -> Result<(), String> {
             }
         }
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("start: {e}"))?;
     let mut stdin = child.stdin.take();
     if let Some(s) = stdin.as_mut() {
@@ -112,20 +101,14 @@ fn run_one(hook: &Hook, state: &ContainerState) -> Result<(), String> {
     drop(stdin);
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
-    for fd in [out.as_ref().map(|o| o.as_raw_fd()), err.as_ref().map(|e| e.as_raw_fd())]
-        .into_iter()
-        .flatten()
-    {
+    for fd in [out.as_ref().map(|o| o.as_raw_fd()), err.as_ref().map(|e| e.as_raw_fd())].into_iter().flatten() {
         // SAFETY: fcntl on a pipe fd we own; only flips O_NONBLOCK.
         unsafe {
             let fl = libc::fcntl(fd, libc::F_GETFL);
             libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
     }
-    let deadline = hook
-        .timeout()
-        .filter(|t| *t > 0)
-        .map(|t| Instant::now() + Duration::from_secs(t as u64));
+    let deadline = hook.timeout().filter(|t| *t > 0).map(|t| Instant::now() + Duration::from_secs(t as u64));
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     let status = loop {
@@ -218,9 +201,7 @@ mod tests {
 
     #[test]
     fn hook_gets_state_on_stdin_and_failure_carries_stderr() {
-        let h = hook(
-            r#"{"path":"/bin/sh","args":["sh","-c","cat >/dev/null; echo bad state >&2; exit 7"]}"#,
-        );
+        let h = hook(r#"{"path":"/bin/sh","args":["sh","-c","cat >/dev/null; echo bad state >&2; exit 7"]}"#);
         let err = run_hooks(&[h], &state()).unwrap_err().to_string();
         assert!(err.contains("poststart hook /bin/sh: exit status 7: bad state"), "{err}");
         let ok = hook(r#"{"path":"/bin/sh","args":["sh","-c","grep -q '\"pid\":42'"]}"#);

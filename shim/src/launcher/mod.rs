@@ -83,8 +83,5 @@ pub fn set_helper_exe(path: PathBuf) {
 }
 
 fn helper_exe() -> PathBuf {
-    HELPER_EXE
-        .get()
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+    HELPER_EXE.get().cloned().unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
 }

@@ -66,19 +66,9 @@ pub fn collect_cgroup_v1() -> Vec<CgroupV1Bind> {
             (!ctrls.is_empty() && ctrls.iter().all(|c| supers.iter().any(|s| s == c))).then(|| path.to_string())
         });
         let Some(path) = path else { continue };
-        let rel = Path::new(&path)
-            .strip_prefix(&m.root)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let name = m
-            .mount_point
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        out.push(CgroupV1Bind {
-            source: m.mount_point.join(rel),
-            name,
-        });
+        let rel = Path::new(&path).strip_prefix(&m.root).map(Path::to_path_buf).unwrap_or_default();
+        let name = m.mount_point.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        out.push(CgroupV1Bind { source: m.mount_point.join(rel), name });
     }
     out
 }
@@ -117,9 +107,7 @@ pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, cgroups: &[CgroupV1Bind]) -> S
     let dev_is_bind = mounts.iter().any(|m| {
         clean(m.destination()) == Path::new("/dev")
             && (m.typ().as_deref() == Some("bind")
-                || parse_options(m.options().as_deref().unwrap_or_default())
-                    .flags
-                    .contains(MsFlags::MS_BIND))
+                || parse_options(m.options().as_deref().unwrap_or_default()).flags.contains(MsFlags::MS_BIND))
     });
     if !dev_is_bind {
         super::rootfs_dev::create_devices(spec, rootfs)?;
@@ -165,11 +153,7 @@ fn mount_one(m: &Mount, rootfs: &Path, cgroups: &[CgroupV1Bind]) -> StepResult<(
     let opts = parse_options(m.options().as_deref().unwrap_or_default());
     let typ = m.typ().clone().unwrap_or_default();
     let dest = secure_join(rootfs, m.destination())?;
-    let source = m
-        .source()
-        .as_ref()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| typ.clone());
+    let source = m.source().as_ref().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| typ.clone());
     let is_bind = typ == "bind" || opts.flags.contains(MsFlags::MS_BIND);
     if is_bind {
         return bind_mount(m, &source, &dest, &opts);
@@ -182,7 +166,8 @@ fn mount_one(m: &Mount, rootfs: &Path, cgroups: &[CgroupV1Bind]) -> StepResult<(
                     return Err(format!(
                         "mount {typ} on {}: the destination in the rootfs is not a directory",
                         m.destination().display()
-                    ).into());
+                    )
+                    .into());
                 }
             }
             mkdir_all(&dest)?;
@@ -220,9 +205,8 @@ fn mount_propagate(m: &Mount, source: &str, dest: &Path, typ: &str, opts: &Parse
 }
 
 fn bind_mount(m: &Mount, source: &str, dest: &Path, opts: &ParsedOptions) -> StepResult<()> {
-    let md = std::fs::metadata(source).step(|| {
-        format!("bind mount {source} on {}: source", m.destination().display())
-    })?;
+    let md =
+        std::fs::metadata(source).step(|| format!("bind mount {source} on {}: source", m.destination().display()))?;
     if md.is_dir() {
         mkdir_all(dest)?;
     } else if std::fs::symlink_metadata(dest).is_err() {
@@ -252,7 +236,13 @@ fn bind_mount(m: &Mount, source: &str, dest: &Path, opts: &ParsedOptions) -> Ste
 /// v1/hybrid host: as runc, a tmpfs with each v1 hierarchy of the container bound inside, and
 /// symlinks for co-mounted controllers. Like runc on such a host, the cgroup2 "unified" mount is
 /// not shown in the container.
-fn mount_cgroup(m: &Mount, rootfs: &Path, dest: &Path, opts: &ParsedOptions, cgroups: &[CgroupV1Bind]) -> StepResult<()> {
+fn mount_cgroup(
+    m: &Mount,
+    rootfs: &Path,
+    dest: &Path,
+    opts: &ParsedOptions,
+    cgroups: &[CgroupV1Bind],
+) -> StepResult<()> {
     mkdir_all(dest)?;
     if host_is_cgroup2() {
         return mount_propagate(m, "cgroup", dest, "cgroup2", opts);
@@ -265,7 +255,9 @@ fn mount_cgroup(m: &Mount, rootfs: &Path, dest: &Path, opts: &ParsedOptions, cgr
         mkdir_all(&target)?;
         let src = cg.source.to_string_lossy().into_owned();
         do_mount(Some(&src), &target, Some("bind"), MsFlags::MS_BIND | MsFlags::MS_REC, "")?;
-        if bind_flags.contains(MsFlags::MS_RDONLY) || !(bind_flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)).is_empty() {
+        if bind_flags.contains(MsFlags::MS_RDONLY)
+            || !(bind_flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)).is_empty()
+        {
             do_mount(Some(&src), &target, None, bind_flags | MsFlags::MS_REMOUNT, "")?;
         }
         if cg.name.contains(',') {
@@ -363,10 +355,8 @@ pub fn mask_path(path: &str) -> StepResult<()> {
     let p = Path::new(path);
     match mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
         Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(nix::errno::Errno::ENOTDIR) => {
-            do_mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, "")
-                .map_err(|e| e.within(format!("masked path {path}")))
-        }
+        Err(nix::errno::Errno::ENOTDIR) => do_mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, "")
+            .map_err(|e| e.within(format!("masked path {path}"))),
         Err(e) => Err(format!("masked path {path}: bind /dev/null: {e}").into()),
     }
 }

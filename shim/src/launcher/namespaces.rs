@@ -43,13 +43,19 @@ fn flag(t: LinuxNamespaceType) -> StepResult<CloneFlags> {
         LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
         LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
         LinuxNamespaceType::User => {
-            return Err(StepError::InvalidSpec("linux.namespaces: user namespaces are not supported by \
+            return Err(StepError::InvalidSpec(
+                "linux.namespaces: user namespaces are not supported by \
                         containerd-shim-lazy yet; remove the \"user\" namespace (and uid/gid \
-                        mappings) or use io.containerd.runc.v2".into()))
+                        mappings) or use io.containerd.runc.v2"
+                    .into(),
+            ))
         }
         LinuxNamespaceType::Time => {
-            return Err(StepError::InvalidSpec("linux.namespaces: time namespaces are not supported by \
-                        containerd-shim-lazy; remove the \"time\" namespace".into()))
+            return Err(StepError::InvalidSpec(
+                "linux.namespaces: time namespaces are not supported by \
+                        containerd-shim-lazy; remove the \"time\" namespace"
+                    .into(),
+            ))
         }
     })
 }
@@ -65,20 +71,13 @@ pub fn plan(spec: &Spec) -> StepResult<Plan> {
         own_uts: false,
         own_mnt: false,
     };
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
     let mut seen = CloneFlags::empty();
     let mut mnt_join = None;
     for ns in &namespaces {
         let f = flag(ns.typ())?;
         if seen.contains(f) {
-            return Err(StepError::InvalidSpec(format!(
-                "linux.namespaces: namespace {:?} is listed twice",
-                ns.typ()
-            )));
+            return Err(StepError::InvalidSpec(format!("linux.namespaces: namespace {:?} is listed twice", ns.typ())));
         }
         seen |= f;
         match (f, ns.path()) {
@@ -96,8 +95,11 @@ pub fn plan(spec: &Spec) -> StepResult<Plan> {
     plan.own_uts = seen.contains(CloneFlags::CLONE_NEWUTS);
     plan.own_mnt = plan.unshare.contains(CloneFlags::CLONE_NEWNS);
     if !plan.own_mnt {
-        return Err(StepError::InvalidSpec("linux.namespaces: a new \"mount\" namespace is required (the \
-                    launcher pivots into the container's root)".into()));
+        return Err(StepError::InvalidSpec(
+            "linux.namespaces: a new \"mount\" namespace is required (the \
+                    launcher pivots into the container's root)"
+                .into(),
+        ));
     }
     Ok(plan)
 }
@@ -115,11 +117,7 @@ pub fn check_sysctls(spec: &Spec, plan: &Plan) -> StepResult<()> {
         "kernel.shmmni",
         "kernel.shm_rmid_forced",
     ];
-    let sysctls = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.sysctl().clone())
-        .unwrap_or_default();
+    let sysctls = spec.linux().as_ref().and_then(|l| l.sysctl().clone()).unwrap_or_default();
     let has = |f: CloneFlags| plan.unshare.contains(f) || plan.join.iter().any(|(j, _)| *j == f);
     for key in sysctls.keys() {
         let (ok, ns) = if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
@@ -148,8 +146,7 @@ pub fn check_sysctls(spec: &Spec, plan: &Plan) -> StepResult<()> {
 pub fn enter_pid_namespace(plan: &Plan) -> StepResult<()> {
     if let Some(path) = &plan.join_pid {
         let f = File::open(path).step(|| format!("open pid namespace {}", path.display()))?;
-        setns(f.as_fd(), CloneFlags::CLONE_NEWPID)
-            .step(|| format!("join pid namespace {}", path.display()))?;
+        setns(f.as_fd(), CloneFlags::CLONE_NEWPID).step(|| format!("join pid namespace {}", path.display()))?;
     } else if plan.new_pid {
         unshare(CloneFlags::CLONE_NEWPID).step(|| "unshare pid namespace".to_string())?;
     }
@@ -210,10 +207,7 @@ mod tests {
     use super::*;
 
     fn spec_with(ns: &str) -> Spec {
-        serde_json::from_str(&format!(
-            r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":{ns}}}}}"#
-        ))
-        .unwrap()
+        serde_json::from_str(&format!(r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":{ns}}}}}"#)).unwrap()
     }
 
     #[test]
@@ -224,10 +218,7 @@ mod tests {
         );
         let p = plan(&s).unwrap();
         assert!(p.new_pid && p.new_cgroup && p.own_uts && p.own_mnt);
-        assert_eq!(
-            p.unshare,
-            CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS
-        );
+        assert_eq!(p.unshare, CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS);
         assert_eq!(p.join, vec![(CloneFlags::CLONE_NEWNET, "/var/run/netns/cni-1".into())]);
     }
 

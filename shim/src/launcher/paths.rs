@@ -9,10 +9,7 @@ use super::error::{Step, StepResult};
 /// Resolves `unsafe_path` inside `root` following symlinks as if `root` were "/", so a hostile
 /// image cannot point a mount destination outside its rootfs (runc uses securejoin).
 pub(crate) fn secure_join(root: &Path, unsafe_path: &Path) -> StepResult<PathBuf> {
-    let mut queue: VecDeque<PathBuf> = unsafe_path
-        .components()
-        .map(|c| PathBuf::from(c.as_os_str()))
-        .collect();
+    let mut queue: VecDeque<PathBuf> = unsafe_path.components().map(|c| PathBuf::from(c.as_os_str())).collect();
     let mut current = PathBuf::new();
     let mut links = 0;
     while let Some(part) = queue.pop_front() {
@@ -32,7 +29,8 @@ pub(crate) fn secure_join(root: &Path, unsafe_path: &Path) -> StepResult<PathBuf
                                 "resolve {} in {}: too many levels of symbolic links",
                                 unsafe_path.display(),
                                 root.display()
-                            ).into());
+                            )
+                            .into());
                         }
                         let target = std::fs::read_link(&full).step(|| format!("readlink {}", full.display()))?;
                         if target.is_absolute() {
@@ -53,11 +51,7 @@ pub(crate) fn secure_join(root: &Path, unsafe_path: &Path) -> StepResult<PathBuf
 /// mkdir -p with mode 0755 as runc (the init runs with umask 0 while it sets up the rootfs).
 pub(crate) fn mkdir_all(p: &Path) -> StepResult<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(p)
-        .step_at(p, || format!("mkdir {}", p.display()))
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(p).step_at(p, || format!("mkdir {}", p.display()))
 }
 
 #[cfg(test)]

@@ -36,10 +36,7 @@ fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
 
 pub fn apply_rlimits(p: &Process) -> StepResult<()> {
     for r in p.rlimits().as_deref().unwrap_or_default() {
-        let lim = libc::rlimit {
-            rlim_cur: r.soft(),
-            rlim_max: r.hard(),
-        };
+        let lim = libc::rlimit { rlim_cur: r.soft(), rlim_max: r.hard() };
         // SAFETY: setrlimit reads the struct we pass; no memory is retained.
         if unsafe { libc::setrlimit(rlimit_resource(r.typ()), &lim) } != 0 {
             return Err(format!(
@@ -48,7 +45,8 @@ pub fn apply_rlimits(p: &Process) -> StepResult<()> {
                 r.soft(),
                 r.hard(),
                 std::io::Error::last_os_error()
-            ).into());
+            )
+            .into());
         }
     }
     Ok(())
@@ -92,10 +90,7 @@ pub fn check_lsm(p: &Process, mount_label: Option<&String>) -> StepResult<()> {
              by containerd-shim-lazy yet; remove the profile or use io.containerd.runc.v2"
         )));
     }
-    for (what, label) in [
-        ("process.selinuxLabel", p.selinux_label().as_ref()),
-        ("linux.mountLabel", mount_label),
-    ] {
+    for (what, label) in [("process.selinuxLabel", p.selinux_label().as_ref()), ("linux.mountLabel", mount_label)] {
         if let Some(label) = label.filter(|s| !s.is_empty()) {
             return Err(StepError::InvalidSpec(format!(
                 "{what} {label:?}: SELinux labels are not supported by \
@@ -167,20 +162,14 @@ pub fn finalize_user_and_caps(p: &Process) -> StepResult<()> {
     let keep: HashSet<caps::Capability> = bounding.into_iter().collect();
     for cap in caps::all() {
         if !keep.contains(&cap) && caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, caps::CapSet::Bounding, cap)
-                .step(|| format!("drop {cap} from the bounding set"))?;
+            caps::drop(None, caps::CapSet::Bounding, cap).step(|| format!("drop {cap} from the bounding set"))?;
         }
     }
     nix::sys::prctl::set_keepcaps(true).step(|| "prctl(PR_SET_KEEPCAPS)".to_string())?;
     let user = p.user();
     fix_stdio_permissions(user.uid())?;
-    let groups: Vec<nix::unistd::Gid> = user
-        .additional_gids()
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .map(|g| nix::unistd::Gid::from_raw(*g))
-        .collect();
+    let groups: Vec<nix::unistd::Gid> =
+        user.additional_gids().as_deref().unwrap_or_default().iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).step(|| format!("setgroups {:?}", user.additional_gids()))?;
     let gid = nix::unistd::Gid::from_raw(user.gid());
     nix::unistd::setresgid(gid, gid, gid).step(|| format!("setgid {}", user.gid()))?;
@@ -232,23 +221,12 @@ fn capset(eff: u64, perm: u64, inh: u64) -> StepResult<()> {
         inheritable: u32,
     }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut hdr = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
+    let mut hdr = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let lo = |m: u64| m as u32;
     let hi = |m: u64| (m >> 32) as u32;
     let data = [
-        Data {
-            effective: lo(eff),
-            permitted: lo(perm),
-            inheritable: lo(inh),
-        },
-        Data {
-            effective: hi(eff),
-            permitted: hi(perm),
-            inheritable: hi(inh),
-        },
+        Data { effective: lo(eff), permitted: lo(perm), inheritable: lo(inh) },
+        Data { effective: hi(eff), permitted: hi(perm), inheritable: hi(inh) },
     ];
     // SAFETY: capset(2) with a v3 header and two data structs, both live for the call.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) };
@@ -256,7 +234,8 @@ fn capset(eff: u64, perm: u64, inh: u64) -> StepResult<()> {
         return Err(format!(
             "capset effective={eff:#x} permitted={perm:#x} inheritable={inh:#x}: {}",
             std::io::Error::last_os_error()
-        ).into());
+        )
+        .into());
     }
     Ok(())
 }
@@ -294,25 +273,15 @@ pub fn prepare_exec(p: &Process) -> StepResult<Prepared> {
         return Err(StepError::InvalidSpec("process.args must not be empty".into()));
     };
     let mut env: Vec<String> = p.env().clone().unwrap_or_default();
-    let path_var = env
-        .iter()
-        .rev()
-        .find_map(|kv| kv.strip_prefix("PATH="))
-        .unwrap_or("");
+    let path_var = env.iter().rev().find_map(|kv| kv.strip_prefix("PATH=")).unwrap_or("");
     let path = look_path(name, path_var)?;
     if !env.iter().any(|kv| kv.starts_with("HOME=")) {
         env.push(format!("HOME={}", home_of(p.user().uid())));
     }
     Ok(Prepared {
         path: cstring(path.as_os_str().as_bytes(), "process.args[0]")?,
-        argv: args
-            .iter()
-            .map(|a| cstring(a.as_bytes(), "process.args"))
-            .collect::<StepResult<_>>()?,
-        envp: env
-            .iter()
-            .map(|e| cstring(e.as_bytes(), "process.env"))
-            .collect::<StepResult<_>>()?,
+        argv: args.iter().map(|a| cstring(a.as_bytes(), "process.args")).collect::<StepResult<_>>()?,
+        envp: env.iter().map(|e| cstring(e.as_bytes(), "process.env")).collect::<StepResult<_>>()?,
     })
 }
 
@@ -369,7 +338,8 @@ pub fn execve(prep: &Prepared) -> StepError {
     // The helper ignores SIGPIPE (Rust's default); an ignored signal survives execve, and the
     // container must start with the default action, as under runc.
     // SAFETY: installing SIG_DFL for SIGPIPE; we are about to exec.
-    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    let _ =
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
     // SAFETY: all pointers point into CStrings owned by `prep`, NULL-terminated arrays, alive for
     // the call; execve does not return on success.
     unsafe { libc::execve(prep.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };

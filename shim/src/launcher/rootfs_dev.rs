@@ -24,18 +24,25 @@ struct Dev {
 }
 
 fn defaults() -> Vec<Dev> {
-    [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)]
-        .into_iter()
-        .map(|(path, major, minor)| Dev {
-            path: path.into(),
-            kind: SFlag::S_IFCHR,
-            major,
-            minor,
-            mode: 0o666,
-            uid: 0,
-            gid: 0,
-        })
-        .collect()
+    [
+        ("/dev/null", 1, 3),
+        ("/dev/zero", 1, 5),
+        ("/dev/full", 1, 7),
+        ("/dev/random", 1, 8),
+        ("/dev/urandom", 1, 9),
+        ("/dev/tty", 5, 0),
+    ]
+    .into_iter()
+    .map(|(path, major, minor)| Dev {
+        path: path.into(),
+        kind: SFlag::S_IFCHR,
+        major,
+        minor,
+        mode: 0o666,
+        uid: 0,
+        gid: 0,
+    })
+    .collect()
 }
 
 pub fn create_devices(spec: &Spec, rootfs: &Path) -> StepResult<()> {
@@ -46,7 +53,10 @@ pub fn create_devices(spec: &Spec, rootfs: &Path) -> StepResult<()> {
             LinuxDeviceType::B => SFlag::S_IFBLK,
             LinuxDeviceType::P => SFlag::S_IFIFO,
             LinuxDeviceType::A => {
-                return Err(StepError::InvalidSpec(format!("linux.devices {}: type \"a\" is only valid in cgroup device rules", d.path().display())))
+                return Err(StepError::InvalidSpec(format!(
+                    "linux.devices {}: type \"a\" is only valid in cgroup device rules",
+                    d.path().display()
+                )))
             }
         };
         let path = d.path().to_string_lossy().into_owned();

@@ -20,8 +20,11 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> StepResult<ScmpAction> {
         LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
         LinuxSeccompAction::ScmpActNotify => {
-            return Err(StepError::InvalidSpec("linux.seccomp: SCMP_ACT_NOTIFY (seccomp user notification) \
-                        is not supported by containerd-shim-lazy".into()))
+            return Err(StepError::InvalidSpec(
+                "linux.seccomp: SCMP_ACT_NOTIFY (seccomp user notification) \
+                        is not supported by containerd-shim-lazy"
+                    .into(),
+            ))
         }
     })
 }
@@ -43,18 +46,18 @@ fn op(o: LinuxSeccompOperator, value: u64, value_two: Option<u64>) -> (ScmpCompa
 pub fn build(seccomp: &LinuxSeccomp) -> StepResult<ScmpFilterContext> {
     let err = |what: &str, e: libseccomp::error::SeccompError| format!("seccomp: {what}: {e}");
     if seccomp.listener_path().is_some() {
-        return Err(StepError::InvalidSpec("linux.seccomp.listenerPath (seccomp notify) is not supported by \
-                    containerd-shim-lazy".into()));
+        return Err(StepError::InvalidSpec(
+            "linux.seccomp.listenerPath (seccomp notify) is not supported by \
+                    containerd-shim-lazy"
+                .into(),
+        ));
     }
     let default = action(seccomp.default_action(), seccomp.default_errno_ret())?;
     let mut ctx = ScmpFilterContext::new(default).map_err(|e| err("create filter", e))?;
     // The process sets no_new_privs itself when the spec asks; libseccomp must not force it.
     ctx.set_ctl_nnp(false).map_err(|e| err("disable NNP", e))?;
     for arch in seccomp.architectures().as_deref().unwrap_or_default() {
-        let name = serde_json::to_value(arch)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let name = serde_json::to_value(arch).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
         let a = ScmpArch::from_str(&name).map_err(|e| err(&format!("architecture {name}"), e))?;
         if !ctx.is_arch_present(a).unwrap_or(false) {
             ctx.add_arch(a).map_err(|e| err(&format!("add architecture {name}"), e))?;
@@ -95,10 +98,7 @@ pub fn build(seccomp: &LinuxSeccomp) -> StepResult<ScmpFilterContext> {
             let res = if conds.is_empty() {
                 ctx.add_rule(act, sc)
             } else if same_arg_twice {
-                conds
-                    .iter()
-                    .try_for_each(|c| ctx.add_rule_conditional(act, sc, &[*c]).map(|_| ()))
-                    .map(|_| &mut ctx)
+                conds.iter().try_for_each(|c| ctx.add_rule_conditional(act, sc, &[*c]).map(|_| ())).map(|_| &mut ctx)
             } else {
                 ctx.add_rule_conditional(act, sc, &conds)
             };

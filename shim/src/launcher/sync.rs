@@ -22,16 +22,8 @@ const LAST: u8 = b'L';
 /// What the shim asks the helper to do.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    Create {
-        id: String,
-        bundle: std::path::PathBuf,
-        spec: Box<oci_spec::runtime::Spec>,
-    },
-    Exec {
-        container_pid: i32,
-        spec: Box<oci_spec::runtime::Spec>,
-        process: Box<oci_spec::runtime::Process>,
-    },
+    Create { id: String, bundle: std::path::PathBuf, spec: Box<oci_spec::runtime::Spec> },
+    Exec { container_pid: i32, spec: Box<oci_spec::runtime::Spec>, process: Box<oci_spec::runtime::Process> },
 }
 
 /// Shim -> helper / container init.
@@ -95,9 +87,7 @@ fn send_bytes(sock: BorrowedFd<'_>, body: &[u8], fd: Option<RawFd>) -> std::io::
 
 /// Receives one message. `Ok(None)` means the peer closed the socket (every holder exited or
 /// exec'd: the socket is close-on-exec everywhere).
-pub fn recv<T: for<'de> Deserialize<'de>>(
-    sock: BorrowedFd<'_>,
-) -> std::io::Result<Option<(T, Option<OwnedFd>)>> {
+pub fn recv<T: for<'de> Deserialize<'de>>(sock: BorrowedFd<'_>) -> std::io::Result<Option<(T, Option<OwnedFd>)>> {
     let Some((body, fd)) = recv_bytes(sock)? else { return Ok(None) };
     let msg = serde_json::from_slice(&body).map_err(std::io::Error::other)?;
     Ok(Some((msg, fd)))
@@ -112,12 +102,7 @@ fn recv_bytes(sock: BorrowedFd<'_>) -> std::io::Result<Option<(Vec<u8>, Option<O
         let mut cmsg = nix::cmsg_space!([RawFd; 1]);
         let (len, tag, got_fds) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(
-                sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
+            match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                 Ok(m) => {
                     let mut fds = Vec::new();
                     for c in m.cmsgs().map_err(std::io::Error::from)? {
@@ -151,11 +136,7 @@ fn recv_bytes(sock: BorrowedFd<'_>) -> std::io::Result<Option<(Vec<u8>, Option<O
         match tag {
             LAST => break,
             MORE => continue,
-            other => {
-                return Err(std::io::Error::other(format!(
-                    "sync message with bad tag byte {other:#x}"
-                )))
-            }
+            other => return Err(std::io::Error::other(format!("sync message with bad tag byte {other:#x}"))),
         }
     }
     Ok(Some((body, fd)))
@@ -169,17 +150,16 @@ mod tests {
 
     #[test]
     fn large_message_and_fd_round_trip() {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
         let big = "x".repeat(100_000);
         let file = std::fs::File::open("/dev/null").unwrap();
         let writer = std::thread::spawn(move || {
-            let err = super::super::error::StepError::Setup { step: big, path: Some("/p".into()), errno: Some(2), detail: "d".into() };
+            let err = super::super::error::StepError::Setup {
+                step: big,
+                path: Some("/p".into()),
+                errno: Some(2),
+                detail: "d".into(),
+            };
             send(a.as_fd(), &FromHelper::Error(err), Some(file.as_raw_fd())).unwrap();
             drop(a);
         });

@@ -143,7 +143,8 @@ fn join_in(hierarchies: &[(PathBuf, bool)], path: &str, pid: u32) -> Result<Vec<
             continue;
         }
         let procs = dir.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string()).map_err(|e| format!("shim cgroup {path}: writing {pid} to {}: {e}", procs.display()))?;
+        std::fs::write(&procs, pid.to_string())
+            .map_err(|e| format!("shim cgroup {path}: writing {pid} to {}: {e}", procs.display()))?;
         joined.push(dir);
     }
     if joined.is_empty() {

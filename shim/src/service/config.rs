@@ -191,7 +191,9 @@ impl FetchConfig {
 fn shim_chunk_memory() -> std::sync::Arc<vfs::fetch::ChunkMemory> {
     static MEMORY: std::sync::OnceLock<std::sync::Arc<vfs::fetch::ChunkMemory>> = std::sync::OnceLock::new();
     MEMORY
-        .get_or_init(|| std::sync::Arc::new(vfs::fetch::ChunkMemory::new(vfs::fetch::FetchOptions::default().memory_bytes)))
+        .get_or_init(|| {
+            std::sync::Arc::new(vfs::fetch::ChunkMemory::new(vfs::fetch::FetchOptions::default().memory_bytes))
+        })
         .clone()
 }
 
@@ -243,7 +245,9 @@ pub fn runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
         .map_err(|e| Error::InvalidArgument(format!("runtime options {RUNTIMEOPTIONS_TYPE}: cannot decode: {e}")))
 }
 
-fn decode_runtimeoptions(bytes: &[u8]) -> std::result::Result<RuntimeOptions, containerd_shim::protos::protobuf::Error> {
+fn decode_runtimeoptions(
+    bytes: &[u8],
+) -> std::result::Result<RuntimeOptions, containerd_shim::protos::protobuf::Error> {
     let mut input = CodedInputStream::from_bytes(bytes);
     let mut out = RuntimeOptions::default();
     while let Some(tag) = input.read_raw_tag_or_eof()? {
@@ -255,8 +259,9 @@ fn decode_runtimeoptions(bytes: &[u8]) -> std::result::Result<RuntimeOptions, co
             0x12 => out.config_path = Some(PathBuf::from(input.read_string()?)).filter(|p| !p.as_os_str().is_empty()),
             0x1a => out.config_body = Some(input.read_string()?),
             other => {
-                let wire = containerd_shim::protos::protobuf::rt::WireType::new(other & 7)
-                    .ok_or_else(|| containerd_shim::protos::protobuf::Error::from(std::io::Error::other("bad wire type")))?;
+                let wire = containerd_shim::protos::protobuf::rt::WireType::new(other & 7).ok_or_else(|| {
+                    containerd_shim::protos::protobuf::Error::from(std::io::Error::other("bad wire type"))
+                })?;
                 input.skip_field(wire)?;
             }
         }

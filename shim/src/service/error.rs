@@ -86,7 +86,12 @@ mod tests {
         assert_eq!(code(Error::Launch(missing.into())), Code::INVALID_ARGUMENT);
         assert_eq!(code(Error::Launch(StepError::InvalidSpec("x".into()).into())), Code::INVALID_ARGUMENT);
         // A setup step whose text happens to look like a user error is still a setup failure.
-        let step = StepError::Setup { step: "exec: join the container's mnt namespace".into(), path: None, errno: Some(libc::EPERM), detail: "EPERM".into() };
+        let step = StepError::Setup {
+            step: "exec: join the container's mnt namespace".into(),
+            path: None,
+            errno: Some(libc::EPERM),
+            detail: "EPERM".into(),
+        };
         assert_eq!(code(Error::Launch(step.into())), Code::UNKNOWN);
         assert_eq!(code(Error::Launch(StepError::Failed("invalid spec: x".into()).into())), Code::UNKNOWN);
     }

@@ -15,16 +15,51 @@ use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::publisher::RemotePublisher;
 
 pub enum Event {
-    Create { id: String, bundle: String, pid: u32, stdin: String, stdout: String, stderr: String, terminal: bool },
-    Start { id: String, pid: u32 },
-    ExecAdded { id: String, exec_id: String },
-    ExecStarted { id: String, exec_id: String, pid: u32 },
+    Create {
+        id: String,
+        bundle: String,
+        pid: u32,
+        stdin: String,
+        stdout: String,
+        stderr: String,
+        terminal: bool,
+    },
+    Start {
+        id: String,
+        pid: u32,
+    },
+    ExecAdded {
+        id: String,
+        exec_id: String,
+    },
+    ExecStarted {
+        id: String,
+        exec_id: String,
+        pid: u32,
+    },
     /// `exec_id` is the container id for the init process, as containerd expects.
-    Exit { id: String, exec_id: String, pid: u32, status: u32, at: SystemTime },
-    Delete { id: String, pid: u32, status: u32, at: SystemTime },
-    Paused { id: String },
-    Resumed { id: String },
-    Oom { id: String },
+    Exit {
+        id: String,
+        exec_id: String,
+        pid: u32,
+        status: u32,
+        at: SystemTime,
+    },
+    Delete {
+        id: String,
+        pid: u32,
+        status: u32,
+        at: SystemTime,
+    },
+    Paused {
+        id: String,
+    },
+    Resumed {
+        id: String,
+    },
+    Oom {
+        id: String,
+    },
 }
 
 pub fn timestamp(at: SystemTime) -> Timestamp {

@@ -5,9 +5,7 @@
 
 use std::collections::HashSet;
 
-use oci_spec::runtime::{
-    Capabilities, Capability, LinuxPidsBuilder, LinuxResources, LinuxSeccomp, Process, Spec,
-};
+use oci_spec::runtime::{Capabilities, Capability, LinuxPidsBuilder, LinuxResources, LinuxSeccomp, Process, Spec};
 
 use super::config::SecurityConfig;
 use super::error::{Error, Result};
@@ -31,12 +29,11 @@ fn allowed(cfg: &SecurityConfig) -> Result<Option<Capabilities>> {
     }
     let mut set = HashSet::new();
     for name in &cfg.capabilities {
-        let cap: Capability = serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|_| {
-            Error::Config {
+        let cap: Capability =
+            serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|_| Error::Config {
                 path: "[security] capabilities".into(),
                 reason: format!("{name:?} is not a Linux capability name (e.g. \"CAP_CHOWN\")"),
-            }
-        })?;
+            })?;
         set.insert(cap);
     }
     Ok(Some(set))
@@ -191,7 +188,8 @@ mod tests {
             assert!(set.as_ref().unwrap().contains(&Capability::Kill), "{set:?}");
         }
         assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
-        let sys: Vec<&Mount> = s.mounts().as_ref().unwrap().iter().filter(|m| m.typ().as_deref() == Some("sysfs")).collect();
+        let sys: Vec<&Mount> =
+            s.mounts().as_ref().unwrap().iter().filter(|m| m.typ().as_deref() == Some("sysfs")).collect();
         assert!(!sys.is_empty());
         for m in sys {
             let o = m.options().as_ref().unwrap();

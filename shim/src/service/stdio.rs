@@ -45,8 +45,8 @@ pub struct Pending {
 }
 
 fn pipe() -> Result<(File, File)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::io("creating a stdio pipe")(e.into()))?;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("creating a stdio pipe")(e.into()))?;
     Ok((File::from(r), File::from(w)))
 }
 
@@ -56,7 +56,11 @@ fn dev_null(write: bool) -> Result<OwnedFd> {
 }
 
 /// Copies `src` to `dst` on a thread; the receiver resolves when the source reaches EOF.
-fn spawn_copy(name: &str, mut src: File, dst: impl FnOnce() -> std::io::Result<File> + Send + 'static) -> oneshot::Receiver<()> {
+fn spawn_copy(
+    name: &str,
+    mut src: File,
+    dst: impl FnOnce() -> std::io::Result<File> + Send + 'static,
+) -> oneshot::Receiver<()> {
     let (tx, rx) = oneshot::channel();
     let name = name.to_string();
     std::thread::spawn(move || {
@@ -296,7 +300,9 @@ impl ProcessIo {
         let copies = std::mem::take(&mut self.copies);
         let all = futures::future::join_all(copies);
         if tokio::time::timeout(limit, all).await.is_err() {
-            log::warn!("process output still open {limit:?} after exit (a child keeps it?); publishing the exit anyway");
+            log::warn!(
+                "process output still open {limit:?} after exit (a child keeps it?); publishing the exit anyway"
+            );
         }
     }
 
@@ -333,7 +339,9 @@ mod tests {
     fn uris() {
         assert!(matches!(parse_target("").unwrap(), Target::None));
         assert!(matches!(parse_target("/run/x/stdout").unwrap(), Target::Fifo(p) if p == "/run/x/stdout"));
-        assert!(matches!(parse_target("file:///var/log/a%20b.log").unwrap(), Target::File(p) if p == std::path::Path::new("/var/log/a b.log")));
+        assert!(
+            matches!(parse_target("file:///var/log/a%20b.log").unwrap(), Target::File(p) if p == std::path::Path::new("/var/log/a b.log"))
+        );
         match parse_target("binary:///usr/bin/logger?id=x&debug").unwrap() {
             Target::Binary { path, args } => {
                 assert_eq!(path, PathBuf::from("/usr/bin/logger"));

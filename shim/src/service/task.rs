@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
-    DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse,
-    ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse,
-    StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+    DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest,
+    ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
+    StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::api::{CheckpointTaskRequest, ProcessInfo};
 use containerd_shim::protos::shim_async::Task;
@@ -25,10 +25,10 @@ use oci_spec::runtime::Spec;
 use tokio::sync::Mutex;
 
 use super::config::{self, Config, SecurityConfig};
-use super::profile;
 use super::error::{Error, Result};
 use super::events::{timestamp, Event, Publisher};
 use super::process::{ExitInfo, Phase, ProcState, Process, DRAIN_LIMIT};
+use super::profile;
 use super::reaper::Reaper;
 use super::rootfs::Rootfs;
 use super::socket::SocketFile;
@@ -198,7 +198,14 @@ impl CreateGuard {
             None => {}
         }
         table.slots.insert(id.to_string(), Slot::Creating);
-        Ok(CreateGuard { shared: shared.clone(), id: id.to_string(), rootfs: None, cgroup: None, created: None, finished: false })
+        Ok(CreateGuard {
+            shared: shared.clone(),
+            id: id.to_string(),
+            rootfs: None,
+            cgroup: None,
+            created: None,
+            finished: false,
+        })
     }
 
     /// The container takes over everything the guard owns; the placeholder becomes the container.
@@ -217,7 +224,8 @@ impl CreateGuard {
         move || {
             if let Some(created) = created {
                 // Never started: dropping the gate ends it, SIGKILL makes sure.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(created.pid), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(created.pid), nix::sys::signal::Signal::SIGKILL);
                 drop(created);
             }
             delete_cgroup(cgroup);
@@ -269,9 +277,7 @@ impl Drop for CreateGuard {
 /// then the kernel does not kill the rest for us and they would hold the container's output open.
 fn kill_all_on_init_exit(spec: &Spec) -> bool {
     let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
-    !namespaces
-        .iter()
-        .any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && ns.path().is_none())
+    !namespaces.iter().any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && ns.path().is_none())
 }
 
 impl Shared {
@@ -369,7 +375,11 @@ impl Shared {
     }
 
     /// Create's steps; each one hands what it set up to `guard` before the next may fail.
-    async fn create_steps(self: &Arc<Self>, req: &CreateTaskRequest, guard: &mut CreateGuard) -> Result<CreateTaskResponse> {
+    async fn create_steps(
+        self: &Arc<Self>,
+        req: &CreateTaskRequest,
+        guard: &mut CreateGuard,
+    ) -> Result<CreateTaskResponse> {
         let id = req.id.clone();
         if !req.checkpoint.is_empty() {
             return Err(Error::Unimplemented("restoring from a checkpoint".into()));
@@ -462,9 +472,10 @@ impl Shared {
         let mut containers = self.containers.lock().await;
         let c = containers.get_mut(&req.id)?;
         if req.exec_id.is_empty() {
-            let mut created = c.gate.take().ok_or_else(|| {
-                Error::FailedPrecondition(format!("container {} was already started", req.id))
-            })?;
+            let mut created = c
+                .gate
+                .take()
+                .ok_or_else(|| Error::FailedPrecondition(format!("container {} was already started", req.id)))?;
             let (r, created) = blocking(move || (created.start(), created)).await?;
             drop(created);
             let pid = c.init.state.pid();
@@ -565,7 +576,10 @@ impl Shared {
         };
         for p in c.execs.values() {
             if p.state.phase() != Phase::Stopped && p.state.pid() > 0 {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.state.pid()), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p.state.pid()),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         let Some(Slot::Ready(mut c)) = containers.slots.remove(&req.id) else { unreachable!("checked above") };
@@ -582,9 +596,7 @@ impl Shared {
         .await?;
         self.run_hooks(&req.id, &c, "stopped", pid as i32).await;
         log::info!("deleted container {} (bundle {})", req.id, c.bundle.display());
-        self.publisher
-            .publish(Event::Delete { id: req.id.clone(), pid, status: exit.status, at: exit.at })
-            .await;
+        self.publisher.publish(Event::Delete { id: req.id.clone(), pid, status: exit.status, at: exit.at }).await;
         if containers.is_empty() {
             // Gone before this reply: containerd must not find (and reuse) the socket of a shim with
             // nothing left to serve. A new container of the pod starts a new server.
@@ -667,8 +679,9 @@ impl Shared {
             return Err(Error::FailedPrecondition(format!("container {} is not running", req.id)));
         }
         let any = req.spec.as_ref().ok_or_else(|| Error::InvalidArgument("exec: no process spec".into()))?;
-        let mut process: oci_spec::runtime::Process = serde_json::from_slice(&any.value)
-            .map_err(|e| Error::InvalidArgument(format!("exec {}: process spec ({}): {e}", req.exec_id, any.type_url)))?;
+        let mut process: oci_spec::runtime::Process = serde_json::from_slice(&any.value).map_err(|e| {
+            Error::InvalidArgument(format!("exec {}: process spec ({}): {e}", req.exec_id, any.type_url))
+        })?;
         let changed = profile::apply_process(&c.security, &mut process)?;
         if !changed.is_empty() {
             log::debug!("exec {} in {}: [security] changed the process: {}", req.exec_id, req.id, changed.join("; "));
@@ -724,10 +737,7 @@ impl Shared {
         if pids.is_empty() && c.init.state.phase() != Phase::Stopped {
             pids.push(c.init.state.pid());
         }
-        let processes = pids
-            .into_iter()
-            .map(|pid| ProcessInfo { pid: pid as u32, ..Default::default() })
-            .collect();
+        let processes = pids.into_iter().map(|pid| ProcessInfo { pid: pid as u32, ..Default::default() }).collect();
         Ok(PidsResponse { processes, ..Default::default() })
     }
 

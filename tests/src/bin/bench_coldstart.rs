@@ -16,7 +16,10 @@ use harness::coldstart::{self, report, Options, Variant};
 use harness::link::Shape;
 
 #[derive(Parser)]
-#[command(name = "bench-coldstart", about = "Cold-start benchmark: full pull, lazy, optimized lazy and SOCI behind an emulated link")]
+#[command(
+    name = "bench-coldstart",
+    about = "Cold-start benchmark: full pull, lazy, optimized lazy and SOCI behind an emulated link"
+)]
 struct Args {
     /// Samples per cell (cold and warm each).
     #[arg(long, default_value_t = 5)]

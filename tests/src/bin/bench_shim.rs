@@ -21,7 +21,11 @@ const RUNC: &str = "io.containerd.runc.v2";
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
 }
 
 fn rss_kib(pid: i32) -> u64 {
@@ -48,7 +52,8 @@ fn shim_pids_named(name: &str, sock: &str) -> Vec<i32> {
 
 fn main() -> Result<()> {
     harness::init_logging();
-    let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose().context("RUNS must be a number")?.unwrap_or(10);
+    let runs: usize =
+        std::env::args().nth(1).map(|s| s.parse()).transpose().context("RUNS must be a number")?.unwrap_or(10);
     let registry = Registry::start()?;
     let image = push_busybox(&registry)?;
     let ctrd = Containerd::start()?;
@@ -78,7 +83,12 @@ fn main() -> Result<()> {
         let min = *times[k].iter().min().unwrap();
         let max = *times[k].iter().max().unwrap();
         let med = median(&mut times[k]);
-        println!("{rt:<26} {:>8.0}ms {:>8.0}ms {:>8.0}ms", med.as_secs_f64() * 1e3, min.as_secs_f64() * 1e3, max.as_secs_f64() * 1e3);
+        println!(
+            "{rt:<26} {:>8.0}ms {:>8.0}ms {:>8.0}ms",
+            med.as_secs_f64() * 1e3,
+            min.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        );
     }
 
     // Idle RSS with one running container each.
@@ -115,12 +125,27 @@ fn main() -> Result<()> {
             std::fs::write(&cfg, format!("[cache]\ndir = \"{}\"\n", cfg_dir.join("cache").display()))?;
             let cfg = cfg.display().to_string();
             let t = Instant::now();
-            ctrd.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", &cfg, &lazy, "py", "sleep", "1000"])?;
+            ctrd.ctr_ok(&[
+                "run",
+                "-d",
+                "--runtime",
+                RUNTIME,
+                "--runtime-config-path",
+                &cfg,
+                &lazy,
+                "py",
+                "sleep",
+                "1000",
+            ])?;
             let out = ctrd.ctr_ok(&["task", "exec", "--exec-id", "p", "py", "python3", "-c", "print(42)"])?;
             let first = t.elapsed();
             let stats = harness::lazyctl::run(&["stats", &ctrd.bundle("py").join("lazy").display().to_string()])?;
             let rss: u64 = shim_pids_named("containerd-shim-lazy-v2", &sock).iter().map(|p| rss_kib(*p)).sum();
-            println!("\nlazy python image (cold node cache): run -d + exec python3 -c 'print(42)' -> {} in {:.0}ms", out.trim(), first.as_secs_f64() * 1e3);
+            println!(
+                "\nlazy python image (cold node cache): run -d + exec python3 -c 'print(42)' -> {} in {:.0}ms",
+                out.trim(),
+                first.as_secs_f64() * 1e3
+            );
             println!("{RUNTIME:<26} {:>8} KiB RSS with the lazy image mounted", rss);
             println!("stats: {}", stats.split_whitespace().collect::<Vec<_>>().join(" "));
             let _ = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "py"]);

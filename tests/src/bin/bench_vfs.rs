@@ -69,7 +69,8 @@ fn parse_args() -> Result<Config> {
 fn main() -> Result<()> {
     harness::init_logging();
     let config = parse_args()?;
-    let prereqs = [Prereq::Root, Prereq::Fuse, Prereq::Tool("docker-registry"), Prereq::Tool("skopeo"), Prereq::Tool("curl")];
+    let prereqs =
+        [Prereq::Root, Prereq::Fuse, Prereq::Tool("docker-registry"), Prereq::Tool("skopeo"), Prereq::Tool("curl")];
     let missing: Vec<String> = prereqs.iter().filter_map(|p| p.missing()).collect();
     if !missing.is_empty() {
         bail!("cannot run the benchmark: {}", missing.join("; "));
@@ -84,7 +85,8 @@ fn main() -> Result<()> {
     let registry = Registry::start()?;
     let tree = tree_files();
     let tree_bytes: u64 = tree.iter().map(|(_, len)| len).sum();
-    let mut layer = Layer::new().add(Entry::dir("data")).add(Entry::random_file(FILE, 0xbe4c, size)).add(Entry::dir("tree"));
+    let mut layer =
+        Layer::new().add(Entry::dir("data")).add(Entry::random_file(FILE, 0xbe4c, size)).add(Entry::dir("tree"));
     for d in 0..TREE_DIRS {
         layer = layer.add(Entry::dir(&format!("tree/d{d:02}")));
     }
@@ -117,7 +119,10 @@ fn main() -> Result<()> {
     for (path, _) in &tree {
         let dst = work.path().join(path);
         std::fs::create_dir_all(dst.parent().unwrap_or(work.path()))?;
-        std::io::copy(&mut image.content(path).context("tree file content")?.reader(), &mut std::fs::File::create(&dst)?)?;
+        std::io::copy(
+            &mut image.content(path).context("tree file content")?.reader(),
+            &mut std::fs::File::create(&dst)?,
+        )?;
     }
     let mut disk = Vec::new();
     for _ in 0..config.samples {
@@ -172,9 +177,15 @@ fn main() -> Result<()> {
         blob_bytes as f64 / MIB as f64,
         config.samples
     );
-    println!("local disk: {} ({disk_fs}); page cache dropped between samples: {}",
+    println!(
+        "local disk: {} ({disk_fs}); page cache dropped between samples: {}",
         work.path().display(),
-        if can_drop { "yes" } else { "NO (no permission for /proc/sys/vm/drop_caches: disk and warm figures include page cache)" });
+        if can_drop {
+            "yes"
+        } else {
+            "NO (no permission for /proc/sys/vm/drop_caches: disk and warm figures include page cache)"
+        }
+    );
     println!("{:<64} {:>10} {:>12}", "case", "median", "throughput");
     let row = |name: &str, times: &[Duration], bytes: u64| {
         let m = median(times);
@@ -201,10 +212,18 @@ fn main() -> Result<()> {
         for (variant, times) in warm_results.iter().filter(|(w, _, _)| *w == what).map(|(_, v, t)| (v, t)) {
             row(&format!("{what}: {variant}"), times, bytes);
         }
-        let base = warm_results.iter().find(|(w, v, _)| *w == what && v.starts_with("local disk")).map(|(_, _, t)| median(t));
+        let base =
+            warm_results.iter().find(|(w, v, _)| *w == what && v.starts_with("local disk")).map(|(_, _, t)| median(t));
         if let Some(base) = base {
-            for (variant, times) in warm_results.iter().filter(|(w, v, _)| *w == what && !v.starts_with("local disk")).map(|(_, v, t)| (v, t)) {
-                println!("  {what}: {variant}: {:.2}x local disk throughput", base.as_secs_f64() / median(times).as_secs_f64());
+            for (variant, times) in warm_results
+                .iter()
+                .filter(|(w, v, _)| *w == what && !v.starts_with("local disk"))
+                .map(|(_, v, t)| (v, t))
+            {
+                println!(
+                    "  {what}: {variant}: {:.2}x local disk throughput",
+                    base.as_secs_f64() / median(times).as_secs_f64()
+                );
             }
         }
     }
@@ -241,7 +260,14 @@ fn next(state: &mut u64) -> u64 {
 type WarmResults = Vec<(&'static str, String, Vec<Duration>)>;
 
 /// Warm reads through mounts with and without passthrough, and from the local disk, alternated.
-fn warm_reads(config: &Config, lazy: &str, work: &Path, tree: &[(String, u64)], size: u64, content: &Content) -> Result<WarmResults> {
+fn warm_reads(
+    config: &Config,
+    lazy: &str,
+    work: &Path,
+    tree: &[(String, u64)],
+    size: u64,
+    content: &Content,
+) -> Result<WarmResults> {
     let cache = work.join("warm-cache");
     std::fs::create_dir_all(&cache)?;
     // Fill the node cache and the file store: read everything once through a passthrough mount
@@ -255,7 +281,11 @@ fn warm_reads(config: &Config, lazy: &str, work: &Path, tree: &[(String, u64)], 
         let deadline = Instant::now() + Duration::from_secs(300);
         while stored_count(&cache) < want {
             if Instant::now() > deadline {
-                bail!("the file store holds {} of {want} files after 300 s; mount log:\n{}", stored_count(&cache), mount.log_text());
+                bail!(
+                    "the file store holds {} of {want} files after 300 s; mount log:\n{}",
+                    stored_count(&cache),
+                    mount.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -263,11 +293,12 @@ fn warm_reads(config: &Config, lazy: &str, work: &Path, tree: &[(String, u64)], 
     }
     let local = work.join("big.bin");
     let mut results: WarmResults = Vec::new();
-    let mut push = |what: &'static str, variant: &str, d: Duration| {
-        match results.iter_mut().find(|(w, v, _)| *w == what && v == variant) {
-            Some((_, _, times)) => times.push(d),
-            None => results.push((what, variant.to_string(), vec![d])),
-        }
+    let mut push = |what: &'static str, variant: &str, d: Duration| match results
+        .iter_mut()
+        .find(|(w, v, _)| *w == what && v == variant)
+    {
+        Some((_, _, times)) => times.push(d),
+        None => results.push((what, variant.to_string(), vec![d])),
     };
     for i in 0..config.samples {
         eprintln!("bench-vfs: warm sample {}/{}", i + 1, config.samples);
@@ -277,14 +308,21 @@ fn warm_reads(config: &Config, lazy: &str, work: &Path, tree: &[(String, u64)], 
         push("random 4 KiB", "local disk", random_reads(&local, size, i as u64)?);
         drop_caches();
         push("many small files", "local disk", read_tree(work, tree)?);
-        for (variant, extra) in [("passthrough", vec![]), ("FUSE reads (--no-passthrough)", vec!["--no-passthrough".to_string()])] {
+        for (variant, extra) in
+            [("passthrough", vec![]), ("FUSE reads (--no-passthrough)", vec!["--no-passthrough".to_string()])]
+        {
             // Sequential and random each on a fresh mount (a new process), then again on the same one.
             for (what, mut run) in [
-                ("sequential", Box::new(|m: &LazyMount| read_all(&m.join(FILE), size)) as Box<dyn FnMut(&LazyMount) -> Result<Duration>>),
+                (
+                    "sequential",
+                    Box::new(|m: &LazyMount| read_all(&m.join(FILE), size))
+                        as Box<dyn FnMut(&LazyMount) -> Result<Duration>>,
+                ),
                 ("random 4 KiB", Box::new(|m: &LazyMount| random_reads(&m.join(FILE), size, i as u64))),
                 ("many small files", Box::new(|m: &LazyMount| read_tree(m.path(), tree))),
             ] {
-                let opts = MountOptions { cache_dir: Some(cache.clone()), extra: extra.clone(), ..MountOptions::default() };
+                let opts =
+                    MountOptions { cache_dir: Some(cache.clone()), extra: extra.clone(), ..MountOptions::default() };
                 let mount = LazyMount::start(lazy, opts)?;
                 drop_caches();
                 push(what, &format!("{variant}, fresh mount"), run(&mount)?);
@@ -292,7 +330,10 @@ fn warm_reads(config: &Config, lazy: &str, work: &Path, tree: &[(String, u64)], 
                 push(what, &format!("{variant}, same mount"), run(&mount)?);
                 let stats = mount.stats()?;
                 if variant == "passthrough" && stats.passthrough_opens == 0 {
-                    bail!("{what}: the passthrough mount opened nothing by passthrough: {stats:?}\n{}", mount.log_text());
+                    bail!(
+                        "{what}: the passthrough mount opened nothing by passthrough: {stats:?}\n{}",
+                        mount.log_text()
+                    );
                 }
                 if i == 0 && what == "sequential" {
                     let got = harness::tree::hash_file(&mount.join(FILE))?;

@@ -27,10 +27,12 @@ fn color(v: Variant) -> RGBColor {
 fn register_font() -> Result<()> {
     static ONCE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
-        let bytes = std::fs::read(FONT).map_err(|e| format!("reading {FONT} (apt-get install fonts-dejavu-core): {e}"))?;
+        let bytes =
+            std::fs::read(FONT).map_err(|e| format!("reading {FONT} (apt-get install fonts-dejavu-core): {e}"))?;
         // Registered fonts live for the whole process.
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| format!("{FONT} is not a usable font"))
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{FONT} is not a usable font"))
     })
     .clone()
     .map_err(|e| anyhow!(e))
@@ -46,7 +48,8 @@ pub fn write_png(report: &Report, path: &Path) -> Result<()> {
 
 fn draw(report: &Report, path: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let (workloads, variants, modes) = axes(&report.samples);
-    let groups: Vec<(String, Mode)> = workloads.iter().flat_map(|w| modes.iter().map(move |&m| (w.clone(), m))).collect();
+    let groups: Vec<(String, Mode)> =
+        workloads.iter().flat_map(|w| modes.iter().map(move |&m| (w.clone(), m))).collect();
     let ymax = report.samples.iter().map(|s| s.seconds).fold(1.0f64, f64::max) * 1.18;
     let root = BitMapBackend::new(path, (1400, 760)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -114,9 +117,7 @@ fn draw(report: &Report, path: &Path) -> std::result::Result<(), Box<dyn std::er
             } else {
                 "transfer floor (bytes read / rate + RTTs)"
             };
-            series.label(label).legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(3))
-            });
+            series.label(label).legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(3)));
             floor_drawn = true;
         }
     }

@@ -312,7 +312,10 @@ pub fn run(opts: Options) -> Result<Report> {
     let mut versions = BTreeMap::new();
     versions.insert(
         "containerd".to_string(),
-        crate::debs::cached_version(CONTAINERD_SUITE, "containerd").unwrap_or_default() + " (Debian " + CONTAINERD_SUITE + ")",
+        crate::debs::cached_version(CONTAINERD_SUITE, "containerd").unwrap_or_default()
+            + " (Debian "
+            + CONTAINERD_SUITE
+            + ")",
     );
     if bench.soci.is_some() {
         versions.insert(
@@ -337,7 +340,8 @@ impl Bench {
         let host = format!("127.0.0.1:{link_port}");
         let (tls_registry, soci, tls_host) = if opts.variants.contains(&Variant::Soci) {
             let storage = Some(registry.storage_dir());
-            let r = Registry::start_with(registry::StartOptions { storage, tls: Some(tls.clone()), ..Default::default() })?;
+            let r =
+                Registry::start_with(registry::StartOptions { storage, tls: Some(tls.clone()), ..Default::default() })?;
             let port = link.route_by_protocol(registry.port(), r.port())?;
             (Some(r), Some(Soci::start(&tls.ca)?), format!("127.0.0.1:{port}"))
         } else {
@@ -363,7 +367,11 @@ impl Bench {
             if opts.variants.contains(&Variant::Lazy) {
                 crate::lazyctl::convert(&plain, &lazy, &[])?;
             }
-            println!("setup: {name} image pushed{} in {:.1?}", if opts.variants.contains(&Variant::Lazy) { " and converted" } else { "" }, t.elapsed());
+            println!(
+                "setup: {name} image pushed{} in {:.1?}",
+                if opts.variants.contains(&Variant::Lazy) { " and converted" } else { "" },
+                t.elapsed()
+            );
             images.insert(rootfs, Images { plain, tls: format!("{tls_host}/src/{name}:v1"), lazy });
         }
 
@@ -379,7 +387,8 @@ impl Bench {
                 }
                 args.extend([src.as_str(), dst.as_str(), "--"]);
                 args.extend(w.cmd.iter().copied());
-                let summary = crate::lazyctl::run(&args).with_context(|| format!("optimizing the image for {}", w.name))?;
+                let summary =
+                    crate::lazyctl::run(&args).with_context(|| format!("optimizing the image for {}", w.name))?;
                 println!("setup: {} optimized in {:.1?}: {}", w.name, t.elapsed(), summary.trim());
                 optimized.insert(w.name, dst);
             }
@@ -387,7 +396,10 @@ impl Bench {
 
         let shim_dir = scratch.path().join("shim");
         std::fs::create_dir_all(&shim_dir)?;
-        std::fs::write(shim_dir.join("config.toml"), format!("[cache]\ndir = \"{}\"\n", shim_dir.join("chunks").display()))?;
+        std::fs::write(
+            shim_dir.join("config.toml"),
+            format!("[cache]\ndir = \"{}\"\n", shim_dir.join("chunks").display()),
+        )?;
 
         let bench = Bench {
             opts,
@@ -421,7 +433,11 @@ impl Bench {
     /// A fresh containerd: empty root, our shim on PATH, SOCI registered when in use.
     fn node(&self) -> Result<Containerd> {
         let extra_config = self.soci.as_ref().map(|s| s.containerd_config()).unwrap_or_default();
-        Containerd::start_with(&StartOptions { bin_dir: Some(self.containerd_bin.clone()), extra_config, ..StartOptions::default() })
+        Containerd::start_with(&StartOptions {
+            bin_dir: Some(self.containerd_bin.clone()),
+            extra_config,
+            ..StartOptions::default()
+        })
     }
 
     /// Empties the node's caches outside containerd: our chunk cache, SOCI's state.
@@ -464,7 +480,14 @@ impl Bench {
         }
     }
 
-    fn sample(&self, ctrd: &Containerd, workload: &Workload, variant: Variant, mode: Mode, round: usize) -> Result<Sample> {
+    fn sample(
+        &self,
+        ctrd: &Containerd,
+        workload: &Workload,
+        variant: Variant,
+        mode: Mode,
+        round: usize,
+    ) -> Result<Sample> {
         let image = self.image(workload, variant).to_string();
         let id = format!("{}-{}-{}-{round}", workload.name, variant.name(), mode.name());
         let port = registry::free_port()?;
@@ -542,7 +565,10 @@ impl Bench {
                 if let Some(status) = child.try_status() {
                     let err = stderr_text.join().unwrap_or_default();
                     let lines: Vec<String> = rx.try_iter().collect();
-                    return Err(failed(&mut child, format!("ctr run exited {status} before serving: {}{err}", lines.join("\n"))));
+                    return Err(failed(
+                        &mut child,
+                        format!("ctr run exited {status} before serving: {}{err}", lines.join("\n")),
+                    ));
                 }
                 if t0.elapsed() > SAMPLE_LIMIT {
                     return Err(failed(&mut child, format!("no HTTP 200 on port {port} within {SAMPLE_LIMIT:?}")));
@@ -610,7 +636,13 @@ impl Bench {
                 .map(|s| s.seconds)
                 .collect();
             let practical_seconds = report::median(&mut warm).map(|m| transfer_seconds + m);
-            out.push(Floor { workload: w.name.to_string(), files, compressed_bytes, transfer_seconds, practical_seconds });
+            out.push(Floor {
+                workload: w.name.to_string(),
+                files,
+                compressed_bytes,
+                transfer_seconds,
+                practical_seconds,
+            });
         }
         Ok(out)
     }
@@ -622,7 +654,9 @@ fn prefetch_bytes(image: &str) -> Result<(usize, u64)> {
     let reference: Reference = image.parse().with_context(|| format!("parsing {image}"))?;
     let client = Client::new(ClientConfig { plain_http: PlainHttp::Always, ..ClientConfig::default() })?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let index = runtime.block_on(vfs::stub::fetch_index(&client, &reference)).with_context(|| format!("lazy index of {image}"))?;
+    let index = runtime
+        .block_on(vfs::stub::fetch_index(&client, &reference))
+        .with_context(|| format!("lazy index of {image}"))?;
     let mut chunks = std::collections::HashSet::new();
     let mut bytes = 0u64;
     for &ino in &index.prefetch {

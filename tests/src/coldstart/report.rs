@@ -30,7 +30,8 @@ pub struct Cell {
 
 /// The cell of (`workload`, `variant`, `mode`), if any sample has it.
 pub fn cell(samples: &[Sample], workload: &str, variant: Variant, mode: Mode) -> Option<Cell> {
-    let s: Vec<&Sample> = samples.iter().filter(|s| s.workload == workload && s.variant == variant && s.mode == mode).collect();
+    let s: Vec<&Sample> =
+        samples.iter().filter(|s| s.workload == workload && s.variant == variant && s.mode == mode).collect();
     let mut secs: Vec<f64> = s.iter().map(|s| s.seconds).collect();
     let mut mb: Vec<f64> = s.iter().map(|s| s.link_down_bytes as f64 / 1e6).collect();
     let mut req: Vec<f64> = s.iter().map(|s| s.requests as f64).collect();
@@ -144,7 +145,15 @@ pub fn table(report: &Report) -> String {
     }
     let _ = writeln!(out);
     for s in report.samples.iter().filter(|s| !s.note.is_empty()) {
-        let _ = writeln!(out, "note: {} {} {} round {}: {}", s.workload, s.variant.name(), s.mode.name(), s.round + 1, s.note);
+        let _ = writeln!(
+            out,
+            "note: {} {} {} round {}: {}",
+            s.workload,
+            s.variant.name(),
+            s.mode.name(),
+            s.round + 1,
+            s.note
+        );
     }
     out
 }
@@ -211,7 +220,11 @@ mod tests {
         assert_eq!(median(&mut []), None);
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        let s = vec![sample(Variant::Full, Mode::Cold, 3.0), sample(Variant::Full, Mode::Cold, 1.0), sample(Variant::Soci, Mode::Cold, 2.0)];
+        let s = vec![
+            sample(Variant::Full, Mode::Cold, 3.0),
+            sample(Variant::Full, Mode::Cold, 1.0),
+            sample(Variant::Soci, Mode::Cold, 2.0),
+        ];
         let c = cell(&s, "w", Variant::Full, Mode::Cold).unwrap();
         assert_eq!((c.median, c.min, c.max, c.samples, c.median_mb), (2.0, 1.0, 3.0, 2, 2.0));
         assert!(cell(&s, "w", Variant::Lazy, Mode::Cold).is_none());

@@ -166,7 +166,8 @@ impl Plan {
             let exposure = if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(&top)
                     .map_err(|e| unreachable(named, format!("symlink {} cannot be read ({e})", top.display())))?;
-                check_text(&target).map_err(|u| unreachable(named, format!("symlink {}: {}", top.display(), u.reason)))?;
+                check_text(&target)
+                    .map_err(|u| unreachable(named, format!("symlink {}: {}", top.display(), u.reason)))?;
                 Exposure::Symlink { path: top, target }
             } else if meta.is_dir() {
                 Exposure::Dir(top)
@@ -245,8 +246,9 @@ mod tests {
 
     #[test]
     fn paths_outside_the_tmpfs_directories_need_nothing() {
-        let plan = Plan::for_command(&["/bin/sh", "-c", "true"], &[("P".into(), "/usr/bin:/proc/self".into())], &[], &work())
-            .unwrap();
+        let plan =
+            Plan::for_command(&["/bin/sh", "-c", "true"], &[("P".into(), "/usr/bin:/proc/self".into())], &[], &work())
+                .unwrap();
         assert!(plan.exposures.is_empty());
         assert_eq!(plan.checked, vec![PathBuf::from("/bin/sh"), PathBuf::from("/usr/bin")]);
     }
@@ -258,11 +260,9 @@ mod tests {
         let file = b.path().join("data");
         std::fs::write(&file, b"x").unwrap();
         let value = format!("/usr/bin:{}:/tmp/not-on-the-host-{}", a.path().display(), std::process::id());
-        let plan = Plan::for_command(&["/bin/true"], &[("PATH".into(), value)], std::slice::from_ref(&file), &work()).unwrap();
-        assert_eq!(
-            plan.exposures,
-            vec![Exposure::Dir(a.path().to_path_buf()), Exposure::Dir(b.path().to_path_buf())]
-        );
+        let plan =
+            Plan::for_command(&["/bin/true"], &[("PATH".into(), value)], std::slice::from_ref(&file), &work()).unwrap();
+        assert_eq!(plan.exposures, vec![Exposure::Dir(a.path().to_path_buf()), Exposure::Dir(b.path().to_path_buf())]);
         assert!(plan.checked.contains(&file) && plan.checked.contains(&a.path().to_path_buf()));
     }
 

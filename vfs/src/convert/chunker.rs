@@ -203,7 +203,12 @@ fn stage_batch(
             Some(c) => *c,
             None => {
                 let offset = writer.append(&compressed)?;
-                let c = StagedChunk { digest, len: item.data.len() as u32, offset, compressed_len: compressed.len() as u32 };
+                let c = StagedChunk {
+                    digest,
+                    len: item.data.len() as u32,
+                    offset,
+                    compressed_len: compressed.len() as u32,
+                };
                 seen.insert(digest, c);
                 c
             }
@@ -434,12 +439,19 @@ struct Staging {
 }
 
 fn open_staging(path: &Path) -> Result<Staging, ConvertError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| ConvertError::Io { path: path.to_path_buf(), what: "open staging file".into(), error: e })?;
+    let file = std::fs::File::open(path).map_err(|e| ConvertError::Io {
+        path: path.to_path_buf(),
+        what: "open staging file".into(),
+        error: e,
+    })?;
     Ok(Staging { file, path: path.to_path_buf() })
 }
 
-fn staged_file<'a>(layer: &LayerBlob, staged: &'a StagedLayer, ordinal: u64) -> Result<&'a [StagedChunk], ConvertError> {
+fn staged_file<'a>(
+    layer: &LayerBlob,
+    staged: &'a StagedLayer,
+    ordinal: u64,
+) -> Result<&'a [StagedChunk], ConvertError> {
     staged.files.get(&ordinal).map(Vec::as_slice).ok_or_else(|| ConvertError::Layer {
         layer: layer.digest,
         reason: format!("tar entry {ordinal}: no staged content (internal error)"),

@@ -160,12 +160,14 @@ pub(crate) fn open_layer(layer: &LayerBlob) -> Result<Box<dyn Read + Send>, Conv
         use std::io::BufRead as _;
         reader.fill_buf().map_err(|e| io_err(&layer.path, "read layer", e))?.to_vec()
     };
-    let compression = detect(&layer.media_type, &head).map_err(|reason| ConvertError::Layer { layer: layer.digest, reason })?;
+    let compression =
+        detect(&layer.media_type, &head).map_err(|reason| ConvertError::Layer { layer: layer.digest, reason })?;
     Ok(match compression {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
         Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| io_err(&layer.path, "start zstd decoder", e))?,
+            zstd::stream::read::Decoder::with_buffer(reader)
+                .map_err(|e| io_err(&layer.path, "start zstd decoder", e))?,
         ),
     })
 }
@@ -194,7 +196,11 @@ impl Meta {
 pub(crate) enum NodeKind {
     Dir(BTreeMap<Vec<u8>, NodeId>),
     /// Content is entry number `ordinal` of layer `layer`.
-    File { size: u64, layer: usize, ordinal: u64 },
+    File {
+        size: u64,
+        layer: usize,
+        ordinal: u64,
+    },
     Symlink(Vec<u8>),
     Char(u32, u32),
     Block(u32, u32),
@@ -221,10 +227,15 @@ pub(crate) type OnFile<'a> = dyn FnMut(u64, u64, &mut dyn Read) -> Result<(), St
 
 /// Reads a layer's metadata in one pass over its tar stream, handing every regular file's content
 /// to `on_file` on the way. Independent of the tree, so layers can be scanned in parallel.
-pub(crate) fn scan_layer(layer: &LayerBlob, limits: Limits, on_file: &mut OnFile<'_>) -> Result<ParsedLayer, ConvertError> {
+pub(crate) fn scan_layer(
+    layer: &LayerBlob,
+    limits: Limits,
+    on_file: &mut OnFile<'_>,
+) -> Result<ParsedLayer, ConvertError> {
     let reader = open_layer(layer)?;
     let warn = |msg: String| log::warn!("layer {}: {msg}", layer.digest);
-    let parsed = parse_tar(reader, limits, on_file, &warn).map_err(|reason| ConvertError::Layer { layer: layer.digest, reason })?;
+    let parsed = parse_tar(reader, limits, on_file, &warn)
+        .map_err(|reason| ConvertError::Layer { layer: layer.digest, reason })?;
     Ok(ParsedLayer(parsed))
 }
 
@@ -369,7 +380,9 @@ impl Tree {
         let mut rest: std::collections::VecDeque<Vec<u8>> = comps.iter().cloned().collect();
         while let Some(c) = rest.pop_front() {
             if *steps == 0 {
-                return Err("resolving the layer's paths takes too many steps (symlinks that expand into long paths?)".into());
+                return Err(
+                    "resolving the layer's paths takes too many steps (symlinks that expand into long paths?)".into()
+                );
             }
             *steps -= 1;
             let cur = *stack.last().expect("the root is never popped");
@@ -414,13 +427,22 @@ impl Tree {
 
     /// Applies one layer: applies its whiteouts to the lower layers, then its entries in tar
     /// order. Returns the number of tar entries (ordinals used).
-    pub fn apply_layer(&mut self, layer_no: usize, layer: &LayerBlob, parsed: ParsedLayer) -> Result<u64, ConvertError> {
+    pub fn apply_layer(
+        &mut self,
+        layer_no: usize,
+        layer: &LayerBlob,
+        parsed: ParsedLayer,
+    ) -> Result<u64, ConvertError> {
         let parsed = parsed.0;
         let count = parsed.len() as u64;
         let mut steps = steps_budget(count);
         let err = |p: &Parsed, reason: String| ConvertError::Layer {
             layer: layer.digest,
-            reason: format!("tar entry {} ({}): {reason}", p.ordinal, String::from_utf8_lossy(&p.components.join(&b'/'))),
+            reason: format!(
+                "tar entry {} ({}): {reason}",
+                p.ordinal,
+                String::from_utf8_lossy(&p.components.join(&b'/'))
+            ),
         };
         for p in &parsed {
             let Some((_, parent)) = p.components.split_last() else { continue };
@@ -476,7 +498,10 @@ impl Tree {
                     };
                     match found.map(|t| (t, &self.nodes[t].kind)) {
                         Some((_, NodeKind::Dir(_))) => {
-                            return Err(err(p, format!("hardlink to {}, a directory: directories cannot be hardlinked", show(target))))
+                            return Err(err(
+                                p,
+                                format!("hardlink to {}, a directory: directories cannot be hardlinked", show(target)),
+                            ))
                         }
                         Some((t, _)) => {
                             self.entries_mut(dir).insert(name.clone(), t);
@@ -484,7 +509,10 @@ impl Tree {
                         None => {
                             return Err(err(
                                 p,
-                                format!("hardlink to {}: no such file in this layer (before the link) or a lower one", show(target)),
+                                format!(
+                                    "hardlink to {}: no such file in this layer (before the link) or a lower one",
+                                    show(target)
+                                ),
                             ))
                         }
                     }
@@ -584,7 +612,10 @@ fn parse_entry<R: Read>(
     }
     let (comps, clamped) = clamped_components(&raw_path);
     if clamped || raw_path.starts_with(b"/") {
-        warn(format!("tar entry {ordinal} ({shown}): path leaves the image root; kept at {}, as containerd does", show(&comps)));
+        warn(format!(
+            "tar entry {ordinal} ({shown}): path leaves the image root; kept at {}, as containerd does",
+            show(&comps)
+        ));
     }
     if let Some(bad) = comps.iter().find(|c| check_name(c).is_err()) {
         let reason = check_name(bad).expect_err("just found");
@@ -638,10 +669,16 @@ fn parse_entry<R: Read>(
                 // What setxattr(2) accepts, so also what the index holds.
                 let shown_name = String::from_utf8_lossy(&name).escape_debug().to_string();
                 if name.is_empty() || name.contains(&0) || name.len() > MAX_NAME_LEN {
-                    return Err(at("xattr", &format!("name {shown_name:?} is empty, holds NUL or exceeds {MAX_NAME_LEN} bytes")));
+                    return Err(at(
+                        "xattr",
+                        &format!("name {shown_name:?} is empty, holds NUL or exceeds {MAX_NAME_LEN} bytes"),
+                    ));
                 }
                 if value.len() > MAX_XATTR_VALUE_LEN {
-                    return Err(at("xattr", &format!("{shown_name}: value of {} bytes exceeds {MAX_XATTR_VALUE_LEN}", value.len())));
+                    return Err(at(
+                        "xattr",
+                        &format!("{shown_name}: value of {} bytes exceeds {MAX_XATTR_VALUE_LEN}", value.len()),
+                    ));
                 }
                 xattrs.insert(name, value);
                 if xattrs.len() as u64 > MAX_XATTRS_PER_INODE {
@@ -684,7 +721,10 @@ fn parse_entry<R: Read>(
             tar::EntryType::Symlink => {
                 let target = link.ok_or_else(|| at("symlink", &"no link name"))?;
                 if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
-                    return Err(at("symlink", &format!("target of {} bytes (empty, over {MAX_SYMLINK_LEN} or with NUL)", target.len())));
+                    return Err(at(
+                        "symlink",
+                        &format!("target of {} bytes (empty, over {MAX_SYMLINK_LEN} or with NUL)", target.len()),
+                    ));
                 }
                 What::Symlink(target)
             }
@@ -759,9 +799,12 @@ mod tests {
         let mut b = tar::Builder::new(Vec::new());
         b.append_data(&mut h, "old", &b"x"[..]).unwrap();
         let tar = b.into_inner().unwrap();
-        let parsed = parse_tar(Box::new(std::io::Cursor::new(tar)), Limits::default(), &mut |_, _, r| {
-            std::io::copy(r, &mut std::io::sink()).map(|_| ()).map_err(|e| e.to_string())
-        }, &|_| {})
+        let parsed = parse_tar(
+            Box::new(std::io::Cursor::new(tar)),
+            Limits::default(),
+            &mut |_, _, r| std::io::copy(r, &mut std::io::sink()).map(|_| ()).map_err(|e| e.to_string()),
+            &|_| {},
+        )
         .unwrap();
         assert_eq!((parsed[0].meta.mtime, parsed[0].meta.mtime_nsec), (0, 0));
     }
@@ -780,9 +823,12 @@ mod tests {
     }
 
     fn parse_stream(stream: impl Read + Send + 'static, limits: Limits) -> Result<Vec<Parsed>, String> {
-        parse_tar(Box::new(stream), limits, &mut |_, _, r| {
-            std::io::copy(r, &mut std::io::sink()).map(|_| ()).map_err(|e| format!("read content: {e}"))
-        }, &|_| {})
+        parse_tar(
+            Box::new(stream),
+            limits,
+            &mut |_, _, r| std::io::copy(r, &mut std::io::sink()).map(|_| ()).map_err(|e| format!("read content: {e}")),
+            &|_| {},
+        )
     }
 
     /// An extension header claiming 8 GiB, followed by endless data: the tar reader would keep
@@ -818,7 +864,10 @@ mod tests {
         let tar = b.into_inner().unwrap();
         let n = tar.len() as u64;
         assert_eq!(parse_stream(std::io::Cursor::new(tar.clone()), Limits { max_layer_size: n }).unwrap().len(), 1);
-        assert!(parse_stream(std::io::Cursor::new(tar), Limits { max_layer_size: n - 1024 }).is_err(), "the first end block is past the limit");
+        assert!(
+            parse_stream(std::io::Cursor::new(tar), Limits { max_layer_size: n - 1024 }).is_err(),
+            "the first end block is past the limit"
+        );
     }
 
     #[test]

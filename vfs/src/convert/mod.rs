@@ -23,10 +23,10 @@ pub mod source;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub use crate::platform::Platform;
 pub use blobs::BlobFile;
 pub use layers::{LayerBlob, Limits, DEFAULT_MAX_LAYER_SIZE};
 pub use source::{SourceImage, SourceRef};
-pub use crate::platform::Platform;
 
 use crate::digest::Digest;
 use crate::index::{BlobRef, DirEntry, Index, Inode, Kind, Xattr};
@@ -145,7 +145,9 @@ pub fn convert_layers(
     progress(Progress::Start { layers: layers.len(), compressed: layers.iter().map(|l| l.size).sum() });
     let mut tree = Tree::new();
     let mut staged = Vec::with_capacity(layers.len());
-    for (n, (layer, scanned)) in layers.iter().zip(stage_layers(layers, opts.chunk_size, opts.limits, tmp, progress)).enumerate() {
+    for (n, (layer, scanned)) in
+        layers.iter().zip(stage_layers(layers, opts.chunk_size, opts.limits, tmp, progress)).enumerate()
+    {
         let (parsed, files) = scanned?;
         tree.apply_layer(n, layer, parsed)?;
         staged.push(files);
@@ -356,14 +358,12 @@ fn resolve_prefetch(index: &Index, paths: &[String]) -> Vec<u32> {
 
 /// Reads a prefetch list file: one absolute path per line; blank lines and `#` comments ignored.
 pub fn read_prefetch_list(path: &Path) -> Result<Vec<String>, ConvertError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConvertError::Io { path: path.to_path_buf(), what: "read prefetch list".into(), error: e })?;
-    Ok(text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
+    let text = std::fs::read_to_string(path).map_err(|e| ConvertError::Io {
+        path: path.to_path_buf(),
+        what: "read prefetch list".into(),
+        error: e,
+    })?;
+    Ok(text.lines().map(str::trim_end).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
 }
 
 #[cfg(test)]

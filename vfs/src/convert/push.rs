@@ -57,7 +57,10 @@ pub async fn push_blobs(
         if !client.blob_exists(&repo, &b.digest).await? {
             return Err(ConvertError::Source {
                 image: repo.to_string(),
-                reason: format!("data blob {} of an earlier lazy image vanished while converting; run the conversion again", b.digest),
+                reason: format!(
+                    "data blob {} of an earlier lazy image vanished while converting; run the conversion again",
+                    b.digest
+                ),
             });
         }
     }

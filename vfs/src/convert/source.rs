@@ -9,8 +9,8 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::Value;
 
 use super::{ConvertError, LayerBlob};
-use crate::platform::Platform;
 use crate::digest::Digest;
+use crate::platform::Platform;
 use crate::registry::{Client, Reference};
 
 const MEDIA_INDEXES: [&str; 2] = [crate::registry::MEDIA_OCI_INDEX, crate::registry::MEDIA_DOCKER_LIST];
@@ -126,9 +126,10 @@ fn manifest_parts(image: &str, manifest: &Value) -> Result<(Descriptor, Vec<Desc
 /// The image's platform from its config; a single-platform image must be for the wanted one.
 fn config_platform(image: &str, config: &Value, want: &Platform) -> Result<Platform, ConvertError> {
     match Platform::from_json(config) {
-        Some(p) if !want.matches(&p) => {
-            Err(source_err(image, format!("the image is for {p}, not {want}; pass --platform {p} to convert it anyway")))
-        }
+        Some(p) if !want.matches(&p) => Err(source_err(
+            image,
+            format!("the image is for {p}, not {want}; pass --platform {p} to convert it anyway"),
+        )),
         Some(p) => Ok(p),
         None => Ok(want.clone()),
     }
@@ -139,15 +140,22 @@ pub fn open_layout(dir: &Path, tag: Option<&str>, want: &Platform) -> Result<Sou
     let image = format!("oci:{}", dir.display());
     let read = |d: &Digest| -> Result<Vec<u8>, ConvertError> {
         let path = blob_path(dir, d);
-        let bytes = std::fs::read(&path).map_err(|e| ConvertError::Io { path: path.clone(), what: "read blob".into(), error: e })?;
+        let bytes = std::fs::read(&path).map_err(|e| ConvertError::Io {
+            path: path.clone(),
+            what: "read blob".into(),
+            error: e,
+        })?;
         if Digest::of(&bytes) != *d {
             return Err(source_err(&image, format!("blob {d} does not match its digest (corrupt layout)")));
         }
         Ok(bytes)
     };
     let index_path = dir.join("index.json");
-    let index_bytes = std::fs::read(&index_path)
-        .map_err(|e| ConvertError::Io { path: index_path.clone(), what: "read OCI layout index (is this an OCI layout?)".into(), error: e })?;
+    let index_bytes = std::fs::read(&index_path).map_err(|e| ConvertError::Io {
+        path: index_path.clone(),
+        what: "read OCI layout index (is this an OCI layout?)".into(),
+        error: e,
+    })?;
     let index = parse_json(&image, "index.json", &index_bytes)?;
     let manifests = index.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default();
     let chosen = match tag {
@@ -158,8 +166,12 @@ pub fn open_layout(dir: &Path, tag: Option<&str>, want: &Platform) -> Result<Sou
         None if manifests.len() == 1 => &manifests[0],
         None => manifests
             .iter()
-            .find(|m| m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(Value::as_str) == Some("latest"))
-            .ok_or_else(|| source_err(&image, format!("{} manifests in index.json: name one with oci:DIR:TAG", manifests.len())))?,
+            .find(|m| {
+                m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(Value::as_str) == Some("latest")
+            })
+            .ok_or_else(|| {
+                source_err(&image, format!("{} manifests in index.json: name one with oci:DIR:TAG", manifests.len()))
+            })?,
     };
     let mut desc = descriptor(&image, chosen, "manifest")?;
     let mut doc = parse_json(&image, "manifest", &read(&desc.digest)?)?;
@@ -199,14 +211,22 @@ fn verify_file(path: &Path, want: &Digest) -> Result<(), ConvertError> {
     }
     let got = h.finish();
     if got != *want {
-        return Err(ConvertError::Layer { layer: *want, reason: format!("{}: content digest is {got} (corrupt layout)", path.display()) });
+        return Err(ConvertError::Layer {
+            layer: *want,
+            reason: format!("{}: content digest is {got} (corrupt layout)", path.display()),
+        });
     }
     Ok(())
 }
 
 /// Fetches an image from a registry: manifest (and platform), config, and every layer into `tmp`
 /// (streamed and verified by the client).
-pub async fn fetch_registry(client: &Client, r: &Reference, want: &Platform, tmp: &Path) -> Result<SourceImage, ConvertError> {
+pub async fn fetch_registry(
+    client: &Client,
+    r: &Reference,
+    want: &Platform,
+    tmp: &Path,
+) -> Result<SourceImage, ConvertError> {
     let image = r.to_string();
     let mut m = client.get_manifest(r).await?;
     let mut doc = parse_json(&image, "manifest", &m.bytes)?;

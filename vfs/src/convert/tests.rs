@@ -105,7 +105,13 @@ pub(super) fn read_file(conv: &Converted, path: &str) -> Vec<u8> {
 }
 
 pub(super) fn opts() -> ConvertOptions {
-    ConvertOptions { chunk_size: CS, source_repo: "127.0.0.1:5000/test/lazy".into(), prefetch: vec![], reuse: vec![], limits: Limits::default() }
+    ConvertOptions {
+        chunk_size: CS,
+        source_repo: "127.0.0.1:5000/test/lazy".into(),
+        prefetch: vec![],
+        reuse: vec![],
+        limits: Limits::default(),
+    }
 }
 
 fn two_layer_image(dir: &std::path::Path) -> (Vec<LayerBlob>, Vec<u8>) {
@@ -203,8 +209,14 @@ fn identical_base_layers_give_identical_blobs() {
     let d1 = tempfile::tempdir().unwrap();
     let d2 = tempfile::tempdir().unwrap();
     let base = || TarBuilder::new().file("lib/x", &pattern(10_000, 1)).file("lib/y", &pattern(5000, 2)).finish();
-    let l1 = vec![write_layer(d1.path(), 0, base(), Comp::Plain), write_layer(d1.path(), 1, TarBuilder::new().file("app", b"one").finish(), Comp::Plain)];
-    let l2 = vec![write_layer(d2.path(), 0, base(), Comp::Plain), write_layer(d2.path(), 1, TarBuilder::new().file("app", b"two").finish(), Comp::Plain)];
+    let l1 = vec![
+        write_layer(d1.path(), 0, base(), Comp::Plain),
+        write_layer(d1.path(), 1, TarBuilder::new().file("app", b"one").finish(), Comp::Plain),
+    ];
+    let l2 = vec![
+        write_layer(d2.path(), 0, base(), Comp::Plain),
+        write_layer(d2.path(), 1, TarBuilder::new().file("app", b"two").finish(), Comp::Plain),
+    ];
     let c1 = convert_layers(&l1, &opts(), d1.path(), &|_| {}).unwrap();
     let c2 = convert_layers(&l2, &opts(), d2.path(), &|_| {}).unwrap();
     assert_eq!(c1.blobs[0].digest, c2.blobs[0].digest, "same base layer -> same data blob");
@@ -340,7 +352,9 @@ fn reuses_chunks_of_earlier_images_in_the_repository() {
     assert_eq!(c2.index.blobs.len(), 2);
     assert_eq!(c2.index.blobs[0].digest, c1.blobs[0].digest, "the earlier image's blob is referenced");
     // The reused chunks point into the earlier blob file; read through it.
-    let Kind::File { chunks, .. } = &c2.index.inodes[c2.index.resolve(b"/c/again.bin").unwrap() as usize].kind else { panic!() };
+    let Kind::File { chunks, .. } = &c2.index.inodes[c2.index.resolve(b"/c/again.bin").unwrap() as usize].kind else {
+        panic!()
+    };
     let blob = std::fs::read(&c1.blobs[0].path).unwrap();
     let mut back = Vec::new();
     for c in chunks {
@@ -349,7 +363,9 @@ fn reuses_chunks_of_earlier_images_in_the_repository() {
     }
     assert_eq!(back, shared);
     let new_blob = std::fs::read(&c2.blobs[0].path).unwrap();
-    let Kind::File { chunks, .. } = &c2.index.inodes[c2.index.resolve(b"/c/note.txt").unwrap() as usize].kind else { panic!() };
+    let Kind::File { chunks, .. } = &c2.index.inodes[c2.index.resolve(b"/c/note.txt").unwrap() as usize].kind else {
+        panic!()
+    };
     assert_eq!(chunks[0].blob, 1);
     assert_eq!(zstd::decode_all(&new_blob[chunks[0].offset as usize..]).unwrap(), b"new");
     Index::decode(&c2.index.encode()).unwrap();

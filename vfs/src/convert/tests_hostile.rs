@@ -43,7 +43,8 @@ fn convert(dir: &std::path::Path, tars: Vec<Vec<u8>>, o: &ConvertOptions) -> Res
     let (ldir, tmp) = (dir.join("layers"), dir.join("tmp"));
     std::fs::create_dir_all(&ldir).unwrap();
     std::fs::create_dir_all(&tmp).unwrap();
-    let layers: Vec<LayerBlob> = tars.into_iter().enumerate().map(|(n, t)| write_layer(&ldir, n, t, Comp::Gzip)).collect();
+    let layers: Vec<LayerBlob> =
+        tars.into_iter().enumerate().map(|(n, t)| write_layer(&ldir, n, t, Comp::Gzip)).collect();
     convert_layers(&layers, o, &tmp, &|_| {})
 }
 
@@ -100,7 +101,10 @@ fn dotdot_and_absolute_names_stay_in_the_image_and_nothing_is_written_outside_tm
     assert_eq!(conv.index.resolve(b"/hl-abs"), f, "absolute hardlink target is inside the image");
     // The only files: the layer blob, and data blobs (digest-named) in tmp.
     let files = tree_of(dir.path());
-    assert!(files.iter().all(|f| f == "layers" || f == "layers/layer0" || f == "tmp" || f.starts_with("tmp/blob-")), "{files:?}");
+    assert!(
+        files.iter().all(|f| f == "layers" || f == "layers/layer0" || f == "tmp" || f.starts_with("tmp/blob-")),
+        "{files:?}"
+    );
     assert!(!dir.path().parent().unwrap().join("etc/evil").exists());
     Index::decode(&conv.index.encode()).unwrap();
 }
@@ -250,7 +254,10 @@ fn decompression_bombs_stop_at_the_layer_size_limit() {
         assert!(layer.size < (32 << 20) / 100, "a bomb: {} bytes inflate to 32 MiB", layer.size);
         let (digest, reason) = layer_err(convert_layers(std::slice::from_ref(&layer), &o, dir.path(), &|_| {}));
         assert_eq!(digest, layer.digest);
-        assert!(reason.contains("tar entry 1 (bomb)") && reason.contains("larger than the limit of 4194304 bytes"), "{reason}");
+        assert!(
+            reason.contains("tar entry 1 (bomb)") && reason.contains("larger than the limit of 4194304 bytes"),
+            "{reason}"
+        );
         assert!(reason.contains("--max-layer-size"), "says what to do: {reason}");
     }
     // The same layer under the default limit converts.

@@ -110,10 +110,9 @@ impl Readahead {
         if self.max == 0 {
             return (offset, offset);
         }
-        let near = self
-            .regions
-            .iter()
-            .position(|r| r.blob == blob && offset.saturating_add(r.window) >= r.start && offset <= r.end.saturating_add(r.window));
+        let near = self.regions.iter().position(|r| {
+            r.blob == blob && offset.saturating_add(r.window) >= r.start && offset <= r.end.saturating_add(r.window)
+        });
         let mut region = match near.and_then(|i| self.regions.remove(i)) {
             Some(mut r) => {
                 r.window = (r.window * 2).min(self.max);

@@ -106,7 +106,12 @@ impl<T: ChunkSource + ?Sized> ChunkSource for Arc<T> {
 /// Reads byte ranges of data blobs by digest. [`RegistryBlobs`] is the real one; tests use fakes.
 pub trait BlobReader: Send + Sync {
     /// Reads `range` of `blob`, retrying transient failures for at most `deadline`.
-    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>, deadline: Duration) -> BoxFuture<'a, Result<Bytes, RegistryError>>;
+    fn read_range<'a>(
+        &'a self,
+        blob: &'a Digest,
+        range: Range<u64>,
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<Bytes, RegistryError>>;
 }
 
 /// Range reads from one registry repository.
@@ -116,7 +121,12 @@ pub struct RegistryBlobs {
 }
 
 impl BlobReader for RegistryBlobs {
-    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>, deadline: Duration) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
+    fn read_range<'a>(
+        &'a self,
+        blob: &'a Digest,
+        range: Range<u64>,
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
         Box::pin(self.client.get_blob_range_within(&self.repository, blob, range, deadline))
     }
 }
@@ -353,7 +363,9 @@ impl RegistryChunkSource {
         opts: FetchOptions,
     ) -> Self {
         if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-            log::warn!("lazy chunk source on a current-thread tokio runtime: reads may stall; use a multi-thread runtime");
+            log::warn!(
+                "lazy chunk source on a current-thread tokio runtime: reads may stall; use a multi-thread runtime"
+            );
         }
         let readahead = if cache.is_some() { opts.readahead_max } else { 0 };
         let recent = opts.memory.clone().unwrap_or_else(|| Arc::new(ChunkMemory::new(opts.memory_bytes)));
@@ -411,7 +423,12 @@ impl Inner {
     }
 
     /// Claims the fetch of `chunk` unless one is in flight already (then returns `None`).
-    fn claim(&self, inflight: &mut HashMap<Digest, Arc<Flight>>, chunk: Chunk, label: Option<(String, usize)>) -> Option<Claim> {
+    fn claim(
+        &self,
+        inflight: &mut HashMap<Digest, Arc<Flight>>,
+        chunk: Chunk,
+        label: Option<(String, usize)>,
+    ) -> Option<Claim> {
         if inflight.contains_key(&chunk.digest) {
             return None;
         }
@@ -424,10 +441,18 @@ impl Inner {
     /// not in `skip` (which gains them).
     fn claim_window(&self, anchor: &Chunk, (from, to): (u64, u64), skip: &mut HashSet<Digest>) -> Vec<Claim> {
         // Checking the node costs a stat per chunk: done outside the in-flight lock.
-        let candidates: Vec<Chunk> =
-            self.layout.neighbours(anchor, from, to).filter(|n| !skip.contains(&n.digest) && !self.on_node(n)).copied().collect();
+        let candidates: Vec<Chunk> = self
+            .layout
+            .neighbours(anchor, from, to)
+            .filter(|n| !skip.contains(&n.digest) && !self.on_node(n))
+            .copied()
+            .collect();
         let mut inflight = self.inflight.lock();
-        candidates.into_iter().filter(|n| skip.insert(n.digest)).filter_map(|n| self.claim(&mut inflight, n, None)).collect()
+        candidates
+            .into_iter()
+            .filter(|n| skip.insert(n.digest))
+            .filter_map(|n| self.claim(&mut inflight, n, None))
+            .collect()
     }
 
     /// Starts the range requests that fetch `claims`.
@@ -572,7 +597,9 @@ impl Inner {
         {
             let mut ra = self.readahead.lock();
             for c in &claims {
-                let covered = windows.iter().any(|(w, from, to)| w.blob == c.chunk.blob && (*from..*to).contains(&c.chunk.offset));
+                let covered = windows
+                    .iter()
+                    .any(|(w, from, to)| w.blob == c.chunk.blob && (*from..*to).contains(&c.chunk.offset));
                 if !covered {
                     let (from, to) = ra.window(c.chunk.blob, c.chunk.offset);
                     if to > from {
@@ -607,7 +634,11 @@ impl Inner {
                 let sub = group.start + sub.start..group.start + sub.end;
                 let class = if demanded(&sub) { Class::Demand } else { Class::Readahead };
                 let claims = take(sub);
-                if class == Class::Demand { first.push((class, claims)) } else { rest.push((class, claims)) }
+                if class == Class::Demand {
+                    first.push((class, claims))
+                } else {
+                    rest.push((class, claims))
+                }
             }
         }
         first.extend(rest);
@@ -677,7 +708,8 @@ impl Inner {
     /// gaps allow, at once, then decodes, verifies and caches them.
     async fn fetch(self: &Arc<Self>, mut pending: Pending, class: Class) {
         let chunks: Vec<Chunk> = pending.claims().iter().map(|c| c.chunk).collect();
-        let parts: Vec<Pending> = split(&chunks, self.opts.max_gap, u64::MAX).into_iter().map(|g| pending.take_front(g.len())).collect();
+        let parts: Vec<Pending> =
+            split(&chunks, self.opts.max_gap, u64::MAX).into_iter().map(|g| pending.take_front(g.len())).collect();
         futures::future::join_all(parts.into_iter().map(|part| self.fetch_one(part, class))).await;
     }
 
@@ -703,17 +735,19 @@ impl Inner {
         let mut tick = Duration::from_millis(2);
         loop {
             let mut free = waiting.split_off(|c| lease.try_lock(&c.chunk));
-            let landed = free.split_off(|c| match self.cache.as_ref().and_then(|k| k.get_sized(&c.chunk.digest, c.chunk.len as u64)) {
-                Some(data) => {
-                    lease.unlock(&c.chunk);
-                    Stats::add(&self.stats.node_waits, 1);
-                    if c.label.is_some() {
-                        self.remember(&c.chunk.digest, &data);
+            let landed = free.split_off(|c| {
+                match self.cache.as_ref().and_then(|k| k.get_sized(&c.chunk.digest, c.chunk.len as u64)) {
+                    Some(data) => {
+                        lease.unlock(&c.chunk);
+                        Stats::add(&self.stats.node_waits, 1);
+                        if c.label.is_some() {
+                            self.remember(&c.chunk.digest, &data);
+                        }
+                        self.complete(c, Ok(data));
+                        true
                     }
-                    self.complete(c, Ok(data));
-                    true
+                    None => false,
                 }
-                None => false,
             });
             landed.finish();
             if !free.is_empty() {
@@ -755,7 +789,10 @@ impl Inner {
 
     async fn fetch_range(&self, blob: u32, range: Range<u64>) -> Result<(u64, Bytes), Failure> {
         let Some(b) = self.layout.blob(blob) else {
-            return Err(Failure::Corrupt(format!("index names data blob #{blob}, but has only {} blobs", self.layout.blobs().len())));
+            return Err(Failure::Corrupt(format!(
+                "index names data blob #{blob}, but has only {} blobs",
+                self.layout.blobs().len()
+            )));
         };
         if range.end > b.size || range.start > range.end {
             return Err(Failure::Corrupt(format!(
@@ -796,7 +833,10 @@ impl Inner {
             Ok(r) => r,
             Err(_) => {
                 *self.outage_since.lock() = Some(Instant::now());
-                Err(Failure::Unavailable(format!("blob {}: no answer within the {deadline:?} fetch deadline", b.digest)))
+                Err(Failure::Unavailable(format!(
+                    "blob {}: no answer within the {deadline:?} fetch deadline",
+                    b.digest
+                )))
             }
         }
     }
@@ -807,8 +847,9 @@ impl Inner {
         let chunk = &claim.chunk;
         let from = (chunk.offset - start) as usize;
         let compressed = &span[from..from + chunk.compressed_len as usize];
-        let data = zstd::bulk::decompress(compressed, chunk.len as usize)
-            .map_err(|e| Failure::Corrupt(format!("zstd data does not decompress to at most {} bytes: {e}", chunk.len)))?;
+        let data = zstd::bulk::decompress(compressed, chunk.len as usize).map_err(|e| {
+            Failure::Corrupt(format!("zstd data does not decompress to at most {} bytes: {e}", chunk.len))
+        })?;
         if data.len() != chunk.len as usize {
             return Err(Failure::Corrupt(format!("decompressed to {} bytes, index says {}", data.len(), chunk.len)));
         }
@@ -898,7 +939,8 @@ impl Inner {
     }
 
     async fn prefetch_request(self: Arc<Self>, request: Vec<(Chunk, usize)>) -> Result<(), Failure> {
-        let permit = self.prefetch_permits.acquire().await.map_err(|_| Failure::Unavailable("chunk source shut down".into()))?;
+        let permit =
+            self.prefetch_permits.acquire().await.map_err(|_| Failure::Unavailable("chunk source shut down".into()))?;
         let candidates: Vec<Chunk> = request.iter().map(|(c, _)| *c).filter(|c| !self.on_node(c)).collect();
         let claims: Vec<Claim> = {
             let mut inflight = self.inflight.lock();
@@ -922,7 +964,12 @@ impl Inner {
 
 fn unreachable_result() -> Result<Bytes, FetchError> {
     // Every slot is filled above; this keeps a logic error from becoming a panic in a FUSE thread.
-    Err(FetchError::Corrupt { path: String::new(), chunk_no: 0, chunk: Digest([0; 32]), reason: "internal error: chunk not resolved".into() })
+    Err(FetchError::Corrupt {
+        path: String::new(),
+        chunk_no: 0,
+        chunk: Digest([0; 32]),
+        reason: "internal error: chunk not resolved".into(),
+    })
 }
 
 impl ChunkSource for RegistryChunkSource {

@@ -56,7 +56,11 @@ impl Lease {
             Ok(()) => true,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => false,
             Err(e) => {
-                log::debug!("lock {} of {}: {e}; fetching without node-wide coordination", chunk.digest, self.path.display());
+                log::debug!(
+                    "lock {} of {}: {e}; fetching without node-wide coordination",
+                    chunk.digest,
+                    self.path.display()
+                );
                 true
             }
         }

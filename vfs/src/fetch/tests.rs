@@ -21,7 +21,12 @@ struct FakeBlobs {
 }
 
 impl BlobReader for FakeBlobs {
-    fn read_range<'a>(&'a self, blob: &'a Digest, range: Range<u64>, deadline: Duration) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
+    fn read_range<'a>(
+        &'a self,
+        blob: &'a Digest,
+        range: Range<u64>,
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
         Box::pin(async move {
             self.calls.lock().push((*blob, range.clone()));
             self.deadlines.lock().push(deadline);
@@ -54,7 +59,13 @@ fn make_blob(contents: &[Vec<u8>]) -> (BlobRef, Vec<u8>, Vec<Chunk>) {
     let mut chunks = Vec::new();
     for c in contents {
         let z = zstd::bulk::compress(c, 3).unwrap();
-        chunks.push(Chunk { blob: 0, offset: blob.len() as u64, compressed_len: z.len() as u32, len: c.len() as u32, digest: Digest::of(c) });
+        chunks.push(Chunk {
+            blob: 0,
+            offset: blob.len() as u64,
+            compressed_len: z.len() as u32,
+            len: c.len() as u32,
+            digest: Digest::of(c),
+        });
         blob.extend_from_slice(&z);
     }
     (BlobRef { digest: Digest::of(&blob), size: blob.len() as u64 }, blob, chunks)
@@ -161,7 +172,10 @@ fn a_miss_fetches_its_neighbours_verified_and_cached_so_their_reads_send_nothing
     }
     let calls = r.fake.calls.lock().len();
     for (i, c) in r.chunks.iter().enumerate() {
-        assert_eq!(r.source.read_chunks(&refs(std::slice::from_ref(c)))[0].as_ref().unwrap().as_ref(), &r.contents[i][..]);
+        assert_eq!(
+            r.source.read_chunks(&refs(std::slice::from_ref(c)))[0].as_ref().unwrap().as_ref(),
+            &r.contents[i][..]
+        );
     }
     assert_eq!(r.fake.calls.lock().len(), calls, "every neighbour was already on the node");
     let s = r.source.stats().snapshot();
@@ -174,16 +188,25 @@ fn the_chunk_a_reader_waits_for_comes_in_a_small_first_request() {
     let r = rig((0..40).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
     r.fake.delay_ms.store(50, Ordering::SeqCst);
     let want = &r.chunks[20];
-    assert_eq!(r.source.read_chunks(&refs(std::slice::from_ref(want)))[0].as_ref().unwrap().as_ref(), &r.contents[20][..]);
+    assert_eq!(
+        r.source.read_chunks(&refs(std::slice::from_ref(want)))[0].as_ref().unwrap().as_ref(),
+        &r.contents[20][..]
+    );
     std::thread::sleep(Duration::from_millis(300));
     let calls = r.fake.calls.lock().clone();
     // The span's requests start together (on the runtime's workers, in no fixed order): the one
     // holding the chunk read is small, so the reader does not wait for the rest of the span.
     let (_, first) = calls.iter().find(|(_, r)| r.contains(&want.offset)).expect("a request holds the chunk read");
-    assert!(first.end - first.start <= FIRST_REQUEST + 100_100, "the request holding the chunk read is small: {first:?}");
+    assert!(
+        first.end - first.start <= FIRST_REQUEST + 100_100,
+        "the request holding the chunk read is small: {first:?}"
+    );
     let fetched: u64 = calls.iter().map(|(_, r)| r.end - r.start).sum();
     assert!(calls.len() >= 2 && (900_000..=1_200_000).contains(&fetched), "a ~1 MiB span: {calls:?}");
-    assert!(r.chunks[18..20].iter().all(|c| r.cache.contains(&c.digest)), "a quarter of the window lies before the miss");
+    assert!(
+        r.chunks[18..20].iter().all(|c| r.cache.contains(&c.digest)),
+        "a quarter of the window lies before the miss"
+    );
 }
 
 #[test]
@@ -220,7 +243,11 @@ fn a_bad_neighbour_is_never_cached_and_does_not_fail_the_read() {
     assert!(r.cache.contains(&r.chunks[3].digest));
     assert!(!r.cache.contains(&r.chunks[2].digest), "the corrupt neighbour was not cached");
     let again = r.source.read_chunks(&refs(&r.chunks[2..3]));
-    assert!(matches!(&again[0], Err(FetchError::DigestMismatch { path, .. } | FetchError::Corrupt { path, .. }) if path == "/usr/bin/app"), "{:?}", again[0]);
+    assert!(
+        matches!(&again[0], Err(FetchError::DigestMismatch { path, .. } | FetchError::Corrupt { path, .. }) if path == "/usr/bin/app"),
+        "{:?}",
+        again[0]
+    );
 }
 
 #[test]
@@ -274,7 +301,12 @@ fn prefetch_stops_when_asked() {
 
 #[test]
 fn prefetch_gives_up_when_the_registry_keeps_failing() {
-    let opts = FetchOptions { max_request: 1, prefetch_concurrency: 1, deadline: Duration::from_millis(200), ..FetchOptions::default() };
+    let opts = FetchOptions {
+        max_request: 1,
+        prefetch_concurrency: 1,
+        deadline: Duration::from_millis(200),
+        ..FetchOptions::default()
+    };
     let r = rig((0..20).map(|i| pattern(i, 1000)).collect(), opts);
     r.fake.down.store(true, Ordering::SeqCst);
     let err = r.source.prefetch(&refs(&r.chunks), &AtomicBool::new(false)).unwrap_err();
@@ -286,7 +318,9 @@ fn prefetch_gives_up_when_the_registry_keeps_failing() {
 fn wrong_content_is_a_digest_mismatch_never_cached_and_other_chunks_still_read() {
     // The index claims chunk 0 holds different bytes than the blob does (a tampered blob).
     let claimed = pattern(9, 5000);
-    let r = rig_with(vec![pattern(1, 5000), pattern(2, 5000)], FetchOptions::default(), |c| c[0].digest = Digest::of(&claimed));
+    let r = rig_with(vec![pattern(1, 5000), pattern(2, 5000)], FetchOptions::default(), |c| {
+        c[0].digest = Digest::of(&claimed)
+    });
     let out = r.source.read_chunks(&refs(&r.chunks));
     match &out[0] {
         Err(FetchError::DigestMismatch { path, chunk_no: 0, chunk, got }) => {
@@ -314,11 +348,7 @@ fn flipped_byte_in_blob_fails_the_read_and_caches_nothing() {
     }
     let out = r.source.read_chunks(&refs(&r.chunks));
     assert!(out[0].is_ok());
-    assert!(
-        matches!(out[1], Err(FetchError::DigestMismatch { .. }) | Err(FetchError::Corrupt { .. })),
-        "{:?}",
-        out[1]
-    );
+    assert!(matches!(out[1], Err(FetchError::DigestMismatch { .. }) | Err(FetchError::Corrupt { .. })), "{:?}", out[1]);
     assert!(!r.cache.contains(&r.chunks[1].digest));
 }
 
@@ -364,7 +394,9 @@ fn outage_fails_within_the_deadline_and_recovers() {
     let opts = FetchOptions { deadline: Duration::from_millis(500), ..FetchOptions::default() };
     let r = rig(vec![pattern(7, 3000)], opts);
     r.fake.down.store(true, Ordering::SeqCst);
-    assert!(matches!(&r.source.read_chunks(&refs(&r.chunks))[0], Err(FetchError::Unavailable { reason, .. }) if reason.contains("connection refused")));
+    assert!(
+        matches!(&r.source.read_chunks(&refs(&r.chunks))[0], Err(FetchError::Unavailable { reason, .. }) if reason.contains("connection refused"))
+    );
 
     r.fake.down.store(false, Ordering::SeqCst);
     r.fake.hang.store(true, Ordering::SeqCst);
@@ -420,8 +452,14 @@ fn repeated_reads_of_a_chunk_are_served_from_memory_even_without_a_node_cache() 
     fake.blobs.lock().insert(blob_ref.digest, blob);
     // Room for two 100 kB chunks only.
     let opts = FetchOptions { memory_bytes: 250_000, ..FetchOptions::default() };
-    let source =
-        RegistryChunkSource::with_reader(layout.clone(), fake.clone(), None, Arc::new(Stats::default()), rt.handle().clone(), opts);
+    let source = RegistryChunkSource::with_reader(
+        layout.clone(),
+        fake.clone(),
+        None,
+        Arc::new(Stats::default()),
+        rt.handle().clone(),
+        opts,
+    );
     // The kernel reads a chunk in 128 KiB pieces: eight calls for the same chunk.
     for _ in 0..8 {
         assert_eq!(source.read_chunks(&refs(&chunks[..1]))[0].as_ref().unwrap().as_ref(), &contents[0][..]);
@@ -454,7 +492,11 @@ fn after_an_outage_is_seen_fetches_only_probe_until_the_registry_answers() {
     assert!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].is_err());
     // The kernel retries the failed page: that retry only probes.
     let again = r.source.read_chunks(&refs(&r.chunks[..1]));
-    assert!(matches!(&again[0], Err(FetchError::Unavailable { reason, .. }) if reason.contains("probed briefly")), "{:?}", again[0]);
+    assert!(
+        matches!(&again[0], Err(FetchError::Unavailable { reason, .. }) if reason.contains("probed briefly")),
+        "{:?}",
+        again[0]
+    );
     r.fake.down.store(false, Ordering::SeqCst);
     assert!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].is_ok(), "a probe finds the registry back");
     assert!(r.source.read_chunks(&refs(&r.chunks[1..]))[0].is_ok());
@@ -492,7 +534,8 @@ fn processes_sharing_a_node_cache_fetch_each_chunk_once_between_them() {
     for fake in std::iter::once(&r.fake).chain(others.iter().map(|(f, _)| f)) {
         fake.delay_ms.store(150, Ordering::SeqCst);
     }
-    let sources: Vec<Arc<RegistryChunkSource>> = std::iter::once(r.source.clone()).chain(others.iter().map(|(_, s)| s.clone())).collect();
+    let sources: Vec<Arc<RegistryChunkSource>> =
+        std::iter::once(r.source.clone()).chain(others.iter().map(|(_, s)| s.clone())).collect();
     // Each "process" reads every chunk, starting at a different one, with a few threads.
     let threads: Vec<_> = sources
         .iter()
@@ -504,7 +547,8 @@ fn processes_sharing_a_node_cache_fetch_each_chunk_once_between_them() {
                 let n = order.len();
                 order.rotate_left((p * 7 + t * 3) % n);
                 std::thread::spawn(move || {
-                    let out: Vec<Vec<u8>> = source.read_chunks(&refs(&order)).into_iter().map(|x| x.unwrap().to_vec()).collect();
+                    let out: Vec<Vec<u8>> =
+                        source.read_chunks(&refs(&order)).into_iter().map(|x| x.unwrap().to_vec()).collect();
                     (order, out)
                 })
             })

@@ -120,7 +120,12 @@ pub struct LazyFs {
 }
 
 impl LazyFs {
-    pub fn new(index: Arc<Index>, source: Arc<dyn ChunkSource>, stats: Arc<Stats>, recorder: Option<Recorder>) -> LazyFs {
+    pub fn new(
+        index: Arc<Index>,
+        source: Arc<dyn ChunkSource>,
+        stats: Arc<Stats>,
+        recorder: Option<Recorder>,
+    ) -> LazyFs {
         let mut paths: Vec<Option<Box<str>>> = vec![None; index.inodes.len()];
         for (path, ino) in paths_in_order(&index) {
             // The first path in name order wins for hardlinked files.
@@ -131,7 +136,17 @@ impl LazyFs {
         let paths = paths.into_iter().map(|p| p.unwrap_or_else(|| Box::from("?"))).collect();
         stats.image_bytes.store(index.image_bytes(), Ordering::Relaxed);
         let errors = RateLimit::new(Duration::from_secs(10), 20);
-        LazyFs { index, source, stats, paths, recorder, errors, failed: Mutex::new(HashMap::new()), store: None, store_wanted: true.into() }
+        LazyFs {
+            index,
+            source,
+            stats,
+            paths,
+            recorder,
+            errors,
+            failed: Mutex::new(HashMap::new()),
+            store: None,
+            store_wanted: true.into(),
+        }
     }
 
     /// Serves fully cached files from (and writes them into) `store`: see [`LazyFs::stored_file`].

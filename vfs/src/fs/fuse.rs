@@ -25,10 +25,10 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::core::{Attr, FileKind, LazyFs, XattrReply, BLOCK_SIZE};
@@ -205,16 +205,20 @@ impl Filesystem for FuseAdapter {
             }
         }
         if self.passthrough.load(Ordering::Relaxed) {
-            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
+            let granted =
+                config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
             if !granted {
-                log::info!("FUSE passthrough not supported by the kernel: every read goes through FUSE, no files are stored");
+                log::info!(
+                    "FUSE passthrough not supported by the kernel: every read goes through FUSE, no files are stored"
+                );
                 self.passthrough.store(false, Ordering::Relaxed);
                 self.fs.stop_storing();
             }
         }
         let caps = config.capabilities();
-        self.no_open =
-            !self.fs.records() && !self.passthrough.load(Ordering::Relaxed) && caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_open = !self.fs.records()
+            && !self.passthrough.load(Ordering::Relaxed)
+            && caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.no_opendir = caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
             let _ = config.set_max_readahead(max);
@@ -397,7 +401,17 @@ impl Filesystem for FuseAdapter {
     }
 
     /// No ioctls (e.g. `lsattr`'s FS_IOC_GETFLAGS): ENOTTY, what an unsupported ioctl returns.
-    fn ioctl(&self, _: &Request, _: INodeNo, _: FileHandle, _: IoctlFlags, _: u32, _: &[u8], _: u32, reply: ReplyIoctl) {
+    fn ioctl(
+        &self,
+        _: &Request,
+        _: INodeNo,
+        _: FileHandle,
+        _: IoctlFlags,
+        _: u32,
+        _: &[u8],
+        _: u32,
+        reply: ReplyIoctl,
+    ) {
         reply.error(Errno::ENOTTY);
     }
 

@@ -16,11 +16,11 @@ pub mod record;
 pub mod storer;
 
 #[cfg(test)]
-mod testutil;
+mod mount_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod mount_tests;
+mod testutil;
 
 use std::path::PathBuf;
 

@@ -88,9 +88,8 @@ pub fn mount(
     mountpoint: &Path,
     opts: MountOptions,
 ) -> Result<Mounted, FsError> {
-    let mountpoint = mountpoint
-        .canonicalize()
-        .map_err(|source| FsError::Mountpoint { path: mountpoint.to_path_buf(), source })?;
+    let mountpoint =
+        mountpoint.canonicalize().map_err(|source| FsError::Mountpoint { path: mountpoint.to_path_buf(), source })?;
     let recorder = match &opts.record {
         Some(path) => Some(Recorder::create(path, index.inodes.len())?),
         None => None,

@@ -255,7 +255,8 @@ fn a_read_waiting_on_the_network_does_not_block_others() {
     std::thread::spawn(move || {
         let _ = tx.send((std::fs::read(other.join("bin/sh")).ok(), std::fs::read_dir(&other).map(|d| d.count()).ok()));
     });
-    let (sh, entries) = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("other reads blocked behind a slow one");
+    let (sh, entries) =
+        rx.recv_timeout(std::time::Duration::from_secs(5)).expect("other reads blocked behind a slow one");
     assert_eq!(sh.as_deref(), Some(SH));
     assert_eq!(entries, Some(10));
     drop(release);

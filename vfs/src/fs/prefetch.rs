@@ -58,7 +58,8 @@ impl std::fmt::Display for PrefetchMode {
 /// Index inodes of the regular files to prefetch, in order, each once.
 pub fn plan(fs: &LazyFs, mode: PrefetchMode) -> Vec<u32> {
     let index = fs.index();
-    let is_file = |ino: u32| matches!(index.inode(ino), Some(i) if matches!(&i.kind, Kind::File { size, .. } if *size > 0));
+    let is_file =
+        |ino: u32| matches!(index.inode(ino), Some(i) if matches!(&i.kind, Kind::File { size, .. } if *size > 0));
     let mut seen = vec![false; index.inodes.len()];
     let mut order = Vec::new();
     if mode == PrefetchMode::None {

@@ -8,7 +8,7 @@ use nix::errno::Errno;
 use super::core::{FileKind, LazyFs, XattrReply};
 use super::prefetch::{plan, PrefetchMode, Prefetcher};
 use super::record::Recorder;
-use super::testutil::{fixture, CAP_NET_BIND_SERVICE, FakeSource, DATA, MTIME, MTIME_NSEC, SH};
+use super::testutil::{fixture, FakeSource, CAP_NET_BIND_SERVICE, DATA, MTIME, MTIME_NSEC, SH};
 use crate::index::Index;
 use crate::stats::{Snapshot, Stats, STATS_XATTR};
 
@@ -81,7 +81,8 @@ fn readdir_lists_dots_then_entries_and_resumes_at_offsets() {
         assert_eq!(rest, all[i + 1..].iter().map(|e| e.0.clone()).collect::<Vec<_>>());
     }
     assert_eq!(fs.readdir(1, 1000).unwrap().count(), 0);
-    let dev: Vec<(Vec<u8>, FileKind)> = fs.readdir(ino(&fs, "/dev"), 2).unwrap().map(|e| (e.name.to_vec(), e.kind)).collect();
+    let dev: Vec<(Vec<u8>, FileKind)> =
+        fs.readdir(ino(&fs, "/dev"), 2).unwrap().map(|e| (e.name.to_vec(), e.kind)).collect();
     assert_eq!(dev, [(b"null".to_vec(), FileKind::CharDevice), (b"sda".to_vec(), FileKind::BlockDevice)]);
     assert_eq!(fs.readdir(ino(&fs, "/data"), 0).err(), Some(Errno::ENOTDIR));
     assert_eq!(src.total_calls(), 0);

@@ -108,7 +108,13 @@ fn file_chunked(data: &[u8], chunk_size: u32, src: &mut FakeSource) -> Kind {
         .map(|(i, piece)| {
             let digest = Digest::of(piece);
             src.chunks.insert(digest, Bytes::copy_from_slice(piece));
-            Chunk { blob: 0, offset: i as u64 * chunk_size as u64, compressed_len: piece.len() as u32, len: piece.len() as u32, digest }
+            Chunk {
+                blob: 0,
+                offset: i as u64 * chunk_size as u64,
+                compressed_len: piece.len() as u32,
+                len: piece.len() as u32,
+                digest,
+            }
         })
         .collect();
     Kind::File { size: data.len() as u64, chunks }

@@ -172,11 +172,9 @@ pub fn decode(data: &[u8]) -> Result<Index, IndexError> {
     // Stream-decompress into a buffer that only grows as real output arrives: a hostile header
     // declaring a huge body cannot make us allocate it up front.
     let mut body = Vec::new();
-    let decoder = zstd::stream::read::Decoder::new(&data[HEADER_LEN..]).map_err(|e| IndexError::Decompress(e.to_string()))?;
-    decoder
-        .take(body_len + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| IndexError::Decompress(e.to_string()))?;
+    let decoder =
+        zstd::stream::read::Decoder::new(&data[HEADER_LEN..]).map_err(|e| IndexError::Decompress(e.to_string()))?;
+    decoder.take(body_len + 1).read_to_end(&mut body).map_err(|e| IndexError::Decompress(e.to_string()))?;
     if body.len() as u64 != body_len {
         return Err(invalid(format!("body is {} bytes, header says {body_len}", body.len())));
     }
@@ -339,7 +337,13 @@ fn decode_body(body: &[u8]) -> Result<Index, IndexError> {
     Ok(Index { chunk_size, source, blobs, inodes, prefetch, parents: Vec::new(), nlinks: Vec::new() })
 }
 
-fn decode_inode(r: &mut Reader<'_>, ino: usize, ninodes: usize, chunk_size: u32, blobs: &[BlobRef]) -> Result<Inode, IndexError> {
+fn decode_inode(
+    r: &mut Reader<'_>,
+    ino: usize,
+    ninodes: usize,
+    chunk_size: u32,
+    blobs: &[BlobRef],
+) -> Result<Inode, IndexError> {
     let at = |what: &str| format!("inode {ino}: {what}");
     let tag = r.u8(&at("kind"))?;
     let mode = r.u32(&at("mode"))?;
@@ -386,14 +390,19 @@ fn decode_inode(r: &mut Reader<'_>, ino: usize, ninodes: usize, chunk_size: u32,
                 let child = r.u32(&at("entry inode"))?;
                 let shown = String::from_utf8_lossy(name);
                 if child as usize >= ninodes {
-                    return Err(invalid(at(&format!("entry {shown:?} names inode {child}, but there are only {ninodes}"))));
+                    return Err(invalid(at(&format!(
+                        "entry {shown:?} names inode {child}, but there are only {ninodes}"
+                    ))));
                 }
                 if child == ROOT {
                     return Err(invalid(at(&format!("entry {shown:?} links the root directory"))));
                 }
                 if let Some(prev) = entries.last() {
                     if prev.name.as_slice() >= name {
-                        return Err(invalid(at(&format!("entry {shown:?} is not sorted after {:?} (duplicate or unsorted)", String::from_utf8_lossy(&prev.name)))));
+                        return Err(invalid(at(&format!(
+                            "entry {shown:?} is not sorted after {:?} (duplicate or unsorted)",
+                            String::from_utf8_lossy(&prev.name)
+                        ))));
                     }
                 }
                 entries.push(DirEntry { name: name.to_vec(), ino: child });
@@ -408,7 +417,9 @@ fn decode_inode(r: &mut Reader<'_>, ino: usize, ninodes: usize, chunk_size: u32,
             let expected = size.div_ceil(chunk_size as u64);
             let n = r.count(&at("chunk count"), expected, 36)?;
             if n as u64 != expected {
-                return Err(invalid(at(&format!("{n} chunks for {size} bytes; chunk size {chunk_size} needs {expected}"))));
+                return Err(invalid(at(&format!(
+                    "{n} chunks for {size} bytes; chunk size {chunk_size} needs {expected}"
+                ))));
             }
             let mut chunks = Vec::with_capacity(n);
             let mut total: u64 = 0;

@@ -159,13 +159,9 @@ fn rejects_trailing_bytes() {
 
 #[test]
 fn rejects_bad_names() {
-    for (name, why) in [
-        ("", "empty"),
-        (".", "'.' or '..'"),
-        ("..", "'.' or '..'"),
-        ("a/b", "contains '/'"),
-        ("a\0b", "contains NUL"),
-    ] {
+    for (name, why) in
+        [("", "empty"), (".", "'.' or '..'"), ("..", "'.' or '..'"), ("a/b", "contains '/'"), ("a\0b", "contains NUL")]
+    {
         let mut index = sample();
         dir_entries(&mut index, 1)[0].name = name.as_bytes().to_vec();
         dir_entries(&mut index, 1).sort_by(|a, b| a.name.cmp(&b.name));

@@ -71,12 +71,25 @@ pub struct Inode {
 pub enum Kind {
     /// Entries sorted by name bytes; names are unique, non-empty, at most 255 bytes, and contain no
     /// `/` or NUL and are not `.` or `..`.
-    Dir { entries: Vec<DirEntry> },
+    Dir {
+        entries: Vec<DirEntry>,
+    },
     /// `chunks` cover `size` bytes in order; their `len`s sum to `size`.
-    File { size: u64, chunks: Vec<Chunk> },
-    Symlink { target: Vec<u8> },
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    File {
+        size: u64,
+        chunks: Vec<Chunk>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
     Socket,
 }
@@ -180,10 +193,9 @@ impl Index {
     /// Looks a name up in a directory (binary search: entries are sorted).
     pub fn lookup(&self, dir: u32, name: &[u8]) -> Option<u32> {
         match &self.inode(dir)?.kind {
-            Kind::Dir { entries } => entries
-                .binary_search_by(|e| e.name.as_slice().cmp(name))
-                .ok()
-                .map(|i| entries[i].ino),
+            Kind::Dir { entries } => {
+                entries.binary_search_by(|e| e.name.as_slice().cmp(name)).ok().map(|i| entries[i].ino)
+            }
             _ => None,
         }
     }

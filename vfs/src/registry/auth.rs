@@ -124,7 +124,10 @@ impl DockerConfig {
                 Ok(text) => {
                     return match DockerConfig::parse(&text) {
                         Ok(c) => Ok(Some((path, c))),
-                        Err(e) => Err(RegistryError::Config(format!("{}: not a valid docker config.json: {e}", path.display()))),
+                        Err(e) => Err(RegistryError::Config(format!(
+                            "{}: not a valid docker config.json: {e}",
+                            path.display()
+                        ))),
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => continue,

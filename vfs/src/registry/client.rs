@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION,
+    RANGE, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,8 +23,8 @@ use super::config::ClientConfig;
 use super::credentials::Keychain;
 use super::error::RegistryError;
 use super::health::Health;
-use super::image_creds::ImageCredStore;
 use super::hosts::{Endpoint, HostsCache, TlsSettings};
+use super::image_creds::ImageCredStore;
 use super::reference::Reference;
 use super::retry::Retry;
 use crate::digest::{Digest, Hasher};
@@ -110,14 +113,18 @@ struct Sent {
 enum Attempt {
     Answer(Sent),
     /// Connection error, timeout, 5xx or 429: the host is (for now) unavailable.
-    Unavailable { reason: String, retry_after: Option<Duration> },
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// This host cannot serve the request (authentication failed): try the next.
     Skip(RegistryError),
 }
 
 /// Builds the request for one attempt from the HTTP client of the chosen endpoint and the object's
 /// URL on it.
-type MakeRequest<'a> = dyn Fn(&reqwest::Client, reqwest::Url) -> Result<RequestBuilder, RegistryError> + Send + Sync + 'a;
+type MakeRequest<'a> =
+    dyn Fn(&reqwest::Client, reqwest::Url) -> Result<RequestBuilder, RegistryError> + Send + Sync + 'a;
 
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, RegistryError> {
@@ -131,8 +138,12 @@ impl Client {
 
     fn build(config: ClientConfig, stats: Option<Arc<Stats>>) -> Result<Client, RegistryError> {
         let keychain = Arc::new(
-            Keychain::new(config.credentials.clone(), config.docker_config.clone(), config.credential_providers.clone())
-                .with_image_credentials(config.image_credentials.clone().map(ImageCredStore::new)),
+            Keychain::new(
+                config.credentials.clone(),
+                config.docker_config.clone(),
+                config.credential_providers.clone(),
+            )
+            .with_image_credentials(config.image_credentials.clone().map(ImageCredStore::new)),
         );
         let permits = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
         let client = Client {
@@ -166,7 +177,11 @@ impl Client {
             return Ok(c.clone());
         }
         let config = &self.inner.config;
-        let connect = if fast_connect { config.connect_timeout.min(config.failover_connect_timeout) } else { config.connect_timeout };
+        let connect = if fast_connect {
+            config.connect_timeout.min(config.failover_connect_timeout)
+        } else {
+            config.connect_timeout
+        };
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(connect)
@@ -177,8 +192,9 @@ impl Client {
         let cas = config.ca_file.iter().chain(tls.ca.iter());
         for ca in cas {
             let pem = std::fs::read(ca).map_err(|e| RegistryError::Io { path: ca.clone(), source: e })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| RegistryError::Config(format!("CA file {}: not a PEM certificate bundle: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                RegistryError::Config(format!("CA file {}: not a PEM certificate bundle: {e}", ca.display()))
+            })?;
             if certs.is_empty() {
                 return Err(RegistryError::Config(format!("CA file {}: holds no PEM certificate", ca.display())));
             }
@@ -228,7 +244,13 @@ impl Client {
     /// Answers a 401 challenge from `ep`: looks credentials up again (a rotated secret is picked up
     /// here) and stores the `Authorization` value for this host and scope. `used` is the value the
     /// refused request carried: if another request refreshed it meanwhile, that one is used.
-    async fn authenticate(&self, op: &Op<'_>, ep: &Endpoint, challenge: Option<&str>, used: Option<&str>) -> Result<(), RegistryError> {
+    async fn authenticate(
+        &self,
+        op: &Op<'_>,
+        ep: &Endpoint,
+        challenge: Option<&str>,
+        used: Option<&str>,
+    ) -> Result<(), RegistryError> {
         let _one_at_a_time = self.inner.auth_lock.lock().await;
         let host = ep.host().to_string();
         let scope = Self::scope(op);
@@ -302,7 +324,8 @@ impl Client {
         }
         let failover = eligible.len() > 1;
         loop {
-            let up: Vec<&Endpoint> = eligible.iter().copied().filter(|e| !failover || !self.inner.health.is_down(&e.origin)).collect();
+            let up: Vec<&Endpoint> =
+                eligible.iter().copied().filter(|e| !failover || !self.inner.health.is_down(&e.origin)).collect();
             let order = if up.is_empty() { eligible.clone() } else { up };
             let mut reasons = Vec::new();
             let mut retry_after = None;
@@ -315,13 +338,21 @@ impl Client {
                     Attempt::Answer(sent) => {
                         if failover {
                             if let Some(down) = self.inner.health.mark_up(&ep.origin) {
-                                log::info!("registry host {} answers again after {down:.1?}; using it again", ep.origin);
+                                log::info!(
+                                    "registry host {} answers again after {down:.1?}; using it again",
+                                    ep.origin
+                                );
                             }
                         }
                         let status = sent.resp.status();
-                        let refused = matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+                        let refused =
+                            matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
                         if refused && !last {
-                            log::debug!("registry host {}: {}: HTTP {status}; trying the next host", ep.origin, op.what);
+                            log::debug!(
+                                "registry host {}: {}: HTTP {status}; trying the next host",
+                                ep.origin,
+                                op.what
+                            );
                             continue;
                         }
                         return Ok(sent);
@@ -367,14 +398,22 @@ impl Client {
     }
 
     /// One request to one endpoint (two with a 401 answered by authentication).
-    async fn attempt(&self, op: &Op<'_>, ep: &Endpoint, retry: &Retry, make: &MakeRequest<'_>, fast_connect: bool) -> Result<Attempt, RegistryError> {
+    async fn attempt(
+        &self,
+        op: &Op<'_>,
+        ep: &Endpoint,
+        retry: &Retry,
+        make: &MakeRequest<'_>,
+        fast_connect: bool,
+    ) -> Result<Attempt, RegistryError> {
         let cfg = &self.inner.config;
         let scope = Self::scope(op);
         let http = self.http_for(&ep.tls, fast_connect)?;
         let url = ep.url(&op.r.registry, &op.r.repository, &op.tail)?;
         let mut reauthed = false;
         loop {
-            let permit = match tokio::time::timeout(retry.remaining(), self.inner.permits.clone().acquire_owned()).await {
+            let permit = match tokio::time::timeout(retry.remaining(), self.inner.permits.clone().acquire_owned()).await
+            {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => return Err(RegistryError::Config("client shut down".into())),
                 Err(_) => {
@@ -407,7 +446,10 @@ impl Client {
                 match tokio::time::timeout(limit, req.send()).await {
                     Ok(r) => r,
                     Err(_) => {
-                        return Ok(Attempt::Unavailable { reason: format!("no answer within {limit:?}"), retry_after: None })
+                        return Ok(Attempt::Unavailable {
+                            reason: format!("no answer within {limit:?}"),
+                            retry_after: None,
+                        })
                     }
                 }
             } else {
@@ -416,7 +458,8 @@ impl Client {
             return Ok(match answer {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
-                    let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    let challenge =
+                        resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
                     drop(permit);
                     match self.authenticate(op, ep, challenge.as_deref(), auth.as_deref()).await {
                         Ok(()) => continue,
@@ -435,7 +478,9 @@ impl Client {
                     let body = resp.text().await.unwrap_or_default();
                     Attempt::Unavailable { reason: format!("HTTP {status}: {}", auth::truncate(&body)), retry_after }
                 }
-                Ok(resp) => Attempt::Answer(Sent { resp, permit, host: ep.host().to_string(), origin: ep.origin.clone() }),
+                Ok(resp) => {
+                    Attempt::Answer(Sent { resp, permit, host: ep.host().to_string(), origin: ep.origin.clone() })
+                }
                 Err(e) if e.is_builder() => return Err(RegistryError::Config(format!("{}: {e}", op.what))),
                 Err(e) => Attempt::Unavailable { reason: describe(&e), retry_after: None },
             });
@@ -445,7 +490,8 @@ impl Client {
     /// Re-probes a host that went down, in the background, until it answers (any status below 500).
     fn spawn_prober(&self, ep: &Endpoint) {
         let (Ok(http), Ok(url)) = (self.http_for(&ep.tls, true), ep.ping_url()) else { return };
-        let timeout = self.inner.config.connect_timeout.min(self.inner.config.failover_connect_timeout) + Duration::from_secs(2);
+        let timeout =
+            self.inner.config.connect_timeout.min(self.inner.config.failover_connect_timeout) + Duration::from_secs(2);
         self.inner.health.spawn_prober(ep.origin.clone(), move || {
             let (http, url) = (http.clone(), url.clone());
             async move { matches!(http.get(url).timeout(timeout).send().await, Ok(r) if !r.status().is_server_error()) }
@@ -471,12 +517,24 @@ impl Client {
                 };
                 RegistryError::Unauthorized { registry, repository, what, status: status.as_u16(), hint }
             }
-            _ => RegistryError::Status { registry, repository, what, status: status.as_u16(), body: auth::truncate(&body) },
+            _ => RegistryError::Status {
+                registry,
+                repository,
+                what,
+                status: status.as_u16(),
+                body: auth::truncate(&body),
+            },
         }
     }
 
     /// Sends and reads the whole body, retrying a body cut off mid-way until the deadline.
-    async fn fetch(&self, op: &Op<'_>, deadline: Duration, max_len: usize, make: &MakeRequest<'_>) -> Result<(StatusCode, HeaderMap, Bytes), RegistryError> {
+    async fn fetch(
+        &self,
+        op: &Op<'_>,
+        deadline: Duration,
+        max_len: usize,
+        make: &MakeRequest<'_>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), RegistryError> {
         let mut retry = self.retry(deadline);
         loop {
             let sent = self.send(op, &mut retry, make).await?;
@@ -485,7 +543,13 @@ impl Client {
                 return Err(self.fail(op, sent).await);
             }
             if sent.resp.content_length().is_some_and(|n| n > max_len as u64) {
-                return Err(self.bad(op, format!("body of {} bytes exceeds the {max_len}-byte limit", sent.resp.content_length().unwrap_or(0))));
+                return Err(self.bad(
+                    op,
+                    format!(
+                        "body of {} bytes exceeds the {max_len}-byte limit",
+                        sent.resp.content_length().unwrap_or(0)
+                    ),
+                ));
             }
             let headers = sent.resp.headers().clone();
             let (host, permit) = (sent.host, sent.permit);
@@ -517,7 +581,12 @@ impl Client {
     }
 
     fn bad(&self, op: &Op<'_>, reason: String) -> RegistryError {
-        RegistryError::BadResponse { registry: op.r.registry.clone(), repository: op.r.repository.clone(), what: op.what.clone(), reason }
+        RegistryError::BadResponse {
+            registry: op.r.registry.clone(),
+            repository: op.r.repository.clone(),
+            what: op.what.clone(),
+            reason,
+        }
     }
 
     fn verify(&self, op: &Op<'_>, want: &Digest, got: Digest) -> Result<(), RegistryError> {
@@ -569,7 +638,8 @@ impl Client {
             Err(RegistryError::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let tags = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| self.bad(&op, format!("not JSON: {e}")))?;
+        let tags =
+            serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| self.bad(&op, format!("not JSON: {e}")))?;
         Ok(tags
             .get("tags")
             .and_then(|t| t.as_array())
@@ -621,7 +691,9 @@ impl Client {
                 if resp.status() == StatusCode::PARTIAL_CONTENT {
                     let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                     if parse_content_range(&cr).map(|(s, _)| s) != Some(n) {
-                        break 'download Err(self.bad(&op, format!("resume at byte {n} answered with Content-Range {cr:?}")));
+                        break 'download Err(
+                            self.bad(&op, format!("resume at byte {n} answered with Content-Range {cr:?}"))
+                        );
                     }
                 } else {
                     skip = n;
@@ -675,7 +747,12 @@ impl Client {
 
     /// Reads `range` of a blob with an HTTP Range request. A 206 must carry the matching
     /// `Content-Range`; a registry that ignores ranges and sends the whole blob (200) is sliced.
-    pub async fn get_blob_range(&self, r: &Reference, digest: &Digest, range: Range<u64>) -> Result<Bytes, RegistryError> {
+    pub async fn get_blob_range(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<Bytes, RegistryError> {
         self.get_blob_range_within(r, digest, range, self.inner.config.deadline).await
     }
 
@@ -698,7 +775,10 @@ impl Client {
         let want = (range.end - range.start) as usize;
         let (status, headers, body) = match self.fetch(&op, deadline, usize::MAX, &make).await {
             Err(RegistryError::Status { status: 416, .. }) => {
-                return Err(self.bad(&op, "range lies beyond the end of the blob (HTTP 416); the index does not match the blob".into()))
+                return Err(self.bad(
+                    &op,
+                    "range lies beyond the end of the blob (HTTP 416); the index does not match the blob".into(),
+                ))
             }
             other => other?,
         };
@@ -706,7 +786,11 @@ impl Client {
             let cr = headers.get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
             match parse_content_range(cr) {
                 Some((s, e)) if s == range.start && e + 1 == range.end => {}
-                _ => return Err(self.bad(&op, format!("206 answer with Content-Range {cr:?} does not match the request"))),
+                _ => {
+                    return Err(
+                        self.bad(&op, format!("206 answer with Content-Range {cr:?} does not match the request"))
+                    )
+                }
             }
             if body.len() != want {
                 return Err(self.bad(&op, format!("206 answer has {} bytes, expected {want}", body.len())));
@@ -823,7 +907,8 @@ impl Client {
             .to_string();
         let Sent { resp, permit, origin, .. } = sent;
         drop(permit);
-        let mut put_url = resp.url().join(&location).map_err(|e| self.bad(&op, format!("bad upload Location {location:?}: {e}")))?;
+        let mut put_url =
+            resp.url().join(&location).map_err(|e| self.bad(&op, format!("bad upload Location {location:?}: {e}")))?;
         put_url.query_pairs_mut().append_pair("digest", &digest.to_string());
         // The session lives on the host that opened it.
         op.pin = Some(origin);
@@ -855,7 +940,9 @@ impl Client {
         }
         if let Some(got) = sent.resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
             if got != digest.to_string() {
-                return Err(self.bad(&op, format!("registry stored the manifest as {got}, but its bytes hash to {digest}")));
+                return Err(
+                    self.bad(&op, format!("registry stored the manifest as {got}, but its bytes hash to {digest}"))
+                );
             }
         }
         Ok(digest)

@@ -99,7 +99,8 @@ async fn serve_on(port: u16, handler: impl Fn(&Req, &str) -> Resp + Send + Sync 
                 let req = Req { method, path, headers, body };
                 log.lock().push(req.clone());
                 let r = handler(&req, &addr);
-                let mut out = format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n", r.status, r.body.len());
+                let mut out =
+                    format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n", r.status, r.body.len());
                 for (k, v) in &r.headers {
                     out.push_str(&format!("{k}: {v}\r\n"));
                 }
@@ -194,7 +195,11 @@ async fn connection_refused_gives_up_at_the_deadline_with_a_clear_message() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let stats = Arc::new(crate::stats::Stats::default());
     let c = Client::with_stats(
-        ClientConfig { deadline: Duration::from_millis(800), initial_backoff: Duration::from_millis(20), ..ClientConfig::default() },
+        ClientConfig {
+            deadline: Duration::from_millis(800),
+            initial_backoff: Duration::from_millis(20),
+            ..ClientConfig::default()
+        },
         stats.clone(),
     )
     .unwrap();
@@ -223,7 +228,9 @@ async fn bearer_flow_and_reauth_on_expired_token() {
         }
         let want = format!("Bearer {}", cur.lock());
         if req.header("authorization") != Some(want.as_str()) {
-            let challenge = format!(r#"Bearer realm="http://{addr}/token",service="test-registry",scope="repository:test/repo:pull""#);
+            let challenge = format!(
+                r#"Bearer realm="http://{addr}/token",service="test-registry",scope="repository:test/repo:pull""#
+            );
             return resp(401, &[("WWW-Authenticate", &challenge)], b"");
         }
         resp(200, &[], BLOB)
@@ -270,13 +277,18 @@ async fn push_blob_and_manifest_then_read_back() {
                 Some((ct, body)) => resp(200, &[("Content-Type", ct)], body),
                 None => resp(404, &[], b""),
             },
-            "POST" if p == "/v2/test/repo/blobs/uploads/" => resp(202, &[("Location", "/v2/test/repo/blobs/uploads/u1?state=x")], b""),
+            "POST" if p == "/v2/test/repo/blobs/uploads/" => {
+                resp(202, &[("Location", "/v2/test/repo/blobs/uploads/u1?state=x")], b"")
+            }
             "PUT" if p == "/v2/test/repo/blobs/uploads/u1" => {
                 assert!(query.contains("state=x"), "{query}");
                 let digest = query.split('&').find_map(|kv| kv.strip_prefix("digest=")).unwrap().replace("%3A", ":");
                 assert_eq!(req.header("content-type"), Some("application/octet-stream"));
                 assert_eq!(Digest::of(&req.body).to_string(), digest);
-                st.lock().insert(format!("/v2/test/repo/blobs/{digest}"), ("application/octet-stream".into(), req.body.clone()));
+                st.lock().insert(
+                    format!("/v2/test/repo/blobs/{digest}"),
+                    ("application/octet-stream".into(), req.body.clone()),
+                );
                 resp(201, &[], b"")
             }
             "PUT" if p.starts_with("/v2/test/repo/manifests/") => {
@@ -298,7 +310,11 @@ async fn push_blob_and_manifest_then_read_back() {
     assert!(c.blob_exists(&r, &d).await.unwrap());
     let posts = s.log.lock().iter().filter(|r| r.method == "POST").count();
     c.push_blob(&r, &d, Bytes::from_static(BLOB)).await.unwrap();
-    assert_eq!(s.log.lock().iter().filter(|r| r.method == "POST").count(), posts, "an existing blob is not uploaded again");
+    assert_eq!(
+        s.log.lock().iter().filter(|r| r.method == "POST").count(),
+        posts,
+        "an existing blob is not uploaded again"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("blob");
@@ -309,7 +325,8 @@ async fn push_blob_and_manifest_then_read_back() {
     assert_eq!(c.get_blob_to_file(&r, &Digest::of(&big), &out).await.unwrap(), big.len() as u64);
     assert_eq!(std::fs::read(&out).unwrap(), big);
 
-    let manifest = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#);
+    let manifest =
+        Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#);
     let tagged: Reference = format!("{}/test/repo:v1", s.addr).parse().unwrap();
     let md = c.push_manifest(&tagged, MEDIA_OCI_MANIFEST, manifest.clone()).await.unwrap();
     assert_eq!(md, Digest::of(&manifest));
@@ -373,7 +390,12 @@ async fn a_registry_that_accepts_but_never_answers_fails_near_the_deadline() {
 #[test]
 fn plain_http_policy_picks_the_scheme() {
     let url = |plain_http, r: &str| {
-        let c = Client::new(ClientConfig { plain_http, docker_config: Some("/nonexistent".into()), ..ClientConfig::default() }).unwrap();
+        let c = Client::new(ClientConfig {
+            plain_http,
+            docker_config: Some("/nonexistent".into()),
+            ..ClientConfig::default()
+        })
+        .unwrap();
         let r: Reference = r.parse().unwrap();
         c.endpoints(&r).unwrap()[0].url(&r.registry, &r.repository, "blobs/x").unwrap().to_string()
     };
@@ -390,12 +412,19 @@ fn unusable_tls_files_are_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, "not a certificate").unwrap();
-    let e = Client::new(ClientConfig { ca_file: Some(ca.clone()), ..ClientConfig::default() }).err().unwrap().to_string();
+    let e =
+        Client::new(ClientConfig { ca_file: Some(ca.clone()), ..ClientConfig::default() }).err().unwrap().to_string();
     assert!(e.contains(&ca.display().to_string()), "{e}");
     let missing = dir.path().join("missing.pem");
-    let e = Client::new(ClientConfig { ca_file: Some(missing.clone()), ..ClientConfig::default() }).err().unwrap().to_string();
+    let e = Client::new(ClientConfig { ca_file: Some(missing.clone()), ..ClientConfig::default() })
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("missing.pem"), "{e}");
-    let e = Client::new(ClientConfig { client_cert: Some((ca.clone(), ca)), ..ClientConfig::default() }).err().unwrap().to_string();
+    let e = Client::new(ClientConfig { client_cert: Some((ca.clone(), ca)), ..ClientConfig::default() })
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("client certificate"), "{e}");
 }
 
@@ -412,7 +441,10 @@ async fn too_many_requests_honours_retry_after_within_the_deadline() {
     })
     .await;
     let t = Instant::now();
-    assert_eq!(&client(Duration::from_secs(5)).get_blob(&reference(&s.addr), &Digest::of(BLOB)).await.unwrap()[..], BLOB);
+    assert_eq!(
+        &client(Duration::from_secs(5)).get_blob(&reference(&s.addr), &Digest::of(BLOB)).await.unwrap()[..],
+        BLOB
+    );
     assert!(t.elapsed() >= Duration::from_millis(900), "retried after {:?}, before Retry-After", t.elapsed());
     // A Retry-After beyond the deadline means giving up now, not sleeping past the deadline.
     let always = serve(|_, _| resp(429, &[("Retry-After", "60")], b"")).await;
@@ -437,7 +469,8 @@ async fn a_download_cut_off_mid_way_resumes_with_a_range_request() {
             let mut buf = vec![0u8; 8192];
             let n = sock.read(&mut buf).await.unwrap_or(0);
             let head = String::from_utf8_lossy(&buf[..n]).to_string();
-            let range = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string));
+            let range =
+                head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string));
             seen2.lock().push(range.clone().unwrap_or_default());
             let out = match range {
                 Some(r) => {
@@ -454,7 +487,8 @@ async fn a_download_cut_off_mid_way_resumes_with_a_range_request() {
                     o
                 }
                 None => {
-                    let mut o = format!("HTTP/1.1 200 X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len()).into_bytes();
+                    let mut o = format!("HTTP/1.1 200 X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len())
+                        .into_bytes();
                     o.extend_from_slice(if first { &b[..100_000] } else { &b[..] });
                     o
                 }
@@ -487,7 +521,9 @@ async fn a_lost_upload_session_starts_a_new_one() {
             resp(202, &[("Location", &format!("/v2/test/repo/blobs/uploads/s{n}"))], b"")
         }
         // The first session is gone by the time the PUT arrives.
-        "PUT" if req.path.starts_with("/v2/test/repo/blobs/uploads/s0") => resp(404, &[], br#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN"}]}"#),
+        "PUT" if req.path.starts_with("/v2/test/repo/blobs/uploads/s0") => {
+            resp(404, &[], br#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN"}]}"#)
+        }
         "PUT" => {
             *s2.lock() = true;
             resp(201, &[], b"")
@@ -495,7 +531,10 @@ async fn a_lost_upload_session_starts_a_new_one() {
         _ => resp(405, &[], b""),
     })
     .await;
-    client(Duration::from_secs(5)).push_blob(&reference(&s.addr), &Digest::of(BLOB), Bytes::from_static(BLOB)).await.unwrap();
+    client(Duration::from_secs(5))
+        .push_blob(&reference(&s.addr), &Digest::of(BLOB), Bytes::from_static(BLOB))
+        .await
+        .unwrap();
     assert_eq!(posts.load(Ordering::SeqCst), 2);
     assert!(*stored.lock());
 }
@@ -533,7 +572,10 @@ async fn reads_go_to_the_mirror_and_fail_over_to_the_server_once_then_come_back(
     let origin = serve(|req, _| ranged(req)).await;
     let mirror_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let stats = Arc::new(crate::stats::Stats::default());
-    let hosts = format!("server = \"http://{}\"\n[host.\"http://127.0.0.1:{mirror_port}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", origin.addr);
+    let hosts = format!(
+        "server = \"http://{}\"\n[host.\"http://127.0.0.1:{mirror_port}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        origin.addr
+    );
     let (c, _dir) = client_with_hosts(&origin.addr, &hosts, stats.clone());
     let (r, d) = (reference(&origin.addr), Digest::of(BLOB));
     // The mirror is dead: the first read fails over at once, later reads skip it.
@@ -608,7 +650,10 @@ async fn a_mirror_that_accepts_but_never_answers_is_skipped_after_the_failover_a
         }
     });
     let stats = Arc::new(crate::stats::Stats::default());
-    let hosts = format!("server = \"http://{}\"\n[host.\"http://{hung}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", origin.addr);
+    let hosts = format!(
+        "server = \"http://{}\"\n[host.\"http://{hung}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        origin.addr
+    );
     let (c, _dir) = client_with_hosts(&origin.addr, &hosts, stats.clone());
     let (r, d) = (reference(&origin.addr), Digest::of(BLOB));
     let t = Instant::now();

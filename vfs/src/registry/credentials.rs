@@ -82,7 +82,11 @@ pub struct Keychain {
 }
 
 impl Keychain {
-    pub fn new(explicit: Option<(String, String)>, docker_config: Option<PathBuf>, providers: Option<ProviderSettings>) -> Keychain {
+    pub fn new(
+        explicit: Option<(String, String)>,
+        docker_config: Option<PathBuf>,
+        providers: Option<ProviderSettings>,
+    ) -> Keychain {
         Keychain {
             explicit,
             handed: None,
@@ -104,7 +108,11 @@ impl Keychain {
     pub fn lookup(&self, host: &str, image: &str) -> Result<Lookup, RegistryError> {
         let mut out = Lookup::default();
         if let Some((u, p)) = &self.explicit {
-            out.credential = Some(Credential { username: u.clone(), secret: p.clone(), source: "the configured credentials".into() });
+            out.credential = Some(Credential {
+                username: u.clone(),
+                secret: p.clone(),
+                source: "the configured credentials".into(),
+            });
             return Ok(out);
         }
         if let Some(store) = &self.handed {
@@ -151,7 +159,8 @@ impl Keychain {
         }
         out.tried.push(format!("auths in {}", path.display()));
         if let Some((u, p)) = docker.credentials(host) {
-            out.credential = Some(Credential { username: u, secret: p, source: format!("auths in {}", path.display()) });
+            out.credential =
+                Some(Credential { username: u, secret: p, source: format!("auths in {}", path.display()) });
         }
         Ok(out)
     }
@@ -169,12 +178,23 @@ impl Keychain {
         }
     }
 
-    fn ask_providers(&self, p: &ProviderSettings, host: &str, image: &str) -> Result<Option<Credential>, RegistryError> {
-        let bad = |reason: String| RegistryError::Config(format!("kubelet credential provider config {}: {reason}", p.config.display()));
-        let text = std::fs::read_to_string(&p.config).map_err(|e| RegistryError::Io { path: p.config.clone(), source: e })?;
+    fn ask_providers(
+        &self,
+        p: &ProviderSettings,
+        host: &str,
+        image: &str,
+    ) -> Result<Option<Credential>, RegistryError> {
+        let bad = |reason: String| {
+            RegistryError::Config(format!("kubelet credential provider config {}: {reason}", p.config.display()))
+        };
+        let text =
+            std::fs::read_to_string(&p.config).map_err(|e| RegistryError::Io { path: p.config.clone(), source: e })?;
         let config: ProviderConfig = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if config.kind.as_deref().is_some_and(|k| k != "CredentialProviderConfig") {
-            return Err(bad(format!("kind is {:?}, expected CredentialProviderConfig", config.kind.unwrap_or_default())));
+            return Err(bad(format!(
+                "kind is {:?}, expected CredentialProviderConfig",
+                config.kind.unwrap_or_default()
+            )));
         }
         // What the plugin is asked about: the image as the pod names it, on the host we talk to.
         let repo = image.split_once('/').map_or("", |(_, r)| r);
@@ -192,7 +212,8 @@ impl Keychain {
             let source = format!("kubelet credential provider {} (config {})", provider.name, p.config.display());
             let auths = self.provider_answer(p, provider, &target, host, &source)?;
             // The most specific key that matches wins (kubelet tries them all; one is enough here).
-            let mut matching: Vec<&(String, Credential)> = auths.iter().filter(|(k, _)| image_matches(k, &target)).collect();
+            let mut matching: Vec<&(String, Credential)> =
+                auths.iter().filter(|(k, _)| image_matches(k, &target)).collect();
             matching.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
             if let Some((_, c)) = matching.first() {
                 return Ok(Some(c.clone()));
@@ -216,12 +237,14 @@ impl Keychain {
                 }
             }
         }
-        let fail = |reason: String| RegistryError::Auth { registry: host.to_string(), reason: format!("{source}: {reason}") };
+        let fail =
+            |reason: String| RegistryError::Auth { registry: host.to_string(), reason: format!("{source}: {reason}") };
         if provider.name.contains('/') || provider.name.is_empty() {
             return Err(fail("the provider name must be a file name in the plugin directory".into()));
         }
         let bin = p.bin_dir.join(&provider.name);
-        let request = serde_json::json!({"apiVersion": PROVIDER_API, "kind": "CredentialProviderRequest", "image": target});
+        let request =
+            serde_json::json!({"apiVersion": PROVIDER_API, "kind": "CredentialProviderRequest", "image": target});
         let mut cmd = Command::new(&bin);
         cmd.args(&provider.args);
         for e in &provider.env {
@@ -231,15 +254,16 @@ impl Keychain {
         if !ok {
             return Err(fail(format!("plugin {} failed: {}", bin.display(), super::auth::truncate(&stderr))));
         }
-        let resp: ProviderResponse =
-            serde_json::from_slice(&stdout).map_err(|e| fail(format!("plugin {} answered no CredentialProviderResponse JSON: {e}", bin.display())))?;
+        let resp: ProviderResponse = serde_json::from_slice(&stdout)
+            .map_err(|e| fail(format!("plugin {} answered no CredentialProviderResponse JSON: {e}", bin.display())))?;
         let auths: Vec<(String, Credential)> = resp
             .auth
             .into_iter()
             .map(|(k, a)| (k, Credential { username: a.username, secret: a.password, source: source.to_string() }))
             .collect();
         let duration = match resp.cache_duration.as_deref().or(provider.default_cache_duration.as_deref()) {
-            Some(d) => parse_go_duration(d).ok_or_else(|| fail(format!("cacheDuration {d:?} is not a duration like \"5m\"")))?,
+            Some(d) => parse_go_duration(d)
+                .ok_or_else(|| fail(format!("cacheDuration {d:?} is not a duration like \"5m\"")))?,
             None => Duration::ZERO,
         };
         if !duration.is_zero() {
@@ -379,12 +403,16 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 /// helper has no credentials for it.
 fn run_docker_helper(name: &str, host: &str) -> Result<Option<(String, String)>, RegistryError> {
     let bin = format!("docker-credential-{name}");
-    let fail = |reason: String| RegistryError::Auth { registry: host.to_string(), reason: format!("docker credential helper {bin}: {reason}") };
+    let fail = |reason: String| RegistryError::Auth {
+        registry: host.to_string(),
+        reason: format!("docker credential helper {bin}: {reason}"),
+    };
     if name.contains('/') {
         return Err(fail("the helper name must not contain '/'".into()));
     }
     // Docker Hub's credentials are stored under its v1 index URL.
-    let server = if host == "registry-1.docker.io" || host == "docker.io" { "https://index.docker.io/v1/" } else { host };
+    let server =
+        if host == "registry-1.docker.io" || host == "docker.io" { "https://index.docker.io/v1/" } else { host };
     let mut cmd = Command::new(&bin);
     cmd.arg("get");
     let (ok, stdout, stderr) = run(cmd, Path::new(&bin), server.as_bytes()).map_err(fail)?;
@@ -402,7 +430,8 @@ fn run_docker_helper(name: &str, host: &str) -> Result<Option<(String, String)>,
         #[serde(rename = "Secret", default)]
         secret: String,
     }
-    let a: HelperAnswer = serde_json::from_slice(&stdout).map_err(|e| fail(format!("answer is not credential JSON: {e}")))?;
+    let a: HelperAnswer =
+        serde_json::from_slice(&stdout).map_err(|e| fail(format!("answer is not credential JSON: {e}")))?;
     if a.username.is_empty() && a.secret.is_empty() {
         return Ok(None);
     }
@@ -412,12 +441,13 @@ fn run_docker_helper(name: &str, host: &str) -> Result<Option<(String, String)>,
 /// Runs `cmd` with `input` on stdin; returns (success, stdout, stderr), or an error when it
 /// cannot start or runs longer than [`EXEC_TIMEOUT`] (then it is killed).
 fn run(mut cmd: Command, bin: &Path, input: &[u8]) -> Result<(bool, Vec<u8>, String), String> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}{}", bin.display(), if e.kind() == std::io::ErrorKind::NotFound { " (is it installed and on PATH?)" } else { "" }))?;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| {
+        format!(
+            "cannot run {}: {e}{}",
+            bin.display(),
+            if e.kind() == std::io::ErrorKind::NotFound { " (is it installed and on PATH?)" } else { "" }
+        )
+    })?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input);
     }
@@ -502,12 +532,17 @@ mod tests {
             ),
         )
         .unwrap();
-        let k = Keychain::new(None, Some(d.path().join("none.json")), Some(ProviderSettings { config, bin_dir: d.path().into() }));
+        let k = Keychain::new(
+            None,
+            Some(d.path().join("none.json")),
+            Some(ProviderSettings { config, bin_dir: d.path().into() }),
+        );
         let l = k.lookup("reg.io:5000", "reg.io:5000/team/app").unwrap();
         let c = l.credential.unwrap();
         assert_eq!((c.username.as_str(), c.secret.as_str()), ("u", "s3cret"));
         assert!(c.source.contains("fake-provider"), "{}", c.source);
-        let req: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{}.req", count.display())).unwrap()).unwrap();
+        let req: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{}.req", count.display())).unwrap()).unwrap();
         assert_eq!(req["image"], "reg.io:5000/team/app");
         assert_eq!(req["kind"], "CredentialProviderRequest");
         k.lookup("reg.io:5000", "reg.io:5000/team/other").unwrap();

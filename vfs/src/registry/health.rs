@@ -40,7 +40,10 @@ impl Health {
         if hosts.contains_key(origin) {
             return false;
         }
-        hosts.insert(origin.to_string(), HostState { since: Instant::now(), reason: reason.to_string(), probing: false });
+        hosts.insert(
+            origin.to_string(),
+            HostState { since: Instant::now(), reason: reason.to_string(), probing: false },
+        );
         true
     }
 

@@ -65,7 +65,8 @@ impl Endpoint {
     /// URL of `tail` (e.g. `blobs/sha256:...`) in `repository` on this host.
     pub fn url(&self, registry: &str, repository: &str, tail: &str) -> Result<reqwest::Url, RegistryError> {
         let s = format!("{}{}/{repository}/{tail}", self.origin, self.path);
-        let mut url = reqwest::Url::parse(&s).map_err(|e| RegistryError::Config(format!("bad registry URL {s:?}: {e}")))?;
+        let mut url =
+            reqwest::Url::parse(&s).map_err(|e| RegistryError::Config(format!("bad registry URL {s:?}: {e}")))?;
         if self.mirror {
             url.query_pairs_mut().append_pair("ns", registry);
         }
@@ -82,7 +83,11 @@ impl Endpoint {
 /// The endpoints of `registry` in the order to try them: the `[host]` entries of its hosts.toml
 /// (or `_default`'s), then its server. Without a hosts.toml, the registry alone, spoken to over
 /// HTTPS, or plain HTTP as `plain_http` says.
-pub fn resolve(hosts_dir: Option<&Path>, registry: &Reference, plain_http: PlainHttp) -> Result<Vec<Endpoint>, RegistryError> {
+pub fn resolve(
+    hosts_dir: Option<&Path>,
+    registry: &Reference,
+    plain_http: PlainHttp,
+) -> Result<Vec<Endpoint>, RegistryError> {
     let default_scheme = match plain_http {
         PlainHttp::Always => "http",
         PlainHttp::Never => "https",
@@ -108,7 +113,13 @@ pub fn resolve(hosts_dir: Option<&Path>, registry: &Reference, plain_http: Plain
     parse(&text, &path, registry, default_scheme, server)
 }
 
-fn parse(text: &str, path: &Path, registry: &Reference, default_scheme: &str, server: Endpoint) -> Result<Vec<Endpoint>, RegistryError> {
+fn parse(
+    text: &str,
+    path: &Path,
+    registry: &Reference,
+    default_scheme: &str,
+    server: Endpoint,
+) -> Result<Vec<Endpoint>, RegistryError> {
     let bad = |reason: String| RegistryError::Config(format!("{}: {reason}; fix or remove it", path.display()));
     let doc: toml::Table = toml::from_str(text).map_err(|e| bad(format!("not valid hosts.toml: {e}")))?;
     let base = path.parent().unwrap_or(Path::new("/"));
@@ -117,7 +128,9 @@ fn parse(text: &str, path: &Path, registry: &Reference, default_scheme: &str, se
         let hosts = hosts.as_table().ok_or_else(|| bad("`host` must be a table of [host.\"URL\"] entries".into()))?;
         // toml::Table keeps file order (preserve_order is not enabled): sort by position in the text.
         let mut ordered: Vec<(&String, &toml::Value)> = hosts.iter().collect();
-        ordered.sort_by_key(|(k, _)| text.find(&format!("host.\"{k}\"")).or_else(|| text.find(k.as_str())).unwrap_or(usize::MAX));
+        ordered.sort_by_key(|(k, _)| {
+            text.find(&format!("host.\"{k}\"")).or_else(|| text.find(k.as_str())).unwrap_or(usize::MAX)
+        });
         for (url, t) in ordered {
             let t = t.as_table().ok_or_else(|| bad(format!("[host.{url:?}] must be a table")))?;
             out.push(endpoint(url, t, default_scheme, true, base).map_err(|e| bad(format!("[host.{url:?}]: {e}")))?);
@@ -185,7 +198,10 @@ fn endpoint(url: &str, t: &toml::Table, default_scheme: &str, mirror: bool, base
                 toml::Value::String(s) => headers.push((name.clone(), s.clone())),
                 toml::Value::Array(a) => {
                     for s in a {
-                        headers.push((name.clone(), s.as_str().ok_or(format!("header {name:?}: values must be strings"))?.to_string()));
+                        headers.push((
+                            name.clone(),
+                            s.as_str().ok_or(format!("header {name:?}: values must be strings"))?.to_string(),
+                        ));
                     }
                 }
                 _ => return Err(format!("header {name:?}: value must be a string or a list of strings")),
@@ -272,7 +288,10 @@ mod tests {
         let e = resolve(Some(d.path()), &r("reg.example.com"), PlainHttp::Auto).unwrap();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].origin, "https://reg.example.com");
-        assert_eq!(e[0].url("reg.example.com", "a/b", "blobs/x").unwrap().as_str(), "https://reg.example.com/v2/a/b/blobs/x");
+        assert_eq!(
+            e[0].url("reg.example.com", "a/b", "blobs/x").unwrap().as_str(),
+            "https://reg.example.com/v2/a/b/blobs/x"
+        );
         let e = resolve(None, &r("127.0.0.1:5000"), PlainHttp::Auto).unwrap();
         assert_eq!(e[0].origin, "http://127.0.0.1:5000");
         let e = resolve(None, &r("docker.io"), PlainHttp::Auto).unwrap();
@@ -302,10 +321,19 @@ ca = "/etc/top-ca.pem"
         )
         .unwrap();
         let e = resolve(Some(d.path()), &r("reg:5000"), PlainHttp::Auto).unwrap();
-        assert_eq!(e.iter().map(|e| e.origin.as_str()).collect::<Vec<_>>(), ["http://zz-mirror:5000", "https://aa-cache.local", "https://reg:5000"]);
+        assert_eq!(
+            e.iter().map(|e| e.origin.as_str()).collect::<Vec<_>>(),
+            ["http://zz-mirror:5000", "https://aa-cache.local", "https://reg:5000"]
+        );
         assert_eq!(e[0].capabilities, Capabilities { pull: true, resolve: true, push: false });
-        assert!(e[0].headers.contains(&("X-Multi".into(), "2".into())) && e[0].headers.contains(&("X-Team".into(), "a".into())));
-        assert_eq!(e[0].url("reg:5000", "lib/app", "blobs/d").unwrap().as_str(), "http://zz-mirror:5000/v2/lib/app/blobs/d?ns=reg%3A5000");
+        assert!(
+            e[0].headers.contains(&("X-Multi".into(), "2".into()))
+                && e[0].headers.contains(&("X-Team".into(), "a".into()))
+        );
+        assert_eq!(
+            e[0].url("reg:5000", "lib/app", "blobs/d").unwrap().as_str(),
+            "http://zz-mirror:5000/v2/lib/app/blobs/d?ns=reg%3A5000"
+        );
         assert_eq!(e[1].path, "/custom/api");
         assert_eq!(e[1].capabilities, Capabilities { pull: true, resolve: false, push: false });
         assert_eq!(e[1].tls.ca, [d.path().join("reg:5000/ca1.pem"), PathBuf::from("/abs/ca2.pem")]);
@@ -320,7 +348,11 @@ ca = "/etc/top-ca.pem"
     fn default_dir_applies_to_registries_without_their_own() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("_default")).unwrap();
-        std::fs::write(d.path().join("_default/hosts.toml"), "[host.\"http://cache:5000\"]\ncapabilities = [\"pull\"]\n").unwrap();
+        std::fs::write(
+            d.path().join("_default/hosts.toml"),
+            "[host.\"http://cache:5000\"]\ncapabilities = [\"pull\"]\n",
+        )
+        .unwrap();
         let e = resolve(Some(d.path()), &r("any.example.com"), PlainHttp::Auto).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].origin, "http://cache:5000");
@@ -334,7 +366,8 @@ ca = "/etc/top-ca.pem"
         std::fs::write(d.path().join("reg.local/hosts.toml"), "server = [").unwrap();
         let e = resolve(Some(d.path()), &r("reg.local"), PlainHttp::Auto).unwrap_err().to_string();
         assert!(e.contains("hosts.toml") && e.contains("fix or remove it"), "{e}");
-        std::fs::write(d.path().join("reg.local/hosts.toml"), "[host.\"http://m\"]\ncapabilities = [\"fetch\"]\n").unwrap();
+        std::fs::write(d.path().join("reg.local/hosts.toml"), "[host.\"http://m\"]\ncapabilities = [\"fetch\"]\n")
+            .unwrap();
         let e = resolve(Some(d.path()), &r("reg.local"), PlainHttp::Auto).unwrap_err().to_string();
         assert!(e.contains("unknown capability") && e.contains("http://m"), "{e}");
     }

@@ -121,7 +121,8 @@ impl ImageCredStore {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| io(&tmp, e))?;
-        let body = serde_json::to_vec(&record).map_err(|e| RegistryError::Config(format!("encoding a credential record: {e}")))?;
+        let body = serde_json::to_vec(&record)
+            .map_err(|e| RegistryError::Config(format!("encoding a credential record: {e}")))?;
         file.write_all(&body).and_then(|()| file.sync_all()).map_err(|e| io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
         Ok(Some(path))
@@ -196,7 +197,11 @@ mod tests {
         assert_eq!((c.username.as_str(), c.secret.as_str()), ("u", "p"));
         assert!(store.get("reg.io:5000/team/other", "reg.io:5000").unwrap().is_none(), "another repository");
         // `auth` form, limited to its server address.
-        let auth = PullAuth { auth: "YWxpY2U6czNjcmV0".into(), server_address: "https://reg.io/v1/".into(), ..Default::default() };
+        let auth = PullAuth {
+            auth: "YWxpY2U6czNjcmV0".into(),
+            server_address: "https://reg.io/v1/".into(),
+            ..Default::default()
+        };
         store.put("reg.io/x", &auth, Duration::from_secs(60)).unwrap().unwrap();
         let c = store.get("reg.io/x", "reg.io").unwrap().unwrap();
         assert_eq!((c.username.as_str(), c.secret.as_str()), ("alice", "s3cret"));

@@ -70,13 +70,20 @@ fn real_registry_push_range_read_verify_outage_and_recovery() {
     let repo: Reference = format!("127.0.0.1:{port}/lazy/data").parse().unwrap();
 
     // A data blob of three zstd chunks of 1 MiB each.
-    let contents: Vec<Vec<u8>> =
-        (0..3u32).map(|s| (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761).wrapping_add(s) >> 13) as u8).collect()).collect();
+    let contents: Vec<Vec<u8>> = (0..3u32)
+        .map(|s| (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761).wrapping_add(s) >> 13) as u8).collect())
+        .collect();
     let mut blob = Vec::new();
     let mut chunks = Vec::new();
     for c in &contents {
         let z = zstd::bulk::compress(c, 3).unwrap();
-        chunks.push(Chunk { blob: 0, offset: blob.len() as u64, compressed_len: z.len() as u32, len: c.len() as u32, digest: Digest::of(c) });
+        chunks.push(Chunk {
+            blob: 0,
+            offset: blob.len() as u64,
+            compressed_len: z.len() as u32,
+            len: c.len() as u32,
+            digest: Digest::of(c),
+        });
         blob.extend_from_slice(&z);
     }
     let blob_digest = Digest::of(&blob);
@@ -115,7 +122,8 @@ fn real_registry_push_range_read_verify_outage_and_recovery() {
         // Only what is read: this checks coalescing, not spans.
         FetchOptions { deadline: Duration::from_secs(3), readahead_max: 0, ..FetchOptions::default() },
     );
-    let refs: Vec<ChunkRef<'_>> = chunks.iter().enumerate().map(|(i, c)| ChunkRef { path: "/big", chunk_no: i, chunk: c }).collect();
+    let refs: Vec<ChunkRef<'_>> =
+        chunks.iter().enumerate().map(|(i, c)| ChunkRef { path: "/big", chunk_no: i, chunk: c }).collect();
     let out = source.read_chunks(&refs[..2]);
     assert_eq!(out[0].as_ref().unwrap().as_ref(), &contents[0][..]);
     assert_eq!(out[1].as_ref().unwrap().as_ref(), &contents[1][..]);
@@ -179,7 +187,13 @@ fn real_registry_throughput_figures() {
             })
             .collect();
         let z = zstd::bulk::compress(&c, 1).unwrap();
-        chunks.push(Chunk { blob: 0, offset: blob.len() as u64, compressed_len: z.len() as u32, len: c.len() as u32, digest: Digest::of(&c) });
+        chunks.push(Chunk {
+            blob: 0,
+            offset: blob.len() as u64,
+            compressed_len: z.len() as u32,
+            len: c.len() as u32,
+            digest: Digest::of(&c),
+        });
         blob.extend_from_slice(&z);
     }
     let blob_ref = BlobRef { digest: Digest::of(&blob), size: blob.len() as u64 };
@@ -195,11 +209,19 @@ fn real_registry_throughput_figures() {
         let t = Instant::now();
         let mut parts = Vec::new();
         for c in &chunks {
-            parts.push(rt.block_on(client.get_blob_range(&repo, &blob_ref.digest, c.offset..c.offset + c.compressed_len as u64)).unwrap());
+            parts.push(
+                rt.block_on(client.get_blob_range(
+                    &repo,
+                    &blob_ref.digest,
+                    c.offset..c.offset + c.compressed_len as u64,
+                ))
+                .unwrap(),
+            );
         }
         let t_fetch = t.elapsed();
         let t = Instant::now();
-        let plain: Vec<Vec<u8>> = chunks.iter().zip(&parts).map(|(c, p)| zstd::bulk::decompress(p, c.len as usize).unwrap()).collect();
+        let plain: Vec<Vec<u8>> =
+            chunks.iter().zip(&parts).map(|(c, p)| zstd::bulk::decompress(p, c.len as usize).unwrap()).collect();
         let t_zstd = t.elapsed();
         let t = Instant::now();
         for p in &plain {
@@ -212,7 +234,10 @@ fn real_registry_throughput_figures() {
         for (c, p) in chunks.iter().zip(&plain) {
             cache.put(&c.digest, p).unwrap();
         }
-        println!("breakdown: 64 range GETs {t_fetch:?}, zstd {t_zstd:?}, sha256 {t_hash:?}, cache put {:?}", t.elapsed());
+        println!(
+            "breakdown: 64 range GETs {t_fetch:?}, zstd {t_zstd:?}, sha256 {t_hash:?}, cache put {:?}",
+            t.elapsed()
+        );
     }
     for batch in [8usize, 1] {
         let cache_dir = tempfile::tempdir().unwrap();
@@ -227,7 +252,8 @@ fn real_registry_throughput_figures() {
             rt.handle().clone(),
             FetchOptions::default(),
         );
-        let refs: Vec<ChunkRef<'_>> = chunks.iter().enumerate().map(|(i, c)| ChunkRef { path: "/bench", chunk_no: i, chunk: c }).collect();
+        let refs: Vec<ChunkRef<'_>> =
+            chunks.iter().enumerate().map(|(i, c)| ChunkRef { path: "/bench", chunk_no: i, chunk: c }).collect();
         let t = Instant::now();
         for part in refs.chunks(batch) {
             assert!(source.read_chunks(part).iter().all(|r| r.is_ok()));

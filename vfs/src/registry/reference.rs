@@ -115,7 +115,9 @@ impl FromStr for Reference {
             }
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, repo)) if first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[') => {
+            Some((first, repo))
+                if first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[') =>
+            {
                 (first.to_string(), repo.to_string())
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
@@ -161,11 +163,17 @@ mod tests {
     #[test]
     fn parses_hosts_ports_tags_and_digests() {
         let x = r("127.0.0.1:5000/library/python:3.12");
-        assert_eq!((x.registry.as_str(), x.repository.as_str(), x.tag.as_deref()), ("127.0.0.1:5000", "library/python", Some("3.12")));
+        assert_eq!(
+            (x.registry.as_str(), x.repository.as_str(), x.tag.as_deref()),
+            ("127.0.0.1:5000", "library/python", Some("3.12"))
+        );
         assert!(x.is_loopback());
         let d = Digest::of(b"x");
         let x = r(&format!("localhost:5000/a/b@{d}"));
-        assert_eq!((x.registry.as_str(), x.repository.as_str(), x.tag.clone(), x.digest), ("localhost:5000", "a/b", None, Some(d)));
+        assert_eq!(
+            (x.registry.as_str(), x.repository.as_str(), x.tag.clone(), x.digest),
+            ("localhost:5000", "a/b", None, Some(d))
+        );
         assert_eq!(x.manifest_ref(), d.to_string());
         let x = r("registry.example.com/team/app");
         assert_eq!((x.registry.as_str(), x.manifest_ref().as_str()), ("registry.example.com", "latest"));

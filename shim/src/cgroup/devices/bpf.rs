@@ -26,12 +26,7 @@ pub struct Insn {
 
 impl Insn {
     pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-        Insn {
-            code,
-            regs: (src << 4) | (dst & 0x0f),
-            off,
-            imm,
-        }
+        Insn { code, regs: (src << 4) | (dst & 0x0f), off, imm }
     }
     /// dst = *(u32 *)(src + off)
     pub const fn ldx_w(dst: u8, src: u8, off: i16) -> Insn {
@@ -118,12 +113,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // lives across the call; the kernel reads (and for QUERY writes) only within that size. Pointers
     // stored inside it are set by the callers to buffers that also outlive the call.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
+        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, std::mem::size_of::<T>() as libc::c_uint)
     };
     if r < 0 {
         Err(std::io::Error::last_os_error())
@@ -206,10 +196,7 @@ pub fn query(cgroup: &impl AsRawFd) -> std::io::Result<Vec<u32>> {
 
 /// A file descriptor for the loaded program with this id.
 pub fn prog_fd_by_id(id: u32) -> std::io::Result<OwnedFd> {
-    let mut attr = GetFdAttr {
-        prog_id: id,
-        ..Default::default()
-    };
+    let mut attr = GetFdAttr { prog_id: id, ..Default::default() };
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
     // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

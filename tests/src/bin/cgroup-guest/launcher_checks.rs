@@ -35,7 +35,8 @@ impl Bundle {
 }
 
 fn spec(name: &str, args: &[&str], resources: Value) -> Value {
-    let caps = json!(["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_MKNOD", "CAP_SETGID", "CAP_SETUID", "CAP_KILL"]);
+    let caps =
+        json!(["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_MKNOD", "CAP_SETGID", "CAP_SETUID", "CAP_KILL"]);
     json!({
         "ociVersion": "1.0.2-dev",
         "process": {
@@ -81,11 +82,7 @@ fn run(name: &str, args: &[&str], resources: Value) -> Result<(Cgroup, Outcome)>
         id: name,
         bundle: bundle.0.path(),
         spec: &spec,
-        stdio: Stdio {
-            stdin: None,
-            stdout: Some(w),
-            stderr: Some(w2),
-        },
+        stdio: Stdio { stdin: None, stdout: Some(w), stderr: Some(w2) },
     };
     let mut placed = Vec::new();
     let created = launcher::create(req, &mut |pid| {
@@ -158,7 +155,12 @@ pub fn check_launcher_oom() -> Result<String> {
     let (cg, out) = run("launcher-oom", &["dd", "if=/dev/zero", "of=/tmp/x", "bs=100M", "count=1"], res)?;
     let kills = cg.oom_kills()?;
     cg.delete()?;
-    ensure!(out.code == 128 + libc::SIGKILL, "dd with a 100 MB buffer under 32M ended with code {} ({:?})", out.code, out.output);
+    ensure!(
+        out.code == 128 + libc::SIGKILL,
+        "dd with a 100 MB buffer under 32M ended with code {} ({:?})",
+        out.code,
+        out.output
+    );
     ensure!(kills == 1, "oom_kills() = {kills}, want 1");
     Ok("container init (dd bs=100M) under memory.max 32M: SIGKILL, oom_kills()=1".into())
 }

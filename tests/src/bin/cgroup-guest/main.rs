@@ -17,8 +17,8 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use containerd_shim_protos::cgroups_v2::metrics::Metrics;
 use containerd_shim_protos::protobuf::Message;
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 use shim::cgroup::{Cgroup, CgroupPolicy};
 
@@ -236,10 +236,8 @@ struct CgGuard(Option<Cgroup>);
 
 impl CgGuard {
     fn create(name: &str, res: LinuxResources) -> Result<CgGuard> {
-        let linux = LinuxBuilder::default()
-            .cgroups_path(PathBuf::from(format!("/lazy-vm/{name}")))
-            .resources(res)
-            .build()?;
+        let linux =
+            LinuxBuilder::default().cgroups_path(PathBuf::from(format!("/lazy-vm/{name}"))).resources(res).build()?;
         let cg = Cgroup::create(Some(&linux), "vm", name, &CgroupPolicy::default())?;
         Ok(CgGuard(Some(cg)))
     }
@@ -497,14 +495,12 @@ fn check_io_max() -> Result<String> {
     ensure!(io_max.contains(&format!("{major}:{minor} rbps=max wbps=1048576")), "io.max is {io_max:?}");
     let w = Worker::spawn(g.cg(), "write-direct", &["/dev/vda", "3"])?;
     let line = w.expect_line("write", Duration::from_secs(60))?;
-    let secs: f64 = line
-        .strip_prefix("write done ")
-        .ok_or_else(|| anyhow!("worker: {line}"))?
-        .parse()?;
+    let secs: f64 = line.strip_prefix("write done ").ok_or_else(|| anyhow!("worker: {line}"))?.parse()?;
     let rate = 3.0 / secs;
     ensure!(secs >= 2.0, "3 MiB written in {secs:.2} s ({rate:.2} MiB/s) under io.max wbps=1 MiB/s");
     let m = Metrics::parse_from_bytes(&g.cg().stats()?.value)?;
-    let wbytes: u64 = m.io.usage.iter().filter(|e| e.major == major as u64 && e.minor == minor as u64).map(|e| e.wbytes).sum();
+    let wbytes: u64 =
+        m.io.usage.iter().filter(|e| e.major == major as u64 && e.minor == minor as u64).map(|e| e.wbytes).sum();
     ensure!(wbytes >= 3 << 20, "stats io wbytes for {major}:{minor} = {wbytes}, want >= 3 MiB");
     Ok(format!("io.max wbps=1MiB/s on /dev/vda ({major}:{minor}): 3 MiB O_DIRECT in {secs:.2} s = {rate:.2} MiB/s; stats io wbytes={wbytes}"))
 }

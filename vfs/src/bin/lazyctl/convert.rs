@@ -60,7 +60,8 @@ pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
         _ => (s, 1),
     };
     let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. 1048576, 512K or 4M"))?;
-    let bytes = n.checked_mul(mul).filter(|b| *b <= u32::MAX as u64).ok_or_else(|| format!("size {s:?} is too large"))?;
+    let bytes =
+        n.checked_mul(mul).filter(|b| *b <= u32::MAX as u64).ok_or_else(|| format!("size {s:?} is too large"))?;
     let bytes = bytes as u32;
     convert::check_chunk_size(bytes).map_err(|e| e.to_string())?;
     Ok(bytes)
@@ -139,7 +140,12 @@ pub(crate) fn fetch_source(
         }
     };
     let layer_bytes: u64 = source.layers.iter().map(|l| l.size).sum();
-    log::info!("converting {src} ({}, {} layers, {:.1} MB compressed)", source.platform, source.layers.len(), mb(layer_bytes));
+    log::info!(
+        "converting {src} ({}, {} layers, {:.1} MB compressed)",
+        source.platform,
+        source.layers.len(),
+        mb(layer_bytes)
+    );
     Ok(source)
 }
 

@@ -55,7 +55,9 @@ fn prefetch_runs(index: &Index) -> Vec<(u32, u64, u64)> {
         let Some(Kind::File { chunks, .. }) = index.inode(ino).map(|i| &i.kind) else { continue };
         for c in chunks.iter().filter(|c| seen.insert(c.digest)) {
             match runs.last_mut() {
-                Some((blob, start, len)) if *blob == c.blob && *start + *len == c.offset => *len += c.compressed_len as u64,
+                Some((blob, start, len)) if *blob == c.blob && *start + *len == c.offset => {
+                    *len += c.compressed_len as u64
+                }
                 _ => runs.push((c.blob, c.offset, c.compressed_len as u64)),
             }
         }
@@ -121,8 +123,9 @@ fn summarize(index: &Index) -> Summary {
 fn load(args: &Args) -> anyhow::Result<Index> {
     let path = Path::new(&args.image);
     if path.is_dir() {
-        return vfs::stub::read_index_from_dir(path)?
-            .with_context(|| format!("{}: no {} here: not an unpacked lazy stub image", args.image, vfs::index::INDEX_PATH));
+        return vfs::stub::read_index_from_dir(path)?.with_context(|| {
+            format!("{}: no {} here: not an unpacked lazy stub image", args.image, vfs::index::INDEX_PATH)
+        });
     }
     if path.is_file() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", args.image))?;

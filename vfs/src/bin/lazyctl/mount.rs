@@ -40,7 +40,9 @@ impl RegistryArgs {
             hosts_dir: Some(self.hosts_dir.clone()),
             docker_config: self.docker_config.clone(),
             credential_providers: match (&self.credential_provider_config, &self.credential_provider_bin_dir) {
-                (Some(config), Some(bin_dir)) => Some(ProviderSettings { config: config.clone(), bin_dir: bin_dir.clone() }),
+                (Some(config), Some(bin_dir)) => {
+                    Some(ProviderSettings { config: config.clone(), bin_dir: bin_dir.clone() })
+                }
                 _ => None,
             },
             deadline,
@@ -155,9 +157,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn load_index(runtime: &tokio::runtime::Runtime, client: &Client, image: &str) -> anyhow::Result<Index> {
     let path = Path::new(image);
     if path.is_dir() {
-        return vfs::stub::read_index_from_dir(path)?.with_context(|| {
-            format!("{image} holds no {}: not an unpacked lazy stub image", vfs::index::INDEX_PATH)
-        });
+        return vfs::stub::read_index_from_dir(path)?
+            .with_context(|| format!("{image} holds no {}: not an unpacked lazy stub image", vfs::index::INDEX_PATH));
     }
     if path.is_file() {
         let bytes = std::fs::read(path).with_context(|| format!("reading index {image}"))?;

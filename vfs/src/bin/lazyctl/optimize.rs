@@ -24,8 +24,8 @@ use nix::sys::signal::{SigSet, Signal};
 use serde_json::Value;
 use vfs::builder::{CacheSettings, LazyMountBuilder};
 use vfs::cache::DEFAULT_MAX_BYTES;
-use vfs::fetch::FetchOptions;
 use vfs::convert::{self, ConvertOptions, SourceRef};
+use vfs::fetch::FetchOptions;
 use vfs::fs::{MountOptions, PrefetchMode};
 use vfs::registry::Reference;
 use vfs::stats::Stats;
@@ -191,7 +191,10 @@ impl ImageConfig {
     fn from_config(config: &Value) -> ImageConfig {
         let c = config.get("config").unwrap_or(&Value::Null);
         let strings = |key: &str| -> Vec<String> {
-            c.get(key).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default()
+            c.get(key)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .unwrap_or_default()
         };
         let string = |key: &str| c.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
         let mut default_cmd = strings("Entrypoint");
@@ -246,7 +249,8 @@ fn record(
     let index = Arc::new(index.clone());
     let source: Arc<dyn vfs::fetch::ChunkSource> = Arc::new(source);
     let user = image_user(&index, &source, &image.user, &tmp.join("peek"))?;
-    let opts = MountOptions { prefetch: PrefetchMode::None, record: Some(record_path.clone()), ..MountOptions::default() };
+    let opts =
+        MountOptions { prefetch: PrefetchMode::None, record: Some(record_path.clone()), ..MountOptions::default() };
     let mounted = vfs::fs::mount(index, source, stats, &mountpoint, opts)?;
     let mut record = RecordTail::open(&record_path)?;
 
@@ -286,7 +290,8 @@ fn record(
         // (unless opened within the microseconds between the two reads); a file opened after it
         // slips in only while this thread is waking up to the line (poll wakes on it).
         record.read_new()?;
-        let ready = [out.drain(args.wait_for.as_ref())?, err.drain(args.wait_for.as_ref())?].into_iter().flatten().next();
+        let ready =
+            [out.drain(args.wait_for.as_ref())?, err.drain(args.wait_for.as_ref())?].into_iter().flatten().next();
         if let Some(msg) = sandbox.poll_errors() {
             bail!("{msg}; DST not written");
         }
@@ -334,12 +339,17 @@ fn record(
         (Stop::Exited(status), Some(re)) => {
             Some(format!("CMD exited with {} before printing a line matching {:?}", describe(status), re.as_str()))
         }
-        (Stop::Timeout, Some(re)) => Some(format!("no line matching {:?} within the {} s timeout", re.as_str(), args.timeout)),
+        (Stop::Timeout, Some(re)) => {
+            Some(format!("no line matching {:?} within the {} s timeout", re.as_str(), args.timeout))
+        }
         _ => None,
     };
     if let Some(why) = failed {
         if !args.allow_failure {
-            bail!("{why}; DST not written (pass --allow-failure to publish what was recorded: {} files)", record.files.len());
+            bail!(
+                "{why}; DST not written (pass --allow-failure to publish what was recorded: {} files)",
+                record.files.len()
+            );
         }
         log::warn!("{why}; publishing what was recorded anyway (--allow-failure)");
     }
@@ -404,7 +414,9 @@ impl RecordTail {
         if let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') {
             let rest = self.partial.split_off(end + 1);
             let lines = std::mem::replace(&mut self.partial, rest);
-            self.files.extend(lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| String::from_utf8_lossy(l).into_owned()));
+            self.files.extend(
+                lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| String::from_utf8_lossy(l).into_owned()),
+            );
         }
         Ok(())
     }

@@ -84,7 +84,8 @@ impl Sandbox {
     /// Starts the helper with `spec` (written to `spec_path`). Its stdin is /dev/null, its stdout
     /// and stderr are pipes ([`Sandbox::take_output`]).
     pub fn start(spec: &Spec, spec_path: &Path) -> anyhow::Result<Sandbox> {
-        std::fs::write(spec_path, serde_json::to_vec(spec)?).with_context(|| format!("writing {}", spec_path.display()))?;
+        std::fs::write(spec_path, serde_json::to_vec(spec)?)
+            .with_context(|| format!("writing {}", spec_path.display()))?;
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating the error pipe")?;
         let write_fd = write.as_raw_fd();
         let mut cmd = Command::new("/proc/self/exe");
@@ -157,7 +158,8 @@ impl Sandbox {
                 }
             }
         }
-        (self.errors_closed && !self.error_text.is_empty()).then(|| String::from_utf8_lossy(&self.error_text).trim().to_string())
+        (self.errors_closed && !self.error_text.is_empty())
+            .then(|| String::from_utf8_lossy(&self.error_text).trim().to_string())
     }
 
     /// The helper's exit status, if it has exited.
@@ -376,7 +378,8 @@ fn build_root(spec: &Spec) -> Result<PathBuf, String> {
     mount(Some("sysfs"), &sys, Some("sysfs"), nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY, None::<&str>)
         .map_err(|e| mount_err("sysfs", &sys, e))?;
     let tmp = mount_point(&root, "tmp", 0o1777)?;
-    mount(Some("tmpfs"), &tmp, Some("tmpfs"), nosuid_nodev, Some("mode=1777")).map_err(|e| mount_err("tmpfs", &tmp, e))?;
+    mount(Some("tmpfs"), &tmp, Some("tmpfs"), nosuid_nodev, Some("mode=1777"))
+        .map_err(|e| mount_err("tmpfs", &tmp, e))?;
     build_dev(&mount_point(&root, "dev", 0o755)?)?;
     Ok(root)
 }
@@ -399,7 +402,8 @@ fn mount_point(root: &Path, name: &str, mode: u32) -> Result<PathBuf, String> {
 /// A tmpfs /dev with the standard character devices (bind mounts of the host's), a private
 /// devpts, /dev/shm and the usual symlinks.
 fn build_dev(dev: &Path) -> Result<(), String> {
-    mount(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755")).map_err(|e| mount_err("tmpfs", dev, e))?;
+    mount(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755"))
+        .map_err(|e| mount_err("tmpfs", dev, e))?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let host = Path::new("/dev").join(name);
         if !host.exists() {
@@ -510,9 +514,12 @@ pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<User, Strin
             (uid, gid, Some(f[0].to_string()), f[5].to_string())
         }
         (None, Ok(uid)) => (uid, 0, None, "/".to_string()),
-        (None, Err(_)) => return Err(format!("user {u:?} (the image config's User) is not in the image's /etc/passwd")),
+        (None, Err(_)) => {
+            return Err(format!("user {u:?} (the image config's User) is not in the image's /etc/passwd"))
+        }
     };
-    let groups_db: Vec<Vec<&str>> = group.lines().map(|l| l.split(':').collect::<Vec<_>>()).filter(|f| f.len() >= 4).collect();
+    let groups_db: Vec<Vec<&str>> =
+        group.lines().map(|l| l.split(':').collect::<Vec<_>>()).filter(|f| f.len() >= 4).collect();
     if let Some(g) = g {
         gid = match g.parse::<u32>() {
             Ok(n) => n,
