@@ -16,6 +16,8 @@
 #                     (default /var/cache/containerd-shim-lazy-quickstart; delete it to rebuild)
 #   DEBIAN_MIRROR     mirror for mmdebstrap (default http://deb.debian.org/debian)
 #   QUICKSTART_PROFILE shim profile from runtimeclass/shim/ to run with: lazy (default) or lazy-sandbox
+#   QUICKSTART_STEPS  run only the first N steps, then clean up (2: packages and binaries, what a
+#                     test checks on every CI run without building an image)
 #   LAZY_BIN_DIR      directory holding lazyctl and containerd-shim-lazy-v2 (default: build the
 #                     workspace with cargo into target/debug when missing or older than the sources)
 set -Eeuo pipefail
@@ -41,6 +43,10 @@ OPT_CONTAINERD_EXISTED=1
 
 log() { printf '%s\n' "$*"; }
 step() {
+    if [ -n "${QUICKSTART_STEPS:-}" ] && [ "$1" -gt "$QUICKSTART_STEPS" ]; then
+        printf '\nquickstart: stopping before step %s (QUICKSTART_STEPS=%s)\n' "$1" "$QUICKSTART_STEPS"
+        exit 0
+    fi
     STEP="$2"
     printf '\n==> [%s/%s] %s\n' "$1" "$TOTAL_STEPS" "$2"
 }
@@ -224,7 +230,7 @@ needed=("${RUNTIME_PACKAGES[@]}")
 # The build packages too, unless prebuilt binaries are given.
 [ -n "${LAZY_BIN_DIR:-}" ] || needed+=("${BUILD_PACKAGES[@]}")
 ensure_packages quickstart "${needed[@]}" || die "cannot install the packages it needs (above)"
-log "packages present: ${needed[*]}"
+log "packages present: $(printf '%s\n' "${needed[@]}" | sort -u | tr '\n' ' ')"
 modprobe fuse 2>/dev/null || true
 [ -c /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
 
