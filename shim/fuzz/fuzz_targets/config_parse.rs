@@ -24,9 +24,8 @@ fuzz_target!(|data: &[u8]| {
             let dir = tempfile::tempdir().expect("temp dir");
             std::fs::create_dir(dir.path().join("reg:5000")).expect("host dir");
             std::fs::write(dir.path().join("reg:5000/hosts.toml"), rest).expect("write hosts.toml");
-            let mut config = Config::default();
-            config.registry.hosts_dir = dir.path().to_path_buf();
-            let _ = shim::service::lazy::client_config(&config, "reg:5000");
+            let registry: vfs::registry::Reference = "reg:5000/fuzz/image".parse().expect("a valid reference");
+            let _ = vfs::registry::hosts::resolve(Some(dir.path()), &registry, vfs::registry::PlainHttp::Auto);
         }
         _ => {
             let any = Any { type_url: "type.googleapis.com/runtimeoptions.v1.Options".into(), value: rest.to_vec(), ..Default::default() };
