@@ -4,18 +4,12 @@
 
 use std::process::Command;
 
+use harness::prereq::CONTAINERD_PREREQS;
 use harness::{prerequisites_met, Prereq};
 
 #[test]
 fn bench_load_smoke_prints_a_row_per_cell() {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Fuse,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-    ];
+    let prereqs = [CONTAINERD_PREREQS, &[Prereq::Fuse]].concat();
     if !prerequisites_met("bench_load_smoke_prints_a_row_per_cell", &prereqs) {
         return;
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use harness::containerd::{Containerd, StartOptions};
 use harness::load::{self, RssSampler};
+use harness::prereq::CONTAINERD_PREREQS;
 use harness::registry::Registry;
 use harness::scenario::wait_until;
 use harness::{prerequisites_met, Prereq};
@@ -19,14 +20,7 @@ const DATA: u64 = 1 << 30;
 
 #[test]
 fn shim_rss_stays_bounded_while_prefetch_all_streams_a_1_gib_image() {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Fuse,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-    ];
+    let prereqs = [CONTAINERD_PREREQS, &[Prereq::Fuse]].concat();
     if !prerequisites_met("shim_rss_stays_bounded_while_prefetch_all_streams_a_1_gib_image", &prereqs) {
         return;
     }

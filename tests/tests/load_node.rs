@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use harness::containerd::{Containerd, StartOptions};
 use harness::load::{self, LoadImage};
+use harness::prereq::CONTAINERD_PREREQS;
 use harness::registry::Registry;
 use harness::{prerequisites_met, Prereq};
 
@@ -29,14 +30,7 @@ struct Node {
 }
 
 fn node(test: &str) -> Option<Node> {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Fuse,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-    ];
+    let prereqs = [CONTAINERD_PREREQS, &[Prereq::Fuse]].concat();
     if !prerequisites_met(test, &prereqs) {
         return None;
     }

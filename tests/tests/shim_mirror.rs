@@ -6,19 +6,13 @@
 
 use harness::containerd::{busybox_image, Containerd, StartOptions, RUNTIME};
 use harness::images::{Content, Entry};
+use harness::prereq::CONTAINERD_PREREQS;
 use harness::registry::{free_port, Registry, StartOptions as RegistryOptions};
 use harness::{prerequisites_met, Prereq};
 
 #[test]
 fn a_lazy_container_runs_on_a_node_that_reaches_the_registry_only_through_the_mirror() {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Fuse,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("ctr"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-    ];
+    let prereqs = [CONTAINERD_PREREQS, &[Prereq::Fuse]].concat();
     if !prerequisites_met("shim_mirror", &prereqs) {
         return;
     }
