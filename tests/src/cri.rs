@@ -54,6 +54,30 @@ pub const KUBELET_MASKED_PATHS: &[&str] = &[
 /// kubelet's default read-only paths.
 pub const KUBELET_READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
+/// What a CRI test needs: root, FUSE, containerd, docker-registry, skopeo, `ip`, and the CNI
+/// plugins. Returns false after printing `SKIP <test>: ...` when something is missing outside CI
+/// (in CI a missing prerequisite fails the test, as [`crate::prerequisites_met`] does).
+pub fn prerequisites_met(test: &str) -> bool {
+    let prereqs = [
+        crate::Prereq::Root,
+        crate::Prereq::Fuse,
+        crate::Prereq::Tool("containerd"),
+        crate::Prereq::Tool("docker-registry"),
+        crate::Prereq::Tool("skopeo"),
+        crate::Prereq::Tool("ip"),
+    ];
+    if !crate::prerequisites_met(test, &prereqs) {
+        return false;
+    }
+    if !Path::new(CNI_BIN_DIR).join("bridge").exists() {
+        let why = format!("{test}: needs CNI plugins in {CNI_BIN_DIR} (apt-get install containernetworking-plugins)");
+        assert!(!crate::prereq::in_ci(), "CI=true, refusing to skip: {why}");
+        eprintln!("SKIP {why}");
+        return false;
+    }
+    true
+}
+
 /// A shim configuration for one runtime handler: `(handler name, TOML of its ConfigPath file)`.
 pub struct Handler {
     pub name: String,

@@ -114,26 +114,29 @@ fn fifo_reader(path: &Path) -> Result<Arc<Mutex<Vec<u8>>>> {
     Ok(data)
 }
 
+/// The capabilities containerd's OCI defaults give a container (and runc's default set).
+pub const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
 /// containerd's Go client default spec (oci.WithDefaultSpec): namespaces pid ipc uts mount network, the
 /// usual mounts, and a device list that ONLY denies all (the Go client adds no device allow rules; runc
 /// adds its default allow-list). `cgroups_path` as containerd sets it (`/<namespace>/<id>`).
 pub fn go_client_spec(cgroups_path: &str, args: &[&str], terminal: bool) -> Value {
-    let caps = json!([
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE"
-    ]);
+    let caps = json!(DEFAULT_CAPS);
     json!({
         "ociVersion": "1.1.0",
         "process": {

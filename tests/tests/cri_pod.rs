@@ -12,7 +12,7 @@ use harness::containerd::{busybox_image, Version};
 use harness::cri::{self, CriContainerd, Handler, KUBELET_MASKED_PATHS, KUBELET_READONLY_PATHS};
 use harness::images::Entry;
 use harness::registry::Registry;
-use harness::{prerequisites_met, wait_for, Prereq};
+use harness::wait_for;
 use k8s_cri::v1 as api;
 
 /// The repository's shim profile for `handler`, with host paths moved under the CRI temp dir. A
@@ -357,22 +357,7 @@ fn cri_pod_lifecycle_with_lazy_handlers_on_2_1() {
 }
 
 fn lifecycle_on(test: &str, version: Version) {
-    let prereqs = [
-        Prereq::Root,
-        Prereq::Fuse,
-        Prereq::Tool("containerd"),
-        Prereq::Tool("docker-registry"),
-        Prereq::Tool("skopeo"),
-        Prereq::Tool("ip"),
-    ];
-    if !prerequisites_met(test, &prereqs) {
-        return;
-    }
-    if !Path::new(cri::CNI_BIN_DIR).join("bridge").exists() {
-        let why =
-            format!("cri_pod: needs CNI plugins in {} (apt-get install containernetworking-plugins)", cri::CNI_BIN_DIR);
-        assert!(!harness::prereq::in_ci(), "CI=true, refusing to skip: {why}");
-        eprintln!("SKIP {why}");
+    if !cri::prerequisites_met(test) {
         return;
     }
     harness::init_logging();

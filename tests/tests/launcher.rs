@@ -196,22 +196,7 @@ fn wait_exit(pid: i32, timeout: Duration) -> i32 {
 /// containerd 1.6's default spec (`ctr oci spec`) plus what `ctr run` adds (cgroup mount,
 /// hostname, env).
 fn default_spec() -> Value {
-    let caps = json!([
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE"
-    ]);
+    let caps = json!(harness::shim_direct::DEFAULT_CAPS);
     json!({
         "ociVersion": "1.0.2-dev",
         "process": {

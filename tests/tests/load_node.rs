@@ -1,10 +1,11 @@
-//! A node under load (issue 12): 10 lazy containers of one image started at once on one
+//! A node under load (issue 12): N lazy containers of one image started at once on one
 //! containerd 1.6, sharing one node cache, each hashing the same 48 MiB file: every container
 //! prints the right digest, the registry serves about one copy of the data (at most 1.2x what one
-//! container reads, where each shim fetching on its own would make it 10x), and after delete
-//! nothing is left (shims, mounts, cgroups). Once with one shim per container, once with all ten
-//! in one shim (one pod); and 30 in one shim. Each shim's peak RSS stays under a base plus a share per
-//! container it serves (README "Resources"). No timing is asserted; `bench-load` prints the figures.
+//! container reads, where each shim fetching on its own would make it Nx), and after delete
+//! nothing is left (shims, mounts, cgroups). 10 and 50 with one shim per container; 10 and 30 in
+//! one shim (one pod, through the sandbox annotation; `load_cri_pod` does 30 through CRI). Each
+//! shim's peak RSS stays under a base plus a share per container it serves (README "Resources").
+//! No timing is asserted; `bench-load` prints the figures.
 
 use std::time::Duration;
 
@@ -101,6 +102,12 @@ fn check(node: &Node, n: usize, pod: bool) {
 fn load_ten_lazy_containers_one_shim_each_fetch_the_image_once() {
     let Some(node) = node("load_ten_lazy_containers_one_shim_each_fetch_the_image_once") else { return };
     check(&node, 10, false);
+}
+
+#[test]
+fn load_fifty_lazy_containers_one_shim_each_fetch_the_image_once() {
+    let Some(node) = node("load_fifty_lazy_containers_one_shim_each_fetch_the_image_once") else { return };
+    check(&node, 50, false);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! One fetch of a chunk that several readers may wait on, and the guard that makes sure every
 //! fetch this process starts is completed, even when its task is dropped or panics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,5 +126,38 @@ impl Drop for Pending {
         for c in &self.claims {
             self.inner.complete(c, Err(Failure::Unavailable("fetch abandoned".into())));
         }
+    }
+}
+
+/// How long a failed chunk fails further reads at once instead of being fetched again. When the
+/// kernel's readahead of a page fails, it retries that page with a synchronous read right away
+/// (microseconds later); without this, one read(2) during an outage would wait for the fetch
+/// deadline twice. Short, so a read made after the registry is back is never refused.
+pub(super) const FAILURE_MEMO: Duration = Duration::from_millis(100);
+
+/// The one memory of failed chunks: which failed in the last [`FAILURE_MEMO`], and why.
+/// (`Inner::outage_since` is the registry's health, not a chunk's: it shortens the next fetch's
+/// wait but never refuses a chunk by itself.)
+#[derive(Default)]
+pub(super) struct FailureMemo {
+    failed: Mutex<HashMap<Digest, (Instant, Failure)>>,
+}
+
+impl FailureMemo {
+    /// Kept small: a long outage fails many chunks, and only the last moments matter.
+    const MAX: usize = 1024;
+
+    /// Why `digest` failed, if it did less than [`FAILURE_MEMO`] ago.
+    pub(super) fn recent(&self, digest: &Digest) -> Option<Failure> {
+        let failed = self.failed.lock();
+        failed.get(digest).filter(|(at, _)| at.elapsed() < FAILURE_MEMO).map(|(_, why)| why.clone())
+    }
+
+    pub(super) fn note(&self, digest: Digest, why: &Failure) {
+        let mut failed = self.failed.lock();
+        if failed.len() >= Self::MAX {
+            failed.retain(|_, (at, _)| at.elapsed() < FAILURE_MEMO);
+        }
+        failed.insert(digest, (Instant::now(), why.clone()));
     }
 }

@@ -7,7 +7,9 @@
 //! verified against its digest before it is served or cached. A chunk has at most one fetch in
 //! flight in this process, whoever started it (a read, a span, the prefetcher): everyone else who
 //! needs it waits for that fetch. Processes sharing the node cache do the same between them
-//! through lock files in the cache ([`node`]). Tests of the filesystem use an in-memory fake.
+//! through lock files in the cache ([`node`]). A chunk whose fetch failed fails again at once
+//! for a moment ([`FAILURE_MEMO`]), so the kernel's immediate retry of a failed page does not wait
+//! for the network twice. Tests of the filesystem use an in-memory fake.
 //!
 //! Threads: FUSE request threads and the prefetcher call in (blocking). Range requests run as
 //! tasks on a tokio runtime reached through a [`Handle`]; decompression, hashing and cache writes
@@ -37,7 +39,7 @@ use crate::index::Chunk;
 use crate::registry::{Client, Reference, RegistryError};
 use crate::stats::Stats;
 
-use flight::{Claim, Failure, Flight, Pending};
+use flight::{Claim, Failure, FailureMemo, Flight, Pending, FAILURE_MEMO};
 pub use layout::BlobLayout;
 use layout::{byte_range, split, Readahead};
 use node::{Held, Lease};
@@ -217,6 +219,8 @@ struct Inner {
     readahead: Mutex<Readahead>,
     /// Chunks whose digest mismatch was already logged at error level (once per chunk, not per read).
     logged_bad: Mutex<HashSet<Digest>>,
+    /// Chunks that failed moments ago: they fail again at once (see [`FAILURE_MEMO`]).
+    failures: FailureMemo,
     recent: Arc<ChunkMemory>,
     /// When a fetch last failed because the registry was unreachable; cleared by the next success.
     /// While set (and recent), fetches only probe for [`OUTAGE_PROBE`] instead of waiting the whole
@@ -383,6 +387,7 @@ impl RegistryChunkSource {
                 opts,
                 inflight: Mutex::new(HashMap::new()),
                 logged_bad: Mutex::new(HashSet::new()),
+                failures: FailureMemo::default(),
                 recent,
                 outage_since: Mutex::new(None),
                 leases: Mutex::new(HashMap::new()),
@@ -492,7 +497,18 @@ impl Inner {
                     out[i] = Some(Ok(b));
                     false
                 }
-                None => true,
+                None => match self.failures.recent(&chunks[i].chunk.digest) {
+                    Some(why) => {
+                        log::debug!(
+                            "{}: chunk {} failed less than {FAILURE_MEMO:?} ago: failing it again without a fetch",
+                            chunks[i].path,
+                            chunks[i].chunk_no
+                        );
+                        out[i] = Some(Err(why.for_chunk(&chunks[i])));
+                        false
+                    }
+                    None => true,
+                },
             })
             .collect();
         let last = chunks.len().wrapping_sub(1);
@@ -508,8 +524,10 @@ impl Inner {
             let wait = || {
                 for (i, flight, own) in waits {
                     let r = flight.wait(self.opts.deadline + Duration::from_secs(5));
-                    if r.is_ok() && !own {
-                        Stats::add(&self.stats.cache_hits, 1);
+                    match &r {
+                        Ok(_) if !own => Stats::add(&self.stats.cache_hits, 1),
+                        Ok(_) => {}
+                        Err(why) => self.failures.note(chunks[i].chunk.digest, why),
                     }
                     out[i] = Some(r.map_err(|f| f.for_chunk(&chunks[i])));
                 }

@@ -333,7 +333,9 @@ fn wrong_content_is_a_digest_mismatch_never_cached_and_other_chunks_still_read()
     assert_eq!(out[1].as_ref().unwrap().as_ref(), &r.contents[1][..]);
     assert!(!r.cache.contains(&r.chunks[0].digest), "a bad chunk is never cached");
     assert_eq!(r.source.stats().snapshot().verify_failures, 1);
-    // Reading it again fetches again (nothing bad was remembered as good) and fails again.
+    // Reading it again (after the moment a failed chunk fails at once) fetches again: nothing bad
+    // was remembered as good. It fails again.
+    std::thread::sleep(FAILURE_MEMO);
     assert!(matches!(r.source.read_chunks(&refs(&r.chunks[..1]))[0], Err(FetchError::DigestMismatch { .. })));
     assert_eq!(r.fake.calls.lock().len(), 2);
 }
@@ -400,6 +402,7 @@ fn outage_fails_within_the_deadline_and_recovers() {
 
     r.fake.down.store(false, Ordering::SeqCst);
     r.fake.hang.store(true, Ordering::SeqCst);
+    std::thread::sleep(FAILURE_MEMO);
     let t = Instant::now();
     let out = r.source.read_chunks(&refs(&r.chunks));
     assert!(matches!(&out[0], Err(FetchError::Unavailable { .. })), "{:?}", out[0]);
@@ -407,7 +410,34 @@ fn outage_fails_within_the_deadline_and_recovers() {
     assert!(!r.cache.contains(&r.chunks[0].digest));
 
     r.fake.hang.store(false, Ordering::SeqCst);
+    std::thread::sleep(FAILURE_MEMO);
     assert_eq!(r.source.read_chunks(&refs(&r.chunks))[0].as_ref().unwrap().as_ref(), &r.contents[0][..]);
+}
+
+#[test]
+fn a_chunk_that_failed_moments_ago_fails_again_at_once_then_is_fetched_again() {
+    let opts = FetchOptions { deadline: Duration::from_secs(10), readahead_max: 0, ..FetchOptions::default() };
+    let r = rig(vec![pattern(3, 3000), pattern(4, 3000)], opts);
+    r.fake.down.store(true, Ordering::SeqCst);
+    assert!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].is_err());
+    let calls = r.fake.calls.lock().len();
+    // The kernel retries a failed readahead page right away: one read(2) must not wait for the
+    // network twice. The retry gets the same error, naming its own file, without a request.
+    r.fake.down.store(false, Ordering::SeqCst);
+    let retry: Vec<ChunkRef<'_>> =
+        vec![ChunkRef { path: "/usr/lib/other", chunk_no: 0, chunk: &r.chunks[0] }, refs(&r.chunks)[1]];
+    let again = r.source.read_chunks(&retry);
+    assert!(
+        matches!(&again[0], Err(FetchError::Unavailable { path, reason, .. })
+            if path == "/usr/lib/other" && reason.contains("connection refused")),
+        "{:?}",
+        again[0]
+    );
+    assert_eq!(again[1].as_ref().unwrap().as_ref(), &r.contents[1][..], "other chunks of the read are fetched");
+    assert_eq!(r.fake.calls.lock().len(), calls + 1, "refetched a chunk that failed moments ago");
+    // Moments later it is fetched again.
+    std::thread::sleep(FAILURE_MEMO + Duration::from_millis(20));
+    assert_eq!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].as_ref().unwrap().as_ref(), &r.contents[0][..]);
 }
 
 #[test]
@@ -490,7 +520,8 @@ fn after_an_outage_is_seen_fetches_only_probe_until_the_registry_answers() {
     let r = rig(vec![pattern(1, 3000), pattern(2, 3000)], opts);
     r.fake.down.store(true, Ordering::SeqCst);
     assert!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].is_err());
-    // The kernel retries the failed page: that retry only probes.
+    // A read of the chunk once it is no longer failed at once (below) only probes.
+    std::thread::sleep(FAILURE_MEMO);
     let again = r.source.read_chunks(&refs(&r.chunks[..1]));
     assert!(
         matches!(&again[0], Err(FetchError::Unavailable { reason, .. }) if reason.contains("probed briefly")),
@@ -498,6 +529,7 @@ fn after_an_outage_is_seen_fetches_only_probe_until_the_registry_answers() {
         again[0]
     );
     r.fake.down.store(false, Ordering::SeqCst);
+    std::thread::sleep(FAILURE_MEMO);
     assert!(r.source.read_chunks(&refs(&r.chunks[..1]))[0].is_ok(), "a probe finds the registry back");
     assert!(r.source.read_chunks(&refs(&r.chunks[1..]))[0].is_ok());
     let d = r.fake.deadlines.lock().clone();
@@ -606,5 +638,6 @@ fn an_owner_on_the_node_that_never_finishes_fails_the_read_at_the_deadline() {
     assert!(started.elapsed() < Duration::from_secs(3), "waited {:?}", started.elapsed());
     assert!(r.fake.calls.lock().is_empty(), "fetched a chunk another process held");
     drop(owner);
+    std::thread::sleep(FAILURE_MEMO);
     assert!(r.source.read_chunks(&refs(&r.chunks))[0].is_ok(), "reads once the owner is gone");
 }

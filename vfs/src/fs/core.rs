@@ -13,13 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::collections::HashMap;
-
 use bytes::{Bytes, BytesMut};
 use nix::errno::Errno;
-use parking_lot::Mutex;
-
-use crate::digest::Digest;
 
 use crate::fetch::{ChunkRef, ChunkSource};
 use crate::filestore::{FileStore, Lookup};
@@ -33,16 +28,6 @@ use super::storer::Storer;
 pub const BLOCK_SIZE: u32 = 4096;
 /// Longest name the index can hold.
 pub const NAME_MAX: u32 = 255;
-
-/// How long a failed chunk fails further reads at once instead of being fetched again. When the
-/// kernel's readahead of a page fails, it retries that page with a synchronous read right away
-/// (microseconds later); without this, one read(2) during an outage would wait for the fetch
-/// deadline twice. Short, so a read made after the registry is back is never refused.
-///
-/// This is the read path's only memory of failed chunks. The fetch layer remembers the registry's
-/// health instead (`outage_since`: while it is down, fetches only probe briefly and no readahead is
-/// sent) and which mismatching chunks it already logged; neither refuses a chunk by itself.
-const FAILURE_MEMO: Duration = Duration::from_millis(100);
 
 /// File type as the filesystem reports it (mirrors `fuser::FileType` without depending on it, so
 /// this module stays free of FUSE).
@@ -111,8 +96,6 @@ pub struct LazyFs {
     paths: Vec<Box<str>>,
     recorder: Option<Recorder>,
     errors: RateLimit,
-    /// Chunks whose fetch failed, and when (see [`FAILURE_MEMO`]).
-    failed: Mutex<HashMap<Digest, Instant>>,
     /// Whole verified files (for passthrough opens), and the thread that writes them.
     store: Option<(Arc<FileStore>, Storer)>,
     /// Cleared when the kernel cannot pass through: then stored files would only take disk space.
@@ -136,17 +119,7 @@ impl LazyFs {
         let paths = paths.into_iter().map(|p| p.unwrap_or_else(|| Box::from("?"))).collect();
         stats.image_bytes.store(index.image_bytes(), Ordering::Relaxed);
         let errors = RateLimit::new(Duration::from_secs(10), 20);
-        LazyFs {
-            index,
-            source,
-            stats,
-            paths,
-            recorder,
-            errors,
-            failed: Mutex::new(HashMap::new()),
-            store: None,
-            store_wanted: true.into(),
-        }
+        LazyFs { index, source, stats, paths, recorder, errors, store: None, store_wanted: true.into() }
     }
 
     /// Serves fully cached files from (and writes them into) `store`: see [`LazyFs::stored_file`].
@@ -355,10 +328,6 @@ impl LazyFs {
         }
         let refs: Vec<ChunkRef<'_>> =
             (first..=last).map(|n| ChunkRef { path, chunk_no: n, chunk: &chunks[n] }).collect();
-        if let Some(r) = self.recently_failed(&refs) {
-            log::debug!("{path}: chunk {} ({}) failed moments ago: EIO without refetching", r.chunk_no, r.chunk.digest);
-            return Err(Errno::EIO);
-        }
         let results = self.source.read_chunks(&refs);
         if results.len() != refs.len() {
             self.log_error(format_args!(
@@ -383,7 +352,6 @@ impl LazyFs {
                     return Err(Errno::EIO);
                 }
                 Err(err) => {
-                    self.note_failure(r.chunk.digest);
                     self.log_error(format_args!("read failed, returning EIO: {err}"));
                     return Err(Errno::EIO);
                 }
@@ -435,22 +403,6 @@ impl LazyFs {
             bsize: BLOCK_SIZE,
             namelen: NAME_MAX,
         }
-    }
-
-    fn recently_failed<'r, 'a>(&self, refs: &'r [ChunkRef<'a>]) -> Option<&'r ChunkRef<'a>> {
-        let failed = self.failed.lock();
-        if failed.is_empty() {
-            return None;
-        }
-        refs.iter().find(|r| failed.get(&r.chunk.digest).is_some_and(|at| at.elapsed() < FAILURE_MEMO))
-    }
-
-    fn note_failure(&self, digest: Digest) {
-        let mut failed = self.failed.lock();
-        if failed.len() >= 1024 {
-            failed.retain(|_, at| at.elapsed() < FAILURE_MEMO);
-        }
-        failed.insert(digest, Instant::now());
     }
 
     fn note_read(&self, ino: u32) {
