@@ -54,7 +54,25 @@ pub struct ChunkCache {
     /// Other processes' puts are only seen at the next eviction scan.
     size: AtomicU64,
     evicting: AtomicBool,
-    temp_seq: AtomicU64,
+}
+
+/// Creates a temp file for `name` in `dir` that is this writer's alone: `.tmp.<name>.<pid>.<n>`,
+/// created with O_EXCL, `n` from a process-wide counter. Every lazy mount of a pod shim has its
+/// own cache and file store on the one node cache directory: numbered per instance, two writers
+/// of one process got the same name, one truncated the other's file, and the result was renamed
+/// into place. Eviction removes temp files left by dead processes.
+pub(crate) fn create_temp(dir: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut tries = 0;
+    loop {
+        let tmp = dir.join(format!(".tmp.{name}.{}.{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        match File::options().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            // Left by an earlier process that had our pid: take the next number.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What one eviction pass did.
@@ -81,7 +99,6 @@ impl ChunkCache {
             min_age: Duration::from_secs(5),
             size: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
-            temp_seq: AtomicU64::new(0),
         };
         let total: u64 = cache.scan()?.iter().filter(|e| !e.temp).map(|e| e.len).sum();
         cache.size.store(total, Ordering::Relaxed);
@@ -190,18 +207,8 @@ impl ChunkCache {
         }
         let dir = path.parent().unwrap_or(&self.chunks);
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let tmp = dir.join(format!(
-            ".tmp.{}.{}.{}",
-            digest.hex(),
-            std::process::id(),
-            self.temp_seq.fetch_add(1, Ordering::Relaxed)
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(data)?;
-            fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
+        let (tmp, mut f) = create_temp(dir, &digest.hex()).map_err(io(dir))?;
+        if let Err(e) = f.write_all(data).and_then(|()| fs::rename(&tmp, &path)) {
             let _ = fs::remove_file(&tmp);
             return Err(CacheError::Io { path: tmp, source: e });
         }

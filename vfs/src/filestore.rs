@@ -23,13 +23,12 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::cache::{CacheError, ChunkCache, FILES_DIR};
+use crate::cache::{create_temp, CacheError, ChunkCache, FILES_DIR};
 use crate::digest::{Digest, Hasher};
 use crate::index::Chunk;
 
@@ -77,7 +76,6 @@ pub struct FileStore {
     dir: PathBuf,
     /// Stored files whose content this process has hashed (by key), as they were then.
     verified: Mutex<HashMap<Digest, Stamp>>,
-    temp_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -91,7 +89,7 @@ impl FileStore {
     pub fn open(cache: Arc<ChunkCache>) -> Result<FileStore, CacheError> {
         let dir = cache.dir().join(FILES_DIR);
         fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
-        Ok(FileStore { cache, dir, verified: Mutex::new(HashMap::new()), temp_seq: AtomicU64::new(0) })
+        Ok(FileStore { cache, dir, verified: Mutex::new(HashMap::new()) })
     }
 
     pub fn cache(&self) -> &Arc<ChunkCache> {
@@ -203,14 +201,8 @@ impl FileStore {
             move |source| StoreError::Io(CacheError::Io { path, source })
         };
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let tmp = dir.join(format!(
-            ".tmp.{}.{}.{}",
-            key.hex(),
-            std::process::id(),
-            self.temp_seq.fetch_add(1, Ordering::Relaxed)
-        ));
+        let (tmp, mut out) = create_temp(&dir, &key.hex()).map_err(io(&dir))?;
         let result = (|| -> Result<(), StoreError> {
-            let mut out = File::create(&tmp).map_err(io(&tmp))?;
             let mut written = 0u64;
             for (chunk_no, c) in chunks.iter().enumerate() {
                 let data = match fs::read(self.cache.path_of(&c.digest)) {
@@ -240,16 +232,20 @@ impl FileStore {
                 return Err(StoreError::CorruptChunk { chunk_no: chunks.len(), digest: *key, reason });
             }
             out.set_permissions(fs::Permissions::from_mode(0o444)).map_err(io(&tmp))?;
-            drop(out);
             fs::rename(&tmp, &path).map_err(io(&path))
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        // We hashed every chunk while writing it: this process trusts the file as it is now.
-        if let Ok(meta) = fs::metadata(&path) {
-            self.verified.lock().insert(*key, Stamp::of(&meta));
+        // We hashed every chunk while writing this file, and no one else writes it (its temp file
+        // was ours alone): this process trusts it, as it is now (the rename changed its ctime), if
+        // it is still the one at `path` (another process may have renamed its copy over it; that
+        // one is hashed when first handed out).
+        if let (Ok(ours), Ok(there)) = (out.metadata(), fs::metadata(&path)) {
+            if Stamp::of(&ours) == Stamp::of(&there) {
+                self.verified.lock().insert(*key, Stamp::of(&ours));
+            }
         }
         self.cache.account(size);
         Ok(size)
@@ -329,6 +325,60 @@ mod tests {
         // Different chunking gives a different key.
         chunks.pop();
         assert_ne!(FileStore::key(data.len() as u64, &chunks), key);
+    }
+
+    /// Every lazy mount of a pod shim has its own store on the one node cache, in one process:
+    /// storers of the same file at the same moment must never share a temp file (they did: the
+    /// names were numbered per store, so two stores' first files had the same name, one writer
+    /// truncated the other's, and the result was renamed into place and trusted as written).
+    #[test]
+    fn stores_of_one_process_writing_the_same_file_at_once_never_hand_out_a_mix() {
+        let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = Arc::new(ChunkCache::open(dir.path(), 0).unwrap());
+            let chunks = chunks_of(&cache, &data, 64 << 10, true);
+            let key = FileStore::key(data.len() as u64, &chunks);
+            let stores: Vec<FileStore> = (0..4).map(|_| FileStore::open(cache.clone()).unwrap()).collect();
+            let start = std::sync::Barrier::new(stores.len());
+            std::thread::scope(|s| {
+                for store in &stores {
+                    let (start, chunks, size, data) = (&start, &chunks, data.len() as u64, &data);
+                    s.spawn(move || {
+                        start.wait();
+                        // Losing the race to another store is fine; handing out a mixed or
+                        // unfinished file right after storing it is not.
+                        let _ = store.store(&key, size, chunks);
+                        if let Lookup::Found(mut f) = store.lookup(&key, size, chunks, "f") {
+                            let mut got = Vec::new();
+                            f.read_to_end(&mut got).unwrap();
+                            assert!(
+                                got == *data,
+                                "round {round}: a store handed out a file other than what was stored"
+                            );
+                        }
+                    });
+                }
+            });
+            for (i, store) in stores.iter().enumerate() {
+                let Lookup::Found(mut f) = store.lookup(&key, data.len() as u64, &chunks, "f") else {
+                    continue;
+                };
+                let mut got = Vec::new();
+                f.read_to_end(&mut got).unwrap();
+                assert!(got == data, "round {round}: store {i} handed out a file that is not what was stored");
+            }
+            let temps: Vec<_> = fs::read_dir(store_dir(&stores[0], &key))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp."))
+                .collect();
+            assert!(temps.is_empty(), "round {round}: temp files left: {temps:?}");
+        }
+    }
+
+    fn store_dir(store: &FileStore, key: &Digest) -> PathBuf {
+        store.path_of(key).parent().unwrap().to_path_buf()
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`error`]: the one mapping from our errors to ttrpc codes.
 //! - [`bootstrap`]: `start`'s stdin (BootstrapParams or options) and ShimCgroup; [`info`]: `-info`.
 //! - [`socket`]: the server's socket file, removed before the last Delete/Shutdown replies.
+//! - [`logging`]: the server's log (containerd's FIFO).
 
 pub mod bootstrap;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod info;
 pub mod lazy;
+pub mod logging;
 pub mod process;
 pub mod profile;
 pub mod reaper;
@@ -79,7 +81,7 @@ pub fn main() -> i32 {
 fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
     start::check_socket_flag(flags)?;
     // The log FIFO in the bundle is read by containerd; without it (run by hand) log to stderr.
-    if containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).is_err() {
+    if !logging::init(flags.debug) {
         eprintln!("containerd-shim-lazy-v2: no `log` FIFO in the working directory; logging is off");
     }
     fix_mmap_threshold();
