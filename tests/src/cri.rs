@@ -78,6 +78,40 @@ pub fn prerequisites_met(test: &str) -> bool {
     true
 }
 
+/// kubelet's namespace options: the pod's network and IPC, a PID namespace per container unless
+/// the pod sets shareProcessNamespace (then `pid` is POD).
+pub fn namespaces(pid: cri::NamespaceMode) -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: pid as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// A pod sandbox config as a kubelet sends it: pod `name` in namespace `default` (with a uid unique
+/// to this test process), hostname `name`, container logs under `log_dir`, kubelet's namespace options.
+pub fn pod_config(name: &str, log_dir: &Path, pid: cri::NamespaceMode) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}-{}", std::process::id()),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces(pid)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A shim configuration for one runtime handler: `(handler name, TOML of its ConfigPath file)`.
 pub struct Handler {
     pub name: String,
@@ -254,6 +288,15 @@ impl CriContainerd {
             Ok(Err(s)) => Err(anyhow!("CRI {what}: {:?}: {}", s.code(), s.message())),
             Err(_) => Err(anyhow!("CRI {what}: no answer within 120 s")),
         }
+    }
+
+    /// RunPodSandbox of `config` with the runtime handler `handler`; returns the sandbox id. The
+    /// error carries the tail of containerd's log.
+    pub fn run_pod(&self, config: &cri::PodSandboxConfig, handler: &str) -> Result<String> {
+        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
+        self.call("RunPodSandbox", |mut r| async move { r.run_pod_sandbox(req).await })
+            .map(|r| r.pod_sandbox_id)
+            .map_err(|e| anyhow!("{e}\ncontainerd log (tail):\n{}", crate::load::tail(&self.containerd().log(), 60)))
     }
 
     /// PullImage; returns the image ref CRI resolved.

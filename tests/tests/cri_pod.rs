@@ -56,43 +56,11 @@ struct Pod {
     config: api::PodSandboxConfig,
 }
 
-/// kubelet's namespace options: pod network and IPC, the PID namespace per container unless the
-/// pod sets shareProcessNamespace (then `pid_mode` is POD).
-fn namespaces(pid_mode: api::NamespaceMode) -> api::NamespaceOption {
-    api::NamespaceOption {
-        network: api::NamespaceMode::Pod as i32,
-        pid: pid_mode as i32,
-        ipc: api::NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
 fn run_pod(c: &CriContainerd, handler: &str, pid_mode: api::NamespaceMode) -> Pod {
     let log_dir = c.dir().join("logs").join(handler);
     std::fs::create_dir_all(&log_dir).unwrap();
-    let config = api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: format!("pod-{handler}"),
-            uid: format!("uid-{handler}-{}", std::process::id()),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: format!("pod-{handler}"),
-        log_directory: log_dir.display().to_string(),
-        linux: Some(api::LinuxPodSandboxConfig {
-            security_context: Some(api::LinuxSandboxSecurityContext {
-                namespace_options: Some(namespaces(pid_mode)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let req = api::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
-    let sandbox_id = c
-        .call("RunPodSandbox", |mut r| async move { r.run_pod_sandbox(req).await })
-        .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&c.containerd().log(), 60)))
-        .pod_sandbox_id;
+    let config = cri::pod_config(&format!("pod-{handler}"), &log_dir, pid_mode);
+    let sandbox_id = c.run_pod(&config, handler).unwrap_or_else(|e| panic!("{e}"));
     Pod { sandbox_id, config }
 }
 
@@ -127,7 +95,7 @@ fn pod_lifecycle(c: &CriContainerd, handler: &str, image: &str, pid_mode: api::N
         linux: Some(api::LinuxContainerConfig {
             resources: Some(api::LinuxContainerResources { cpu_shares: 256, ..Default::default() }),
             security_context: Some(api::LinuxContainerSecurityContext {
-                namespace_options: Some(namespaces(pid_mode)),
+                namespace_options: Some(cri::namespaces(pid_mode)),
                 masked_paths: KUBELET_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
                 readonly_paths: KUBELET_READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()

@@ -169,35 +169,8 @@ fn a_pod_runs_a_private_lazy_image_with_only_its_pull_secret() {
     let log_offset = registry.log_offset();
     let log_dir = c.dir().join("logs");
     std::fs::create_dir_all(&log_dir).unwrap();
-    let ns = api::NamespaceOption {
-        network: api::NamespaceMode::Pod as i32,
-        pid: api::NamespaceMode::Container as i32,
-        ipc: api::NamespaceMode::Pod as i32,
-        ..Default::default()
-    };
-    let config = api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: "pull-secret".into(),
-            uid: format!("uid-pull-secret-{}", std::process::id()),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "pull-secret".into(),
-        log_directory: log_dir.display().to_string(),
-        linux: Some(api::LinuxPodSandboxConfig {
-            security_context: Some(api::LinuxSandboxSecurityContext {
-                namespace_options: Some(ns.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let req = api::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "lazy".into() };
-    let sid = c
-        .call("RunPodSandbox", |mut r| async move { r.run_pod_sandbox(req).await })
-        .unwrap_or_else(|e| panic!("{e}\ncontainerd log tail:\n{}", tail(&c.containerd().log(), 60)))
-        .pod_sandbox_id;
+    let config = cri::pod_config("pull-secret", &log_dir, api::NamespaceMode::Container);
+    let sid = c.run_pod(&config, "lazy").unwrap_or_else(|e| panic!("{e}"));
     let container = api::ContainerConfig {
         metadata: Some(api::ContainerMetadata { name: "app".into(), attempt: 0 }),
         image: Some(api::ImageSpec { image: published.lazy.clone(), ..Default::default() }),
@@ -205,7 +178,7 @@ fn a_pod_runs_a_private_lazy_image_with_only_its_pull_secret() {
         log_path: "app.log".into(),
         linux: Some(api::LinuxContainerConfig {
             security_context: Some(api::LinuxContainerSecurityContext {
-                namespace_options: Some(ns),
+                namespace_options: Some(cri::namespaces(api::NamespaceMode::Container)),
                 masked_paths: KUBELET_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
                 readonly_paths: KUBELET_READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()

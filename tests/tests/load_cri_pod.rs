@@ -24,22 +24,8 @@ const RSS_PER_CONTAINER_MIB: u64 = 8;
 fn run_pod(c: &CriContainerd) -> (String, api::PodSandboxConfig) {
     let log_dir = c.dir().join("logs");
     std::fs::create_dir_all(&log_dir).expect("creating the pod log directory");
-    let config = api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: "load".into(),
-            uid: format!("uid-load-{}", std::process::id()),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "load".into(),
-        log_directory: log_dir.display().to_string(),
-        ..Default::default()
-    };
-    let req = api::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "lazy".into() };
-    let id = c
-        .call("RunPodSandbox", |mut r| async move { r.run_pod_sandbox(req).await })
-        .unwrap_or_else(|e| panic!("{e}\ncontainerd log (tail):\n{}", load::tail(&c.containerd().log(), 60)))
-        .pod_sandbox_id;
+    let config = cri::pod_config("load", &log_dir, api::NamespaceMode::Container);
+    let id = c.run_pod(&config, "lazy").unwrap_or_else(|e| panic!("{e}"));
     (id, config)
 }
 
