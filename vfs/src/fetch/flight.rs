@@ -133,7 +133,7 @@ impl Drop for Pending {
 /// kernel's readahead of a page fails, it retries that page with a synchronous read right away
 /// (microseconds later); without this, one read(2) during an outage would wait for the fetch
 /// deadline twice. Short, so a read made after the registry is back is never refused.
-pub(super) const FAILURE_MEMO: Duration = Duration::from_millis(100);
+pub(crate) const FAILURE_MEMO: Duration = Duration::from_millis(100);
 
 /// The one memory of failed chunks: which failed in the last [`FAILURE_MEMO`], and why.
 /// (`Inner::outage_since` is the registry's health, not a chunk's: it shortens the next fetch's

@@ -39,7 +39,8 @@ use crate::index::Chunk;
 use crate::registry::{Client, Reference, RegistryError};
 use crate::stats::Stats;
 
-use flight::{Claim, Failure, FailureMemo, Flight, Pending, FAILURE_MEMO};
+pub(crate) use flight::FAILURE_MEMO;
+use flight::{Claim, Failure, FailureMemo, Flight, Pending};
 pub use layout::BlobLayout;
 use layout::{byte_range, split, Readahead};
 use node::{Held, Lease};
