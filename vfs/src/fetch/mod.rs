@@ -1002,4 +1002,4 @@ impl ChunkSource for RegistryChunkSource {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

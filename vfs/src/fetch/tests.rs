@@ -53,8 +53,9 @@ impl BlobReader for FakeBlobs {
     }
 }
 
-/// A blob holding `contents` as consecutive zstd chunks, and the chunk table.
-fn make_blob(contents: &[Vec<u8>]) -> (BlobRef, Vec<u8>, Vec<Chunk>) {
+/// A blob holding `contents` as consecutive zstd chunks, and the chunk table (also used by the
+/// real-registry tests).
+pub(crate) fn make_blob(contents: &[Vec<u8>]) -> (BlobRef, Vec<u8>, Vec<Chunk>) {
     let mut blob = Vec::new();
     let mut chunks = Vec::new();
     for c in contents {

@@ -73,20 +73,8 @@ fn real_registry_push_range_read_verify_outage_and_recovery() {
     let contents: Vec<Vec<u8>> = (0..3u32)
         .map(|s| (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761).wrapping_add(s) >> 13) as u8).collect())
         .collect();
-    let mut blob = Vec::new();
-    let mut chunks = Vec::new();
-    for c in &contents {
-        let z = zstd::bulk::compress(c, 3).unwrap();
-        chunks.push(Chunk {
-            blob: 0,
-            offset: blob.len() as u64,
-            compressed_len: z.len() as u32,
-            len: c.len() as u32,
-            digest: Digest::of(c),
-        });
-        blob.extend_from_slice(&z);
-    }
-    let blob_digest = Digest::of(&blob);
+    let (blob_ref, blob, chunks) = crate::fetch::tests::make_blob(&contents);
+    let blob_digest = blob_ref.digest;
     let config_blob = Bytes::from_static(b"{}");
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -113,7 +101,7 @@ fn real_registry_push_range_read_verify_outage_and_recovery() {
     let cache = Arc::new(ChunkCache::open(cache_dir.path(), 0).unwrap());
     let stats = Arc::new(Stats::default());
     let source = RegistryChunkSource::new(
-        BlobLayout::new(vec![BlobRef { digest: blob_digest, size: blob.len() as u64 }], chunks.iter().copied()),
+        BlobLayout::new(vec![blob_ref], chunks.iter().copied()),
         repo.clone(),
         client.clone(),
         Some(cache.clone()),
@@ -245,7 +233,7 @@ fn real_registry_throughput_figures() {
         let cache = Arc::new(ChunkCache::open(cache_dir.path(), 0).unwrap());
         let stats = Arc::new(Stats::default());
         let source = RegistryChunkSource::new(
-            BlobLayout::new(vec![BlobRef { digest: blob_digest, size: blob.len() as u64 }], chunks.iter().copied()),
+            BlobLayout::new(vec![blob_ref], chunks.iter().copied()),
             repo.clone(),
             client.clone(),
             Some(cache.clone()),
@@ -270,7 +258,7 @@ fn real_registry_throughput_figures() {
         // each chunk on first use; the second pass trusts the length only.
         let cache = Arc::new(ChunkCache::open(cache_dir.path(), 0).unwrap());
         let source = RegistryChunkSource::new(
-            BlobLayout::new(vec![BlobRef { digest: blob_digest, size: blob.len() as u64 }], chunks.iter().copied()),
+            BlobLayout::new(vec![blob_ref], chunks.iter().copied()),
             repo.clone(),
             client.clone(),
             Some(cache),
