@@ -486,7 +486,8 @@ pub fn debian_rootfs_tar(name: &str, packages: &[&str]) -> Result<PathBuf> {
     Ok(tar)
 }
 
-/// Writes an OCI layout at `dir` whose single gzip layer is the root filesystem tar `rootfs_tar`.
+/// Writes an OCI layout at `dir` whose single gzip layer (at [`crate::images::LAYER_GZIP`]) is the
+/// root filesystem tar `rootfs_tar`.
 pub fn layout_from_rootfs_tar(rootfs_tar: &Path, dir: &Path, tag: &str, cmd: &[&str]) -> Result<()> {
     use sha2::{Digest as _, Sha256};
     use std::io::Write;
@@ -509,7 +510,7 @@ pub fn layout_from_rootfs_tar(rootfs_tar: &Path, dir: &Path, tag: &str, cmd: &[&
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let tmp = dir.join("layer.tmp");
     let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-    let gz = flate2::write::GzEncoder::new(Hashing { inner: file, hash: Sha256::new() }, flate2::Compression::fast());
+    let gz = flate2::write::GzEncoder::new(Hashing { inner: file, hash: Sha256::new() }, crate::images::LAYER_GZIP);
     let mut plain = Hashing { inner: gz, hash: Sha256::new() };
     std::io::copy(&mut std::fs::File::open(rootfs_tar)?, &mut plain)?;
     let diff_id = hex::encode(plain.hash.finalize());

@@ -318,6 +318,12 @@ fn set_name(header: &mut tar::Header, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The gzip level of every layer the harness writes: the default level, as `docker push` and
+/// BuildKit write layers (Go's gzip). Not the fast level: flate2's zlib-rs backend writes a level-1
+/// stream as one deflate block, which leaves a zran-style index (SOCI's zTOC) a single seek point,
+/// so SOCI would fetch the whole layer for any read, as no real image would make it do.
+pub const LAYER_GZIP: flate2::Compression = flate2::Compression::new(6);
+
 /// An image to build: layers bottom to top, plus the config's command.
 #[derive(Debug, Clone)]
 pub struct Image {
@@ -331,7 +337,7 @@ impl Image {
         Self { layers, cmd: vec!["/bin/sh".into()], env: vec!["PATH=/usr/bin:/bin".into()] }
     }
 
-    /// Writes an OCI image layout at `dir` with `tag` (gzip layers, fast compression) and returns
+    /// Writes an OCI image layout at `dir` with `tag` (gzip layers at [`LAYER_GZIP`]) and returns
     /// the manifest digest.
     pub fn write_layout(&self, dir: &Path, tag: &str) -> Result<String> {
         let blobs = dir.join("blobs/sha256");
@@ -343,7 +349,7 @@ impl Image {
             let tmp = dir.join(format!("layer-{i}.tmp"));
             let file = std::fs::File::create(&tmp)?;
             let compressed = DigestWriter::new(io::BufWriter::with_capacity(1 << 20, file));
-            let gz = GzEncoder::new(compressed, flate2::Compression::fast());
+            let gz = GzEncoder::new(compressed, LAYER_GZIP);
             let uncompressed = layer.write_tar(DigestWriter::new(gz))?;
             let (gz, diff_id, _) = uncompressed.finish();
             let (mut file, digest, size) = gz.finish()?.finish();
