@@ -50,14 +50,16 @@ pub struct FetchConfig {
     pub request_timeout_secs: u64,
     /// A read of the lazy filesystem fails (EIO) after retrying this long while the registry is down.
     pub deadline_secs: u64,
-    /// Registry requests in flight at once per container for on-demand reads (and as many again
+    /// Registry requests in flight at once per container for on-demand reads (and half as many
     /// for the spans fetched around them).
     pub concurrency: usize,
     pub prefetch: PrefetchMode,
     /// Registry requests the prefetcher keeps in flight at once, beside on-demand reads.
     pub prefetch_concurrency: usize,
-    /// Largest span (compressed MiB) a miss fetches around the missing chunk; spans start at 1 MiB
-    /// and double while misses stay in one region. 0: fetch only what is read.
+    /// Largest span (compressed MiB): the rest of a file a read missed in, or the span ahead of a
+    /// reader streaming through one large file. Spans start at 256 KiB around a miss and double
+    /// while reads stay in one region, up to 4 MiB while the reader hops between files (a program
+    /// start). 0: fetch only what is read.
     pub readahead_max_mb: u64,
     /// Serve fully cached files with FUSE passthrough from the verified file store (Linux 6.9+,
     /// falls back to FUSE reads by itself where unsupported). false: every read goes through FUSE.

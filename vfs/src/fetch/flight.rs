@@ -67,12 +67,19 @@ impl Flight {
 }
 
 /// A chunk this process has committed to fetch: its flight is registered in flight, and someone
-/// must complete it. `label` names the file and chunk number when a reader asked for it (errors
-/// and logs name it); neighbours fetched speculatively have none.
+/// must complete it. `label` says which read wants it; neighbours fetched speculatively have none.
 pub(super) struct Claim {
     pub chunk: Chunk,
     pub flight: Arc<Flight>,
-    pub label: Option<(String, usize)>,
+    pub label: Option<Label>,
+}
+
+/// The read a claimed chunk is for: errors and logs name the file and chunk number, and the span
+/// around a miss in the middle of a file stops at the file's end.
+pub(super) struct Label {
+    pub path: String,
+    pub chunk_no: usize,
+    pub file_end: u64,
 }
 
 /// Claims on their way through one range request. Dropping it fails every claim not completed

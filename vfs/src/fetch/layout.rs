@@ -19,6 +19,9 @@ pub struct BlobLayout {
     blobs: Vec<BlobRef>,
     /// Per blob, chunks sorted by offset, one per offset.
     slots: Vec<Vec<Chunk>>,
+    /// Per blob, parallel to `slots`: whether only files a start seldom reads use the chunk
+    /// ([`super::seldom`]); spans around a file's first chunk leave those out.
+    seldom: Vec<Vec<bool>>,
 }
 
 impl BlobLayout {
@@ -28,7 +31,14 @@ impl BlobLayout {
             Kind::File { chunks, .. } => chunks.as_slice(),
             _ => &[],
         });
-        BlobLayout::new(index.blobs.clone(), chunks.copied())
+        let mut layout = BlobLayout::new(index.blobs.clone(), chunks.copied());
+        let seldom = super::seldom::seldom_read_chunks(index);
+        for (blob, (flags, slots)) in layout.seldom.iter_mut().zip(&layout.slots).enumerate() {
+            for (flag, c) in flags.iter_mut().zip(slots) {
+                *flag = seldom.contains(&(blob as u32, c.offset));
+            }
+        }
+        layout
     }
 
     /// A layout from a blob table and chunks in any order (duplicates are dropped).
@@ -43,29 +53,39 @@ impl BlobLayout {
             s.sort_by_key(|c| c.offset);
             s.dedup_by_key(|c| c.offset);
         }
-        BlobLayout { blobs, slots }
+        let seldom = slots.iter().map(|s| vec![false; s.len()]).collect();
+        BlobLayout { blobs, slots, seldom }
     }
 
     pub fn blob(&self, n: u32) -> Option<&BlobRef> {
         self.blobs.get(n as usize)
     }
 
-    /// Chunks of blob `blob` around `chunk` whose bytes fall within `[from, to)`, in blob order.
-    /// Only chunks that lie wholly inside the blob and do not overlap their predecessor are
-    /// returned: a hostile index cannot make a span read outside a blob or twice over a byte.
-    pub fn neighbours(&self, chunk: &Chunk, from: u64, to: u64) -> impl Iterator<Item = &Chunk> {
+    /// Chunks of blob `blob` around `chunk` that end after `from` and by `to`, in blob order,
+    /// without the seldom-read ones if `skip_seldom`. Only chunks that lie wholly inside the blob
+    /// and do not overlap their predecessor are returned: a hostile index cannot make a span read
+    /// outside a blob or twice over a byte.
+    pub fn neighbours(&self, chunk: &Chunk, from: u64, to: u64, skip_seldom: bool) -> impl Iterator<Item = &Chunk> {
         let slots = self.slots.get(chunk.blob as usize).map(Vec::as_slice).unwrap_or(&[]);
+        let seldom = self.seldom.get(chunk.blob as usize).map(Vec::as_slice).unwrap_or(&[]);
         let size = self.blob(chunk.blob).map_or(0, |b| b.size);
-        let first = slots.partition_point(|c| c.offset < from);
+        // A chunk straddling `from` belongs to this window: the one before it could not take it.
+        let first = slots.partition_point(|c| c.offset.saturating_add(c.compressed_len as u64) <= from);
         let mut prev_end = 0u64;
-        slots[first..].iter().take_while(move |c| c.offset < to).filter(move |c| {
-            let end = c.offset.saturating_add(c.compressed_len as u64);
-            let ok = c.offset >= prev_end && end <= size && end <= to;
-            if ok {
-                prev_end = end;
-            }
-            ok
-        })
+        slots[first..]
+            .iter()
+            .zip(&seldom[first..])
+            .take_while(move |(c, _)| c.offset < to)
+            .filter(move |(c, _)| {
+                let end = c.offset.saturating_add(c.compressed_len as u64);
+                let ok = c.offset >= prev_end && end <= size && end <= to;
+                if ok {
+                    prev_end = end;
+                }
+                ok
+            })
+            .filter(move |(_, &seldom)| !(skip_seldom && seldom))
+            .map(|(c, _)| c)
     }
 
     /// Distinct chunks (by offset) in blob `blob`.
@@ -80,10 +100,17 @@ impl BlobLayout {
 
 /// Adaptive span sizing for on-demand misses, per region of a blob (a few regions at once, like
 /// concurrent sequential streams in kernel readahead).
+///
+/// Two caps: a reader streaming through one large file (reading its second chunk or later) grows
+/// its spans up to `max`; a reader hopping between files (a program start opening libraries and
+/// modules) only up to `across_files`. Spans there fetch neighbours the reader may never open, and
+/// on a link of 20 ms and 200 Mbit/s one round trip costs what 0.5 MB of transfer does: large
+/// speculative spans there cost the start more than the round trips they save.
 #[derive(Debug)]
 pub struct Readahead {
     min: u64,
     max: u64,
+    across_files: u64,
     regions: VecDeque<Region>,
 }
 
@@ -99,13 +126,16 @@ struct Region {
 const REGIONS: usize = 16;
 
 impl Readahead {
-    /// Windows start at `min` compressed bytes and double up to `max`. `max == 0` disables spans.
-    pub fn new(min: u64, max: u64) -> Readahead {
-        Readahead { min: min.min(max), max, regions: VecDeque::new() }
+    /// Windows start at `min` compressed bytes and double up to `across_files`, or up to `max` for
+    /// a reader streaming through one file. `max == 0` disables spans.
+    pub fn new(min: u64, across_files: u64, max: u64) -> Readahead {
+        let across_files = across_files.clamp(1, max.max(1));
+        Readahead { min: min.min(across_files), max, across_files, regions: VecDeque::new() }
     }
 
     /// The byte window `[from, to)` of blob `blob` to fetch around a miss at `offset`. A miss
-    /// within one window of a region fetched before doubles that region's window.
+    /// within one window of a region fetched before doubles that region's window (up to the
+    /// across-files cap: a miss is no sign of a stream).
     pub fn window(&mut self, blob: u32, offset: u64) -> (u64, u64) {
         if self.max == 0 {
             return (offset, offset);
@@ -115,7 +145,7 @@ impl Readahead {
         });
         let mut region = match near.and_then(|i| self.regions.remove(i)) {
             Some(mut r) => {
-                r.window = (r.window * 2).min(self.max);
+                r.window = (r.window * 2).min(self.across_files);
                 r
             }
             None => Region { blob, start: offset, end: offset, window: self.min.max(1) },
@@ -137,12 +167,14 @@ impl Readahead {
     /// A read at `offset` landed inside a region fetched before, less than half a window from its
     /// end: returns the next window (`[end, end + window)`, the window doubled) so the next span is
     /// in flight before the reader gets there, as the kernel's asynchronous readahead does.
-    pub fn ahead(&mut self, blob: u32, offset: u64) -> Option<(u64, u64)> {
+    /// `streaming`: the read is of a file's second chunk or later, so the window may grow to `max`.
+    pub fn ahead(&mut self, blob: u32, offset: u64, streaming: bool) -> Option<(u64, u64)> {
+        let cap = if streaming { self.max } else { self.across_files };
         let r = self.regions.iter_mut().find(|r| r.blob == blob && r.start <= offset && offset < r.end)?;
         if r.end - offset > r.window / 2 {
             return None;
         }
-        r.window = (r.window * 2).min(self.max);
+        r.window = (r.window * 2).min(cap);
         let from = r.end;
         r.end = from.saturating_add(r.window);
         Some((from, r.end))
@@ -204,44 +236,64 @@ mod tests {
         let blobs = vec![BlobRef { digest: Digest::of(b"b"), size: 1000 }];
         let cs = [chunk(0, 300, 100), chunk(0, 0, 100), chunk(0, 100, 100), chunk(0, 0, 100), chunk(0, 950, 100)];
         let l = BlobLayout::new(blobs, cs);
-        let got: Vec<u64> = l.neighbours(&cs[2], 0, 10_000).map(|c| c.offset).collect();
+        let got: Vec<u64> = l.neighbours(&cs[2], 0, 10_000, true).map(|c| c.offset).collect();
         assert_eq!(got, [0, 100, 300], "sorted, deduplicated, and the chunk past the blob's end dropped");
-        let got: Vec<u64> = l.neighbours(&cs[2], 100, 350).map(|c| c.offset).collect();
+        let got: Vec<u64> = l.neighbours(&cs[2], 100, 350, true).map(|c| c.offset).collect();
         assert_eq!(got, [100], "a chunk crossing the window's end is left for the next span");
     }
 
     #[test]
-    fn readahead_grows_for_misses_in_one_region_and_starts_small_elsewhere() {
-        let mut ra = Readahead::new(1 << 20, 16 << 20);
+    fn readahead_grows_for_misses_in_one_region_up_to_the_across_files_cap_and_starts_small_elsewhere() {
+        let mut ra = Readahead::new(1 << 20, 4 << 20, 16 << 20);
         let (f, t) = ra.window(0, 4 << 20);
         assert_eq!(t - f, 1 << 20);
         let mut w = 1 << 20;
         let mut at = t;
         for _ in 0..6 {
             let (f, t) = ra.window(0, at);
-            w = (w * 2).min(16 << 20);
+            w = (w * 2).min(4 << 20);
             assert_eq!(t - f, w);
             at = t;
         }
-        assert_eq!(w, 16 << 20, "capped");
+        assert_eq!(w, 4 << 20, "misses alone grow a span only to the across-files cap");
         let (f, t) = ra.window(0, 900 << 20);
         assert_eq!(t - f, 1 << 20, "a far miss is a new region");
         let (f, t) = ra.window(1, at);
         assert_eq!(t - f, 1 << 20, "another blob is another region");
-        assert_eq!(Readahead::new(1 << 20, 0).window(0, 5), (5, 5), "max 0 disables spans");
+        assert_eq!(Readahead::new(1 << 20, 4 << 20, 0).window(0, 5), (5, 5), "max 0 disables spans");
     }
 
     #[test]
     fn reads_near_the_end_of_a_region_start_the_next_window() {
-        let mut ra = Readahead::new(1 << 20, 16 << 20);
+        let mut ra = Readahead::new(1 << 20, 16 << 20, 16 << 20);
         assert!(ra.is_idle());
         let (from, to) = ra.window(0, 0);
         assert_eq!((from, to), (0, 1 << 20));
-        assert_eq!(ra.ahead(0, 100), None, "far from the end");
-        assert_eq!(ra.ahead(1, to - 1), None, "another blob");
-        assert_eq!(ra.ahead(0, to - 1), Some((to, to + (2 << 20))), "next window, doubled, starting at the end");
-        assert_eq!(ra.ahead(0, to - 1), None, "already ahead");
-        assert_eq!(ra.ahead(0, to + (2 << 20) - 10), Some((3 << 20, 7 << 20)));
+        assert_eq!(ra.ahead(0, 100, true), None, "far from the end");
+        assert_eq!(ra.ahead(1, to - 1, true), None, "another blob");
+        assert_eq!(ra.ahead(0, to - 1, true), Some((to, to + (2 << 20))), "next window, doubled, starting at the end");
+        assert_eq!(ra.ahead(0, to - 1, true), None, "already ahead");
+        assert_eq!(ra.ahead(0, to + (2 << 20) - 10, true), Some((3 << 20, 7 << 20)));
+    }
+
+    #[test]
+    fn only_a_reader_streaming_through_one_file_grows_spans_past_the_across_files_cap() {
+        let mut ra = Readahead::new(1 << 20, 2 << 20, 16 << 20);
+        let (_, mut end) = ra.window(0, 0);
+        let mut sizes = Vec::new();
+        for _ in 0..4 {
+            let (from, to) = ra.ahead(0, end - 1, false).expect("near the end");
+            sizes.push((to - from) >> 20);
+            end = to;
+        }
+        assert_eq!(sizes, [2, 2, 2, 2], "hopping between small files: capped at 2 MiB");
+        let mut sizes = Vec::new();
+        for _ in 0..4 {
+            let (from, to) = ra.ahead(0, end - 1, true).expect("near the end");
+            sizes.push((to - from) >> 20);
+            end = to;
+        }
+        assert_eq!(sizes, [4, 8, 16, 16], "streaming through one file: doubling up to 16 MiB");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 mod flight;
 pub mod layout;
 mod node;
+mod seldom;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -40,7 +41,7 @@ use crate::registry::{Client, Reference, RegistryError};
 use crate::stats::Stats;
 
 pub(crate) use flight::FAILURE_MEMO;
-use flight::{Claim, Failure, FailureMemo, Flight, Pending};
+use flight::{Claim, Failure, FailureMemo, Flight, Label, Pending};
 pub use layout::BlobLayout;
 use layout::{byte_range, split, Readahead};
 use node::{Held, Lease};
@@ -55,13 +56,30 @@ pub enum FetchError {
     Unavailable { path: String, chunk_no: usize, chunk: Digest, reason: String },
 }
 
-/// Which chunk of which file a read is for: only used to make errors and logs name the file.
+/// Which chunk of which file a read is for: errors and logs name the file, and readahead for a
+/// reader streaming through it stops at its end.
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkRef<'a> {
     pub path: &'a str,
     /// Position of the chunk in the file's chunk list.
     pub chunk_no: usize,
     pub chunk: &'a Chunk,
+    /// Where the file's chunks in this chunk's blob end.
+    pub file_end: u64,
+}
+
+impl<'a> ChunkRef<'a> {
+    /// Chunk `chunk_no` of the file at `path` whose chunks are `chunks`.
+    pub fn of_file(path: &'a str, chunks: &'a [Chunk], chunk_no: usize) -> ChunkRef<'a> {
+        let chunk = &chunks[chunk_no];
+        let file_end = chunks
+            .iter()
+            .filter(|c| c.blob == chunk.blob)
+            .map(|c| c.offset.saturating_add(c.compressed_len as u64))
+            .max()
+            .unwrap_or(0);
+        ChunkRef { path, chunk_no, chunk, file_end }
+    }
 }
 
 /// A source of verified, uncompressed chunk contents. Called from FUSE request threads (blocking).
@@ -140,16 +158,19 @@ pub struct FetchOptions {
     /// it at least the registry client's own deadline, or retries are cut short.
     pub deadline: Duration,
     /// Compressed bytes a miss fetches around the missing chunk when nothing near it was fetched
-    /// before. Misses that keep landing in one region double it, up to `readahead_max`.
+    /// before. Misses that keep landing in one region double it, up to `readahead_across_files`.
     pub readahead_min: u64,
-    /// Largest span one miss fetches. 0: fetch only the chunks a read asks for.
+    /// Largest span while the reader hops between files (see [`Readahead`]).
+    pub readahead_across_files: u64,
+    /// Largest span, reached by a reader streaming through one large file. 0: fetch only the
+    /// chunks a read asks for.
     pub readahead_max: u64,
     /// Largest single range request: a larger span becomes several parallel requests.
     pub max_request: u64,
     /// Bytes between two wanted chunks that one request fetches and drops rather than split.
     pub max_gap: u64,
-    /// Range requests on-demand reads may have in flight at once (and, separately, as many for
-    /// the spans around them).
+    /// Range requests on-demand reads may have in flight at once (and, separately, half as many
+    /// for the spans around them: speculation never takes most of the link).
     pub concurrency: usize,
     /// Range requests the prefetcher may have in flight at once, beside reads.
     pub prefetch_concurrency: usize,
@@ -168,7 +189,8 @@ impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions {
             deadline: Duration::from_secs(30),
-            readahead_min: 1 << 20,
+            readahead_min: 256 << 10,
+            readahead_across_files: 4 << 20,
             readahead_max: 16 << 20,
             max_request: 4 << 20,
             max_gap: 256 << 10,
@@ -382,9 +404,9 @@ impl RegistryChunkSource {
                 stats,
                 handle,
                 demand: Semaphore::new(opts.concurrency.max(1)),
-                readahead_permits: Semaphore::new(opts.concurrency.max(1)),
+                readahead_permits: Semaphore::new((opts.concurrency / 2).max(1)),
                 prefetch_permits: Semaphore::new(opts.prefetch_concurrency.max(1)),
-                readahead: Mutex::new(Readahead::new(opts.readahead_min, readahead)),
+                readahead: Mutex::new(Readahead::new(opts.readahead_min, opts.readahead_across_files, readahead)),
                 opts,
                 inflight: Mutex::new(HashMap::new()),
                 logged_bad: Mutex::new(HashSet::new()),
@@ -429,12 +451,7 @@ impl Inner {
     }
 
     /// Claims the fetch of `chunk` unless one is in flight already (then returns `None`).
-    fn claim(
-        &self,
-        inflight: &mut HashMap<Digest, Arc<Flight>>,
-        chunk: Chunk,
-        label: Option<(String, usize)>,
-    ) -> Option<Claim> {
+    fn claim(&self, inflight: &mut HashMap<Digest, Arc<Flight>>, chunk: Chunk, label: Option<Label>) -> Option<Claim> {
         if inflight.contains_key(&chunk.digest) {
             return None;
         }
@@ -444,12 +461,19 @@ impl Inner {
     }
 
     /// Claims the chunks of `window` around `anchor` that are not on the node, not in flight and
-    /// not in `skip` (which gains them).
-    fn claim_window(&self, anchor: &Chunk, (from, to): (u64, u64), skip: &mut HashSet<Digest>) -> Vec<Claim> {
+    /// not in `skip` (which gains them). A reader at a file's first chunk is hopping between files:
+    /// `streaming` false leaves out the chunks of files a start seldom reads ([`seldom`]).
+    fn claim_window(
+        &self,
+        anchor: &Chunk,
+        (from, to): (u64, u64),
+        streaming: bool,
+        skip: &mut HashSet<Digest>,
+    ) -> Vec<Claim> {
         // Checking the node costs a stat per chunk: done outside the in-flight lock.
         let candidates: Vec<Chunk> = self
             .layout
-            .neighbours(anchor, from, to)
+            .neighbours(anchor, from, to, !streaming)
             .filter(|n| !skip.contains(&n.digest) && !self.on_node(n))
             .copied()
             .collect();
@@ -514,13 +538,13 @@ impl Inner {
             .collect();
         let last = chunks.len().wrapping_sub(1);
         if !chunks.is_empty() && !missing.contains(&last) {
-            self.read_ahead(chunks[last].chunk);
+            self.read_ahead(&chunks[last]);
         }
         if !missing.is_empty() {
             let waits = self.fetch_missing(chunks, &missing);
             if let Some((i, ..)) = waits.iter().find(|(i, _, own)| *i == last && !own) {
                 // Joined a fetch in flight: a span is landing here; keep ahead of the reader.
-                self.read_ahead(chunks[*i].chunk);
+                self.read_ahead(&chunks[*i]);
             }
             let wait = || {
                 for (i, flight, own) in waits {
@@ -558,7 +582,8 @@ impl Inner {
                     continue;
                 }
                 // Not in flight (checked above, under the same lock): the claim is ours.
-                if let Some(claim) = self.claim(&mut inflight, *c.chunk, Some((c.path.to_string(), c.chunk_no))) {
+                let label = Label { path: c.path.to_string(), chunk_no: c.chunk_no, file_end: c.file_end };
+                if let Some(claim) = self.claim(&mut inflight, *c.chunk, Some(label)) {
                     waits.push((i, claim.flight.clone(), true));
                     own.push(claim);
                 }
@@ -583,7 +608,8 @@ impl Inner {
 
     /// A read near the end of a span fetched before starts the next span now, so a sequential
     /// reader finds its chunks landed or in flight instead of missing once per span.
-    fn read_ahead(self: &Arc<Self>, chunk: &Chunk) {
+    fn read_ahead(self: &Arc<Self>, read: &ChunkRef<'_>) {
+        let chunk = read.chunk;
         if self.in_outage() {
             return;
         }
@@ -592,10 +618,15 @@ impl Inner {
             if ra.is_idle() {
                 return;
             }
-            ra.ahead(chunk.blob, chunk.offset)
+            ra.ahead(chunk.blob, chunk.offset, read.chunk_no > 0)
         };
-        let Some(window) = window else { return };
-        let claims = self.claim_window(chunk, window, &mut HashSet::new());
+        let Some((from, to)) = window else { return };
+        // A stream through one file reads no further than its end.
+        let to = if read.chunk_no > 0 { to.min(read.file_end) } else { to };
+        if to <= from {
+            return;
+        }
+        let claims = self.claim_window(chunk, (from, to), read.chunk_no > 0, &mut HashSet::new());
         self.launch(claims);
     }
 
@@ -612,24 +643,39 @@ impl Inner {
         if self.in_outage() {
             return claims;
         }
-        let mut windows: Vec<(Chunk, u64, u64)> = Vec::new();
+        let mut windows: Vec<(Chunk, u64, u64, bool)> = Vec::new();
         {
             let mut ra = self.readahead.lock();
             for c in &claims {
                 let covered = windows
                     .iter()
-                    .any(|(w, from, to)| w.blob == c.chunk.blob && (*from..*to).contains(&c.chunk.offset));
+                    .any(|(w, from, to, _)| w.blob == c.chunk.blob && (*from..*to).contains(&c.chunk.offset));
                 if !covered {
-                    let (from, to) = ra.window(c.chunk.blob, c.chunk.offset);
+                    let (from, mut to) = ra.window(c.chunk.blob, c.chunk.offset);
+                    if to <= from {
+                        continue; // spans are off
+                    }
+                    // A miss in the middle of a file: a stream through it, which reads no further
+                    // than its end.
+                    let streaming = c.label.as_ref().filter(|l| l.chunk_no > 0);
+                    if let Some(l) = streaming {
+                        to = to.min(l.file_end);
+                    }
+                    // A program that opens a file, or maps a library, reads most of it: the rest
+                    // of the file comes along (up to the largest span), in parallel, instead of
+                    // one round trip per page fault.
+                    if let Some(l) = &c.label {
+                        to = to.max(l.file_end.min(c.chunk.offset.saturating_add(self.opts.readahead_max)));
+                    }
                     if to > from {
-                        windows.push((c.chunk, from, to));
+                        windows.push((c.chunk, from, to, streaming.is_some()));
                     }
                 }
             }
         }
         let mut wanted: HashSet<Digest> = claims.iter().map(|c| c.chunk.digest).collect();
-        for (anchor, from, to) in windows {
-            let more = self.claim_window(&anchor, (from, to), &mut wanted);
+        for (anchor, from, to, streaming) in windows {
+            let more = self.claim_window(&anchor, (from, to), streaming, &mut wanted);
             claims.extend(more);
         }
         claims
@@ -876,7 +922,7 @@ impl Inner {
         if got != chunk.digest {
             Stats::add(&self.stats.verify_failures, 1);
             let what = match &claim.label {
-                Some((path, no)) => format!("{path}: chunk {no}"),
+                Some(l) => format!("{}: chunk {}", l.path, l.chunk_no),
                 None => format!("chunk {} at byte {} of blob #{}", chunk.digest, chunk.offset, chunk.blob),
             };
             if self.logged_bad.lock().insert(chunk.digest) {

@@ -107,7 +107,7 @@ fn rig_with(contents: Vec<Vec<u8>>, opts: FetchOptions, tamper: impl FnOnce(&mut
 }
 
 fn refs(chunks: &[Chunk]) -> Vec<ChunkRef<'_>> {
-    chunks.iter().enumerate().map(|(i, c)| ChunkRef { path: "/usr/bin/app", chunk_no: i, chunk: c }).collect()
+    (0..chunks.len()).map(|i| ChunkRef::of_file("/usr/bin/app", chunks, i)).collect()
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -184,9 +184,50 @@ fn a_miss_fetches_its_neighbours_verified_and_cached_so_their_reads_send_nothing
 }
 
 #[test]
-fn the_chunk_a_reader_waits_for_comes_in_a_small_first_request() {
-    // 40 chunks of 100 kB incompressible data: a 1 MiB window holds ~10 of them.
+fn a_miss_fetches_the_rest_of_its_file_at_once_and_little_beyond_it() {
+    // An 8-chunk file of 100 kB incompressible chunks (a library a program maps), then 32 chunks
+    // of other files. One page fault at its start brings in the whole file, not one chunk per fault.
     let r = rig((0..40).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
+    let file = &r.chunks[..8];
+    let read = ChunkRef::of_file("/usr/lib/libbig.so", file, 0);
+    assert_eq!(r.source.read_chunks(&[read])[0].as_ref().unwrap().as_ref(), &r.contents[0][..]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !file.iter().all(|c| r.cache.contains(&c.digest)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(file.iter().all(|c| r.cache.contains(&c.digest)), "the whole file came with its first miss");
+    std::thread::sleep(Duration::from_millis(100));
+    let beyond = (8..40).filter(|&i| r.cache.contains(&r.chunks[i].digest)).count();
+    assert_eq!(beyond, 0, "the first window (256 KiB) lies inside the file; nothing past its end was fetched");
+}
+
+#[test]
+fn a_reader_streaming_through_a_file_reads_ahead_to_its_end_and_no_further() {
+    // A 6-chunk file of 100 kB incompressible chunks, then 34 chunks of other files.
+    let r = rig((0..40).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
+    let file = &r.chunks[..6];
+    for n in 0..file.len() {
+        let read = ChunkRef::of_file("/usr/lib/big.so", file, n);
+        assert_eq!(r.source.read_chunks(&[read])[0].as_ref().unwrap().as_ref(), &r.contents[n][..]);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(file.iter().all(|c| r.cache.contains(&c.digest)));
+    let beyond: Vec<usize> = (6..40).filter(|&i| r.cache.contains(&r.chunks[i].digest)).collect();
+    let first_window = FetchOptions::default().readahead_min as usize / 100_000;
+    assert!(
+        beyond.iter().all(|&i| i < first_window),
+        "only the first miss's window reaches past the file; reading ahead of the stream stopped at its end: {beyond:?}"
+    );
+}
+
+#[test]
+fn the_chunk_a_reader_waits_for_comes_in_a_small_first_request() {
+    // 40 chunks of 100 kB incompressible data: a first window of 1 MiB holds ~10 of them.
+    let window = 1 << 20;
+    let r = rig(
+        (0..40).map(|i| noise(i, 100_000)).collect(),
+        FetchOptions { readahead_min: window, ..FetchOptions::default() },
+    );
     r.fake.delay_ms.store(50, Ordering::SeqCst);
     let want = &r.chunks[20];
     assert_eq!(
@@ -203,7 +244,10 @@ fn the_chunk_a_reader_waits_for_comes_in_a_small_first_request() {
         "the request holding the chunk read is small: {first:?}"
     );
     let fetched: u64 = calls.iter().map(|(_, r)| r.end - r.start).sum();
-    assert!(calls.len() >= 2 && (900_000..=1_200_000).contains(&fetched), "a ~1 MiB span: {calls:?}");
+    assert!(
+        calls.len() >= 2 && (window - 150_000..=window + 100_000).contains(&fetched),
+        "a span of about {window} bytes: {calls:?}"
+    );
     assert!(
         r.chunks[18..20].iter().all(|c| r.cache.contains(&c.digest)),
         "a quarter of the window lies before the miss"
@@ -425,8 +469,7 @@ fn a_chunk_that_failed_moments_ago_fails_again_at_once_then_is_fetched_again() {
     // The kernel retries a failed readahead page right away: one read(2) must not wait for the
     // network twice. The retry gets the same error, naming its own file, without a request.
     r.fake.down.store(false, Ordering::SeqCst);
-    let retry: Vec<ChunkRef<'_>> =
-        vec![ChunkRef { path: "/usr/lib/other", chunk_no: 0, chunk: &r.chunks[0] }, refs(&r.chunks)[1]];
+    let retry: Vec<ChunkRef<'_>> = vec![ChunkRef::of_file("/usr/lib/other", &r.chunks, 0), refs(&r.chunks)[1]];
     let again = r.source.read_chunks(&retry);
     assert!(
         matches!(&again[0], Err(FetchError::Unavailable { path, reason, .. })

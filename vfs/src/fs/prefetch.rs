@@ -151,7 +151,7 @@ fn chunk_refs<'a>(fs: &'a LazyFs, files: &[u32]) -> Vec<ChunkRef<'a>> {
     for &ino in files {
         if let Some(Kind::File { chunks, .. }) = fs.index().inode(ino).map(|i| &i.kind) {
             let path = fs.path(ino);
-            refs.extend(chunks.iter().enumerate().map(|(chunk_no, chunk)| ChunkRef { path, chunk_no, chunk }));
+            refs.extend((0..chunks.len()).map(|chunk_no| ChunkRef::of_file(path, chunks, chunk_no)));
         }
     }
     refs
