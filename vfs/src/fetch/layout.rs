@@ -280,20 +280,18 @@ mod tests {
     fn only_a_reader_streaming_through_one_file_grows_spans_past_the_across_files_cap() {
         let mut ra = Readahead::new(1 << 20, 2 << 20, 16 << 20);
         let (_, mut end) = ra.window(0, 0);
-        let mut sizes = Vec::new();
-        for _ in 0..4 {
-            let (from, to) = ra.ahead(0, end - 1, false).expect("near the end");
-            sizes.push((to - from) >> 20);
-            end = to;
-        }
-        assert_eq!(sizes, [2, 2, 2, 2], "hopping between small files: capped at 2 MiB");
-        let mut sizes = Vec::new();
-        for _ in 0..4 {
-            let (from, to) = ra.ahead(0, end - 1, true).expect("near the end");
-            sizes.push((to - from) >> 20);
-            end = to;
-        }
-        assert_eq!(sizes, [4, 8, 16, 16], "streaming through one file: doubling up to 16 MiB");
+        // Four reads, each near the end of the span before: the sizes (MiB) of the spans they start.
+        let mut spans = |streaming: bool| -> Vec<u64> {
+            (0..4)
+                .map(|_| {
+                    let (from, to) = ra.ahead(0, end - 1, streaming).expect("near the end");
+                    end = to;
+                    (to - from) >> 20
+                })
+                .collect()
+        };
+        assert_eq!(spans(false), [2, 2, 2, 2], "hopping between small files: capped at 2 MiB");
+        assert_eq!(spans(true), [4, 8, 16, 16], "streaming through one file: doubling up to 16 MiB");
     }
 
     #[test]
