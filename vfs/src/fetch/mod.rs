@@ -69,16 +69,20 @@ pub struct ChunkRef<'a> {
 }
 
 impl<'a> ChunkRef<'a> {
-    /// Chunk `chunk_no` of the file at `path` whose chunks are `chunks`.
-    pub fn of_file(path: &'a str, chunks: &'a [Chunk], chunk_no: usize) -> ChunkRef<'a> {
-        let chunk = &chunks[chunk_no];
-        let file_end = chunks
-            .iter()
-            .filter(|c| c.blob == chunk.blob)
-            .map(|c| c.offset.saturating_add(c.compressed_len as u64))
-            .max()
-            .unwrap_or(0);
-        ChunkRef { path, chunk_no, chunk, file_end }
+    /// Chunks `range` of the file at `path` whose chunks are `chunks` (one pass over `chunks`, so
+    /// a file of many chunks costs linear time however it is read).
+    pub fn of_file(path: &'a str, chunks: &'a [Chunk], range: std::ops::Range<usize>) -> Vec<ChunkRef<'a>> {
+        let mut ends: HashMap<u32, u64> = HashMap::new();
+        for c in chunks {
+            let end = ends.entry(c.blob).or_default();
+            *end = (*end).max(c.offset.saturating_add(c.compressed_len as u64));
+        }
+        range
+            .filter_map(|chunk_no| {
+                let chunk = chunks.get(chunk_no)?;
+                Some(ChunkRef { path, chunk_no, chunk, file_end: ends[&chunk.blob] })
+            })
+            .collect()
     }
 }
 

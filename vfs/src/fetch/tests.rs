@@ -107,7 +107,7 @@ fn rig_with(contents: Vec<Vec<u8>>, opts: FetchOptions, tamper: impl FnOnce(&mut
 }
 
 fn refs(chunks: &[Chunk]) -> Vec<ChunkRef<'_>> {
-    (0..chunks.len()).map(|i| ChunkRef::of_file("/usr/bin/app", chunks, i)).collect()
+    ChunkRef::of_file("/usr/bin/app", chunks, 0..chunks.len())
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -189,8 +189,8 @@ fn a_miss_fetches_the_rest_of_its_file_at_once_and_little_beyond_it() {
     // of other files. One page fault at its start brings in the whole file, not one chunk per fault.
     let r = rig((0..40).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
     let file = &r.chunks[..8];
-    let read = ChunkRef::of_file("/usr/lib/libbig.so", file, 0);
-    assert_eq!(r.source.read_chunks(&[read])[0].as_ref().unwrap().as_ref(), &r.contents[0][..]);
+    let read = ChunkRef::of_file("/usr/lib/libbig.so", file, 0..1);
+    assert_eq!(r.source.read_chunks(&read)[0].as_ref().unwrap().as_ref(), &r.contents[0][..]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !file.iter().all(|c| r.cache.contains(&c.digest)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -207,8 +207,8 @@ fn a_reader_streaming_through_a_file_reads_ahead_to_its_end_and_no_further() {
     let r = rig((0..40).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
     let file = &r.chunks[..6];
     for n in 0..file.len() {
-        let read = ChunkRef::of_file("/usr/lib/big.so", file, n);
-        assert_eq!(r.source.read_chunks(&[read])[0].as_ref().unwrap().as_ref(), &r.contents[n][..]);
+        let read = ChunkRef::of_file("/usr/lib/big.so", file, n..n + 1);
+        assert_eq!(r.source.read_chunks(&read)[0].as_ref().unwrap().as_ref(), &r.contents[n][..]);
     }
     std::thread::sleep(Duration::from_millis(200));
     assert!(file.iter().all(|c| r.cache.contains(&c.digest)));
@@ -469,7 +469,7 @@ fn a_chunk_that_failed_moments_ago_fails_again_at_once_then_is_fetched_again() {
     // The kernel retries a failed readahead page right away: one read(2) must not wait for the
     // network twice. The retry gets the same error, naming its own file, without a request.
     r.fake.down.store(false, Ordering::SeqCst);
-    let retry: Vec<ChunkRef<'_>> = vec![ChunkRef::of_file("/usr/lib/other", &r.chunks, 0), refs(&r.chunks)[1]];
+    let retry: Vec<ChunkRef<'_>> = vec![ChunkRef::of_file("/usr/lib/other", &r.chunks, 0..1)[0], refs(&r.chunks)[1]];
     let again = r.source.read_chunks(&retry);
     assert!(
         matches!(&again[0], Err(FetchError::Unavailable { path, reason, .. })

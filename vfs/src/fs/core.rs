@@ -326,7 +326,7 @@ impl LazyFs {
             ));
             return Err(Errno::EIO);
         }
-        let refs: Vec<ChunkRef<'_>> = (first..=last).map(|n| ChunkRef::of_file(path, chunks, n)).collect();
+        let refs = ChunkRef::of_file(path, chunks, first..last + 1);
         let results = self.source.read_chunks(&refs);
         if results.len() != refs.len() {
             self.log_error(format_args!(

@@ -151,7 +151,7 @@ fn chunk_refs<'a>(fs: &'a LazyFs, files: &[u32]) -> Vec<ChunkRef<'a>> {
     for &ino in files {
         if let Some(Kind::File { chunks, .. }) = fs.index().inode(ino).map(|i| &i.kind) {
             let path = fs.path(ino);
-            refs.extend((0..chunks.len()).map(|chunk_no| ChunkRef::of_file(path, chunks, chunk_no)));
+            refs.extend(ChunkRef::of_file(path, chunks, 0..chunks.len()));
         }
     }
     refs

@@ -110,7 +110,7 @@ fn real_registry_push_range_read_verify_outage_and_recovery() {
         // Only what is read: this checks coalescing, not spans.
         FetchOptions { deadline: Duration::from_secs(3), readahead_max: 0, ..FetchOptions::default() },
     );
-    let refs: Vec<ChunkRef<'_>> = (0..chunks.len()).map(|i| ChunkRef::of_file("/big", &chunks, i)).collect();
+    let refs = ChunkRef::of_file("/big", &chunks, 0..chunks.len());
     let out = source.read_chunks(&refs[..2]);
     assert_eq!(out[0].as_ref().unwrap().as_ref(), &contents[0][..]);
     assert_eq!(out[1].as_ref().unwrap().as_ref(), &contents[1][..]);
@@ -240,7 +240,7 @@ fn real_registry_throughput_figures() {
             rt.handle().clone(),
             FetchOptions::default(),
         );
-        let refs: Vec<ChunkRef<'_>> = (0..chunks.len()).map(|i| ChunkRef::of_file("/bench", &chunks, i)).collect();
+        let refs = ChunkRef::of_file("/bench", &chunks, 0..chunks.len());
         let t = Instant::now();
         for part in refs.chunks(batch) {
             assert!(source.read_chunks(part).iter().all(|r| r.is_ok()));
