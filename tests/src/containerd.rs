@@ -487,8 +487,8 @@ pub fn debian_rootfs_tar(name: &str, packages: &[&str]) -> Result<PathBuf> {
 }
 
 /// Writes an OCI layout at `dir` whose single gzip layer (at [`crate::images::LAYER_GZIP`]) is the
-/// root filesystem tar `rootfs_tar`.
-pub fn layout_from_rootfs_tar(rootfs_tar: &Path, dir: &Path, tag: &str, cmd: &[&str]) -> Result<()> {
+/// root filesystem tar `rootfs_tar`; returns the layer's compressed size.
+pub fn layout_from_rootfs_tar(rootfs_tar: &Path, dir: &Path, tag: &str, cmd: &[&str]) -> Result<u64> {
     use sha2::{Digest as _, Sha256};
     use std::io::Write;
     struct Hashing<W> {
@@ -547,7 +547,7 @@ pub fn layout_from_rootfs_tar(rootfs_tar: &Path, dir: &Path, tag: &str, cmd: &[&
         dir.join("index.json"),
         serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [manifest]}))?,
     )?;
-    Ok(())
+    Ok(size)
 }
 
 /// What most shim tests start from: a registry holding a plain busybox image and a private

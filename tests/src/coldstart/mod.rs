@@ -251,6 +251,8 @@ struct Images {
     tls: String,
     /// `lazyctl convert` of it.
     lazy: String,
+    /// Compressed bytes of the plain image's layer: what a full pull downloads.
+    layer_bytes: u64,
 }
 
 /// The bench's fixed parts: registries, link, images, SOCI, the shim config.
@@ -359,7 +361,7 @@ impl Bench {
             let tar = rootfs.tar()?;
             let t = Instant::now();
             let layout = scratch.path().join(format!("layout-{name}"));
-            layout_from_rootfs_tar(&tar, &layout, "v1", &["/bin/sh"])?;
+            let layer_bytes = layout_from_rootfs_tar(&tar, &layout, "v1", &["/bin/sh"])?;
             let plain = format!("{host}/src/{name}:v1");
             crate::images::push(&layout, "v1", &plain)?;
             std::fs::remove_dir_all(&layout).with_context(|| format!("removing {}", layout.display()))?;
@@ -372,7 +374,7 @@ impl Bench {
                 if opts.variants.contains(&Variant::Lazy) { " and converted" } else { "" },
                 t.elapsed()
             );
-            images.insert(rootfs, Images { plain, tls: format!("{tls_host}/src/{name}:v1"), lazy });
+            images.insert(rootfs, Images { plain, tls: format!("{tls_host}/src/{name}:v1"), lazy, layer_bytes });
         }
 
         let mut optimized = BTreeMap::new();
@@ -587,14 +589,6 @@ impl Bench {
             other => bail!("{what}: ctr run ended with {other:?} after printing {output:?}: {stderr_text}"),
         }
 
-        let mut note = String::new();
-        if let (Variant::Soci, Some(soci)) = (variant, &self.soci) {
-            let (remote, local) = soci.layers_since(soci_log);
-            if local > 0 {
-                note = format!("SOCI prepared {local} layer(s) by a full download ({remote} lazily)");
-                log::warn!("{what}: {note}; soci log:\n{}", tail(&soci.log(), 20));
-            }
-        }
         let link = self.link.counters() - link_before;
         let mut requests = self.registry.requests_since(log_before[0])?;
         if let Some(r) = &self.tls_registry {
@@ -602,6 +596,23 @@ impl Bench {
         }
         for r in &requests {
             log::debug!("{what}: registry: {} {} -> {} ({} bytes)", r.method, r.uri, r.status, r.bytes);
+        }
+        let blob_bytes: u64 = requests.iter().filter(|r| r.is_blob_get()).map(|r| r.bytes).sum();
+
+        let mut note = String::new();
+        if let (Variant::Soci, Some(soci)) = (variant, &self.soci) {
+            let (remote, local) = soci.layers_since(soci_log);
+            let layer_bytes = self.images[&workload.rootfs].layer_bytes;
+            if local > 0 {
+                note = format!("SOCI prepared {local} layer(s) by a full download ({remote} lazily)");
+            } else if mode == Mode::Cold && blob_bytes * 100 >= layer_bytes * 95 {
+                // Mounted lazily, yet it fetched the whole layer: its zTOC had no usable seek
+                // points (a layer written as one deflate block), so this is a full pull.
+                note = format!("SOCI fetched {blob_bytes} bytes of a {layer_bytes}-byte layer: no lazy loading");
+            }
+            if !note.is_empty() {
+                log::warn!("{what}: {note}; soci log:\n{}", tail(&soci.log(), 20));
+            }
         }
         Ok(Sample {
             workload: workload.name.to_string(),
@@ -615,7 +626,7 @@ impl Bench {
             connections: link.connections,
             requests: requests.len(),
             blob_requests: requests.iter().filter(|r| r.is_blob_get()).count(),
-            blob_bytes: requests.iter().filter(|r| r.is_blob_get()).map(|r| r.bytes).sum(),
+            blob_bytes,
             output,
             note,
         })
