@@ -554,7 +554,11 @@ impl Inner {
                 for (i, flight, own) in waits {
                     let r = flight.wait(self.opts.deadline + Duration::from_secs(5));
                     match &r {
-                        Ok(_) if !own => Stats::add(&self.stats.cache_hits, 1),
+                        Ok(data) if !own => {
+                            Stats::add(&self.stats.cache_hits, 1);
+                            // Read now: kept like any chunk read (a span's chunks are not).
+                            self.remember(&chunks[i].chunk.digest, data);
+                        }
                         Ok(_) => {}
                         Err(why) => self.failures.note(chunks[i].chunk.digest, why),
                     }
