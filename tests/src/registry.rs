@@ -442,67 +442,85 @@ impl Tls {
     /// tool (valid for 7 days; the CA key stays in `dir`).
     pub fn generate(dir: &Path) -> Result<Tls> {
         std::fs::create_dir_all(dir)?;
-        let openssl = |args: &[&str]| -> Result<()> {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .context("running openssl (apt-get install openssl)")?;
-            if !out.status.success() {
-                bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(())
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "7",
-            "-subj",
-            "/CN=lazy-tests test CA",
-        ])?;
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])?;
+        self_signed(dir, "ca", "lazy-tests test CA")?;
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+            None,
+        )?;
         std::fs::write(
             dir.join("san.ext"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
         )?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "7",
-            "-extfile",
-            "san.ext",
-        ])?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "7",
+                "-extfile",
+                "san.ext",
+            ],
+            None,
+        )?;
         Ok(Tls { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") })
     }
+}
+
+/// A self-signed certificate `NAME.pem` with its key `NAME.key` in `dir`, for subject `/CN=CN`
+/// (RSA 2048, valid for 7 days): a test CA, or a token issuer's signing certificate.
+pub(crate) fn self_signed(dir: &Path, name: &str, cn: &str) -> Result<()> {
+    let (key, cert, subject) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN={cn}"));
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &cert, "-days", "7", "-subj",
+            &subject,
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+/// Runs the openssl command line tool in `dir` with `input` on stdin; its stdout.
+pub(crate) fn openssl(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>> {
+    let mut child = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running openssl (apt-get install openssl)")?;
+    let mut stdin = child.stdin.take().context("openssl stdin")?;
+    stdin.write_all(input.unwrap_or_default())?;
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
 }
 
 /// One line of docker-registry's access log: `127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 206 26000 ...`.

@@ -13,20 +13,19 @@
 //! requests it refused.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
 use crate::cleanup::temp_dir;
-use crate::registry::Auth;
+use crate::registry::{openssl, self_signed, Auth};
 
 /// The `service` the registry names in its challenges (the JWT audience).
 pub const SERVICE: &str = "lazy-tests-registry";
@@ -56,25 +55,7 @@ impl TokenServer {
     /// Starts on a free loopback port with one user; tokens live `lifetime`.
     pub fn start(user: &str, password: &str, lifetime: Duration) -> Result<TokenServer> {
         let dir = temp_dir("token-server");
-        openssl(
-            dir.path(),
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "token.key",
-                "-out",
-                "token.pem",
-                "-days",
-                "7",
-                "-subj",
-                "/CN=lazy-tests token issuer",
-            ],
-            None,
-        )?;
+        self_signed(dir.path(), "token", "lazy-tests token issuer")?;
         let public_pem = openssl(dir.path(), &["x509", "-in", "token.pem", "-pubkey", "-noout"], None)?;
         let der = openssl(dir.path(), &["pkey", "-pubin", "-outform", "DER"], Some(&public_pem))?;
         let kid = libtrust_key_id(&der);
@@ -228,28 +209,6 @@ fn respond(conn: &mut TcpStream, status: u16, body: &str) -> Result<()> {
         body.len()
     )?;
     Ok(())
-}
-
-/// Runs openssl in `dir` with `input` on stdin; its stdout.
-fn openssl(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>> {
-    let mut child = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running openssl (apt-get install openssl)")?;
-    let mut stdin = child.stdin.take().context("openssl stdin")?;
-    stdin.write_all(input.unwrap_or_default())?;
-    drop(stdin);
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    let mut stdout = Vec::new();
-    out.stdout.as_slice().read_to_end(&mut stdout)?;
-    Ok(stdout)
 }
 
 /// libtrust's key ID (what docker-registry 2.8 matches a JWT's `kid` against): SHA-256 of the
