@@ -63,26 +63,29 @@ pub struct ChunkRef<'a> {
     pub path: &'a str,
     /// Position of the chunk in the file's chunk list.
     pub chunk_no: usize,
+    /// `file[chunk_no]`.
     pub chunk: &'a Chunk,
-    /// Where the file's chunks in this chunk's blob end.
-    pub file_end: u64,
+    /// Every chunk of the file.
+    pub file: &'a [Chunk],
 }
 
 impl<'a> ChunkRef<'a> {
-    /// Chunks `range` of the file at `path` whose chunks are `chunks` (one pass over `chunks`, so
-    /// a file of many chunks costs linear time however it is read).
+    /// Chunks `range` of the file at `path` whose chunks are `chunks`.
     pub fn of_file(path: &'a str, chunks: &'a [Chunk], range: std::ops::Range<usize>) -> Vec<ChunkRef<'a>> {
-        let mut ends: HashMap<u32, u64> = HashMap::new();
-        for c in chunks {
-            let end = ends.entry(c.blob).or_default();
-            *end = (*end).max(c.offset.saturating_add(c.compressed_len as u64));
-        }
         range
-            .filter_map(|chunk_no| {
-                let chunk = chunks.get(chunk_no)?;
-                Some(ChunkRef { path, chunk_no, chunk, file_end: ends[&chunk.blob] })
-            })
+            .filter_map(|chunk_no| Some(ChunkRef { path, chunk_no, chunk: chunks.get(chunk_no)?, file: chunks }))
             .collect()
+    }
+
+    /// Where the file's chunks in this chunk's blob end. A pass over the file's chunks: only asked
+    /// on a miss or when a span ahead starts, never on the hit path.
+    fn file_end(&self) -> u64 {
+        self.file
+            .iter()
+            .filter(|c| c.blob == self.chunk.blob)
+            .map(|c| c.offset.saturating_add(c.compressed_len as u64))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -590,7 +593,7 @@ impl Inner {
                     continue;
                 }
                 // Not in flight (checked above, under the same lock): the claim is ours.
-                let label = Label { path: c.path.to_string(), chunk_no: c.chunk_no, file_end: c.file_end };
+                let label = Label { path: c.path.to_string(), chunk_no: c.chunk_no, file_end: c.file_end() };
                 if let Some(claim) = self.claim(&mut inflight, *c.chunk, Some(label)) {
                     waits.push((i, claim.flight.clone(), true));
                     own.push(claim);
@@ -630,7 +633,7 @@ impl Inner {
         };
         let Some((from, to)) = window else { return };
         // A stream through one file reads no further than its end.
-        let to = if read.chunk_no > 0 { to.min(read.file_end) } else { to };
+        let to = if read.chunk_no > 0 { to.min(read.file_end()) } else { to };
         if to <= from {
             return;
         }
@@ -663,20 +666,17 @@ impl Inner {
                     if to <= from {
                         continue; // spans are off
                     }
-                    // A miss in the middle of a file: a stream through it, which reads no further
-                    // than its end.
-                    let streaming = c.label.as_ref().filter(|l| l.chunk_no > 0);
-                    if let Some(l) = streaming {
-                        to = to.min(l.file_end);
-                    }
-                    // A program that opens a file, or maps a library, reads most of it: the rest
-                    // of the file comes along (up to the largest span), in parallel, instead of
-                    // one round trip per page fault.
+                    let streaming = c.label.as_ref().is_some_and(|l| l.chunk_no > 0);
                     if let Some(l) = &c.label {
-                        to = to.max(l.file_end.min(c.chunk.offset.saturating_add(self.opts.readahead_max)));
+                        // A program that opens a file, or maps a library, reads most of it: the
+                        // rest of the file comes along (up to the largest span), in parallel,
+                        // instead of one round trip per page fault. A miss in the middle of a file
+                        // is a stream through it, which reads no further than its end.
+                        let rest_of_file = l.file_end.min(c.chunk.offset.saturating_add(self.opts.readahead_max));
+                        to = if streaming { rest_of_file } else { to.max(rest_of_file) };
                     }
                     if to > from {
-                        windows.push((c.chunk, from, to, streaming.is_some()));
+                        windows.push((c.chunk, from, to, streaming));
                     }
                 }
             }
