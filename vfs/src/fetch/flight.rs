@@ -68,10 +68,14 @@ impl Flight {
 
 /// A chunk this process has committed to fetch: its flight is registered in flight, and someone
 /// must complete it. `label` says which read wants it; neighbours fetched speculatively have none.
+/// `keep`: the chunk goes into the memory of recent chunks when it lands, not only into the node
+/// cache: a read wants it, or it is ahead of a reader in the file it reads (who would otherwise
+/// read it back from the cache file and hash it a second time).
 pub(super) struct Claim {
     pub chunk: Chunk,
     pub flight: Arc<Flight>,
     pub label: Option<Label>,
+    pub keep: bool,
 }
 
 /// The read a claimed chunk is for: errors and logs name the file and chunk number, and the span

@@ -458,23 +458,33 @@ impl Inner {
     }
 
     /// Claims the fetch of `chunk` unless one is in flight already (then returns `None`).
-    fn claim(&self, inflight: &mut HashMap<Digest, Arc<Flight>>, chunk: Chunk, label: Option<Label>) -> Option<Claim> {
+    /// `keep`: see [`Claim`] (a labelled claim is always kept).
+    fn claim(
+        &self,
+        inflight: &mut HashMap<Digest, Arc<Flight>>,
+        chunk: Chunk,
+        label: Option<Label>,
+        keep: bool,
+    ) -> Option<Claim> {
         if inflight.contains_key(&chunk.digest) {
             return None;
         }
         let flight = Arc::new(Flight::default());
         inflight.insert(chunk.digest, flight.clone());
-        Some(Claim { chunk, flight, label })
+        let keep = keep || label.is_some();
+        Some(Claim { chunk, flight, label, keep })
     }
 
     /// Claims the chunks of `window` around `anchor` that are not on the node, not in flight and
     /// not in `skip` (which gains them). A reader at a file's first chunk is hopping between files:
-    /// `streaming` false leaves out the chunks of files a start seldom reads ([`seldom`]).
+    /// `streaming` false leaves out the chunks of files a start seldom reads ([`seldom`]). Chunks
+    /// that start before `keep_until` (the end of the reader's file) are kept in memory on landing.
     fn claim_window(
         &self,
         anchor: &Chunk,
         (from, to): (u64, u64),
         streaming: bool,
+        keep_until: u64,
         skip: &mut HashSet<Digest>,
     ) -> Vec<Claim> {
         // Checking the node costs a stat per chunk: done outside the in-flight lock.
@@ -488,7 +498,7 @@ impl Inner {
         candidates
             .into_iter()
             .filter(|n| skip.insert(n.digest))
-            .filter_map(|n| self.claim(&mut inflight, n, None))
+            .filter_map(|n| self.claim(&mut inflight, n, None, n.offset < keep_until))
             .collect()
     }
 
@@ -559,7 +569,7 @@ impl Inner {
                     match &r {
                         Ok(data) if !own => {
                             Stats::add(&self.stats.cache_hits, 1);
-                            // Read now: kept like any chunk read (a span's chunks are not).
+                            // Read now: kept like any chunk read (speculation across files is not).
                             self.remember(&chunks[i].chunk.digest, data);
                         }
                         Ok(_) => {}
@@ -594,7 +604,7 @@ impl Inner {
                 }
                 // Not in flight (checked above, under the same lock): the claim is ours.
                 let label = Label { path: c.path.to_string(), chunk_no: c.chunk_no, file_end: c.file_end() };
-                if let Some(claim) = self.claim(&mut inflight, *c.chunk, Some(label)) {
+                if let Some(claim) = self.claim(&mut inflight, *c.chunk, Some(label), true) {
                     waits.push((i, claim.flight.clone(), true));
                     own.push(claim);
                 }
@@ -637,7 +647,9 @@ impl Inner {
         if to <= from {
             return;
         }
-        let claims = self.claim_window(chunk, (from, to), read.chunk_no > 0, &mut HashSet::new());
+        let streaming = read.chunk_no > 0;
+        let keep_until = if streaming { to } else { 0 };
+        let claims = self.claim_window(chunk, (from, to), streaming, keep_until, &mut HashSet::new());
         self.launch(claims);
     }
 
@@ -654,19 +666,21 @@ impl Inner {
         if self.in_outage() {
             return claims;
         }
-        let mut windows: Vec<(Chunk, u64, u64, bool)> = Vec::new();
+        // (anchor, from, to, streaming, keep_until)
+        let mut windows: Vec<(Chunk, u64, u64, bool, u64)> = Vec::new();
         {
             let mut ra = self.readahead.lock();
             for c in &claims {
                 let covered = windows
                     .iter()
-                    .any(|(w, from, to, _)| w.blob == c.chunk.blob && (*from..*to).contains(&c.chunk.offset));
+                    .any(|(w, from, to, ..)| w.blob == c.chunk.blob && (*from..*to).contains(&c.chunk.offset));
                 if !covered {
                     let (from, mut to) = ra.window(c.chunk.blob, c.chunk.offset);
                     if to <= from {
                         continue; // spans are off
                     }
                     let streaming = c.label.as_ref().is_some_and(|l| l.chunk_no > 0);
+                    let mut keep_until = 0;
                     if let Some(l) = &c.label {
                         // A program that opens a file, or maps a library, reads most of it: the
                         // rest of the file comes along (up to the largest span), in parallel,
@@ -674,16 +688,17 @@ impl Inner {
                         // is a stream through it, which reads no further than its end.
                         let rest_of_file = l.file_end.min(c.chunk.offset.saturating_add(self.opts.readahead_max));
                         to = if streaming { rest_of_file } else { to.max(rest_of_file) };
+                        keep_until = rest_of_file;
                     }
                     if to > from {
-                        windows.push((c.chunk, from, to, streaming));
+                        windows.push((c.chunk, from, to, streaming, keep_until));
                     }
                 }
             }
         }
         let mut wanted: HashSet<Digest> = claims.iter().map(|c| c.chunk.digest).collect();
-        for (anchor, from, to, streaming) in windows {
-            let more = self.claim_window(&anchor, (from, to), streaming, &mut wanted);
+        for (anchor, from, to, streaming, keep_until) in windows {
+            let more = self.claim_window(&anchor, (from, to), streaming, keep_until, &mut wanted);
             claims.extend(more);
         }
         claims
@@ -813,7 +828,7 @@ impl Inner {
                     Some(data) => {
                         lease.unlock(&c.chunk);
                         Stats::add(&self.stats.node_waits, 1);
-                        if c.label.is_some() {
+                        if c.keep {
                             self.remember(&c.chunk.digest, &data);
                         }
                         self.complete(c, Ok(data));
@@ -920,7 +935,7 @@ impl Inner {
         let chunk = &claim.chunk;
         let from = (chunk.offset - start) as usize;
         let compressed = &span[from..from + chunk.compressed_len as usize];
-        let data = zstd::bulk::decompress(compressed, chunk.len as usize).map_err(|e| {
+        let data = decompress(compressed, chunk.len as usize).map_err(|e| {
             Failure::Corrupt(format!("zstd data does not decompress to at most {} bytes: {e}", chunk.len))
         })?;
         if data.len() != chunk.len as usize {
@@ -948,7 +963,7 @@ impl Inner {
             self.cache_trouble.lock().note(put, cache);
         }
         let data = Bytes::from(data);
-        if claim.label.is_some() {
+        if claim.keep {
             self.remember(&chunk.digest, &data);
         }
         Ok(data)
@@ -1017,7 +1032,7 @@ impl Inner {
         let candidates: Vec<Chunk> = request.iter().map(|(c, _)| *c).filter(|c| !self.on_node(c)).collect();
         let claims: Vec<Claim> = {
             let mut inflight = self.inflight.lock();
-            candidates.into_iter().filter_map(|c| self.claim(&mut inflight, c, None)).collect()
+            candidates.into_iter().filter_map(|c| self.claim(&mut inflight, c, None, false)).collect()
         };
         if claims.is_empty() {
             return Ok(());
@@ -1033,6 +1048,23 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Decompresses one zstd frame of at most `capacity` bytes with this thread's decompression
+/// context (making one per chunk was measurable on a fast link).
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let context = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        context.decompress(data, capacity)
+    })
 }
 
 fn unreachable_result() -> Result<Bytes, FetchError> {

@@ -202,6 +202,49 @@ fn a_miss_fetches_the_rest_of_its_file_at_once_and_little_beyond_it() {
 }
 
 #[test]
+fn the_rest_of_a_file_fetched_with_its_first_miss_is_read_from_memory_not_the_cache_again() {
+    // A 6-chunk file, other files, a 1-chunk file at chunk 12, other files; 100 kB incompressible
+    // chunks.
+    let r = rig((0..20).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
+    let wait_cached = |chunks: &[Chunk]| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !chunks.iter().all(|c| r.cache.contains(&c.digest)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(chunks.iter().all(|c| r.cache.contains(&c.digest)));
+    };
+    let forget =
+        |chunks: &[Chunk]| chunks.iter().for_each(|c| std::fs::remove_file(r.cache.path_of(&c.digest)).unwrap());
+    let calls = || r.fake.calls.lock().len();
+
+    // The big file's first miss brings the rest of it along, kept in memory as well as on disk: a
+    // stream through it reads them from memory (no second read and hash of each cache file).
+    // With the cache files gone, nothing is fetched again.
+    let file = &r.chunks[..6];
+    r.source.read_chunks(&ChunkRef::of_file("/usr/lib/big.so", file, 0..1))[0].as_ref().unwrap();
+    wait_cached(file);
+    let before = calls();
+    forget(&file[1..]);
+    for n in 1..file.len() {
+        let read = ChunkRef::of_file("/usr/lib/big.so", file, n..n + 1);
+        assert_eq!(r.source.read_chunks(&read)[0].as_ref().unwrap().as_ref(), &r.contents[n][..]);
+    }
+    assert_eq!(calls(), before, "the rest of the file was served from memory");
+
+    // Speculation across files is not kept in memory (it would push out what readers read): the
+    // neighbours the small file's miss brought along are read from the node cache (here, with
+    // their cache files gone, fetched again).
+    r.source.read_chunks(&ChunkRef::of_file("/etc/small.conf", &r.chunks[12..13], 0..1))[0].as_ref().unwrap();
+    let neighbours = &r.chunks[13..15];
+    wait_cached(neighbours);
+    forget(neighbours);
+    let before = calls();
+    let read = ChunkRef::of_file("/etc/next.conf", &neighbours[..1], 0..1);
+    assert_eq!(r.source.read_chunks(&read)[0].as_ref().unwrap().as_ref(), &r.contents[13][..]);
+    assert!(calls() > before, "a speculative neighbour is not held in memory");
+}
+
+#[test]
 fn a_reader_streaming_through_a_file_reads_ahead_to_its_end_and_no_further() {
     // A 6-chunk file of 100 kB incompressible chunks, then 34 chunks of other files.
     let r = rig((0..40).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
