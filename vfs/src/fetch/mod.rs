@@ -95,6 +95,11 @@ pub trait ChunkSource: Send + Sync {
     /// available or failed.
     fn read_chunks(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<Bytes, FetchError>>;
 
+    /// Starts fetching the chunks not on the node yet, as a read of them would (with the span
+    /// around them), and returns at once: a reader arriving later joins the fetch. For chunks a
+    /// reader is about to ask for (the libraries a program being loaded names). Default: nothing.
+    fn fetch_soon(&self, _chunks: &[ChunkRef<'_>]) {}
+
     /// Brings chunks into the node cache without returning them (prefetch), roughly in the given
     /// order, until done or `stop` is set. Must never hold up on-demand reads: implementations
     /// bound how much prefetch runs at once, separately from reads. Returns the error that made
@@ -125,6 +130,9 @@ pub const PREFETCH_MAX_FAILURES: u32 = 3;
 impl<T: ChunkSource + ?Sized> ChunkSource for Arc<T> {
     fn read_chunks(&self, chunks: &[ChunkRef<'_>]) -> Vec<Result<Bytes, FetchError>> {
         (**self).read_chunks(chunks)
+    }
+    fn fetch_soon(&self, chunks: &[ChunkRef<'_>]) {
+        (**self).fetch_soon(chunks)
     }
     fn prefetch(&self, chunks: &[ChunkRef<'_>], stop: &AtomicBool) -> Result<(), FetchError> {
         (**self).prefetch(chunks, stop)
@@ -1082,6 +1090,22 @@ impl ChunkSource for RegistryChunkSource {
         self.inner.read(chunks)
     }
 
+    fn fetch_soon(&self, chunks: &[ChunkRef<'_>]) {
+        let inner = &self.inner;
+        if inner.in_outage() {
+            return;
+        }
+        let missing: Vec<usize> = (0..chunks.len())
+            .filter(|&i| {
+                let c = chunks[i].chunk;
+                !inner.on_node(c) && inner.failures.recent(&c.digest).is_none()
+            })
+            .collect();
+        if !missing.is_empty() {
+            // Nobody waits: the flights complete into the cache (and memory) on their own.
+            drop(inner.fetch_missing(chunks, &missing));
+        }
+    }
     fn prefetch(&self, chunks: &[ChunkRef<'_>], stop: &AtomicBool) -> Result<(), FetchError> {
         self.inner.prefetch(chunks, stop)
     }

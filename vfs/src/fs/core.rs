@@ -21,6 +21,7 @@ use crate::filestore::{FileStore, Lookup};
 use crate::index::{Index, Inode, Kind, ROOT};
 use crate::stats::{Stats, STATS_XATTR};
 
+use super::linker::Linker;
 use super::record::Recorder;
 use super::storer::Storer;
 
@@ -93,13 +94,15 @@ pub struct LazyFs {
     source: Arc<dyn ChunkSource>,
     stats: Arc<Stats>,
     /// One absolute path per inode (the first in walk order): names files in logs and the record.
-    paths: Vec<Box<str>>,
+    paths: Arc<[Box<str>]>,
     recorder: Option<Recorder>,
     errors: RateLimit,
     /// Whole verified files (for passthrough opens), and the thread that writes them.
     store: Option<(Arc<FileStore>, Storer)>,
     /// Cleared when the kernel cannot pass through: then stored files would only take disk space.
     store_wanted: std::sync::atomic::AtomicBool,
+    /// Fetches the libraries a program or library being loaded names, ahead of the loader.
+    linker: Option<Linker>,
 }
 
 impl LazyFs {
@@ -119,7 +122,13 @@ impl LazyFs {
         let paths = paths.into_iter().map(|p| p.unwrap_or_else(|| Box::from("?"))).collect();
         stats.image_bytes.store(index.image_bytes(), Ordering::Relaxed);
         let errors = RateLimit::new(Duration::from_secs(10), 20);
-        LazyFs { index, source, stats, paths, recorder, errors, store: None, store_wanted: true.into() }
+        LazyFs { index, source, stats, paths, recorder, errors, store: None, store_wanted: true.into(), linker: None }
+    }
+
+    /// Fetches ahead of the dynamic loader ([`super::linker`]).
+    pub fn with_linker(mut self) -> LazyFs {
+        self.linker = Linker::start(self.index.clone(), self.source.clone(), self.paths.clone());
+        self
     }
 
     /// Serves fully cached files from (and writes them into) `store`: see [`LazyFs::stored_file`].
@@ -311,6 +320,11 @@ impl LazyFs {
             return Err(if inode.is_dir() { Errno::EISDIR } else { Errno::EINVAL });
         };
         self.note_read(ino);
+        if offset == 0 {
+            if let Some(linker) = &self.linker {
+                linker.note(ino);
+            }
+        }
         let end = offset.saturating_add(size as u64).min(*file_size);
         if offset >= end {
             return Ok(Bytes::new());

@@ -5,11 +5,14 @@
 //! - [`fuse`]: the fuser adapter over [`LazyFs`].
 //! - [`prefetch`]: background fetching of prioritized (or all) files after mounting.
 //! - [`storer`]: writes fully cached files into the verified file store (for passthrough).
+//! - [`linker`] (with [`elf`]): fetches the libraries a program being loaded needs, ahead of the loader.
 //! - [`record`]: `--record FILE`, the order in which files are first read.
 //! - [`mount`]: the public API the shim and `lazyctl mount` use: [`mount()`], [`Mounted`], [`read_stats`].
 
 pub mod core;
+pub mod elf;
 pub mod fuse;
+pub mod linker;
 pub mod mount;
 pub mod prefetch;
 pub mod record;

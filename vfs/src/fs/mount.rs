@@ -98,7 +98,7 @@ pub fn mount(
     if opts.passthrough && opts.file_store.is_some() && !passthrough {
         log::info!("FUSE passthrough needs CAP_SYS_ADMIN, which this process lacks: every read goes through FUSE");
     }
-    let mut fs = LazyFs::new(index, source, stats, recorder);
+    let mut fs = LazyFs::new(index, source, stats, recorder).with_linker();
     // Stored files only serve passthrough opens: without passthrough they would only take disk space.
     if let Some(store) = opts.file_store.as_ref().filter(|_| passthrough) {
         fs = fs.with_file_store(store.clone());

@@ -279,3 +279,38 @@ fn prefetcher_stops_promptly() {
     assert_eq!(src.prefetch_calls.lock().len(), calls, "no prefetch after stop");
     assert!(calls < 8, "stopped before fetching all 8 batches ({calls})");
 }
+
+#[test]
+fn loading_a_program_starts_the_fetch_of_its_interpreter_and_libraries_at_once() {
+    // This test binary is the program: a real ELF file with a real interpreter and libraries.
+    let program = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let deps = super::elf::deps(&mut |at, len| {
+        let at = usize::try_from(at).ok()?;
+        Some(program.get(at..)?.iter().take(len).copied().collect())
+    })
+    .expect("the test binary is an ELF file");
+    let interp = deps.interp.clone().expect("the test binary has an interpreter");
+    let libdir = super::elf::default_dirs(deps.machine)[1].clone();
+    let (index, src, libs) = super::testutil::program_tree(&program, &interp, &libdir, &deps.needed);
+    let fs = LazyFs::new(index, src.clone(), Arc::new(Stats::default()), None).with_linker();
+
+    // The loader reads the program's header: every library is asked for before the loader names one.
+    fs.read(ino(&fs, "/usr/bin/app"), 0, 4096).unwrap();
+    let soon = || src.soon_calls.lock().iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while soon().len() < libs.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut asked = soon();
+    asked.sort();
+    let mut want = libs.clone();
+    want.sort();
+    assert_eq!(asked, want, "interpreter (through /lib64 and the /lib symlink) and every DT_NEEDED library");
+    assert!(src.soon_calls.lock().iter().all(|(_, chunks)| chunks == &[0]), "the first chunk of each");
+
+    // Each file is looked at once per mount; a file that is not ELF names nothing.
+    fs.read(ino(&fs, "/usr/bin/app"), 0, 4096).unwrap();
+    fs.read(ino(&fs, &libs[0]), 0, 4096).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(src.soon_calls.lock().len(), libs.len());
+}

@@ -36,6 +36,8 @@ pub struct FakeSource {
     released: Condvar,
     /// Added to every call: a slow network.
     pub delay: Mutex<Duration>,
+    /// Every fetch_soon call: (path, chunk numbers).
+    pub soon_calls: Mutex<Vec<(String, Vec<usize>)>>,
 }
 
 impl FakeSource {
@@ -72,6 +74,10 @@ impl ChunkSource for FakeSource {
         std::thread::sleep(*self.delay.lock());
         self.calls.lock().push((chunks[0].path.to_string(), chunks.iter().map(|c| c.chunk_no).collect()));
         chunks.iter().map(|c| self.get(c)).collect()
+    }
+
+    fn fetch_soon(&self, chunks: &[ChunkRef<'_>]) {
+        self.soon_calls.lock().push((chunks[0].path.to_string(), chunks.iter().map(|c| c.chunk_no).collect()));
     }
 
     /// One chunk per batch, each after the delay; gives up after three failed batches in a row.
@@ -182,4 +188,47 @@ pub fn single_file(data: &[u8], chunk_size: u32) -> (Arc<Index>, Arc<FakeSource>
     let inodes = vec![meta(dir(vec![("big", 1)]), 0o755), meta(file_chunked(data, chunk_size, &mut src), 0o644)];
     let blobs = vec![BlobRef { digest: Digest::of(b"blob"), size: data.len() as u64 }];
     (Arc::new(Index::new(chunk_size, "127.0.0.1:5000/test".to_string(), blobs, inodes, Vec::new())), Arc::new(src))
+}
+
+/// A program and the libraries it loads, laid out as on Debian (`/lib` -> `usr/lib`, the loader
+/// reached through `/lib64`): `/usr/bin/app` is `program` (an ELF file); every library it names
+/// is a small non-ELF file in `/usr/lib/<multiarch dir>`; its interpreter is a symlink chain
+/// ending there too. Returns the index, the source and the library paths the program names
+/// (interpreter first), as resolved in the image.
+pub fn program_tree(
+    program: &[u8],
+    interp: &str,
+    libdir: &str,
+    needed: &[String],
+) -> (Arc<Index>, Arc<FakeSource>, Vec<String>) {
+    let mut src = FakeSource::default();
+    // Inodes: 0 /, 1 /usr, 2 /usr/bin, 3 /usr/bin/app, 4 /usr/lib, 5 /usr/lib/<triplet>,
+    // 6 /lib -> usr/lib, 7 /lib64, 8 /lib64/<interp name> -> <libdir>/<interp name>, then files.
+    let interp_name = interp.rsplit('/').next().unwrap_or(interp).to_string();
+    let triplet = libdir.rsplit('/').next().unwrap_or(libdir).to_string();
+    let mut lib_entries: Vec<(String, u32)> = Vec::new();
+    let mut files = Vec::new();
+    let mut names: Vec<String> = vec![interp_name.clone()];
+    names.extend(needed.iter().filter(|n| **n != interp_name).cloned());
+    for (i, name) in names.iter().enumerate() {
+        lib_entries.push((name.clone(), 9 + i as u32));
+        files.push(meta(file_chunked(format!("not an ELF file: {name}").as_bytes(), 1 << 16, &mut src), 0o755));
+    }
+    let lib_entries: Vec<(&str, u32)> = lib_entries.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+    let mut inodes = vec![
+        meta(dir(vec![("usr", 1), ("lib", 6), ("lib64", 7)]), 0o755),
+        meta(dir(vec![("bin", 2), ("lib", 4)]), 0o755),
+        meta(dir(vec![("app", 3)]), 0o755),
+        meta(file_chunked(program, 1 << 16, &mut src), 0o755),
+        meta(dir(vec![(triplet.as_str(), 5)]), 0o755),
+        meta(dir(lib_entries), 0o755),
+        meta(Kind::Symlink { target: b"usr/lib".to_vec() }, 0o777),
+        meta(dir(vec![(interp_name.as_str(), 8)]), 0o755),
+        meta(Kind::Symlink { target: format!("/lib/{triplet}/{interp_name}").into_bytes() }, 0o777),
+    ];
+    inodes.extend(files);
+    let blobs = vec![BlobRef { digest: Digest::of(b"blob"), size: program.len() as u64 }];
+    let index = Index::new(1 << 16, "127.0.0.1:5000/test".to_string(), blobs, inodes, Vec::new());
+    let paths = names.iter().map(|n| format!("/usr/lib/{triplet}/{n}")).collect();
+    (Arc::new(index), Arc::new(src), paths)
 }
