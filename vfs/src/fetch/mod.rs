@@ -713,7 +713,8 @@ impl Inner {
     }
 
     /// Groups claims (sorted by blob and offset) into range requests. Requests holding a chunk a
-    /// reader waits for are cut small ([`FIRST_REQUEST`]) and come first.
+    /// reader waits for are cut small ([`FIRST_REQUEST`]) and come first; the rest of their group
+    /// goes as one request per stretch between them.
     fn requests(&self, claims: Vec<Claim>) -> Vec<(Class, Vec<Claim>)> {
         let chunks: Vec<Chunk> = claims.iter().map(|c| c.chunk).collect();
         let read: Vec<bool> = claims.iter().map(|c| c.label.is_some()).collect();
@@ -726,15 +727,22 @@ impl Inner {
                 rest.push((Class::Readahead, take(group)));
                 continue;
             }
+            // The pieces holding what a reader waits for go alone and small; each run of pieces
+            // between them goes as one request (the group is within max_request already).
+            let mut run: Option<Range<usize>> = None;
             for sub in split(&chunks[group.clone()], self.opts.max_gap, FIRST_REQUEST) {
                 let sub = group.start + sub.start..group.start + sub.end;
-                let class = if demanded(&sub) { Class::Demand } else { Class::Readahead };
-                let claims = take(sub);
-                if class == Class::Demand {
-                    first.push((class, claims))
+                if demanded(&sub) {
+                    if let Some(r) = run.take() {
+                        rest.push((Class::Readahead, take(r)));
+                    }
+                    first.push((Class::Demand, take(sub)));
                 } else {
-                    rest.push((class, claims))
+                    run = Some(run.map_or(sub.clone(), |r| r.start..sub.end));
                 }
+            }
+            if let Some(r) = run {
+                rest.push((Class::Readahead, take(r)));
             }
         }
         first.extend(rest);
