@@ -325,64 +325,12 @@ impl LazyFs {
                 linker.note(ino);
             }
         }
-        let end = offset.saturating_add(size as u64).min(*file_size);
-        if offset >= end {
-            return Ok(Bytes::new());
-        }
         let chunk_size = self.index.chunk_size.max(1) as u64;
-        let first = (offset / chunk_size) as usize;
-        let last = ((end - 1) / chunk_size) as usize;
-        let path = self.path(ino);
-        if last >= chunks.len() {
-            self.log_error(format_args!(
-                "{path}: index lists {} chunks for {file_size} bytes at chunk size {chunk_size}; cannot read offset {offset}",
-                chunks.len()
-            ));
-            return Err(Errno::EIO);
-        }
-        let refs = ChunkRef::of_file(path, chunks, first..last + 1);
-        let results = self.source.read_chunks(&refs);
-        if results.len() != refs.len() {
-            self.log_error(format_args!(
-                "{path}: chunk source returned {} results for {} chunks",
-                results.len(),
-                refs.len()
-            ));
-            return Err(Errno::EIO);
-        }
-        let mut pieces = Vec::with_capacity(results.len());
-        for (r, result) in refs.iter().zip(results) {
-            match result {
-                Ok(data) if data.len() == r.chunk.len as usize => pieces.push(data),
-                Ok(data) => {
-                    self.log_error(format_args!(
-                        "{path}: chunk {} ({}): got {} bytes, index says {}",
-                        r.chunk_no,
-                        r.chunk.digest,
-                        data.len(),
-                        r.chunk.len
-                    ));
-                    return Err(Errno::EIO);
-                }
-                Err(err) => {
-                    self.log_error(format_args!("read failed, returning EIO: {err}"));
-                    return Err(Errno::EIO);
-                }
-            }
-        }
-        let start_in_first = (offset - first as u64 * chunk_size) as usize;
-        let want = (end - offset) as usize;
-        let out = if pieces.len() == 1 {
-            pieces.pop().unwrap_or_default().slice(start_in_first..start_in_first + want)
-        } else {
-            let mut buf = BytesMut::with_capacity(want);
-            for (i, piece) in pieces.iter().enumerate() {
-                let from = if i == 0 { start_in_first } else { 0 };
-                let to = piece.len().min(from + (want - buf.len()));
-                buf.extend_from_slice(&piece[from..to]);
-            }
-            buf.freeze()
-        };
+        let file = FileChunks { path: self.path(ino), size: *file_size, chunks, chunk_size };
+        let out = file.read(&*self.source, offset, size as u64).map_err(|msg| {
+            self.log_error(format_args!("{msg}; returning EIO"));
+            Errno::EIO
+        })?;
         Stats::add(&self.stats.bytes_served, out.len() as u64);
         Ok(out)
     }
@@ -539,6 +487,68 @@ impl RateLimit {
                 None
             }
         }
+    }
+}
+
+/// A regular file's chunks, as reads see them.
+pub(super) struct FileChunks<'a> {
+    pub path: &'a str,
+    pub size: u64,
+    pub chunks: &'a [crate::index::Chunk],
+    pub chunk_size: u64,
+}
+
+impl FileChunks<'_> {
+    /// `[offset, offset + len)`, clipped at the file's end (empty past it), from ONE
+    /// `read_chunks` call for exactly the covering chunks. Fails, with a message naming the file,
+    /// if the index is inconsistent or any chunk fails or has the wrong length.
+    pub fn read(&self, source: &dyn ChunkSource, offset: u64, len: u64) -> Result<Bytes, String> {
+        let Self { path, size, chunks, chunk_size } = *self;
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let first = (offset / chunk_size) as usize;
+        let last = ((end - 1) / chunk_size) as usize;
+        if last >= chunks.len() {
+            return Err(format!(
+                "{path}: index lists {} chunks for {size} bytes at chunk size {chunk_size}; cannot read offset {offset}",
+                chunks.len()
+            ));
+        }
+        let refs = ChunkRef::of_file(path, chunks, first..last + 1);
+        let results = source.read_chunks(&refs);
+        if results.len() != refs.len() {
+            return Err(format!("{path}: chunk source returned {} results for {} chunks", results.len(), refs.len()));
+        }
+        let mut pieces = Vec::with_capacity(results.len());
+        for (r, result) in refs.iter().zip(results) {
+            match result {
+                Ok(data) if data.len() == r.chunk.len as usize => pieces.push(data),
+                Ok(data) => {
+                    return Err(format!(
+                        "{path}: chunk {} ({}): got {} bytes, index says {}",
+                        r.chunk_no,
+                        r.chunk.digest,
+                        data.len(),
+                        r.chunk.len
+                    ))
+                }
+                Err(err) => return Err(format!("read failed: {err}")),
+            }
+        }
+        let start_in_first = (offset - first as u64 * chunk_size) as usize;
+        let want = (end - offset) as usize;
+        if pieces.len() == 1 {
+            return Ok(pieces.pop().unwrap_or_default().slice(start_in_first..start_in_first + want));
+        }
+        let mut buf = BytesMut::with_capacity(want);
+        for (i, piece) in pieces.iter().enumerate() {
+            let from = if i == 0 { start_in_first } else { 0 };
+            let to = piece.len().min(from + (want - buf.len()));
+            buf.extend_from_slice(&piece[from..to]);
+        }
+        Ok(buf.freeze())
     }
 }
 

@@ -15,12 +15,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::core::FileChunks;
 use super::elf;
 use crate::fetch::{ChunkRef, ChunkSource};
-use crate::index::{Index, Kind, ROOT};
-
-/// Symlinks followed while resolving one path (the kernel's limit).
-const MAX_SYMLINKS: usize = 40;
+use crate::index::{Index, Kind};
 
 pub struct Linker {
     tx: Mutex<Sender<u32>>,
@@ -70,27 +68,11 @@ impl Worker {
 
     fn examine(&self, ino: u32) {
         let Some(Kind::File { size, chunks }) = self.index.inode(ino).map(|i| &i.kind) else { return };
-        let chunk_size = self.index.chunk_size.max(1) as u64;
         let path = self.path(ino);
+        let file = FileChunks { path, size: *size, chunks, chunk_size: self.index.chunk_size.max(1) as u64 };
         let mut read = |offset: u64, len: usize| -> Option<Vec<u8>> {
-            let end = offset.checked_add(len as u64)?.min(*size);
-            if offset >= end {
-                return None;
-            }
-            let (first, last) = ((offset / chunk_size) as usize, ((end - 1) / chunk_size) as usize);
-            if last >= chunks.len() {
-                return None;
-            }
-            let mut out = Vec::with_capacity((end - offset) as usize);
-            let refs = ChunkRef::of_file(path, chunks, first..last + 1);
-            for (n, data) in (first..).zip(self.source.read_chunks(&refs)) {
-                let data = data.ok()?;
-                let base = n as u64 * chunk_size;
-                let from = offset.saturating_sub(base) as usize;
-                let to = ((end - base) as usize).min(data.len());
-                out.extend_from_slice(data.get(from..to)?);
-            }
-            Some(out)
+            let data = file.read(&*self.source, offset, len as u64).ok()?;
+            (!data.is_empty()).then(|| data.to_vec())
         };
         let Some(deps) = elf::deps(&mut read) else { return };
         let origin = path.rsplit_once('/').map_or("", |(dir, _)| dir);
@@ -129,46 +111,6 @@ impl Worker {
 
 /// The regular file at absolute `path` in the image, following symlinks.
 fn resolve(index: &Index, path: &str) -> Option<u32> {
-    let mut pending: Vec<Vec<u8>> = path.as_bytes().split(|&b| b == b'/').rev().map(<[u8]>::to_vec).collect();
-    if !path.starts_with('/') {
-        return None;
-    }
-    let (mut dir, mut links) = (ROOT, 0);
-    let mut at = ROOT;
-    while let Some(name) = pending.pop() {
-        match name.as_slice() {
-            b"" | b"." => continue,
-            b".." => {
-                dir = index.parent(dir);
-                at = dir;
-                continue;
-            }
-            _ => {}
-        }
-        let child = index.lookup(dir, &name)?;
-        match &index.inode(child)?.kind {
-            Kind::Symlink { target } => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return None;
-                }
-                if target.starts_with(b"/") {
-                    dir = ROOT;
-                }
-                pending.extend(target.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));
-                at = dir;
-            }
-            Kind::Dir { .. } => {
-                dir = child;
-                at = child;
-            }
-            _ => {
-                at = child;
-                if !pending.iter().all(|c| c.is_empty() || c == b".") {
-                    return None; // a file in the middle of the path
-                }
-            }
-        }
-    }
-    matches!(index.inode(at)?.kind, Kind::File { .. }).then_some(at)
+    let ino = index.resolve_following(path.as_bytes())?;
+    matches!(index.inode(ino)?.kind, Kind::File { .. }).then_some(ino)
 }

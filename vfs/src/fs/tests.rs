@@ -97,6 +97,23 @@ fn readlink_returns_targets() {
 }
 
 #[test]
+fn paths_resolve_through_symlinks_and_dots_as_the_kernel_would() {
+    let (index, _) = fixture();
+    let at = |path: &str| index.resolve_following(path.as_bytes());
+    let (data, sh) = (index.resolve(b"/data"), index.resolve(b"/bin/sh"));
+    assert_eq!(at("/link"), data, "relative target");
+    assert_eq!(at("/abs"), sh, "absolute target");
+    assert_eq!(at("/bin/../link"), data);
+    assert_eq!(at("//bin/./sh"), sh);
+    assert_eq!(at("/"), Some(crate::index::ROOT));
+    assert_eq!(at("/bin/sh/x"), None, "nothing is below a file");
+    assert_eq!(at("/bin/sh/"), None, "a trailing slash asks for a directory");
+    assert_eq!(at("/abs/.."), None, "nor above one");
+    assert_eq!(at("/missing"), None);
+    assert_eq!(at("bin/sh"), None, "relative paths have no starting point");
+}
+
+#[test]
 fn read_spans_chunk_boundaries_with_one_source_call() {
     let (fs, src) = new_fs();
     let data = ino(&fs, "/data");

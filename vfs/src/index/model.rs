@@ -7,6 +7,9 @@
 
 use crate::digest::Digest;
 
+/// Symlinks followed while resolving one path (the kernel's limit).
+pub const MAX_SYMLINKS: usize = 40;
+
 /// Position of the root directory in [`Index::inodes`].
 pub const ROOT: u32 = 0;
 
@@ -205,6 +208,50 @@ impl Index {
         path.split(|&b| b == b'/')
             .filter(|c| !c.is_empty() && *c != b".")
             .try_fold(ROOT, |dir, name| self.lookup(dir, name))
+    }
+
+    /// Resolves an absolute path as the kernel would inside the image: `..` and symlinks
+    /// (relative to their directory, absolute ones from the root) are followed, at most
+    /// [`MAX_SYMLINKS`] of them. None when a component is missing, a non-directory has a
+    /// component after it, or the links run out.
+    pub fn resolve_following(&self, path: &[u8]) -> Option<u32> {
+        if !path.starts_with(b"/") {
+            return None;
+        }
+        let mut pending: Vec<&[u8]> = path.split(|&b| b == b'/').rev().collect();
+        // `dir` is where the next component is looked up; `at` is what the path names so far
+        // (differs from `dir` only once a non-directory was reached).
+        let (mut dir, mut at, mut links) = (ROOT, ROOT, 0);
+        while let Some(name) = pending.pop() {
+            if at != dir {
+                return None;
+            }
+            if name.is_empty() || name == b"." {
+                continue;
+            }
+            if name == b".." {
+                dir = self.parent(dir);
+                at = dir;
+                continue;
+            }
+            let child = self.lookup(dir, name)?;
+            match &self.inode(child)?.kind {
+                Kind::Symlink { target } => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return None;
+                    }
+                    if target.starts_with(b"/") {
+                        dir = ROOT;
+                    }
+                    pending.extend(target.split(|&b| b == b'/').rev());
+                    at = dir;
+                }
+                Kind::Dir { .. } => (dir, at) = (child, child),
+                _ => at = child,
+            }
+        }
+        Some(at)
     }
 
     /// Sum of all regular file sizes, each hardlinked file counted once: the bytes a full pull unpacks.
