@@ -466,7 +466,7 @@ impl Inner {
     }
 
     /// Claims the fetch of `chunk` unless one is in flight already (then returns `None`).
-    /// `keep`: see [`Claim`] (a labelled claim is always kept).
+    /// `keep`: see [`Claim`].
     fn claim(
         &self,
         inflight: &mut HashMap<Digest, Arc<Flight>>,
@@ -479,7 +479,6 @@ impl Inner {
         }
         let flight = Arc::new(Flight::default());
         inflight.insert(chunk.digest, flight.clone());
-        let keep = keep || label.is_some();
         Some(Claim { chunk, flight, label, keep })
     }
 
