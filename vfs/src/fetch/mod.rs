@@ -17,6 +17,7 @@
 //! may block forever: every wait is bounded by the fetch deadline.
 
 mod flight;
+mod landing;
 pub mod layout;
 mod node;
 mod seldom;
@@ -42,6 +43,7 @@ use crate::stats::Stats;
 
 pub(crate) use flight::FAILURE_MEMO;
 use flight::{Claim, Failure, FailureMemo, Flight, Label, Pending};
+use landing::Landing;
 pub use layout::BlobLayout;
 use layout::{byte_range, split, Readahead};
 use node::{Held, Lease};
@@ -148,6 +150,21 @@ pub trait BlobReader: Send + Sync {
         range: Range<u64>,
         deadline: Duration,
     ) -> BoxFuture<'a, Result<Bytes, RegistryError>>;
+
+    /// [`BlobReader::read_range`], handing the bytes to `sink` in order as they arrive (each byte
+    /// once, also when a cut-off answer is resumed). By default the whole range at once.
+    fn stream_range<'a>(
+        &'a self,
+        blob: &'a Digest,
+        range: Range<u64>,
+        deadline: Duration,
+        sink: &'a mut (dyn FnMut(Bytes) + Send),
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
+        Box::pin(async move {
+            sink(self.read_range(blob, range, deadline).await?);
+            Ok(())
+        })
+    }
 }
 
 /// Range reads from one registry repository.
@@ -164,6 +181,22 @@ impl BlobReader for RegistryBlobs {
         deadline: Duration,
     ) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
         Box::pin(self.client.get_blob_range_within(&self.repository, blob, range, deadline))
+    }
+
+    fn stream_range<'a>(
+        &'a self,
+        blob: &'a Digest,
+        range: Range<u64>,
+        deadline: Duration,
+        sink: &'a mut (dyn FnMut(Bytes) + Send),
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
+        Box::pin(async move {
+            let mut body = self.client.stream_blob_range(&self.repository, blob, range, deadline);
+            while let Some(bytes) = body.next().await? {
+                sink(bytes);
+            }
+            Ok(())
+        })
     }
 }
 
@@ -763,8 +796,14 @@ impl Inner {
             if !theirs.is_empty() {
                 self.handle.spawn(self.clone().wait_for_node(theirs, class));
             }
+            // A request may wait long for its slot: another process may have fetched some of its
+            // chunks meanwhile (and unlocked them). Those are read from the cache, not fetched again.
+            self.take_landed(&mut pending, &lease).finish();
             Held::new(lease, pending.claims().iter().map(|c| c.chunk).collect())
         });
+        if pending.is_empty() {
+            return;
+        }
         self.fetch(pending, class).await;
         // Unlocks the chunks, now in the cache (or failed): waiters elsewhere take over.
         drop(held);
@@ -818,14 +857,10 @@ impl Inner {
 
     async fn fetch_one(self: &Arc<Self>, pending: Pending, class: Class) {
         let chunks: Vec<Chunk> = pending.claims().iter().map(|c| c.chunk).collect();
-        match self.fetch_range(chunks[0].blob, byte_range(&chunks)).await {
-            Err(f) => pending.fail(f),
-            Ok((start, bytes)) => {
-                let inner = self.clone();
-                // If decoding panics, dropping `pending` fails its flights: no waiter hangs.
-                let _ = tokio::task::spawn_blocking(move || inner.decode_all(pending, class, start, &bytes)).await;
-            }
-        }
+        let range = byte_range(&chunks);
+        let mut landing = Landing::new(self.clone(), class, pending, range.clone());
+        let answer = self.fetch_range(chunks[0].blob, range, &mut |bytes| landing.land(bytes)).await;
+        landing.finish(answer).await;
     }
 
     /// Waits for chunks whose locks another process on the node holds: each lands in the node
@@ -838,21 +873,7 @@ impl Inner {
         let mut tick = Duration::from_millis(2);
         loop {
             let mut free = waiting.split_off(|c| lease.try_lock(&c.chunk));
-            let landed = free.split_off(|c| {
-                match self.cache.as_ref().and_then(|k| k.get_sized(&c.chunk.digest, c.chunk.len as u64)) {
-                    Some(data) => {
-                        lease.unlock(&c.chunk);
-                        Stats::add(&self.stats.node_waits, 1);
-                        if c.keep {
-                            self.remember(&c.chunk.digest, &data);
-                        }
-                        self.complete(c, Ok(data));
-                        true
-                    }
-                    None => false,
-                }
-            });
-            landed.finish();
+            self.take_landed(&mut free, &lease).finish();
             if !free.is_empty() {
                 log::debug!("{} chunks of blob #{blob}: their fetch elsewhere on the node ended without caching them; fetching them here", free.claims().len());
                 let _held = Held::new(lease.clone(), free.claims().iter().map(|c| c.chunk).collect());
@@ -876,6 +897,23 @@ impl Inner {
         }
     }
 
+    /// Takes the claims (their chunks locked by this process) whose chunk is in the node cache:
+    /// another process fetched it. Completes them from there (verified like any hit) and unlocks them.
+    fn take_landed(&self, claims: &mut Pending, lease: &Lease) -> Pending {
+        claims.split_off(|c| match self.cache.as_ref().and_then(|k| k.get_sized(&c.chunk.digest, c.chunk.len as u64)) {
+            Some(data) => {
+                lease.unlock(&c.chunk);
+                Stats::add(&self.stats.node_waits, 1);
+                if c.keep {
+                    self.remember(&c.chunk.digest, &data);
+                }
+                self.complete(c, Ok(data));
+                true
+            }
+            None => false,
+        })
+    }
+
     fn decode_all(&self, pending: Pending, class: Class, start: u64, span: &Bytes) {
         for claim in pending.claims() {
             let result = self.decode(claim, start, span);
@@ -890,7 +928,13 @@ impl Inner {
         }
     }
 
-    async fn fetch_range(&self, blob: u32, range: Range<u64>) -> Result<(u64, Bytes), Failure> {
+    /// Reads `range` of data blob `blob`, handing its bytes to `sink` as they arrive.
+    async fn fetch_range(
+        &self,
+        blob: u32,
+        range: Range<u64>,
+        sink: &mut (dyn FnMut(Bytes) + Send),
+    ) -> Result<(), Failure> {
         let Some(b) = self.layout.blob(blob) else {
             return Err(Failure::Corrupt(format!(
                 "index names data blob #{blob}, but has only {} blobs",
@@ -907,10 +951,15 @@ impl Inner {
         let deadline = if outage { self.opts.deadline.min(OUTAGE_PROBE) } else { self.opts.deadline };
         let work = async {
             Stats::add(&self.stats.requests, 1);
-            let bytes = match self.reader.read_range(&b.digest, range.clone(), deadline).await {
-                Ok(b) => {
+            let mut received = 0u64;
+            let mut count = |bytes: Bytes| {
+                received += bytes.len() as u64;
+                Stats::add(&self.stats.bytes_fetched, bytes.len() as u64);
+                sink(bytes);
+            };
+            match self.reader.stream_range(&b.digest, range.clone(), deadline, &mut count).await {
+                Ok(()) => {
                     *self.outage_since.lock() = None;
-                    b
                 }
                 Err(e) if e.is_unavailable() => {
                     *self.outage_since.lock() = Some(Instant::now());
@@ -918,18 +967,14 @@ impl Inner {
                     return Err(Failure::Unavailable(format!("{e}{note}")));
                 }
                 Err(e) => return Err(Failure::Corrupt(e.to_string())),
-            };
-            Stats::add(&self.stats.bytes_fetched, bytes.len() as u64);
-            if bytes.len() as u64 != range.end - range.start {
+            }
+            if received != range.end - range.start {
                 return Err(Failure::Corrupt(format!(
-                    "blob {} bytes {}..{}: got {} bytes",
-                    b.digest,
-                    range.start,
-                    range.end,
-                    bytes.len()
+                    "blob {} bytes {}..{}: got {received} bytes",
+                    b.digest, range.start, range.end
                 )));
             }
-            Ok((range.start, bytes))
+            Ok(())
         };
         // The reader bounds its retries by `deadline`; this bounds a reader that ignores it.
         match tokio::time::timeout(deadline + Duration::from_millis(500), work).await {

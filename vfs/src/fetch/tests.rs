@@ -18,6 +18,10 @@ struct FakeBlobs {
     delay_ms: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Set: answers arrive in 64 KiB pieces this many ms apart ([`BlobReader::stream_range`]).
+    trickle_ms: AtomicUsize,
+    /// Bytes of answers handed out so far.
+    handed_out: AtomicUsize,
 }
 
 impl BlobReader for FakeBlobs {
@@ -49,6 +53,27 @@ impl BlobReader for FakeBlobs {
             let blobs = self.blobs.lock();
             let data = blobs.get(blob).expect("test asked for a blob the fake does not have");
             Ok(Bytes::copy_from_slice(&data[range.start as usize..range.end as usize]))
+        })
+    }
+
+    fn stream_range<'a>(
+        &'a self,
+        blob: &'a Digest,
+        range: Range<u64>,
+        deadline: Duration,
+        sink: &'a mut (dyn FnMut(Bytes) + Send),
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
+        Box::pin(async move {
+            let answer = self.read_range(blob, range, deadline).await?;
+            let trickle = self.trickle_ms.load(Ordering::SeqCst) as u64;
+            let piece = if trickle == 0 { answer.len().max(1) } else { 64 << 10 };
+            for at in (0..answer.len()).step_by(piece) {
+                tokio::time::sleep(Duration::from_millis(trickle)).await;
+                let bytes = answer.slice(at..answer.len().min(at + piece));
+                self.handed_out.fetch_add(bytes.len(), Ordering::SeqCst);
+                sink(bytes);
+            }
+            Ok(())
         })
     }
 }
@@ -548,6 +573,29 @@ fn prefetch_is_bounded_separately_and_does_not_starve_reads() {
     assert!(r.chunks.iter().all(|c| r.cache.contains(&c.digest)));
     assert_eq!(r.fake.max_in_flight.load(Ordering::SeqCst), 2, "one prefetch + one read at a time");
     assert_eq!(r.source.stats().snapshot().prefetched_chunks, 4);
+}
+
+#[test]
+fn a_chunk_is_served_when_its_bytes_land_not_when_its_whole_request_has() {
+    // One 2 MB prefetch request arriving in 64 KiB pieces 20 ms apart (about 0.6 s in all).
+    let r = rig((0..20).map(|i| noise(i, 100_000)).collect(), FetchOptions::default());
+    r.fake.trickle_ms.store(20, Ordering::SeqCst);
+    let prefetcher = {
+        let (source, chunks) = (r.source.clone(), r.chunks.clone());
+        std::thread::spawn(move || source.prefetch(&refs(&chunks), &AtomicBool::new(false)))
+    };
+    while r.fake.calls.lock().is_empty() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The read joins the prefetch's flight for chunk 1 and gets it once its bytes are in.
+    assert_eq!(r.source.read_chunks(&refs(&r.chunks[1..2]))[0].as_ref().unwrap().as_ref(), &r.contents[1][..]);
+    let handed_out = r.fake.handed_out.load(Ordering::SeqCst);
+    prefetcher.join().unwrap().unwrap();
+    let total: u64 = r.chunks.iter().map(|c| c.compressed_len as u64).sum();
+    assert_eq!(r.fake.calls.lock().len(), 1, "one request");
+    assert!((handed_out as u64) < total / 2, "chunk 1 was served after {handed_out} of {total} bytes");
+    assert!(r.chunks.iter().all(|c| r.cache.contains(&c.digest)), "then every chunk of the request landed");
+    assert_eq!(r.source.stats().snapshot().prefetched_chunks, 20);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION,
@@ -664,76 +664,21 @@ impl Client {
     pub async fn get_blob_to_file(&self, r: &Reference, digest: &Digest, dest: &Path) -> Result<u64, RegistryError> {
         let mut op = Op::new(r, format!("blob {digest}"), Cap::Pull, format!("blobs/{digest}"));
         op.bulk = true;
-        let resume_at = std::sync::atomic::AtomicU64::new(0);
-        let make = |h: &reqwest::Client, url| {
-            let from = resume_at.load(std::sync::atomic::Ordering::Relaxed);
-            let req = h.get(url);
-            Ok(if from > 0 { req.header(RANGE, format!("bytes={from}-")) } else { req })
-        };
         let io = |e| RegistryError::Io { path: dest.to_path_buf(), source: e };
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut hasher = Hasher::new();
         let mut n = 0u64;
-        let mut retry = self.retry(self.inner.config.deadline);
-        let result: Result<(), RegistryError> = 'download: loop {
-            resume_at.store(n, std::sync::atomic::Ordering::Relaxed);
-            let sent = match self.send(&op, &mut retry, &make).await {
-                Ok(x) => x,
-                Err(e) => break 'download Err(e),
-            };
-            if !sent.resp.status().is_success() {
-                break 'download Err(self.fail(&op, sent).await);
+        let mut body = BlobStream::new(self, op, self.inner.config.deadline, 0, None);
+        let result: Result<(), RegistryError> = async {
+            while let Some(chunk) = body.next().await? {
+                hasher.update(&chunk);
+                n += chunk.len() as u64;
+                file.write_all(&chunk).await.map_err(io)?;
             }
-            let Sent { mut resp, permit, host, .. } = sent;
-            // Resuming: a 206 must start where we stopped; a 200 repeats the whole blob (skip what we have).
-            let mut skip = 0u64;
-            if n > 0 {
-                if resp.status() == StatusCode::PARTIAL_CONTENT {
-                    let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                    if parse_content_range(&cr).map(|(s, _)| s) != Some(n) {
-                        break 'download Err(
-                            self.bad(&op, format!("resume at byte {n} answered with Content-Range {cr:?}"))
-                        );
-                    }
-                } else {
-                    skip = n;
-                }
-            }
-            let cut = loop {
-                match resp.chunk().await {
-                    Ok(Some(mut chunk)) => {
-                        self.count(&host, 0, chunk.len() as u64, 0);
-                        if skip > 0 {
-                            let k = skip.min(chunk.len() as u64);
-                            chunk = chunk.slice(k as usize..);
-                            skip -= k;
-                        }
-                        if chunk.is_empty() {
-                            continue;
-                        }
-                        hasher.update(&chunk);
-                        n += chunk.len() as u64;
-                        retry.progressed();
-                        if let Err(e) = file.write_all(&chunk).await {
-                            break 'download Err(io(e));
-                        }
-                    }
-                    Ok(None) => break None,
-                    Err(e) => break Some(describe(&e)),
-                }
-            };
-            drop(permit);
-            let Some(reason) = cut else { break 'download Ok(()) };
-            if !retry.pause(None).await {
-                break 'download Err(RegistryError::Unreachable {
-                    registry: r.registry.clone(),
-                    what: op.what.clone(),
-                    reason: format!("download cut off after {n} bytes: {reason}"),
-                    deadline: retry.budget(),
-                });
-            }
-            log::debug!("registry {host}: {}: cut off after {n} bytes ({reason}); resuming", op.what);
-        };
+            Ok(())
+        }
+        .await;
+        let op = body.op;
         let result = match result {
             Ok(()) => file.flush().await.map_err(io).and_then(|()| self.verify(&op, digest, hasher.finish())),
             Err(e) => Err(e),
@@ -768,42 +713,25 @@ impl Client {
         if range.start >= range.end {
             return Ok(Bytes::new());
         }
+        let mut body = self.stream_blob_range(r, digest, range.clone(), deadline);
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        while let Some(chunk) = body.next().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
+    /// `range` of a blob, handed out as it arrives ([`BlobStream`]).
+    pub fn stream_blob_range<'a>(
+        &'a self,
+        r: &'a Reference,
+        digest: &Digest,
+        range: Range<u64>,
+        deadline: Duration,
+    ) -> BlobStream<'a> {
         let what = format!("blob {digest} bytes {}..{}", range.start, range.end);
         let op = Op::new(r, what, Cap::Pull, format!("blobs/{digest}"));
-        let header = format!("bytes={}-{}", range.start, range.end - 1);
-        let make = |h: &reqwest::Client, url| Ok(h.get(url).header(RANGE, header.as_str()));
-        let want = (range.end - range.start) as usize;
-        let (status, headers, body) = match self.fetch(&op, deadline, usize::MAX, &make).await {
-            Err(RegistryError::Status { status: 416, .. }) => {
-                return Err(self.bad(
-                    &op,
-                    "range lies beyond the end of the blob (HTTP 416); the index does not match the blob".into(),
-                ))
-            }
-            other => other?,
-        };
-        if status == StatusCode::PARTIAL_CONTENT {
-            let cr = headers.get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
-            match parse_content_range(cr) {
-                Some((s, e)) if s == range.start && e + 1 == range.end => {}
-                _ => {
-                    return Err(
-                        self.bad(&op, format!("206 answer with Content-Range {cr:?} does not match the request"))
-                    )
-                }
-            }
-            if body.len() != want {
-                return Err(self.bad(&op, format!("206 answer has {} bytes, expected {want}", body.len())));
-            }
-            Ok(body)
-        } else {
-            // Whole blob despite the Range header.
-            if (body.len() as u64) < range.end {
-                return Err(self.bad(&op, format!("blob is only {} bytes long", body.len())));
-            }
-            log::debug!("registry {}: {}: range ignored, slicing a {}-byte answer", r.registry, op.what, body.len());
-            Ok(body.slice(range.start as usize..range.end as usize))
-        }
+        BlobStream::new(self, op, deadline, range.start, Some(range.end))
     }
 
     pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
@@ -946,6 +874,139 @@ impl Client {
             }
         }
         Ok(digest)
+    }
+}
+
+/// A blob's bytes from `start` to `end` (or the blob's end), handed out as they arrive. A body cut
+/// off mid-way resumes with a Range request from where it stopped (on whichever host answers); it
+/// gives up when no progress was made for the deadline. A 206 must carry the matching
+/// `Content-Range`; a registry that ignores ranges and sends the whole blob (200) is skipped into.
+pub struct BlobStream<'a> {
+    client: &'a Client,
+    op: Op<'a>,
+    retry: Retry,
+    start: u64,
+    end: Option<u64>,
+    /// Bytes handed out so far.
+    n: u64,
+    body: Option<Body>,
+}
+
+/// The answer being read.
+struct Body {
+    resp: Response,
+    _permit: OwnedSemaphorePermit,
+    host: String,
+    /// Bytes before the wanted ones (a 200 answer to a Range request).
+    skip: u64,
+}
+
+impl<'a> BlobStream<'a> {
+    fn new(client: &'a Client, op: Op<'a>, deadline: Duration, start: u64, end: Option<u64>) -> BlobStream<'a> {
+        BlobStream { client, op, retry: client.retry(deadline), start, end, n: 0, body: None }
+    }
+
+    /// The next piece of the body, `None` after its last.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, RegistryError> {
+        loop {
+            let at = self.start + self.n;
+            if self.end.is_some_and(|end| at >= end) {
+                self.body = None;
+                return Ok(None);
+            }
+            if self.body.is_none() {
+                self.body = Some(self.open().await?);
+            }
+            let Some(body) = &mut self.body else { continue };
+            let cut = match body.resp.chunk().await {
+                Ok(Some(mut chunk)) => {
+                    self.client.count(&body.host, 0, chunk.len() as u64, 0);
+                    let skip = body.skip.min(chunk.len() as u64);
+                    body.skip -= skip;
+                    chunk = chunk.slice(skip as usize..);
+                    if let Some(end) = self.end {
+                        chunk.truncate(chunk.len().min((end - at) as usize));
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    self.n += chunk.len() as u64;
+                    self.retry.progressed();
+                    return Ok(Some(chunk));
+                }
+                Ok(None) if self.end.is_none() => {
+                    self.body = None;
+                    return Ok(None);
+                }
+                Ok(None) => format!("the answer ended at byte {at}"),
+                Err(e) => {
+                    self.client.count(&body.host, 0, 0, 1);
+                    describe(&e)
+                }
+            };
+            let host = self.body.take().map(|b| b.host).unwrap_or_default();
+            if !self.retry.pause(None).await {
+                return Err(RegistryError::Unreachable {
+                    registry: self.op.r.registry.clone(),
+                    what: self.op.what.clone(),
+                    reason: format!("cut off after {} bytes: {cut}", self.n),
+                    deadline: self.retry.budget(),
+                });
+            }
+            log::debug!("registry {host}: {}: cut off after {} bytes ({cut}); resuming", self.op.what, self.n);
+        }
+    }
+
+    /// Sends the request for what is still wanted.
+    async fn open(&mut self) -> Result<Body, RegistryError> {
+        let from = self.start + self.n;
+        let range = match self.end {
+            Some(end) => Some(format!("bytes={from}-{}", end - 1)),
+            None => (from > 0).then(|| format!("bytes={from}-")),
+        };
+        let make = |h: &reqwest::Client, url| {
+            let req = h.get(url);
+            Ok(match &range {
+                Some(range) => req.header(RANGE, range.as_str()),
+                None => req,
+            })
+        };
+        let sent = match self.client.send(&self.op, &mut self.retry, &make).await? {
+            sent if sent.resp.status() == StatusCode::RANGE_NOT_SATISFIABLE => {
+                return Err(self.client.bad(
+                    &self.op,
+                    format!(
+                    "bytes from {from} lie beyond the end of the blob (HTTP 416); the index does not match the blob"
+                ),
+                ))
+            }
+            sent if !sent.resp.status().is_success() => return Err(self.client.fail(&self.op, sent).await),
+            sent => sent,
+        };
+        let Sent { resp, permit, host, .. } = sent;
+        let mut skip = 0;
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            match parse_content_range(cr) {
+                Some((s, e)) if s == from && self.end.is_none_or(|end| e + 1 == end) => {}
+                _ => {
+                    return Err(self.client.bad(
+                        &self.op,
+                        format!("206 answer with Content-Range {cr:?} does not match the request ({range:?})"),
+                    ))
+                }
+            }
+        } else if range.is_some() {
+            // The whole blob despite the Range header.
+            if let (Some(len), Some(end)) = (resp.content_length(), self.end) {
+                if len < end {
+                    return Err(self.client.bad(&self.op, format!("blob is only {len} bytes long")));
+                }
+            }
+            log::debug!("registry {host}: {}: range ignored, skipping {from} bytes of the whole blob", self.op.what);
+            skip = from;
+        }
+        Ok(Body { resp, _permit: permit, host, skip })
     }
 }
 

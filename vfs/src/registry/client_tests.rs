@@ -455,16 +455,17 @@ async fn too_many_requests_honours_retry_after_within_the_deadline() {
 }
 
 #[tokio::test]
-async fn a_download_cut_off_mid_way_resumes_with_a_range_request() {
+async fn a_download_or_range_read_cut_off_mid_way_resumes_where_it_stopped() {
     let big: Arc<Vec<u8>> = Arc::new((0..300_000u32).map(|i| (i % 253) as u8).collect());
     let b = big.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let seen = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
     let seen2 = seen.clone();
-    // First answer: headers for the whole blob, then half the body and a reset. Later answers honour Range.
+    // The first answer to each read (the 1st and 3rd request): its headers, then 100 000 bytes of
+    // its body and a reset. Every Range is honoured.
     let task = tokio::spawn(async move {
-        let mut first = true;
+        let mut answers = 0;
         while let Ok((mut sock, _)) = listener.accept().await {
             let mut buf = vec![0u8; 8192];
             let n = sock.read(&mut buf).await.unwrap_or(0);
@@ -472,41 +473,34 @@ async fn a_download_cut_off_mid_way_resumes_with_a_range_request() {
             let range =
                 head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string));
             seen2.lock().push(range.clone().unwrap_or_default());
-            let out = match range {
-                Some(r) => {
-                    let from: usize = r.trim().trim_end_matches('-').parse().unwrap();
-                    let body = &b[from..];
-                    let mut o = format!(
-                        "HTTP/1.1 206 X\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nConnection: close\r\n\r\n",
-                        body.len(),
-                        b.len() - 1,
-                        b.len()
-                    )
-                    .into_bytes();
-                    o.extend_from_slice(body);
-                    o
-                }
-                None => {
-                    let mut o = format!("HTTP/1.1 200 X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len())
-                        .into_bytes();
-                    o.extend_from_slice(if first { &b[..100_000] } else { &b[..] });
-                    o
-                }
+            let (status, from, to) = match range.as_deref().map(str::trim).and_then(|r| r.split_once('-')) {
+                Some((from, to)) => (206, from.parse().unwrap(), to.parse().map_or(b.len(), |t: usize| t + 1)),
+                None => (200, 0, b.len()),
             };
-            first = false;
-            let _ = sock.write_all(&out).await;
+            let body = &b[from..to];
+            let mut o = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            if status == 206 {
+                o.push_str(&format!("Content-Range: bytes {from}-{}/{}\r\n", to - 1, b.len()));
+            }
+            let mut o = (o + "\r\n").into_bytes();
+            o.extend_from_slice(if answers % 2 == 0 { &body[..100_000] } else { body });
+            answers += 1;
+            let _ = sock.write_all(&o).await;
             drop(sock);
         }
     });
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("blob");
-    let n = client(Duration::from_secs(5)).get_blob_to_file(&reference(&addr), &Digest::of(&big), &dest).await.unwrap();
-    task.abort();
+    let c = client(Duration::from_secs(5));
+    let n = c.get_blob_to_file(&reference(&addr), &Digest::of(&big), &dest).await.unwrap();
     assert_eq!(n, big.len() as u64);
     assert_eq!(std::fs::read(&dest).unwrap(), *big);
+    let got = c.get_blob_range(&reference(&addr), &Digest::of(&big), 1000..251_000).await.unwrap();
+    assert_eq!(&got[..], &big[1000..251_000]);
+    task.abort();
     let seen = seen.lock().clone();
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    assert_eq!(seen[1].trim(), "100000-", "resumed where it stopped: {seen:?}");
+    let seen: Vec<&str> = seen.iter().map(|s| s.trim()).collect();
+    assert_eq!(seen, ["", "100000-", "1000-250999", "101000-250999"], "each resumed where it stopped");
 }
 
 #[tokio::test]
