@@ -213,7 +213,8 @@ pub struct FetchOptions {
     /// Largest span, reached by a reader streaming through one large file. 0: fetch only the
     /// chunks a read asks for.
     pub readahead_max: u64,
-    /// Largest single range request: a larger span becomes several parallel requests.
+    /// Largest single range request: a larger span becomes several parallel requests. A reader
+    /// streaming through one file takes each span ahead of it as one request.
     pub max_request: u64,
     /// Bytes between two wanted chunks that one request fetches and drops rather than split.
     pub max_gap: u64,
@@ -542,8 +543,9 @@ impl Inner {
             .collect()
     }
 
-    /// Starts the range requests that fetch `claims`.
-    fn launch(self: &Arc<Self>, mut claims: Vec<Claim>) {
+    /// Starts the range requests that fetch `claims`, none larger than `max_request` (unless a
+    /// single chunk is).
+    fn launch(self: &Arc<Self>, mut claims: Vec<Claim>, max_request: u64) {
         claims.sort_by_key(|c| (c.chunk.blob, c.chunk.offset));
         // Lock files opened here, not by whichever request task starts first, so the requests
         // start in the order they are spawned (the demanded ones first).
@@ -552,7 +554,7 @@ impl Inner {
         for blob in blobs {
             self.lease(blob);
         }
-        for request in self.requests(claims) {
+        for request in self.requests(claims, max_request) {
             let inner = self.clone();
             self.handle.spawn(async move { inner.run(request).await });
         }
@@ -662,8 +664,13 @@ impl Inner {
             return waits;
         }
         Stats::add(&self.stats.cache_misses, own.len() as u64);
+        // A miss past a file's first chunk is a stream through it: its span (the rest of the
+        // file) goes as few requests as it can ([`Self::read_ahead`] says why).
+        let streaming = own.iter().all(|c| c.label.as_ref().is_some_and(|l| l.chunk_no > 0));
+        let max_request =
+            if streaming { self.opts.max_request.max(self.opts.readahead_max) } else { self.opts.max_request };
         let all = self.with_neighbours(own);
-        self.launch(all);
+        self.launch(all, max_request);
         waits
     }
 
@@ -690,7 +697,11 @@ impl Inner {
         let streaming = read.chunk_no > 0;
         let keep_until = if streaming { to } else { 0 };
         let claims = self.claim_window(chunk, (from, to), streaming, keep_until, &mut HashSet::new());
-        self.launch(claims);
+        // A stream through one file takes each window as one request: chunks are decoded as the
+        // answer arrives, so a large request costs the reader no latency, and the registry pays
+        // per request (docker-registry allocates a 4 MiB buffer for each).
+        let max_request = if streaming { self.opts.max_request.max(to - from) } else { self.opts.max_request };
+        self.launch(claims, max_request);
     }
 
     /// Whether a fetch failed recently because the registry was unreachable (see `outage_since`).
@@ -747,14 +758,14 @@ impl Inner {
     /// Groups claims (sorted by blob and offset) into range requests. Requests holding a chunk a
     /// reader waits for are cut small ([`FIRST_REQUEST`]) and come first; the rest of their group
     /// goes as one request per stretch between them.
-    fn requests(&self, claims: Vec<Claim>) -> Vec<(Class, Vec<Claim>)> {
+    fn requests(&self, claims: Vec<Claim>, max_request: u64) -> Vec<(Class, Vec<Claim>)> {
         let chunks: Vec<Chunk> = claims.iter().map(|c| c.chunk).collect();
         let read: Vec<bool> = claims.iter().map(|c| c.label.is_some()).collect();
         let demanded = |r: &Range<usize>| read[r.clone()].contains(&true);
         let mut slots: Vec<Option<Claim>> = claims.into_iter().map(Some).collect();
         let mut take = |r: Range<usize>| -> Vec<Claim> { r.filter_map(|i| slots[i].take()).collect() };
         let (mut first, mut rest) = (Vec::new(), Vec::new());
-        for group in split(&chunks, self.opts.max_gap, self.opts.max_request) {
+        for group in split(&chunks, self.opts.max_gap, max_request) {
             if !demanded(&group) {
                 rest.push((Class::Readahead, take(group)));
                 continue;

@@ -289,6 +289,23 @@ fn a_reader_streaming_through_a_file_reads_ahead_to_its_end_and_no_further() {
 }
 
 #[test]
+fn a_reader_streaming_through_a_file_gets_each_span_ahead_of_it_as_one_request() {
+    // A 4 MB file of 100 kB incompressible chunks; requests of at most 256 KiB otherwise.
+    let opts = FetchOptions { max_request: 256 << 10, readahead_max: 2 << 20, ..FetchOptions::default() };
+    let r = rig((0..40).map(|i| noise(i, 100_000)).collect(), opts);
+    for n in 0..r.chunks.len() {
+        let read = ChunkRef::of_file("/data/big.bin", &r.chunks, n..n + 1);
+        assert_eq!(r.source.read_chunks(&read)[0].as_ref().unwrap().as_ref(), &r.contents[n][..]);
+    }
+    let calls = r.fake.calls.lock().clone();
+    let largest = calls.iter().map(|(_, r)| r.end - r.start).max().unwrap_or(0);
+    assert!(largest > 1 << 20, "a span ahead of the reader went as one request: {calls:?}");
+    let fetched: u64 = calls.iter().map(|(_, r)| r.end - r.start).sum();
+    let total: u64 = r.chunks.iter().map(|c| c.compressed_len as u64).sum();
+    assert_eq!(fetched, total, "each byte once");
+}
+
+#[test]
 fn the_chunk_a_reader_waits_for_comes_in_a_small_first_request() {
     // 40 chunks of 100 kB incompressible data: a first window of 1 MiB holds ~10 of them.
     let window = 1 << 20;
