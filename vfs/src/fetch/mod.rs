@@ -143,28 +143,16 @@ impl<T: ChunkSource + ?Sized> ChunkSource for Arc<T> {
 
 /// Reads byte ranges of data blobs by digest. [`RegistryBlobs`] is the real one; tests use fakes.
 pub trait BlobReader: Send + Sync {
-    /// Reads `range` of `blob`, retrying transient failures for at most `deadline`.
-    fn read_range<'a>(
-        &'a self,
-        blob: &'a Digest,
-        range: Range<u64>,
-        deadline: Duration,
-    ) -> BoxFuture<'a, Result<Bytes, RegistryError>>;
-
-    /// [`BlobReader::read_range`], handing the bytes to `sink` in order as they arrive (each byte
-    /// once, also when a cut-off answer is resumed). By default the whole range at once.
+    /// Reads `range` of `blob`, handing the bytes to `sink` in order as they arrive (each byte
+    /// once, also when a cut-off answer is resumed), retrying transient failures for at most
+    /// `deadline` without progress.
     fn stream_range<'a>(
         &'a self,
         blob: &'a Digest,
         range: Range<u64>,
         deadline: Duration,
         sink: &'a mut (dyn FnMut(Bytes) + Send),
-    ) -> BoxFuture<'a, Result<(), RegistryError>> {
-        Box::pin(async move {
-            sink(self.read_range(blob, range, deadline).await?);
-            Ok(())
-        })
-    }
+    ) -> BoxFuture<'a, Result<(), RegistryError>>;
 }
 
 /// Range reads from one registry repository.
@@ -174,15 +162,6 @@ pub struct RegistryBlobs {
 }
 
 impl BlobReader for RegistryBlobs {
-    fn read_range<'a>(
-        &'a self,
-        blob: &'a Digest,
-        range: Range<u64>,
-        deadline: Duration,
-    ) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
-        Box::pin(self.client.get_blob_range_within(&self.repository, blob, range, deadline))
-    }
-
     fn stream_range<'a>(
         &'a self,
         blob: &'a Digest,

@@ -24,38 +24,34 @@ struct FakeBlobs {
     handed_out: AtomicUsize,
 }
 
-impl BlobReader for FakeBlobs {
-    fn read_range<'a>(
-        &'a self,
-        blob: &'a Digest,
-        range: Range<u64>,
-        deadline: Duration,
-    ) -> BoxFuture<'a, Result<Bytes, RegistryError>> {
-        Box::pin(async move {
-            self.calls.lock().push((*blob, range.clone()));
-            self.deadlines.lock().push(deadline);
-            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-            let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
-            if self.hang.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if self.down.load(Ordering::SeqCst) {
-                return Err(RegistryError::Unreachable {
-                    registry: "127.0.0.1:1".into(),
-                    what: format!("blob {blob}"),
-                    reason: "connection refused".into(),
-                    deadline: Duration::from_secs(1),
-                });
-            }
-            let blobs = self.blobs.lock();
-            let data = blobs.get(blob).expect("test asked for a blob the fake does not have");
-            Ok(Bytes::copy_from_slice(&data[range.start as usize..range.end as usize]))
-        })
+impl FakeBlobs {
+    /// The whole answer to a range read, after the fake's delay (or failure).
+    async fn answer(&self, blob: &Digest, range: Range<u64>, deadline: Duration) -> Result<Bytes, RegistryError> {
+        self.calls.lock().push((*blob, range.clone()));
+        self.deadlines.lock().push(deadline);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
+        if self.hang.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(RegistryError::Unreachable {
+                registry: "127.0.0.1:1".into(),
+                what: format!("blob {blob}"),
+                reason: "connection refused".into(),
+                deadline: Duration::from_secs(1),
+            });
+        }
+        let blobs = self.blobs.lock();
+        let data = blobs.get(blob).expect("test asked for a blob the fake does not have");
+        Ok(Bytes::copy_from_slice(&data[range.start as usize..range.end as usize]))
     }
+}
 
+impl BlobReader for FakeBlobs {
     fn stream_range<'a>(
         &'a self,
         blob: &'a Digest,
@@ -64,7 +60,7 @@ impl BlobReader for FakeBlobs {
         sink: &'a mut (dyn FnMut(Bytes) + Send),
     ) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async move {
-            let answer = self.read_range(blob, range, deadline).await?;
+            let answer = self.answer(blob, range, deadline).await?;
             let trickle = self.trickle_ms.load(Ordering::SeqCst) as u64;
             let piece = if trickle == 0 { answer.len().max(1) } else { 64 << 10 };
             for at in (0..answer.len()).step_by(piece) {
