@@ -751,6 +751,34 @@ fn processes_sharing_a_node_cache_fetch_each_chunk_once_between_them() {
 }
 
 #[test]
+fn a_request_that_waited_for_its_slot_reads_what_a_neighbour_fetched_meanwhile_from_the_cache() {
+    // One request slot, taken for 600 ms by a read of chunk 0; a read of chunk 1 claims it and
+    // waits for the slot. Meanwhile another process on the node fetches chunk 1 and caches it.
+    let opts = FetchOptions { concurrency: 1, readahead_max: 0, ..FetchOptions::default() };
+    let r = rig(vec![noise(1, 50_000), noise(2, 50_000)], opts.clone());
+    r.fake.delay_ms.store(600, Ordering::SeqCst);
+    let (other_fake, other) = neighbour(&r, opts);
+    let read = |n: usize| {
+        let (source, chunks) = (r.source.clone(), r.chunks.clone());
+        std::thread::spawn(move || source.read_chunks(&refs(&chunks[n..n + 1])).remove(0).map(|b| b.to_vec()))
+    };
+    let first = read(0);
+    std::thread::sleep(Duration::from_millis(50));
+    let second = read(1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(other.read_chunks(&refs(&r.chunks[1..2]))[0].as_ref().unwrap().as_ref(), &r.contents[1][..]);
+    assert_eq!(first.join().unwrap().unwrap(), r.contents[0]);
+    assert_eq!(second.join().unwrap().unwrap(), r.contents[1]);
+    let calls = r.fake.calls.lock().clone();
+    assert!(
+        calls.iter().all(|(_, range)| range.start != r.chunks[1].offset),
+        "chunk 1 was fetched again after the neighbour cached it: {calls:?}"
+    );
+    assert_eq!(other_fake.calls.lock().len(), 1);
+    assert_eq!(r.source.stats().snapshot().node_waits, 1, "read from the node cache");
+}
+
+#[test]
 fn a_chunk_whose_owner_on_the_node_dies_uncached_is_fetched_by_the_waiter() {
     let r = rig(vec![pattern(1, 5000), pattern(2, 5000)], FetchOptions { readahead_max: 0, ..FetchOptions::default() });
     let digest = r.source.inner.layout.blobs()[0].digest;
