@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 
 use super::flight::{Failure, Pending};
 use super::{Class, Inner};
-use crate::index::Chunk;
 
 /// Decoded bytes handed to a decoding thread at once, unless a reader waits for one of them.
 const HANDOFF: usize = 512 << 10;
@@ -64,10 +63,9 @@ impl Landing {
     fn hand_off(&mut self, all: bool) {
         let received = self.at + self.buf.len() as u64;
         let claims = self.pending.claims();
-        let end_of = |c: &Chunk| c.offset.saturating_add(c.compressed_len as u64);
-        let ready = claims.iter().take_while(|c| end_of(&c.chunk) <= received).count();
+        let ready = claims.iter().take_while(|c| c.chunk.end() <= received).count();
         let Some(last) = ready.checked_sub(1).map(|i| &claims[i].chunk) else { return };
-        let until = end_of(last);
+        let until = last.end();
         let waited_for = claims[..ready].iter().any(|c| c.label.is_some());
         if !(all || waited_for || (until - self.at) as usize >= HANDOFF) {
             return;

@@ -70,14 +70,14 @@ impl BlobLayout {
         let seldom = self.seldom.get(chunk.blob as usize).map(Vec::as_slice).unwrap_or(&[]);
         let size = self.blob(chunk.blob).map_or(0, |b| b.size);
         // A chunk straddling `from` belongs to this window: the one before it could not take it.
-        let first = slots.partition_point(|c| c.offset.saturating_add(c.compressed_len as u64) <= from);
+        let first = slots.partition_point(|c| c.end() <= from);
         let mut prev_end = 0u64;
         slots[first..]
             .iter()
             .zip(&seldom[first..])
             .take_while(move |(c, _)| c.offset < to)
             .filter(move |(c, _)| {
-                let end = c.offset.saturating_add(c.compressed_len as u64);
+                let end = c.end();
                 let ok = c.offset >= prev_end && end <= size && end <= to;
                 if ok {
                     prev_end = end;
@@ -197,8 +197,8 @@ pub fn split(chunks: &[Chunk], max_gap: u64, max_request: u64) -> Vec<Range<usiz
             None => true,
             Some(c) => {
                 let prev = &chunks[i - 1];
-                let prev_end = prev.offset.saturating_add(prev.compressed_len as u64);
-                let end = c.offset.saturating_add(c.compressed_len as u64);
+                let prev_end = prev.end();
+                let end = c.end();
                 c.blob != prev.blob
                     || c.offset < prev_end
                     || c.offset - prev_end > max_gap
@@ -217,7 +217,7 @@ pub fn split(chunks: &[Chunk], max_gap: u64, max_request: u64) -> Vec<Range<usiz
 /// The blob byte range a request for `chunks` (sorted, one blob) covers.
 pub fn byte_range(chunks: &[Chunk]) -> Range<u64> {
     match (chunks.first(), chunks.last()) {
-        (Some(a), Some(b)) => a.offset..b.offset.saturating_add(b.compressed_len as u64),
+        (Some(a), Some(b)) => a.offset..b.end(),
         _ => 0..0,
     }
 }

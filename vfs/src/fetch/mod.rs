@@ -82,12 +82,7 @@ impl<'a> ChunkRef<'a> {
     /// Where the file's chunks in this chunk's blob end. A pass over the file's chunks: only asked
     /// on a miss or when a span ahead starts, never on the hit path.
     fn file_end(&self) -> u64 {
-        self.file
-            .iter()
-            .filter(|c| c.blob == self.chunk.blob)
-            .map(|c| c.offset.saturating_add(c.compressed_len as u64))
-            .max()
-            .unwrap_or(0)
+        self.file.iter().filter(|c| c.blob == self.chunk.blob).map(Chunk::end).max().unwrap_or(0)
     }
 }
 

@@ -51,6 +51,13 @@ pub struct Chunk {
     pub digest: Digest,
 }
 
+impl Chunk {
+    /// The blob offset just past the chunk's compressed bytes (saturating: the index is untrusted).
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.compressed_len as u64)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Xattr {
     pub name: Vec<u8>,
