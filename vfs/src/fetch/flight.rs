@@ -99,10 +99,6 @@ impl Pending {
         Pending { inner, claims }
     }
 
-    pub(super) fn empty(inner: Arc<Inner>) -> Pending {
-        Pending { inner, claims: Vec::new() }
-    }
-
     pub(super) fn claims(&self) -> &[Claim] {
         &self.claims
     }

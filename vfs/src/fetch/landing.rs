@@ -78,25 +78,20 @@ impl Landing {
         self.at = until;
     }
 
-    /// The answer ended (`Ok`) or failed: what is in is decoded, what is not fails. Returns once
-    /// every handed-off chunk is decoded and cached (the caller's node locks cover them).
+    /// The answer ended (`Ok`) or failed: what is in is decoded (also after a failure: each
+    /// chunk is verified), what is not fails. Returns once every handed-off chunk is decoded and
+    /// cached (the caller's node locks cover them).
     pub(super) async fn finish(mut self, answer: Result<(), Failure>) {
-        match (answer, self.broken.take()) {
-            (Ok(()), None) => {
-                self.hand_off(true);
-                let received = self.at + self.buf.len() as u64;
-                if !self.pending.is_empty() {
-                    let short = Failure::Corrupt(format!("the answer ended at byte {received} of {}", self.end));
-                    std::mem::replace(&mut self.pending, Pending::empty(self.inner.clone())).fail(short);
-                }
-            }
-            (_, Some(f)) | (Err(f), None) => {
-                // Chunks complete before the failure are still good (each is verified).
-                self.hand_off(true);
-                std::mem::replace(&mut self.pending, Pending::empty(self.inner.clone())).fail(f);
-            }
+        self.hand_off(true);
+        if !self.pending.is_empty() {
+            let received = self.at + self.buf.len() as u64;
+            let why =
+                self.broken.take().or(answer.err()).unwrap_or_else(|| {
+                    Failure::Corrupt(format!("the answer ended at byte {received} of {}", self.end))
+                });
+            self.pending.split_off(|_| true).fail(why);
         }
-        for task in std::mem::take(&mut self.decoding) {
+        for task in self.decoding {
             let _ = task.await;
         }
     }

@@ -638,13 +638,10 @@ impl Inner {
             return waits;
         }
         Stats::add(&self.stats.cache_misses, own.len() as u64);
-        // A miss past a file's first chunk is a stream through it: its span (the rest of the
-        // file) goes as few requests as it can ([`Self::read_ahead`] says why).
+        // A miss past a file's first chunk is a stream through it: its span is the rest of the file.
         let streaming = own.iter().all(|c| c.label.as_ref().is_some_and(|l| l.chunk_no > 0));
-        let max_request =
-            if streaming { self.opts.max_request.max(self.opts.readahead_max) } else { self.opts.max_request };
         let all = self.with_neighbours(own);
-        self.launch(all, max_request);
+        self.launch(all, self.request_cap(streaming));
         waits
     }
 
@@ -671,11 +668,19 @@ impl Inner {
         let streaming = read.chunk_no > 0;
         let keep_until = if streaming { to } else { 0 };
         let claims = self.claim_window(chunk, (from, to), streaming, keep_until, &mut HashSet::new());
-        // A stream through one file takes each window as one request: chunks are decoded as the
-        // answer arrives, so a large request costs the reader no latency, and the registry pays
-        // per request (docker-registry allocates a 4 MiB buffer for each).
-        let max_request = if streaming { self.opts.max_request.max(to - from) } else { self.opts.max_request };
-        self.launch(claims, max_request);
+        self.launch(claims, self.request_cap(streaming));
+    }
+
+    /// The largest range request for a span. A stream through one file takes each span (at most
+    /// `readahead_max`) as one request: chunks are decoded as the answer arrives, so a large
+    /// request costs the reader no latency, and the registry pays per request (docker-registry
+    /// allocates a 4 MiB buffer for each).
+    fn request_cap(&self, streaming: bool) -> u64 {
+        if streaming {
+            self.opts.max_request.max(self.opts.readahead_max)
+        } else {
+            self.opts.max_request
+        }
     }
 
     /// Whether a fetch failed recently because the registry was unreachable (see `outage_since`).
