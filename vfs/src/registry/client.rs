@@ -973,12 +973,11 @@ impl<'a> BlobStream<'a> {
         };
         let sent = match self.client.send(&self.op, &mut self.retry, &make).await? {
             sent if sent.resp.status() == StatusCode::RANGE_NOT_SATISFIABLE => {
-                return Err(self.client.bad(
-                    &self.op,
-                    format!(
-                    "bytes from {from} lie beyond the end of the blob (HTTP 416); the index does not match the blob"
-                ),
-                ))
+                // A range is asked for by a lazy image's index; a whole download only resumes.
+                let why = if self.end.is_some() { "the index does not match the blob" } else { "the blob changed" };
+                return Err(self
+                    .client
+                    .bad(&self.op, format!("bytes from {from} lie beyond the end of the blob (HTTP 416); {why}")));
             }
             sent if !sent.resp.status().is_success() => return Err(self.client.fail(&self.op, sent).await),
             sent => sent,
