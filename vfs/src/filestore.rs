@@ -10,19 +10,25 @@
 //! - Counted in the chunk cache's size cap and evicted with it, least recently used first (the
 //!   mtime is the LRU clock, refreshed when a stored file is handed out). Eviction unlinks: a reader
 //!   (or a FUSE passthrough backing file) that already has it open keeps reading it whole.
-//! - Trust: this kernel's ext4 has no fs-verity, so a stored file's content is re-hashed (chunk by
-//!   chunk, against the index) the first time a process hands it out; a file that fails is logged,
-//!   removed and reported as absent, so the caller serves the file from verified chunks instead.
-//!   Later hand-outs in the same process trust the file only while its inode and ctime are those
-//!   seen at the check (any write or replacement changes them, and userspace cannot set a ctime):
-//!   a stored file changed under a live mount is hashed again before it is handed out.
-
+//! - Trust: without fs-verity (this kernel's ext4 has none), a stored file's content is hashed
+//!   (chunk by chunk, against the index) the first time it is handed out after the node booted; a
+//!   file that fails is logged, removed and reported as absent, so the caller serves the file from
+//!   verified chunks instead. After that it is trusted while its inode and ctime are those seen at
+//!   the check: any write or replacement through the filesystem changes them (userspace cannot set
+//!   a ctime), so a stored file changed after its check is hashed again before it is handed out.
+//!   The checks are shared node-wide through an append-only log, `files/verified-<boot id>` (one
+//!   line per check: key, device, inode, ctime), so a file hashed by one shim is not hashed again
+//!   by the next container's shim; a new boot starts a new log (and removes the old one), so
+//!   whatever happened to the disk while the node was down is caught by a fresh hash.
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
+use std::os::unix::fs::FileExt as _;
 use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +40,13 @@ use crate::index::Chunk;
 
 /// A hand-out refreshes the stored file's mtime (the LRU clock) at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// The node's log of checked stored files is started afresh when it grows past this (~100k lines):
+/// files are then hashed once more, nothing else is lost.
+const VERIFIED_LOG_MAX: u64 = 16 << 20;
+
+/// Where the kernel names this boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 /// Why a file could not be stored.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +69,7 @@ pub enum Lookup {
     Corrupt,
 }
 
-/// What identifies a stored file's content as it was when this process hashed it.
+/// What identifies a stored file's content as it was when it was hashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
@@ -71,11 +84,109 @@ impl Stamp {
     }
 }
 
+/// Stored files hashed since the node booted, as they were then: by this process, and by the
+/// others on the node through the boot's log.
+struct Verified {
+    stamps: HashMap<Digest, Stamp>,
+    /// `<files dir>/verified-<boot id>`, for reading and appending; `None` when the boot id or the
+    /// log cannot be had (then checks are this process's alone, which is only slower).
+    log: Option<File>,
+    /// How far this process has read the log.
+    read_to: u64,
+}
+
+impl Verified {
+    /// The log of `boot` (an id that changes when the node reboots) in `dir`.
+    fn open(dir: &Path, boot: Option<&str>) -> Verified {
+        let mut v = Verified { stamps: HashMap::new(), log: None, read_to: 0 };
+        let Some(boot) = boot else { return v };
+        let name = format!("verified-{boot}");
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let other = e.file_name();
+                let other = other.to_string_lossy();
+                if other.starts_with("verified-") && *other != name {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let path = dir.join(&name);
+        match File::options().read(true).append(true).create(true).mode(0o600).open(&path) {
+            Ok(log) => {
+                if log.metadata().is_ok_and(|m| m.len() > VERIFIED_LOG_MAX) {
+                    let _ = log.set_len(0);
+                }
+                v.log = Some(log);
+                v.catch_up();
+            }
+            Err(e) => log::debug!("file store: no shared log of checked files ({}: {e})", path.display()),
+        }
+        v
+    }
+
+    /// Whether `key` was hashed as it is now (`stamp`), here or, as the log says, elsewhere.
+    fn trusts(&mut self, key: &Digest, stamp: Stamp) -> bool {
+        if self.stamps.get(key) == Some(&stamp) {
+            return true;
+        }
+        self.catch_up();
+        self.stamps.get(key) == Some(&stamp)
+    }
+
+    /// Notes that `key` hashed good as it is now (`stamp`), here and in the log.
+    fn record(&mut self, key: Digest, stamp: Stamp) {
+        self.stamps.insert(key, stamp);
+        if let Some(log) = &self.log {
+            let line = format!("{key} {} {} {} {}\n", stamp.dev, stamp.ino, stamp.ctime, stamp.ctime_nsec);
+            // One write of a short line to a file opened O_APPEND: appended whole, never interleaved
+            // with another process's line.
+            let _ = (&*log).write(line.as_bytes());
+        }
+    }
+
+    fn forget(&mut self, key: &Digest) {
+        self.stamps.remove(key);
+    }
+
+    /// Reads the lines appended to the log since last time (whole lines only).
+    fn catch_up(&mut self) {
+        let Some(log) = &self.log else { return };
+        let Ok(len) = log.metadata().map(|m| m.len()) else { return };
+        if len < self.read_to {
+            self.read_to = 0; // started afresh by another process
+        }
+        let mut buf = vec![0u8; (len - self.read_to) as usize];
+        let Ok(n) = log.read_at(&mut buf, self.read_to) else { return };
+        buf.truncate(n);
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return };
+        for line in buf[..end].split(|&b| b == b'\n') {
+            if let Some((key, stamp)) = parse_log_line(line) {
+                self.stamps.insert(key, stamp);
+            }
+        }
+        self.read_to += end as u64 + 1;
+    }
+}
+
+fn parse_log_line(line: &[u8]) -> Option<(Digest, Stamp)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut f = line.split(' ');
+    let key = f.next()?.parse().ok()?;
+    let stamp = Stamp {
+        dev: f.next()?.parse().ok()?,
+        ino: f.next()?.parse().ok()?,
+        ctime: f.next()?.parse().ok()?,
+        ctime_nsec: f.next()?.parse().ok()?,
+    };
+    f.next().is_none().then_some((key, stamp))
+}
+
 pub struct FileStore {
     cache: Arc<ChunkCache>,
     dir: PathBuf,
-    /// Stored files whose content this process has hashed (by key), as they were then.
-    verified: Mutex<HashMap<Digest, Stamp>>,
+    verified: Mutex<Verified>,
+    /// Stored files this process hashed before handing them out.
+    checks: AtomicU64,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -87,9 +198,22 @@ impl std::fmt::Debug for FileStore {
 impl FileStore {
     /// The store under `cache`'s directory, sharing its size cap.
     pub fn open(cache: Arc<ChunkCache>) -> Result<FileStore, CacheError> {
+        let boot = fs::read_to_string(BOOT_ID).ok();
+        FileStore::open_in_boot(cache, boot.as_deref().map(str::trim))
+    }
+
+    /// [`FileStore::open`] as if the node's boot id were `boot` (`None`: no shared log).
+    fn open_in_boot(cache: Arc<ChunkCache>, boot: Option<&str>) -> Result<FileStore, CacheError> {
         let dir = cache.dir().join(FILES_DIR);
         fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
-        Ok(FileStore { cache, dir, verified: Mutex::new(HashMap::new()) })
+        let verified = Mutex::new(Verified::open(&dir, boot));
+        Ok(FileStore { cache, dir, verified, checks: AtomicU64::new(0) })
+    }
+
+    /// How many stored files this process has hashed before handing them out (the rest were
+    /// trusted from an earlier check on this node since it booted).
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
     }
 
     pub fn cache(&self) -> &Arc<ChunkCache> {
@@ -148,17 +272,18 @@ impl FileStore {
             self.discard(&path);
             return Err(());
         }
-        if self.verified.lock().get(key) != Some(&Stamp::of(&meta)) {
+        if !self.verified.lock().trusts(key, Stamp::of(&meta)) {
+            self.checks.fetch_add(1, Ordering::Relaxed);
             if let Err(reason) = check_content(&mut file, chunks) {
                 log::error!(
                     "file store {}: {label} is corrupt on disk ({reason}); removing it and serving from verified chunks",
                     path.display()
                 );
-                self.verified.lock().remove(key);
+                self.verified.lock().forget(key);
                 self.discard(&path);
                 return Err(());
             }
-            self.verified.lock().insert(*key, Stamp::of(&meta));
+            self.verified.lock().record(*key, Stamp::of(&meta));
             // Hand out a fresh descriptor (the check moved this one's offset; passthrough ignores
             // it, but a caller reading sequentially would not).
             let Ok(f) = File::open(&path) else { return Ok(None) };
@@ -173,9 +298,7 @@ impl FileStore {
                 f.metadata()
             });
             if let Ok(after) = touched {
-                if let Some(stamp) = self.verified.lock().get_mut(key) {
-                    *stamp = Stamp::of(&after);
-                }
+                self.verified.lock().record(*key, Stamp::of(&after));
             }
         }
         Ok(Some(file))
@@ -244,7 +367,7 @@ impl FileStore {
         // one is hashed when first handed out).
         if let (Ok(ours), Ok(there)) = (out.metadata(), fs::metadata(&path)) {
             if Stamp::of(&ours) == Stamp::of(&there) {
-                self.verified.lock().insert(*key, Stamp::of(&ours));
+                self.verified.lock().record(*key, Stamp::of(&ours));
             }
         }
         self.cache.account(size);
@@ -281,7 +404,6 @@ fn check_content(file: &mut File, chunks: &[Chunk]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt as _;
 
     fn chunks_of(cache: &ChunkCache, data: &[u8], chunk: usize, put: bool) -> Vec<Chunk> {
         data.chunks(chunk)
@@ -404,6 +526,72 @@ mod tests {
         // Rebuilt from the chunks, it is good again.
         store.store(&key, data.len() as u64, &chunks).unwrap();
         assert!(matches!(store.lookup(&key, data.len() as u64, &chunks, "f"), Lookup::Found(_)));
+    }
+
+    #[test]
+    fn a_file_checked_by_one_process_is_trusted_by_the_next_until_the_node_reboots() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ChunkCache::open(dir.path(), 0).unwrap());
+        let data: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
+        let chunks = chunks_of(&cache, &data, 8192, true);
+        let key = FileStore::key(data.len() as u64, &chunks);
+        let size = data.len() as u64;
+        let found = |store: &FileStore| matches!(store.lookup(&key, size, &chunks, "f"), Lookup::Found(_));
+
+        // Stored by one process (it hashed every chunk as it wrote them): trusted there.
+        let writer = FileStore::open_in_boot(cache.clone(), Some("boot-a")).unwrap();
+        let early = FileStore::open_in_boot(cache.clone(), Some("boot-a")).unwrap();
+        writer.store(&key, size, &chunks).unwrap();
+        assert!(found(&writer));
+        assert_eq!(writer.checks(), 0);
+        // The next shim on the node, same boot: trusted from the log, not hashed again; opened
+        // before the writer stored the file, it catches up with the log when it needs to.
+        let next = FileStore::open_in_boot(cache.clone(), Some("boot-a")).unwrap();
+        assert!(found(&next) && found(&early));
+        assert_eq!((next.checks(), early.checks()), (0, 0));
+        // After a reboot: hashed once, then trusted; the old boot's log is gone.
+        let rebooted = FileStore::open_in_boot(cache.clone(), Some("boot-b")).unwrap();
+        assert!(found(&rebooted) && found(&rebooted));
+        assert_eq!(rebooted.checks(), 1);
+        let logs: Vec<String> = fs::read_dir(dir.path().join(FILES_DIR))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("verified-"))
+            .collect();
+        assert_eq!(logs, ["verified-boot-b"]);
+        // Without a boot id, every process hashes for itself.
+        let alone = FileStore::open_in_boot(cache.clone(), None).unwrap();
+        assert!(found(&alone));
+        assert_eq!(alone.checks(), 1);
+
+        // Changed on disk after those checks: the next process hashes it, finds it corrupt and
+        // removes it, however many checks the log holds.
+        let path = writer.path_of(&key);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        File::options().write(true).open(&path).unwrap().write_all_at(&[9], 20_000).unwrap();
+        let after = FileStore::open_in_boot(cache.clone(), Some("boot-b")).unwrap();
+        assert!(matches!(after.lookup(&key, size, &chunks, "f"), Lookup::Corrupt));
+        assert!(!path.exists(), "the corrupt file is removed");
+    }
+
+    #[test]
+    fn a_torn_or_foreign_line_in_the_log_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ChunkCache::open(dir.path(), 0).unwrap());
+        let data = vec![3u8; 10_000];
+        let chunks = chunks_of(&cache, &data, 4096, true);
+        let key = FileStore::key(data.len() as u64, &chunks);
+        FileStore::open_in_boot(cache.clone(), Some("b")).unwrap().store(&key, 10_000, &chunks).unwrap();
+        let log = dir.path().join(FILES_DIR).join("verified-b");
+        let mut text = fs::read_to_string(&log).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        // Garbage before the good line, and a half-written line after it.
+        text = format!("not a line\n{key} 1 2\n{text}{key} 5 6 7");
+        fs::write(&log, text).unwrap();
+        let store = FileStore::open_in_boot(cache.clone(), Some("b")).unwrap();
+        assert!(matches!(store.lookup(&key, 10_000, &chunks, "f"), Lookup::Found(_)));
+        assert_eq!(store.checks(), 0, "the good line is read");
     }
 
     #[test]

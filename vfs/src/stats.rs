@@ -1,12 +1,17 @@
 //! Counters of one mount. Shared by the filesystem (bytes served) and the chunk source (fetches,
-//! cache hits); read by `lazyctl stats` through the `user.lazy.stats` xattr of the mount root.
+//! cache hits); read by `lazyctl stats` through the [`STATS_IOCTL`] of the mount root.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Name of the virtual xattr on the mount root whose value is [`Snapshot`] as JSON. It is answered
-/// by getxattr only and never listed, so it cannot disturb a copy of the filesystem.
-pub const STATS_XATTR: &str = "user.lazy.stats";
+/// Largest [`Snapshot`] JSON the stats ioctl returns (the most an ioctl number can encode).
+pub const STATS_MAX: usize = (1 << 14) - 1;
+
+/// The ioctl on the mount root (a directory opened read-only) that copies [`Snapshot`] as JSON
+/// into a [`STATS_MAX`]-byte buffer and returns its length: `_IOR('L', 1, [u8; STATS_MAX])`.
+/// An ioctl rather than an xattr, so that the filesystem can tell the kernel it has no xattrs at
+/// all when the image has none (see [`crate::fs`]).
+pub const STATS_IOCTL: u32 = (2 << 30) | ((STATS_MAX as u32) << 16) | ((b'L' as u32) << 8) | 1;
 
 #[derive(Debug, Default)]
 pub struct Stats {

@@ -164,11 +164,14 @@ impl LazyMount {
         if let Some(m) = self.mounted.take() {
             let snap = m.stats().snapshot();
             log::info!(
-                "lazy filesystem {}: served {} bytes, fetched {} bytes in {} requests",
+                "lazy filesystem {}: served {} bytes through FUSE reads and {} opens by passthrough, \
+                 fetched {} bytes in {} requests, stored {} files",
                 self.mountpoint.display(),
                 snap.bytes_served,
+                snap.passthrough_opens,
                 snap.bytes_fetched,
-                snap.requests
+                snap.requests,
+                snap.files_stored
             );
             if let Err(e) = m.unmount() {
                 log::warn!("unmounting {}: {e}", self.mountpoint.display());

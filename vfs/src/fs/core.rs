@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use crate::fetch::{ChunkRef, ChunkSource};
 use crate::filestore::{FileStore, Lookup};
 use crate::index::{Index, Inode, Kind, ROOT};
-use crate::stats::{Stats, STATS_XATTR};
+use crate::stats::{Stats, STATS_IOCTL, STATS_MAX};
 
 use super::linker::Linker;
 use super::record::Recorder;
@@ -103,6 +103,9 @@ pub struct LazyFs {
     store_wanted: std::sync::atomic::AtomicBool,
     /// Fetches the libraries a program or library being loaded names, ahead of the loader.
     linker: Option<Linker>,
+    /// Whether any inode of the image has an xattr. When none has, getxattr answers ENOSYS, which
+    /// the kernel takes as "no xattrs on this filesystem" and stops asking (see [`LazyFs::getxattr`]).
+    has_xattrs: bool,
 }
 
 impl LazyFs {
@@ -122,7 +125,19 @@ impl LazyFs {
         let paths = paths.into_iter().map(|p| p.unwrap_or_else(|| Box::from("?"))).collect();
         stats.image_bytes.store(index.image_bytes(), Ordering::Relaxed);
         let errors = RateLimit::new(Duration::from_secs(10), 20);
-        LazyFs { index, source, stats, paths, recorder, errors, store: None, store_wanted: true.into(), linker: None }
+        let has_xattrs = index.inodes.iter().any(|i| !i.xattrs.is_empty());
+        LazyFs {
+            index,
+            source,
+            stats,
+            paths,
+            recorder,
+            errors,
+            store: None,
+            store_wanted: true.into(),
+            linker: None,
+            has_xattrs,
+        }
     }
 
     /// Fetches ahead of the dynamic loader ([`super::linker`]).
@@ -335,18 +350,33 @@ impl LazyFs {
         Ok(out)
     }
 
+    /// An xattr of the image. On an image without any, ENOSYS: the kernel then answers every later
+    /// getxattr of this mount itself (EOPNOTSUPP, "no xattrs here"), which matters because an
+    /// overlay above the mount asks for `trusted.overlay.metacopy` on every regular file it looks
+    /// up: a round trip per file of a container start, for an answer that is always "none".
     pub fn getxattr(&self, fuse_ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
-        let (ino, inode) = self.inode(fuse_ino)?;
-        let value = if ino == ROOT && name == STATS_XATTR.as_bytes() {
-            serde_json::to_vec(&self.stats.snapshot()).map_err(|_| Errno::EIO)?
-        } else {
-            let i = inode.xattrs.binary_search_by(|x| x.name.as_slice().cmp(name)).map_err(|_| Errno::ENODATA)?;
-            inode.xattrs[i].value.clone()
-        };
-        sized_reply(value, size)
+        let (_, inode) = self.inode(fuse_ino)?;
+        if !self.has_xattrs {
+            return Err(Errno::ENOSYS);
+        }
+        let i = inode.xattrs.binary_search_by(|x| x.name.as_slice().cmp(name)).map_err(|_| Errno::ENODATA)?;
+        sized_reply(inode.xattrs[i].value.clone(), size)
     }
 
-    /// Lists the index's xattr names (never the virtual stats xattr), NUL-terminated.
+    /// The mount's one ioctl, [`STATS_IOCTL`] on the root: the counters as JSON and their length.
+    pub fn ioctl(&self, fuse_ino: u64, cmd: u32, out_size: u32) -> Result<(i32, Vec<u8>), Errno> {
+        let (ino, _) = self.inode(fuse_ino)?;
+        if ino != ROOT || cmd != STATS_IOCTL || (out_size as usize) < STATS_MAX {
+            return Err(Errno::ENOTTY);
+        }
+        let json = serde_json::to_vec(&self.stats.snapshot()).map_err(|_| Errno::EIO)?;
+        if json.len() > STATS_MAX {
+            return Err(Errno::E2BIG);
+        }
+        Ok((json.len() as i32, json))
+    }
+
+    /// Lists the index's xattr names, NUL-terminated.
     pub fn listxattr(&self, fuse_ino: u64, size: u32) -> Result<XattrReply, Errno> {
         let (_, inode) = self.inode(fuse_ino)?;
         let mut names = Vec::new();

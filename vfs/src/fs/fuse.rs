@@ -375,6 +375,25 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    /// The stats ioctl on the root; anything else (e.g. `lsattr`'s FS_IOC_GETFLAGS) gets ENOTTY,
+    /// what an unsupported ioctl returns.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        match self.fs.ioctl(ino.0, cmd, out_size) {
+            Ok((result, data)) => reply.ioctl(result, &data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     /// Only reached without `default_permissions`; the kernel checks modes itself otherwise.
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.fs.getattr(ino.0) {
@@ -398,21 +417,6 @@ impl Filesystem for FuseAdapter {
 
     fn fsyncdir(&self, _: &Request, _: INodeNo, _: FileHandle, _: bool, reply: ReplyEmpty) {
         reply.error(Errno::ENOSYS);
-    }
-
-    /// No ioctls (e.g. `lsattr`'s FS_IOC_GETFLAGS): ENOTTY, what an unsupported ioctl returns.
-    fn ioctl(
-        &self,
-        _: &Request,
-        _: INodeNo,
-        _: FileHandle,
-        _: IoctlFlags,
-        _: u32,
-        _: &[u8],
-        _: u32,
-        reply: ReplyIoctl,
-    ) {
-        reply.error(Errno::ENOTTY);
     }
 
     /// ENOSYS makes the kernel use its generic SEEK_DATA/SEEK_HOLE (whole file is data) from now on.

@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use crate::fetch::ChunkSource;
 use crate::filestore::FileStore;
 use crate::index::Index;
-use crate::stats::{Snapshot, Stats, STATS_XATTR};
+use crate::stats::{Snapshot, Stats, STATS_IOCTL, STATS_MAX};
 
 use super::core::LazyFs;
 use super::fuse::FuseAdapter;
@@ -238,38 +238,22 @@ impl Drop for Mounted {
     }
 }
 
-/// Reads the counters of the lazy filesystem mounted at `mountpoint` (the [`STATS_XATTR`] of its root).
+/// Reads the counters of the lazy filesystem mounted at `mountpoint` (the [`STATS_IOCTL`] of its root).
 pub fn read_stats(mountpoint: &Path) -> Result<Snapshot, FsError> {
+    use std::os::fd::AsRawFd as _;
     let err = |reason: String| FsError::Stats { path: mountpoint.to_path_buf(), reason };
-    let value = get_xattr(mountpoint, STATS_XATTR).map_err(|e| match e {
-        Errno::ENODATA | Errno::ENOTSUP => err("not a lazy filesystem mount (no stats xattr on its root)".to_string()),
-        e => err(format!("getxattr {STATS_XATTR}: {e}")),
-    })?;
-    serde_json::from_slice(&value).map_err(|e| err(format!("bad stats JSON: {e}")))
-}
-
-fn get_xattr(path: &Path, name: &str) -> Result<Vec<u8>, Errno> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
-    // The value can grow between the size probe and the read (counters): retry on ERANGE.
-    for _ in 0..5 {
-        // SAFETY: both pointers are valid NUL-terminated strings; a NULL buffer with size 0 asks for the size.
-        let size = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
-        if size < 0 {
-            return Err(Errno::last());
-        }
-        let mut buf = vec![0u8; size as usize + 64];
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes, the length we pass.
-        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(buf);
-        }
-        let e = Errno::last();
-        if e != Errno::ERANGE {
-            return Err(e);
-        }
+    let root = std::fs::File::open(mountpoint).map_err(|e| err(format!("opening it: {e}")))?;
+    let mut buf = vec![0u8; STATS_MAX];
+    // SAFETY: the ioctl writes at most STATS_MAX bytes (its size field) into `buf`, which holds that many.
+    let n = unsafe { libc::ioctl(root.as_raw_fd(), STATS_IOCTL as _, buf.as_mut_ptr()) };
+    if n < 0 {
+        return Err(match Errno::last() {
+            Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL | Errno::ENOTSUP => {
+                err("not a lazy filesystem mount (its root does not answer the stats ioctl)".to_string())
+            }
+            e => err(format!("stats ioctl: {e}")),
+        });
     }
-    Err(Errno::ERANGE)
+    buf.truncate(n as usize);
+    serde_json::from_slice(&buf).map_err(|e| err(format!("bad stats JSON: {e}")))
 }

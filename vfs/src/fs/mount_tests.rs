@@ -131,7 +131,7 @@ fn fuse_mount_serves_the_index_and_stacks_under_overlay() {
     assert_eq!(std::fs::read(mnt.join("bin/sh")).unwrap(), SH);
     assert_eq!(std::fs::read(mnt.join("empty")).unwrap(), b"");
 
-    // xattrs: the index's are listed and readable; the stats xattr is readable on the root only.
+    // xattrs: the index's are listed and readable; the counters come from the root's stats ioctl.
     assert_eq!(getxattr(&mnt.join("data"), "user.color").unwrap(), b"blue");
     assert_eq!(getxattr(&mnt.join("data"), "security.capability").unwrap(), CAP_NET_BIND_SERVICE);
     assert_eq!(listxattr(&mnt.join("data")), b"security.capability\0user.color\0");
@@ -140,7 +140,8 @@ fn fuse_mount_serves_the_index_and_stacks_under_overlay() {
     let snap = read_stats(&mnt).unwrap();
     assert_eq!(snap.bytes_served, (DATA.len() + SH.len()) as u64);
     assert_eq!(snap.image_bytes, (DATA.len() + SH.len() + 10) as u64);
-    assert!(read_stats(tmp.path()).is_err());
+    let not_lazy = read_stats(tmp.path()).unwrap_err().to_string();
+    assert!(not_lazy.contains("not a lazy filesystem mount"), "{not_lazy}");
 
     // Read-only.
     let err = std::fs::File::create(mnt.join("new")).unwrap_err();
@@ -186,6 +187,44 @@ fn fuse_mount_serves_the_index_and_stacks_under_overlay() {
 
     mounted.unmount().unwrap();
     assert!(!mounted_at(&mnt));
+}
+
+#[test]
+fn an_image_without_xattrs_has_none_for_the_kernel_and_still_answers_stats() {
+    if skip("an_image_without_xattrs_has_none_for_the_kernel_and_still_answers_stats") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (index, src) = single_file(b"no xattrs here", 4096);
+    let mnt = tmp.path().join("lazy");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = mount(index, src, Arc::new(Stats::default()), &mnt, MountOptions::default()).unwrap();
+    // What getfattr in a container shows for a file of such an image: no xattrs, nothing to get.
+    for _ in 0..2 {
+        let e = getxattr(&mnt.join("big"), "trusted.overlay.metacopy").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+    }
+    assert!(listxattr(&mnt.join("big")).is_empty());
+
+    // An overlay above it (as a container's rootfs): lookups, reads, and a copy-up on write.
+    let (upper, work, merged) = (tmp.path().join("upper"), tmp.path().join("work"), tmp.path().join("merged"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let options = format!("lowerdir={},upperdir={},workdir={}", mnt.display(), upper.display(), work.display());
+    nix::mount::mount(Some("overlay"), &merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
+        .unwrap();
+    let overlay = OverlayGuard(merged.clone());
+    assert_eq!(std::fs::read(merged.join("big")).unwrap(), b"no xattrs here");
+    let mut f = std::fs::OpenOptions::new().append(true).open(merged.join("big")).unwrap();
+    std::io::Write::write_all(&mut f, b", written").unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(upper.join("big")).unwrap(), b"no xattrs here, written", "copied up");
+    drop(overlay);
+
+    // Served once: the copy-up read the file from the page cache.
+    assert_eq!(read_stats(&mnt).unwrap().bytes_served, b"no xattrs here".len() as u64);
+    mounted.unmount().unwrap();
 }
 
 #[test]

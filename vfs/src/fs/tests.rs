@@ -8,9 +8,9 @@ use nix::errno::Errno;
 use super::core::{FileKind, LazyFs, XattrReply};
 use super::prefetch::{plan, PrefetchMode, Prefetcher};
 use super::record::Recorder;
-use super::testutil::{fixture, FakeSource, CAP_NET_BIND_SERVICE, DATA, MTIME, MTIME_NSEC, SH};
+use super::testutil::{fixture, single_file, FakeSource, CAP_NET_BIND_SERVICE, DATA, MTIME, MTIME_NSEC, SH};
 use crate::index::Index;
-use crate::stats::{Snapshot, Stats, STATS_XATTR};
+use crate::stats::{Snapshot, Stats, STATS_IOCTL, STATS_MAX};
 
 fn new_fs() -> (LazyFs, Arc<FakeSource>) {
     let (index, src) = fixture();
@@ -193,15 +193,32 @@ fn xattr_size_probing_follows_the_fuse_protocol() {
 }
 
 #[test]
-fn stats_xattr_only_on_root_and_never_listed() {
+fn stats_come_from_the_root_ioctl_and_are_no_xattr() {
     let (fs, _) = new_fs();
     fs.read(ino(&fs, "/bin/sh"), 0, 5).unwrap();
-    let XattrReply::Data(json) = fs.getxattr(1, STATS_XATTR.as_bytes(), 4096).unwrap() else { panic!() };
+    let (len, json) = fs.ioctl(1, STATS_IOCTL, STATS_MAX as u32).unwrap();
+    assert_eq!(len as usize, json.len());
     let snap: Snapshot = serde_json::from_slice(&json).unwrap();
     assert_eq!(snap.bytes_served, 5);
     assert_eq!(snap.image_bytes, (DATA.len() + SH.len() + b"top secret".len()) as u64);
-    assert_eq!(fs.getxattr(ino(&fs, "/bin"), STATS_XATTR.as_bytes(), 4096).unwrap_err(), Errno::ENODATA);
+    assert_eq!(fs.ioctl(ino(&fs, "/bin"), STATS_IOCTL, STATS_MAX as u32).unwrap_err(), Errno::ENOTTY);
+    assert_eq!(fs.ioctl(1, STATS_IOCTL, 64).unwrap_err(), Errno::ENOTTY, "a buffer too small for the ioctl's size");
+    const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+    assert_eq!(fs.ioctl(1, FS_IOC_GETFLAGS, 8).unwrap_err(), Errno::ENOTTY);
+    assert_eq!(fs.getxattr(1, b"user.lazy.stats", 4096).unwrap_err(), Errno::ENODATA);
     assert_eq!(fs.listxattr(1, 4096).unwrap(), XattrReply::Data(Vec::new()));
+}
+
+#[test]
+fn an_image_without_xattrs_answers_getxattr_with_enosys() {
+    let (index, src) = single_file(b"plain", 4096);
+    let fs = LazyFs::new(index, src, Arc::new(Stats::default()), None);
+    let big = ino(&fs, "/big");
+    // ENOSYS is how a FUSE server says "no xattrs on this filesystem": the kernel stops asking.
+    assert_eq!(fs.getxattr(big, b"trusted.overlay.metacopy", 0).unwrap_err(), Errno::ENOSYS);
+    assert_eq!(fs.getxattr(1, b"security.capability", 64).unwrap_err(), Errno::ENOSYS);
+    assert_eq!(fs.listxattr(big, 1024).unwrap(), XattrReply::Data(Vec::new()));
+    assert_eq!(fs.getxattr(999, b"user.x", 0).unwrap_err(), Errno::ENOENT);
 }
 
 #[test]
