@@ -237,7 +237,7 @@ impl ChunkCache {
         let _ = self.size.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(s.saturating_sub(len)));
     }
 
-    /// Removes least recently used chunks (by mtime, which hits refresh) until the cache is under
+    /// Removes least recently used chunks and stored files (by their LRU clocks) until the cache is under
     /// 90% of its cap, and stale temp files. Never removes files younger than `min_age`. One
     /// process evicts at a time (an flock on `<dir>/evict.lock`); others skip.
     pub fn evict(&self) -> Result<EvictReport, CacheError> {
@@ -262,7 +262,7 @@ impl ChunkCache {
         let mut entries = self.scan()?;
         let mut report = EvictReport::default();
         entries.retain(|e| {
-            let age = now.duration_since(e.mtime).unwrap_or_default();
+            let age = now.duration_since(e.used).unwrap_or_default();
             if e.temp && age > STALE_TEMP && fs::remove_file(&e.path).is_ok() {
                 return false;
             }
@@ -271,12 +271,12 @@ impl ChunkCache {
         let mut total: u64 = entries.iter().map(|e| e.len).sum();
         let target = (self.max_bytes as f64 * LOW_WATER) as u64;
         if self.max_bytes > 0 && total > self.max_bytes {
-            entries.sort_by_key(|e| e.mtime);
+            entries.sort_by_key(|e| e.used);
             for e in &entries {
                 if total <= target {
                     break;
                 }
-                if now.duration_since(e.mtime).unwrap_or_default() < self.min_age {
+                if now.duration_since(e.used).unwrap_or_default() < self.min_age {
                     continue;
                 }
                 match fs::remove_file(&e.path) {
@@ -305,16 +305,23 @@ impl ChunkCache {
 
     fn scan(&self) -> Result<Vec<Entry>, CacheError> {
         let mut out = Vec::new();
-        self.scan_dir(&self.chunks, &mut out)?;
-        // Whole files stored beside the chunks share the cap and the LRU order.
+        self.scan_dir(&self.chunks, |m| m.modified(), &mut out)?;
+        // Whole files stored beside the chunks share the cap and the LRU order; their clock is the
+        // atime (their mtime is part of what says they are unchanged, see filestore.rs).
         let files = self.root.join(FILES_DIR);
         if files.is_dir() {
-            self.scan_dir(&files, &mut out)?;
+            self.scan_dir(&files, |m| m.accessed(), &mut out)?;
         }
         Ok(out)
     }
 
-    fn scan_dir(&self, top: &Path, out: &mut Vec<Entry>) -> Result<(), CacheError> {
+    /// The files in the subdirectories of `top`, each last used at `used(its metadata)`.
+    fn scan_dir(
+        &self,
+        top: &Path,
+        used: impl Fn(&fs::Metadata) -> std::io::Result<SystemTime>,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), CacheError> {
         for sub in fs::read_dir(top).map_err(io(top))? {
             let sub = sub.map_err(io(top))?;
             if !sub.file_type().is_ok_and(|t| t.is_dir()) {
@@ -332,7 +339,7 @@ impl ChunkCache {
                 out.push(Entry {
                     path: f.path(),
                     len: meta.len(),
-                    mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    used: used(&meta).unwrap_or(SystemTime::UNIX_EPOCH),
                     temp,
                 });
             }
@@ -344,7 +351,8 @@ impl ChunkCache {
 struct Entry {
     path: PathBuf,
     len: u64,
-    mtime: SystemTime,
+    /// When it was last used: its LRU clock.
+    used: SystemTime,
     temp: bool,
 }
 

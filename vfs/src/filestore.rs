@@ -7,19 +7,22 @@
 //! - Built only from chunks already in the node cache (never fetches), each chunk hashed against its
 //!   digest as it is written; written to a temp file in the final directory and renamed into place,
 //!   so readers see a whole file or none. Stored files are made read-only (mode 0444).
-//! - Counted in the chunk cache's size cap and evicted with it, least recently used first (the
-//!   mtime is the LRU clock, refreshed when a stored file is handed out). Eviction unlinks: a reader
-//!   (or a FUSE passthrough backing file) that already has it open keeps reading it whole.
+//! - Counted in the chunk cache's size cap and evicted with it, least recently used first (a
+//!   stored file's LRU clock is its atime, set when it is handed out; a chunk's is its mtime).
+//!   Eviction unlinks: a reader (or a FUSE passthrough backing file) that already has it open
+//!   keeps reading it whole.
 //! - Trust: without fs-verity (this kernel's ext4 has none), a stored file's content is hashed
 //!   (chunk by chunk, against the index) the first time it is handed out after the node booted; a
 //!   file that fails is logged, removed and reported as absent, so the caller serves the file from
-//!   verified chunks instead. After that it is trusted while its inode and ctime are those seen at
-//!   the check: any write or replacement through the filesystem changes them (userspace cannot set
-//!   a ctime), so a stored file changed after its check is hashed again before it is handed out.
+//!   verified chunks instead. After that it is trusted while its inode, size and mtime are those
+//!   seen at the check: a write through the filesystem changes the mtime, a replacement the inode,
+//!   so a stored file changed after its check is hashed again before it is handed out. (Setting an
+//!   mtime back takes root, who could equally rewrite this code; fs-verity would close that.)
 //!   The checks are shared node-wide through an append-only log, `files/verified-<boot id>` (one
-//!   line per check: key, device, inode, ctime), so a file hashed by one shim is not hashed again
-//!   by the next container's shim; a new boot starts a new log (and removes the old one), so
+//!   line per check: key, device, inode, size, mtime), so a file hashed by one shim is not hashed
+//!   again by the next container's shim; a new boot starts a new log (and removes the old one), so
 //!   whatever happened to the disk while the node was down is caught by a fresh hash.
+
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
@@ -38,12 +41,13 @@ use crate::cache::{create_temp, CacheError, ChunkCache, FILES_DIR};
 use crate::digest::{Digest, Hasher};
 use crate::index::Chunk;
 
-/// A hand-out refreshes the stored file's mtime (the LRU clock) at most this often.
+/// A hand-out refreshes the stored file's atime (its LRU clock) at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
-/// The node's log of checked stored files is started afresh when it grows past this (~100k lines):
-/// files are then hashed once more, nothing else is lost.
-const VERIFIED_LOG_MAX: u64 = 16 << 20;
+/// The node's log of checked stored files is started afresh when it grows past this (~18 000
+/// lines; every shim holds the lines it has read, ~1.4 MB at most): files are then hashed once
+/// more, nothing else is lost.
+const VERIFIED_LOG_MAX: u64 = 2 << 20;
 
 /// Where the kernel names this boot.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
@@ -69,18 +73,21 @@ pub enum Lookup {
     Corrupt,
 }
 
-/// What identifies a stored file's content as it was when it was hashed.
+/// What identifies a stored file's content as it was when it was hashed: a write changes the
+/// mtime, a replacement the inode. (Not the ctime: the LRU clock, the atime, is set explicitly,
+/// which changes the ctime too.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
     ino: u64,
-    ctime: i64,
-    ctime_nsec: i64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
 }
 
 impl Stamp {
     fn of(meta: &fs::Metadata) -> Stamp {
-        Stamp { dev: meta.dev(), ino: meta.ino(), ctime: meta.ctime(), ctime_nsec: meta.ctime_nsec() }
+        Stamp { dev: meta.dev(), ino: meta.ino(), size: meta.len(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec() }
     }
 }
 
@@ -137,7 +144,8 @@ impl Verified {
     fn record(&mut self, key: Digest, stamp: Stamp) {
         self.stamps.insert(key, stamp);
         if let Some(log) = &self.log {
-            let line = format!("{key} {} {} {} {}\n", stamp.dev, stamp.ino, stamp.ctime, stamp.ctime_nsec);
+            let Stamp { dev, ino, size, mtime, mtime_nsec } = stamp;
+            let line = format!("{key} {dev} {ino} {size} {mtime} {mtime_nsec}\n");
             // One write of a short line to a file opened O_APPEND: appended whole, never interleaved
             // with another process's line.
             let _ = (&*log).write(line.as_bytes());
@@ -175,8 +183,9 @@ fn parse_log_line(line: &[u8]) -> Option<(Digest, Stamp)> {
     let stamp = Stamp {
         dev: f.next()?.parse().ok()?,
         ino: f.next()?.parse().ok()?,
-        ctime: f.next()?.parse().ok()?,
-        ctime_nsec: f.next()?.parse().ok()?,
+        size: f.next()?.parse().ok()?,
+        mtime: f.next()?.parse().ok()?,
+        mtime_nsec: f.next()?.parse().ok()?,
     };
     f.next().is_none().then_some((key, stamp))
 }
@@ -289,17 +298,11 @@ impl FileStore {
             let Ok(f) = File::open(&path) else { return Ok(None) };
             file = f;
         }
-        let stale = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_none_or(|age| age > TOUCH_EVERY);
+        let stale = meta.accessed().ok().and_then(|a| a.elapsed().ok()).is_none_or(|age| age > TOUCH_EVERY);
         if stale {
-            // The LRU clock. Failure only makes this file look older than it is. Touching changes
-            // the ctime: the new one is what this process last checked.
-            let touched = File::options().write(true).open(&path).and_then(|f| {
-                f.set_modified(SystemTime::now())?;
-                f.metadata()
-            });
-            if let Ok(after) = touched {
-                self.verified.lock().record(*key, Stamp::of(&after));
-            }
+            // The LRU clock (the owner may set it on a read-only descriptor). Failure only makes
+            // this file look older than it is.
+            let _ = file.set_times(fs::FileTimes::new().set_accessed(SystemTime::now()));
         }
         Ok(Some(file))
     }
@@ -362,7 +365,7 @@ impl FileStore {
             return Err(e);
         }
         // We hashed every chunk while writing this file, and no one else writes it (its temp file
-        // was ours alone): this process trusts it, as it is now (the rename changed its ctime), if
+        // was ours alone): this process trusts it, as it is now, if
         // it is still the one at `path` (another process may have renamed its copy over it; that
         // one is hashed when first handed out).
         if let (Ok(ours), Ok(there)) = (out.metadata(), fs::metadata(&path)) {
@@ -549,6 +552,17 @@ mod tests {
         let next = FileStore::open_in_boot(cache.clone(), Some("boot-a")).unwrap();
         assert!(found(&next) && found(&early));
         assert_eq!((next.checks(), early.checks()), (0, 0));
+        // A hand-out a while after the last one moves the file's LRU clock (its atime) and nothing
+        // the check depends on: the next process still trusts it.
+        let path = writer.path_of(&key);
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        File::open(&path).unwrap().set_times(fs::FileTimes::new().set_accessed(long_ago)).unwrap();
+        assert!(found(&next));
+        let used = fs::metadata(&path).unwrap().accessed().unwrap().elapsed().unwrap();
+        assert!(used < Duration::from_secs(60), "the hand-out refreshed the LRU clock: {used:?} ago");
+        let later = FileStore::open_in_boot(cache.clone(), Some("boot-a")).unwrap();
+        assert!(found(&later));
+        assert_eq!(later.checks(), 0);
         // After a reboot: hashed once, then trusted; the old boot's log is gone.
         let rebooted = FileStore::open_in_boot(cache.clone(), Some("boot-b")).unwrap();
         assert!(found(&rebooted) && found(&rebooted));
@@ -567,7 +581,6 @@ mod tests {
 
         // Changed on disk after those checks: the next process hashes it, finds it corrupt and
         // removes it, however many checks the log holds.
-        let path = writer.path_of(&key);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         File::options().write(true).open(&path).unwrap().write_all_at(&[9], 20_000).unwrap();
         let after = FileStore::open_in_boot(cache.clone(), Some("boot-b")).unwrap();
@@ -635,10 +648,13 @@ mod tests {
         let key = FileStore::key(data.len() as u64, &chunks);
         store.store(&key, data.len() as u64, &chunks).unwrap(); // 24 000 bytes: under the cap
         let mut reader = store.open_verified(&key, data.len() as u64, &chunks, "f").unwrap().unwrap();
-        // Age everything, then add new chunks over the cap: the old ones (stored file included) go.
-        for p in [store.path_of(&key), cache.path_of(&chunks[0].digest), cache.path_of(&chunks[1].digest)] {
-            let f = File::options().write(true).open(&p).unwrap();
-            f.set_modified(SystemTime::now() - Duration::from_secs(1000)).unwrap();
+        // Age everything (the stored file most), then add new chunks over the cap: the oldest go,
+        // the stored file first.
+        let long_ago = SystemTime::now() - Duration::from_secs(1000);
+        let stored = File::open(store.path_of(&key)).unwrap();
+        stored.set_times(fs::FileTimes::new().set_accessed(long_ago - Duration::from_secs(1))).unwrap();
+        for p in [cache.path_of(&chunks[0].digest), cache.path_of(&chunks[1].digest)] {
+            File::options().write(true).open(&p).unwrap().set_modified(long_ago).unwrap();
         }
         chunks_of(&cache, &vec![1u8; 10_000], 10_000, true);
         assert!(!store.contains(&key), "the least recently used stored file is evicted");
