@@ -17,8 +17,10 @@
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -50,9 +52,10 @@ pub struct ChunkCache {
     /// 0 means no cap.
     max_bytes: u64,
     min_age: Duration,
-    /// Approximate bytes in the cache: scanned at open, grown by our puts, resynced by eviction.
-    /// Other processes' puts are only seen at the next eviction scan.
-    size: AtomicU64,
+    /// Approximate bytes in the cache: counted after open by a background scan (with a cap only),
+    /// grown by our puts, resynced by eviction. Other processes' puts are only seen at the next
+    /// eviction scan.
+    size: Arc<AtomicU64>,
     evicting: AtomicBool,
 }
 
@@ -92,17 +95,30 @@ impl ChunkCache {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<ChunkCache, CacheError> {
         let chunks = dir.join("chunks");
         fs::create_dir_all(&chunks).map_err(io(&chunks))?;
-        let cache = ChunkCache {
+        let size = Arc::new(AtomicU64::new(0));
+        if max_bytes > 0 {
+            // Count what is there already off the caller's path: a stat of every chunk and stored
+            // file takes tens of milliseconds on a warm node, and a container start would wait for
+            // it. Files written from now on are counted by `put` and `account` instead.
+            let (root, size) = (dir.to_path_buf(), size.clone());
+            let opened = SystemTime::now();
+            let counter = move || match scan(&root) {
+                Ok(entries) => {
+                    let before: u64 = entries.iter().filter(|e| !e.temp && e.changed < opened).map(|e| e.len).sum();
+                    size.fetch_add(before, Ordering::Relaxed);
+                }
+                Err(e) => log::warn!("{e}; the cache's size is known after its first eviction pass"),
+            };
+            std::thread::Builder::new().name("lazy-cache-size".into()).spawn(counter).map_err(io(dir))?;
+        }
+        Ok(ChunkCache {
             root: dir.to_path_buf(),
             chunks,
             max_bytes,
             min_age: Duration::from_secs(5),
-            size: AtomicU64::new(0),
+            size,
             evicting: AtomicBool::new(false),
-        };
-        let total: u64 = cache.scan()?.iter().filter(|e| !e.temp).map(|e| e.len).sum();
-        cache.size.store(total, Ordering::Relaxed);
-        Ok(cache)
+        })
     }
 
     /// Files younger than this are never evicted (default 5 s).
@@ -259,7 +275,7 @@ impl ChunkCache {
             return Ok(EvictReport { bytes_left: self.size(), ..Default::default() });
         }
         let now = SystemTime::now();
-        let mut entries = self.scan()?;
+        let mut entries = scan(&self.root)?;
         let mut report = EvictReport::default();
         entries.retain(|e| {
             let age = now.duration_since(e.used).unwrap_or_default();
@@ -302,50 +318,51 @@ impl ChunkCache {
         self.size.store(total, Ordering::Relaxed);
         Ok(report)
     }
+}
 
-    fn scan(&self) -> Result<Vec<Entry>, CacheError> {
-        let mut out = Vec::new();
-        self.scan_dir(&self.chunks, |m| m.modified(), &mut out)?;
-        // Whole files stored beside the chunks share the cap and the LRU order; their clock is the
-        // atime (their mtime is part of what says they are unchanged, see filestore.rs).
-        let files = self.root.join(FILES_DIR);
-        if files.is_dir() {
-            self.scan_dir(&files, |m| m.accessed(), &mut out)?;
-        }
-        Ok(out)
+/// Every chunk and stored file under the cache dir `root`, with its LRU clock.
+fn scan(root: &Path) -> Result<Vec<Entry>, CacheError> {
+    let mut out = Vec::new();
+    scan_dir(&root.join("chunks"), |m| m.modified(), &mut out)?;
+    // Whole files stored beside the chunks share the cap and the LRU order; their clock is the
+    // atime (their mtime is part of what says they are unchanged, see filestore.rs).
+    let files = root.join(FILES_DIR);
+    if files.is_dir() {
+        scan_dir(&files, |m| m.accessed(), &mut out)?;
     }
+    Ok(out)
+}
 
-    /// The files in the subdirectories of `top`, each last used at `used(its metadata)`.
-    fn scan_dir(
-        &self,
-        top: &Path,
-        used: impl Fn(&fs::Metadata) -> std::io::Result<SystemTime>,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), CacheError> {
-        for sub in fs::read_dir(top).map_err(io(top))? {
-            let sub = sub.map_err(io(top))?;
-            if !sub.file_type().is_ok_and(|t| t.is_dir()) {
+/// The files in the subdirectories of `top`, each last used at `used(its metadata)`.
+fn scan_dir(
+    top: &Path,
+    used: impl Fn(&fs::Metadata) -> std::io::Result<SystemTime>,
+    out: &mut Vec<Entry>,
+) -> Result<(), CacheError> {
+    for sub in fs::read_dir(top).map_err(io(top))? {
+        let sub = sub.map_err(io(top))?;
+        if !sub.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = sub.path();
+        let Ok(files) = fs::read_dir(&dir) else { continue };
+        for f in files.flatten() {
+            // Entries can vanish under us (another process evicting): skip them.
+            let Ok(meta) = f.metadata() else { continue };
+            if !meta.is_file() {
                 continue;
             }
-            let dir = sub.path();
-            let Ok(files) = fs::read_dir(&dir) else { continue };
-            for f in files.flatten() {
-                // Entries can vanish under us (another process evicting): skip them.
-                let Ok(meta) = f.metadata() else { continue };
-                if !meta.is_file() {
-                    continue;
-                }
-                let temp = f.file_name().as_encoded_bytes().starts_with(b".tmp.");
-                out.push(Entry {
-                    path: f.path(),
-                    len: meta.len(),
-                    used: used(&meta).unwrap_or(SystemTime::UNIX_EPOCH),
-                    temp,
-                });
-            }
+            let temp = f.file_name().as_encoded_bytes().starts_with(b".tmp.");
+            out.push(Entry {
+                path: f.path(),
+                len: meta.len(),
+                used: used(&meta).unwrap_or(SystemTime::UNIX_EPOCH),
+                changed: SystemTime::UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec() as u32),
+                temp,
+            });
         }
-        Ok(())
     }
+    Ok(())
 }
 
 struct Entry {
@@ -353,6 +370,8 @@ struct Entry {
     len: u64,
     /// When it was last used: its LRU clock.
     used: SystemTime,
+    /// When it was written or renamed into place (its ctime).
+    changed: SystemTime,
     temp: bool,
 }
 
@@ -378,9 +397,19 @@ mod tests {
             let hex = d.hex();
             assert!(dir.path().join("chunks").join(&hex[..2]).join(&hex).is_file());
         }
-        let cache = ChunkCache::open(dir.path(), 0).unwrap();
-        assert_eq!(cache.size(), data.len() as u64);
+        // Reopened with a cap: what is there is counted in the background, and reads work at once.
+        let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(cache.get_sized(&d, data.len() as u64).as_deref(), Some(&data[..]));
+        let counted = std::time::Instant::now();
+        while cache.size() != data.len() as u64 {
+            assert!(counted.elapsed() < Duration::from_secs(10), "size {} never counted", cache.size());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A chunk put after the open is counted once, by the put.
+        let more = b"another chunk".to_vec();
+        cache.put(&Digest::of(&more), &more).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(cache.size(), (data.len() + more.len()) as u64);
     }
 
     #[test]
@@ -519,7 +548,7 @@ mod tests {
         }
         let cache = ChunkCache::open(dir.path(), 0).unwrap();
         let mut temps = 0;
-        for e in cache.scan().unwrap() {
+        for e in scan(cache.dir()).unwrap() {
             temps += e.temp as u32;
             if e.temp {
                 continue;

@@ -11,6 +11,7 @@
 //! crate relies on (sorted unique names, chunks inside their blobs, one parent per directory,
 //! everything reachable from the root) is enforced here, so the filesystem never has to re-check.
 
+use std::fmt;
 use std::io::Read;
 
 use super::model::{BlobRef, Chunk, DirEntry, Index, Inode, Kind, Xattr, ROOT};
@@ -66,8 +67,34 @@ pub enum IndexError {
     Invalid(String),
 }
 
-fn invalid(msg: impl Into<String>) -> IndexError {
-    IndexError::Invalid(msg.into())
+fn invalid(msg: impl fmt::Display) -> IndexError {
+    IndexError::Invalid(msg.to_string())
+}
+
+/// Where in an inode a field is; formatted only when something is wrong with it (decoding an
+/// image's index must not build a string per field).
+#[derive(Clone, Copy)]
+struct Field<'a> {
+    ino: usize,
+    chunk: Option<usize>,
+    what: &'a str,
+}
+
+impl Field<'_> {
+    /// Names fields of inode `ino` (and of its chunk `chunk`).
+    fn namer(ino: usize, chunk: Option<usize>) -> impl for<'a> Fn(&'a str) -> Field<'a> {
+        move |what| Field { ino, chunk, what }
+    }
+}
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "inode {}: ", self.ino)?;
+        if let Some(i) = self.chunk {
+            write!(f, "chunk {i}: ")?;
+        }
+        f.write_str(self.what)
+    }
 }
 
 impl Index {
@@ -213,17 +240,17 @@ impl<'a> Reader<'a> {
         self.data.len() - self.pos
     }
 
-    fn truncated(what: &str) -> IndexError {
+    fn truncated(what: &dyn fmt::Display) -> IndexError {
         IndexError::Truncated { what: what.to_string() }
     }
 
-    fn u8(&mut self, what: &str) -> Result<u8, IndexError> {
+    fn u8(&mut self, what: &dyn fmt::Display) -> Result<u8, IndexError> {
         let b = *self.data.get(self.pos).ok_or_else(|| Self::truncated(what))?;
         self.pos += 1;
         Ok(b)
     }
 
-    fn uint(&mut self, what: &str) -> Result<u64, IndexError> {
+    fn uint(&mut self, what: &dyn fmt::Display) -> Result<u64, IndexError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.u8(what)?;
@@ -239,14 +266,14 @@ impl<'a> Reader<'a> {
         Err(invalid(format!("{what}: varint longer than 10 bytes")))
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, IndexError> {
+    fn u32(&mut self, what: &dyn fmt::Display) -> Result<u32, IndexError> {
         let v = self.uint(what)?;
         u32::try_from(v).map_err(|_| invalid(format!("{what}: {v} does not fit in 32 bits")))
     }
 
     /// A count of items each taking at least `min_item_len` encoded bytes, bounded by `max`.
     /// Checking it against the remaining input before allocating keeps hostile counts harmless.
-    fn count(&mut self, what: &str, max: u64, min_item_len: usize) -> Result<usize, IndexError> {
+    fn count(&mut self, what: &dyn fmt::Display, max: u64, min_item_len: usize) -> Result<usize, IndexError> {
         let n = self.uint(what)?;
         if n > max {
             return Err(invalid(format!("{what}: {n} exceeds the limit of {max}")));
@@ -257,7 +284,7 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
-    fn bytes(&mut self, what: &str, max: usize) -> Result<&'a [u8], IndexError> {
+    fn bytes(&mut self, what: &dyn fmt::Display, max: usize) -> Result<&'a [u8], IndexError> {
         let n = self.uint(what)?;
         if n > max as u64 {
             return Err(invalid(format!("{what}: length {n} exceeds the limit of {max}")));
@@ -271,7 +298,7 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn digest(&mut self, what: &str) -> Result<Digest, IndexError> {
+    fn digest(&mut self, what: &dyn fmt::Display) -> Result<Digest, IndexError> {
         if self.remaining() < 32 {
             return Err(Self::truncated(what));
         }
@@ -301,14 +328,14 @@ pub fn check_name(name: &[u8]) -> Result<(), &'static str> {
 
 fn decode_body(body: &[u8]) -> Result<Index, IndexError> {
     let mut r = Reader { data: body, pos: 0 };
-    let chunk_size = r.u32("chunk size")?;
+    let chunk_size = r.u32(&"chunk size")?;
     if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
         return Err(invalid(format!("chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}")));
     }
-    let source = r.bytes("source", MAX_SOURCE_LEN)?;
+    let source = r.bytes(&"source", MAX_SOURCE_LEN)?;
     let source = String::from_utf8(source.to_vec()).map_err(|_| invalid("source is not UTF-8"))?;
 
-    let nblobs = r.count("blob count", MAX_BLOBS, 33)?;
+    let nblobs = r.count(&"blob count", MAX_BLOBS, 33)?;
     let mut blobs = Vec::with_capacity(nblobs);
     for i in 0..nblobs {
         let digest = r.digest(&format!("blob {i}"))?;
@@ -317,7 +344,7 @@ fn decode_body(body: &[u8]) -> Result<Index, IndexError> {
     }
 
     // Smallest inode: tag + 5 one-byte varints + xattr count + one-byte payload.
-    let ninodes = r.count("inode count", MAX_INODES, 8)?;
+    let ninodes = r.count(&"inode count", MAX_INODES, 8)?;
     if ninodes == 0 {
         return Err(invalid("no root directory (zero inodes)"));
     }
@@ -326,10 +353,10 @@ fn decode_body(body: &[u8]) -> Result<Index, IndexError> {
         inodes.push(decode_inode(&mut r, ino, ninodes, chunk_size, &blobs)?);
     }
 
-    let nprefetch = r.count("prefetch count", MAX_INODES, 1)?;
+    let nprefetch = r.count(&"prefetch count", MAX_INODES, 1)?;
     let mut prefetch = Vec::with_capacity(nprefetch);
     for _ in 0..nprefetch {
-        prefetch.push(r.u32("prefetch entry")?);
+        prefetch.push(r.u32(&"prefetch entry")?);
     }
     if r.remaining() != 0 {
         return Err(invalid(format!("{} unexpected bytes after the prefetch list", r.remaining())));
@@ -344,7 +371,7 @@ fn decode_inode(
     chunk_size: u32,
     blobs: &[BlobRef],
 ) -> Result<Inode, IndexError> {
-    let at = |what: &str| format!("inode {ino}: {what}");
+    let at = Field::namer(ino, None);
     let tag = r.u8(&at("kind"))?;
     let mode = r.u32(&at("mode"))?;
     if mode & !0o7777 != 0 {
@@ -424,7 +451,7 @@ fn decode_inode(
             let mut chunks = Vec::with_capacity(n);
             let mut total: u64 = 0;
             for i in 0..n {
-                let cat = |what: &str| at(&format!("chunk {i}: {what}"));
+                let cat = Field::namer(ino, Some(i));
                 let blob = r.u32(&cat("blob"))?;
                 let offset = r.uint(&cat("offset"))?;
                 let compressed_len = r.u32(&cat("compressed length"))?;
