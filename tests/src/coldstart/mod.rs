@@ -579,23 +579,11 @@ impl Bench {
             },
         };
         let seconds = t0.elapsed();
-        if std::env::var_os("TMPDBG").is_some() {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-            let now = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
-            eprintln!("TMPDBG {what}: mono {:.3} .. {:.3}", now - seconds.as_secs_f64(), now);
-        }
         if workload.ready == Ready::Http {
             ctrd.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id])?;
         }
         let status = child.wait_timeout(Duration::from_secs(120));
         let stderr_text = stderr_text.join().unwrap_or_default();
-        if std::env::var_os("TMPDBG").is_some() {
-            std::thread::sleep(Duration::from_secs(1));
-            for l in ctrd.log().lines().filter(|l| l.contains("lazy filesystem")) {
-                eprintln!("TMPDBG {what}: {l}");
-            }
-        }
         match status {
             Some(s) if s.success() || workload.ready == Ready::Http => {}
             other => bail!("{what}: ctr run ended with {other:?} after printing {output:?}: {stderr_text}"),
