@@ -63,6 +63,27 @@ fn listxattr(path: &Path) -> Vec<u8> {
 /// Unmounts an overlay even when the test fails half-way.
 struct OverlayGuard(PathBuf);
 
+impl OverlayGuard {
+    /// An overlay of `lower` with its upper, work and merged dirs made under `dir`, as a
+    /// container's rootfs is; returns it with the upper and merged dirs.
+    fn mount(lower: &Path, dir: &Path) -> (OverlayGuard, PathBuf, PathBuf) {
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .unwrap();
+        (OverlayGuard(merged.clone()), upper, merged)
+    }
+}
+
 impl Drop for OverlayGuard {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
@@ -160,14 +181,7 @@ fn fuse_mount_serves_the_index_and_stacks_under_overlay() {
     assert!(vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
 
     // Overlay on top: reads come from below, writes and copy-up go to the upper layer.
-    let (upper, work, merged) = (tmp.path().join("upper"), tmp.path().join("work"), tmp.path().join("merged"));
-    for d in [&upper, &work, &merged] {
-        std::fs::create_dir(d).unwrap();
-    }
-    let options = format!("lowerdir={},upperdir={},workdir={}", mnt.display(), upper.display(), work.display());
-    nix::mount::mount(Some("overlay"), &merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
-        .unwrap();
-    let overlay = OverlayGuard(merged.clone());
+    let (overlay, upper, merged) = OverlayGuard::mount(&mnt, tmp.path());
     assert_eq!(std::fs::read(merged.join("bin/sh")).unwrap(), SH);
     std::fs::write(merged.join("new"), b"new file").unwrap();
     let mut f = std::fs::OpenOptions::new().append(true).open(merged.join("data")).unwrap();
@@ -207,14 +221,7 @@ fn an_image_without_xattrs_has_none_for_the_kernel_and_still_answers_stats() {
     assert!(listxattr(&mnt.join("big")).is_empty());
 
     // An overlay above it (as a container's rootfs): lookups, reads, and a copy-up on write.
-    let (upper, work, merged) = (tmp.path().join("upper"), tmp.path().join("work"), tmp.path().join("merged"));
-    for d in [&upper, &work, &merged] {
-        std::fs::create_dir(d).unwrap();
-    }
-    let options = format!("lowerdir={},upperdir={},workdir={}", mnt.display(), upper.display(), work.display());
-    nix::mount::mount(Some("overlay"), &merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
-        .unwrap();
-    let overlay = OverlayGuard(merged.clone());
+    let (overlay, upper, merged) = OverlayGuard::mount(&mnt, tmp.path());
     assert_eq!(std::fs::read(merged.join("big")).unwrap(), b"no xattrs here");
     let mut f = std::fs::OpenOptions::new().append(true).open(merged.join("big")).unwrap();
     std::io::Write::write_all(&mut f, b", written").unwrap();
