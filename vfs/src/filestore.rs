@@ -41,8 +41,10 @@ use crate::cache::{create_temp, CacheError, ChunkCache, FILES_DIR};
 use crate::digest::{Digest, Hasher};
 use crate::index::Chunk;
 
-/// A hand-out refreshes the stored file's atime (its LRU clock) at most this often.
-const TOUCH_EVERY: Duration = Duration::from_secs(60);
+/// A hand-out refreshes the stored file's atime (its LRU clock) at most this often: an hour is
+/// fine grain for an LRU order, and a warm start does not write the metadata of every file it
+/// opens when the last start was minutes ago.
+const TOUCH_EVERY: Duration = Duration::from_secs(3600);
 
 /// The node's log of checked stored files is started afresh when it grows past this (~18 000
 /// lines; every shim holds the lines it has read, ~1.4 MB at most): files are then hashed once
@@ -552,10 +554,10 @@ mod tests {
         let next = FileStore::open_in_boot(cache.clone(), Some("boot-a")).unwrap();
         assert!(found(&next) && found(&early));
         assert_eq!((next.checks(), early.checks()), (0, 0));
-        // A hand-out a while after the last one moves the file's LRU clock (its atime) and nothing
+        // A hand-out long after the last one moves the file's LRU clock (its atime) and nothing
         // the check depends on: the next process still trusts it.
         let path = writer.path_of(&key);
-        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        let long_ago = SystemTime::now() - 2 * TOUCH_EVERY;
         File::open(&path).unwrap().set_times(fs::FileTimes::new().set_accessed(long_ago)).unwrap();
         assert!(found(&next));
         let used = fs::metadata(&path).unwrap().accessed().unwrap().elapsed().unwrap();
