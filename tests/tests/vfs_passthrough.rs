@@ -199,6 +199,11 @@ fn eviction_under_a_live_passthrough_open_keeps_the_reader_going() {
     assert_eq!(mount.stats().unwrap().passthrough_opens, 1);
     let mut first_half = vec![0u8; 4 * MIB as usize];
     reader.read_exact(&mut first_half).unwrap();
+    // That read made the stored copy the most recently used file in the cache (its LRU clock is
+    // the atime, which the kernel moves on a first read); make it the oldest, as if the reader had
+    // been reading it for a long time, so that eviction takes it from under the reader.
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(1000);
+    File::open(&stored).unwrap().set_times(std::fs::FileTimes::new().set_accessed(long_ago)).unwrap();
     // Reading c.bin puts 8 MiB of new chunks: eviction removes the old ones, stored a.bin included.
     let second = mount_with(&other_published, cache.path(), &["--cache-max-bytes", &(12 * MIB).to_string()]);
     assert!(std::fs::read(second.join("data/c.bin")).unwrap() == other.content("data/c.bin").unwrap().to_vec());

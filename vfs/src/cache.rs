@@ -56,7 +56,32 @@ pub struct ChunkCache {
     /// grown by our puts, resynced by eviction. Other processes' puts are only seen at the next
     /// eviction scan.
     size: Arc<AtomicU64>,
+    /// Set once the background count of what was there at open has been added to `size`: the
+    /// cap is only checked after it, or a put racing the count would miss the moment the cache
+    /// went over its cap.
+    counted: Arc<Counted>,
     evicting: AtomicBool,
+}
+
+/// A flag that can be waited for.
+#[derive(Default)]
+struct Counted {
+    done: parking_lot::Mutex<bool>,
+    cv: parking_lot::Condvar,
+}
+
+impl Counted {
+    fn set(&self) {
+        *self.done.lock() = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut done = self.done.lock();
+        while !*done {
+            self.cv.wait(&mut done);
+        }
+    }
 }
 
 /// Creates a temp file for `name` in `dir` that is this writer's alone: `.tmp.<name>.<pid>.<n>`,
@@ -96,20 +121,26 @@ impl ChunkCache {
         let chunks = dir.join("chunks");
         fs::create_dir_all(&chunks).map_err(io(&chunks))?;
         let size = Arc::new(AtomicU64::new(0));
+        let counted = Arc::new(Counted::default());
         if max_bytes > 0 {
             // Count what is there already off the caller's path: a stat of every chunk and stored
             // file takes tens of milliseconds on a warm node, and a container start would wait for
             // it. Files written from now on are counted by `put` and `account` instead.
-            let (root, size) = (dir.to_path_buf(), size.clone());
+            let (root, size, done) = (dir.to_path_buf(), size.clone(), counted.clone());
             let opened = SystemTime::now();
-            let counter = move || match scan(&root) {
-                Ok(entries) => {
-                    let before: u64 = entries.iter().filter(|e| !e.temp && e.changed < opened).map(|e| e.len).sum();
-                    size.fetch_add(before, Ordering::Relaxed);
+            let counter = move || {
+                match scan(&root) {
+                    Ok(entries) => {
+                        let before: u64 = entries.iter().filter(|e| !e.temp && e.changed < opened).map(|e| e.len).sum();
+                        size.fetch_add(before, Ordering::Relaxed);
+                    }
+                    Err(e) => log::warn!("{e}; the cache's size is known after its first eviction pass"),
                 }
-                Err(e) => log::warn!("{e}; the cache's size is known after its first eviction pass"),
+                done.set();
             };
             std::thread::Builder::new().name("lazy-cache-size".into()).spawn(counter).map_err(io(dir))?;
+        } else {
+            counted.set();
         }
         Ok(ChunkCache {
             root: dir.to_path_buf(),
@@ -117,6 +148,7 @@ impl ChunkCache {
             max_bytes,
             min_age: Duration::from_secs(5),
             size,
+            counted,
             evicting: AtomicBool::new(false),
         })
     }
@@ -228,20 +260,25 @@ impl ChunkCache {
             let _ = fs::remove_file(&tmp);
             return Err(CacheError::Io { path: tmp, source: e });
         }
-        let size = self.size.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
-        if self.max_bytes > 0 && size > self.max_bytes {
-            if let Err(e) = self.evict() {
-                log::warn!("{e}");
-            }
-        }
+        self.grew(data.len() as u64);
         Ok(())
     }
 
     /// Counts `len` bytes written beside the chunks by the file store ([`crate::filestore`], under
     /// `<dir>/files`, which eviction scans too) and evicts if that takes the cache over its cap.
     pub fn account(&self, len: u64) {
-        let size = self.size.fetch_add(len, Ordering::Relaxed) + len;
-        if self.max_bytes > 0 && size > self.max_bytes {
+        self.grew(len);
+    }
+
+    /// Counts `len` more bytes and evicts if the cache is now over its cap (once the count of what
+    /// was there at open is in: it takes milliseconds, and only the first writes can wait for it).
+    fn grew(&self, len: u64) {
+        self.size.fetch_add(len, Ordering::Relaxed);
+        if self.max_bytes == 0 {
+            return;
+        }
+        self.counted.wait();
+        if self.size() > self.max_bytes {
             if let Err(e) = self.evict() {
                 log::warn!("{e}");
             }
