@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -265,7 +265,7 @@ impl FileStore {
     /// [`FileStore::lookup`] without the distinction between absent and corrupt.
     fn open_verified(&self, key: &Digest, size: u64, chunks: &[Chunk], label: &str) -> Result<Option<File>, ()> {
         let path = self.path_of(key);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
@@ -285,7 +285,7 @@ impl FileStore {
         }
         if !self.verified.lock().trusts(key, Stamp::of(&meta)) {
             self.checks.fetch_add(1, Ordering::Relaxed);
-            if let Err(reason) = check_content(&mut file, chunks) {
+            if let Err(reason) = check_content(&file, chunks) {
                 log::error!(
                     "file store {}: {label} is corrupt on disk ({reason}); removing it and serving from verified chunks",
                     path.display()
@@ -295,10 +295,6 @@ impl FileStore {
                 return Err(());
             }
             self.verified.lock().record(*key, Stamp::of(&meta));
-            // Hand out a fresh descriptor (the check moved this one's offset; passthrough ignores
-            // it, but a caller reading sequentially would not).
-            let Ok(f) = File::open(&path) else { return Ok(None) };
-            file = f;
         }
         let stale = meta.accessed().ok().and_then(|a| a.elapsed().ok()).is_none_or(|age| age > TOUCH_EVERY);
         if stale {
@@ -387,19 +383,22 @@ impl FileStore {
     }
 }
 
-/// Hashes `file` chunk by chunk against `chunks`.
-fn check_content(file: &mut File, chunks: &[Chunk]) -> Result<(), String> {
+/// Hashes `file` chunk by chunk against `chunks`, with positional reads: the descriptor checked
+/// is the one handed out, at offset 0.
+fn check_content(file: &File, chunks: &[Chunk]) -> Result<(), String> {
     let mut buf = Vec::new();
+    let mut at = 0u64;
     for (n, c) in chunks.iter().enumerate() {
         buf.resize(c.len as usize, 0);
-        file.read_exact(&mut buf).map_err(|e| format!("reading chunk {n}: {e}"))?;
+        file.read_exact_at(&mut buf, at).map_err(|e| format!("reading chunk {n}: {e}"))?;
         let got = Digest::of(&buf);
         if got != c.digest {
             return Err(format!("chunk {n} hashes to {got}, expected {}", c.digest));
         }
+        at += c.len as u64;
     }
     let mut rest = [0u8; 1];
-    match file.read(&mut rest) {
+    match file.read_at(&mut rest, at) {
         Ok(0) => Ok(()),
         Ok(_) => Err("longer than its chunks".into()),
         Err(e) => Err(format!("reading past the last chunk: {e}")),
@@ -409,6 +408,7 @@ fn check_content(file: &mut File, chunks: &[Chunk]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read as _;
 
     fn chunks_of(cache: &ChunkCache, data: &[u8], chunk: usize, put: bool) -> Vec<Chunk> {
         data.chunks(chunk)
@@ -567,7 +567,11 @@ mod tests {
         assert_eq!(later.checks(), 0);
         // After a reboot: hashed once, then trusted; the old boot's log is gone.
         let rebooted = FileStore::open_in_boot(cache.clone(), Some("boot-b")).unwrap();
-        assert!(found(&rebooted) && found(&rebooted));
+        let Lookup::Found(mut checked) = rebooted.lookup(&key, size, &chunks, "f") else { panic!("not found") };
+        let mut got = Vec::new();
+        checked.read_to_end(&mut got).unwrap();
+        assert!(got == data, "the descriptor that was hashed is handed out reading from its start");
+        assert!(found(&rebooted));
         assert_eq!(rebooted.checks(), 1);
         let logs: Vec<String> = fs::read_dir(dir.path().join(FILES_DIR))
             .unwrap()
