@@ -10,7 +10,7 @@ pub const STATS_MAX: usize = (1 << 14) - 1;
 /// The ioctl on the mount root (a directory opened read-only) that copies [`Snapshot`] as JSON
 /// into a [`STATS_MAX`]-byte buffer and returns its length: `_IOR('L', 1, [u8; STATS_MAX])`.
 /// An ioctl rather than an xattr, so that the filesystem can tell the kernel it has no xattrs at
-/// all when the image has none (see [`crate::fs`]).
+/// all when the image has none (see `LazyFs::getxattr`).
 pub const STATS_IOCTL: u32 = (2 << 30) | ((STATS_MAX as u32) << 16) | ((b'L' as u32) << 8) | 1;
 
 #[derive(Debug, Default)]
