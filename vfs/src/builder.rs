@@ -25,6 +25,9 @@ pub struct CacheSettings {
     /// Keep whole verified files beside the chunks ([`crate::filestore`]) so fully cached files
     /// can be opened with FUSE passthrough.
     pub files: bool,
+    /// Keep each image's start log under `<dir>/starts` and replay it at the next mount
+    /// ([`crate::fs::startlog`]).
+    pub start_logs: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,7 @@ pub struct LazyMountBuilder {
     fetch: FetchOptions,
     cache: Option<Arc<ChunkCache>>,
     file_store: Option<Arc<FileStore>>,
+    start_logs: Option<PathBuf>,
 }
 
 impl LazyMountBuilder {
@@ -60,6 +64,7 @@ impl LazyMountBuilder {
         let stats = Arc::new(Stats::default());
         let registry = ClientConfig { max_concurrency: RegistryChunkSource::max_requests(&fetch), ..registry };
         let client = Client::with_stats(registry, stats.clone())?;
+        let start_logs = cache.as_ref().filter(|c| c.start_logs).map(|c| c.dir.join("starts"));
         let (cache, file_store) = match cache {
             Some(c) => {
                 let cache = Arc::new(ChunkCache::open(&c.dir, c.max_bytes)?);
@@ -72,7 +77,7 @@ impl LazyMountBuilder {
             }
             None => (None, None),
         };
-        Ok(LazyMountBuilder { client, stats, fetch, cache, file_store })
+        Ok(LazyMountBuilder { client, stats, fetch, cache, file_store, start_logs })
     }
 
     /// The registry client: also what fetches the index of an image reference before mounting.
@@ -109,7 +114,8 @@ impl LazyMountBuilder {
     }
 
     /// Mounts `index` at `mountpoint`, with the cache's file store (if any) in place of
-    /// `opts.file_store`. Blocks for the FUSE handshake.
+    /// `opts.file_store`, and the image's start log in the cache (if kept) unless `opts` names
+    /// one. Blocks for the FUSE handshake.
     pub fn mount(
         self,
         index: Index,
@@ -118,7 +124,9 @@ impl LazyMountBuilder {
         mountpoint: &Path,
         opts: MountOptions,
     ) -> Result<Mounted, BuildError> {
-        let opts = MountOptions { file_store: self.file_store.clone(), ..opts };
+        let start_log =
+            opts.start_log.or_else(|| Some(self.start_logs.as_ref()?.join(crate::fs::startlog::log_name(&index))));
+        let opts = MountOptions { file_store: self.file_store.clone(), start_log, ..opts };
         let source = self.chunk_source(&index, blob_repo, handle)?;
         Ok(crate::fs::mount(Arc::new(index), Arc::new(source), self.stats, mountpoint, opts)?)
     }

@@ -43,6 +43,8 @@ pub struct Stats {
     pub files_stored: AtomicU64,
     /// Stored files that failed their content check and were removed (served from chunks instead).
     pub stored_file_failures: AtomicU64,
+    /// Name lookups the kernel asked for (its caches had no answer).
+    pub lookups: AtomicU64,
     /// Per registry host (mirror or server): HTTP requests, bytes received, failed attempts.
     pub hosts: parking_lot::Mutex<BTreeMap<String, HostSnapshot>>,
 }
@@ -76,6 +78,8 @@ pub struct Snapshot {
     pub files_stored: u64,
     #[serde(default)]
     pub stored_file_failures: u64,
+    #[serde(default)]
+    pub lookups: u64,
     /// Which registry host served what (`host:port` -> counters).
     #[serde(default)]
     pub hosts: BTreeMap<String, HostSnapshot>,
@@ -109,6 +113,7 @@ impl Stats {
             passthrough_opens: self.passthrough_opens.load(Relaxed),
             files_stored: self.files_stored.load(Relaxed),
             stored_file_failures: self.stored_file_failures.load(Relaxed),
+            lookups: self.lookups.load(Relaxed),
             hosts: self.hosts.lock().clone(),
         }
     }

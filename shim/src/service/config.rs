@@ -64,6 +64,10 @@ pub struct FetchConfig {
     /// Serve fully cached files with FUSE passthrough from the verified file store (Linux 6.9+,
     /// falls back to FUSE reads by itself where unsupported). false: every read goes through FUSE.
     pub passthrough: bool,
+    /// Record the names, symlinks and directories a container's start asks for (its first
+    /// minute) in `<cache.dir>/starts`, and replay them right after the next mount of the same
+    /// image on this node, so the kernel's caches hold the answers before the workload asks.
+    pub start_logs: bool,
 }
 
 /// `[fetch] prefetch = "none" | "prioritized" | "all"`: the filesystem's own mode, so the
@@ -151,6 +155,7 @@ impl Default for FetchConfig {
             prefetch_concurrency: 8,
             readahead_max_mb: 16,
             passthrough: true,
+            start_logs: true,
         }
     }
 }

@@ -105,6 +105,7 @@ impl LazyMount {
             max_bytes: config.cache.max_size_mb << 20,
             // Stored files serve passthrough opens only.
             files: config.fetch.passthrough,
+            start_logs: config.fetch.start_logs,
         };
         let builder = LazyMountBuilder::new(client_config(config), config.fetch.options(), Some(cache))
             .map_err(|e| Error::Rootfs(format!("lazy image in {}: {e}", snapshot.stub_dir.display())))?;

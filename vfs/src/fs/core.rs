@@ -23,6 +23,7 @@ use crate::stats::{Stats, STATS_IOCTL, STATS_MAX};
 
 use super::linker::Linker;
 use super::record::Recorder;
+use super::startlog::StartRecorder;
 use super::storer::Storer;
 
 /// Block size reported by statfs and stat: the page size, so tools size their buffers sensibly.
@@ -96,6 +97,8 @@ pub struct LazyFs {
     /// One absolute path per inode (the first in walk order): names files in logs and the record.
     paths: Arc<[Box<str>]>,
     recorder: Option<Recorder>,
+    /// What this start asks of the metadata, for the next mount of the image ([`super::startlog`]).
+    start_recorder: Option<Arc<StartRecorder>>,
     errors: RateLimit,
     /// Whole verified files (for passthrough opens), and the thread that writes them.
     store: Option<(Arc<FileStore>, Storer)>,
@@ -132,6 +135,7 @@ impl LazyFs {
             stats,
             paths,
             recorder,
+            start_recorder: None,
             errors,
             store: None,
             store_wanted: true.into(),
@@ -143,6 +147,12 @@ impl LazyFs {
     /// Fetches ahead of the dynamic loader ([`super::linker`]).
     pub fn with_linker(mut self) -> LazyFs {
         self.linker = Linker::start(self.index.clone(), self.source.clone(), self.paths.clone());
+        self
+    }
+
+    /// Notes lookups, symlink reads and directory listings in `recorder` ([`super::startlog`]).
+    pub fn with_start_recorder(mut self, recorder: Arc<StartRecorder>) -> LazyFs {
+        self.start_recorder = Some(recorder);
         self
     }
 
@@ -222,6 +232,11 @@ impl LazyFs {
         self.paths.get(ino as usize).map(|p| &**p).unwrap_or("?")
     }
 
+    /// One absolute path per index inode.
+    pub fn paths(&self) -> &Arc<[Box<str>]> {
+        &self.paths
+    }
+
     /// Path of a FUSE inode, for logs.
     pub fn path_of_fuse(&self, fuse_ino: u64) -> &str {
         self.index.from_fuse_ino(fuse_ino).map_or("?", |ino| self.path(ino))
@@ -270,14 +285,26 @@ impl LazyFs {
         let child = match name {
             b"." => dir,
             b".." => self.index.parent(dir),
-            _ => self.index.lookup(dir, name).ok_or(Errno::ENOENT)?,
+            _ => {
+                Stats::add(&self.stats.lookups, 1);
+                if let Some(r) = &self.start_recorder {
+                    r.lookup(dir, name);
+                }
+                self.index.lookup(dir, name).ok_or(Errno::ENOENT)?
+            }
         };
         Ok(self.attr_of(child))
     }
 
     pub fn readlink(&self, fuse_ino: u64) -> Result<&[u8], Errno> {
-        match &self.inode(fuse_ino)?.1.kind {
-            Kind::Symlink { target } => Ok(target),
+        let (ino, inode) = self.inode(fuse_ino)?;
+        match &inode.kind {
+            Kind::Symlink { target } => {
+                if let Some(r) = &self.start_recorder {
+                    r.readlink(ino);
+                }
+                Ok(target)
+            }
             _ => Err(Errno::EINVAL),
         }
     }
@@ -317,6 +344,9 @@ impl LazyFs {
         let Kind::Dir { entries } = &inode.kind else {
             return Err(Errno::ENOTDIR);
         };
+        if let (Some(r), 0) = (&self.start_recorder, offset) {
+            r.readdir(dir);
+        }
         let dots = [(dir, &b"."[..]), (self.index.parent(dir), &b".."[..])];
         let all = dots.into_iter().chain(entries.iter().map(|e| (e.ino, e.name.as_slice())));
         Ok(all.enumerate().skip(offset.min(usize::MAX as u64) as usize).map(move |(pos, (ino, name))| DirListEntry {

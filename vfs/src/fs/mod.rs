@@ -7,6 +7,7 @@
 //! - [`storer`]: writes fully cached files into the verified file store (for passthrough).
 //! - [`linker`] (with [`elf`]): fetches the libraries a program being loaded needs, ahead of the loader.
 //! - [`record`]: `--record FILE`, the order in which files are first read.
+//! - [`startlog`]: what a start asked of the metadata, replayed by the next mount of the image.
 //! - [`mount`]: the public API the shim and `lazyctl mount` use: [`mount()`], [`Mounted`], [`read_stats`].
 
 pub mod core;
@@ -16,6 +17,7 @@ pub mod linker;
 pub mod mount;
 pub mod prefetch;
 pub mod record;
+pub mod startlog;
 pub mod storer;
 
 #[cfg(test)]

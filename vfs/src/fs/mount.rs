@@ -27,6 +27,7 @@ use super::core::LazyFs;
 use super::fuse::FuseAdapter;
 use super::prefetch::{PrefetchMode, Prefetcher};
 use super::record::Recorder;
+use super::startlog::{Replayed, StartLog};
 use super::FsError;
 
 /// How long unmount waits for a prefetch batch in flight before leaving it behind.
@@ -55,6 +56,9 @@ pub struct MountOptions {
     /// Serve stored files with FUSE passthrough (the kernel reads the stored file directly) when the
     /// kernel supports it (Linux 6.9+) and the process has CAP_SYS_ADMIN; falls back by itself.
     pub passthrough: bool,
+    /// The image's start log ([`super::startlog`]): replayed after mounting if it exists, and
+    /// rewritten with what this start looked up. `None`: neither.
+    pub start_log: Option<PathBuf>,
 }
 
 impl Default for MountOptions {
@@ -67,6 +71,7 @@ impl Default for MountOptions {
             readahead_kb: 4096,
             file_store: None,
             passthrough: true,
+            start_log: None,
         }
     }
 }
@@ -77,6 +82,7 @@ pub struct Mounted {
     fs: Arc<LazyFs>,
     session: Option<BackgroundSession>,
     prefetcher: Option<Prefetcher>,
+    start_log: Option<StartLog>,
 }
 
 /// Mounts `index` read-only at `mountpoint`, serving file contents from `source`. Returns once the
@@ -99,6 +105,10 @@ pub fn mount(
         log::info!("FUSE passthrough needs CAP_SYS_ADMIN, which this process lacks: every read goes through FUSE");
     }
     let mut fs = LazyFs::new(index, source, stats, recorder).with_linker();
+    let start_recorder = opts.start_log.as_ref().map(|_| StartLog::recorder());
+    if let Some(r) = &start_recorder {
+        fs = fs.with_start_recorder(r.clone());
+    }
     // Stored files only serve passthrough opens: without passthrough they would only take disk space.
     if let Some(store) = opts.file_store.as_ref().filter(|_| passthrough) {
         fs = fs.with_file_store(store.clone());
@@ -131,8 +141,11 @@ pub fn mount(
         set_readahead(&mountpoint, opts.readahead_kb);
     }
     log::debug!("lazy filesystem mounted at {} ({} inodes)", mountpoint.display(), fs.index().inodes.len());
+    let start_log = opts.start_log.zip(start_recorder).map(|(log, recorder)| {
+        StartLog::start(log, mountpoint.clone(), fs.index().clone(), fs.paths().clone(), recorder)
+    });
     let prefetcher = Prefetcher::start(fs.clone(), opts.prefetch);
-    Ok(Mounted { mountpoint, fs, session: Some(session), prefetcher })
+    Ok(Mounted { mountpoint, fs, session: Some(session), prefetcher, start_log })
 }
 
 /// linux/capability.h
@@ -187,12 +200,22 @@ impl Mounted {
         self.prefetcher.as_ref().is_some_and(|p| !p.is_finished())
     }
 
+    /// What the replay of the image's start log did, once it is over ([`super::startlog`]);
+    /// `None` while it runs or when the mount keeps no start log.
+    pub fn start_log_replayed(&self) -> Option<Replayed> {
+        self.start_log.as_ref()?.replayed()
+    }
+
     /// Unmounts now. A busy mount is detached lazily (and this still returns `Ok`, with a warning).
     pub fn unmount(mut self) -> Result<(), FsError> {
         self.unmount_inner()
     }
 
     fn unmount_inner(&mut self) -> Result<(), FsError> {
+        // First: a replay in progress holds directories of the mount open.
+        if let Some(l) = self.start_log.take() {
+            l.stop();
+        }
         if let Some(p) = self.prefetcher.take() {
             p.stop(PREFETCH_STOP_WAIT);
         }

@@ -329,3 +329,91 @@ fn reopened_files_are_served_from_the_page_cache() {
     assert_eq!(src.calls.lock().len(), calls, "a reopen dropped the page cache (FOPEN_KEEP_CACHE missing?)");
     mounted.unmount().unwrap();
 }
+
+/// What a start asks of the metadata: a file's attributes, a name that is not there (interpreters
+/// probe), a symlink, a directory listing.
+fn a_start(root: &Path) {
+    assert_eq!(std::fs::metadata(root.join("bin/sh")).unwrap().len(), SH.len() as u64);
+    let missing = std::fs::symlink_metadata(root.join("bin/python3")).unwrap_err();
+    assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(std::fs::read_link(root.join("link")).unwrap(), Path::new("data"));
+    let mut names: Vec<_> = std::fs::read_dir(root.join("dev")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["null", "sda"]);
+}
+
+fn wait_for_replay(mounted: &super::Mounted) -> super::startlog::Replayed {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(r) = mounted.start_log_replayed() {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the start log replay did not end");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_next_mount_of_an_image_answers_its_start_from_the_kernel_caches() {
+    if skip("the_next_mount_of_an_image_answers_its_start_from_the_kernel_caches") {
+        return;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("starts").join("image");
+    let opts =
+        || MountOptions { prefetch: PrefetchMode::None, start_log: Some(log.clone()), ..MountOptions::default() };
+    let mnt = tmp.path().join("lazy");
+    std::fs::create_dir(&mnt).unwrap();
+    let (index, src) = fixture();
+
+    let first = mount(index.clone(), src.clone(), Arc::new(Stats::default()), &mnt, opts()).unwrap();
+    assert_eq!(wait_for_replay(&first), Default::default(), "no log yet: nothing to replay");
+    a_start(&mnt);
+    first.unmount().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in ["l /bin", "l /bin/sh", "l /bin/python3", "s /link", "d /dev"] {
+        assert!(text.lines().any(|l| l == line), "{line:?} is not in the start log:\n{text}");
+    }
+
+    // The next mount replays the log right away; the same start through an overlay (a
+    // container's rootfs) then gets every answer from the kernel: no lookup reaches the filesystem.
+    let stats = Arc::new(Stats::default());
+    let second = mount(index, src, stats.clone(), &mnt, opts()).unwrap();
+    let replayed = wait_for_replay(&second);
+    assert!(replayed.lookups >= 4 && replayed.links == 1 && replayed.dirs == 1, "{replayed:?}");
+    let lookups = stats.lookups.load(Relaxed);
+    assert!(lookups >= 4, "the replay's own lookups: {lookups}");
+    let ovl = tmp.path().join("ovl");
+    std::fs::create_dir(&ovl).unwrap();
+    let (overlay, _upper, merged) = OverlayGuard::mount(second.mountpoint(), &ovl);
+    a_start(&merged);
+    assert_eq!(stats.lookups.load(Relaxed), lookups, "a lookup reached the filesystem after the replay");
+    drop(overlay);
+    second.unmount().unwrap();
+    assert!(!mounted_at(&mnt));
+}
+
+#[test]
+fn a_start_log_line_that_could_leave_the_image_is_skipped() {
+    if skip("a_start_log_line_that_could_leave_the_image_is_skipped") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    // `abs` is a symlink to /bin/sh: resolving through it would leave the mount.
+    std::fs::write(&log, "l /abs/etc/passwd\nd /link\nnonsense\n\nl /../../etc/passwd\nl /bin/sh\n").unwrap();
+    let mnt = tmp.path().join("lazy");
+    std::fs::create_dir(&mnt).unwrap();
+    let (index, src) = fixture();
+    let opts = MountOptions { prefetch: PrefetchMode::None, start_log: Some(log.clone()), ..MountOptions::default() };
+    let mounted = mount(index, src, Arc::new(Stats::default()), &mnt, opts).unwrap();
+    let r = wait_for_replay(&mounted);
+    assert_eq!((r.lookups, r.links, r.dirs, r.skipped), (1, 0, 0, 4), "{r:?}");
+    assert_eq!(std::fs::read(mnt.join("bin/sh")).unwrap(), SH);
+    mounted.unmount().unwrap();
+    // Rewritten with what this mount was asked.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().any(|l| l == "l /bin/sh"), "{text}");
+    assert!(!text.contains("passwd"), "{text}");
+}

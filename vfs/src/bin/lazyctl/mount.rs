@@ -81,6 +81,11 @@ pub struct Args {
     /// nothing is passed through).
     #[arg(long)]
     no_file_store: bool,
+    /// Neither replay nor write the image's start log in the cache (`<cache>/starts`): the names,
+    /// symlinks and directories the last start asked for, replayed into the kernel's caches
+    /// right after mounting.
+    #[arg(long)]
+    no_start_log: bool,
     /// Repository holding the data blobs (default: the one recorded in the index), e.g. a mirror.
     #[arg(long, value_name = "REPOSITORY")]
     blob_repo: Option<String>,
@@ -113,6 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dir: args.cache_dir.clone(),
             max_bytes: args.cache_max_bytes,
             files: !args.no_file_store && !args.no_passthrough,
+            start_logs: !args.no_start_log,
         }),
     )?;
     let index = load_index(&runtime, builder.client(), &args.image)?;

@@ -242,7 +242,7 @@ fn record(
     let builder = LazyMountBuilder::new(
         vfs::registry::ClientConfig { deadline, ..client.config().clone() },
         FetchOptions { deadline, ..FetchOptions::default() },
-        Some(CacheSettings { dir: tmp.join("cache"), max_bytes: DEFAULT_MAX_BYTES, files: false }),
+        Some(CacheSettings { dir: tmp.join("cache"), max_bytes: DEFAULT_MAX_BYTES, files: false, start_logs: false }),
     )?;
     let stats = builder.stats().clone();
     let source = builder.chunk_source(index, None, runtime.handle().clone())?;
