@@ -94,7 +94,7 @@ pub(super) fn read_file(conv: &Converted, path: &str) -> Vec<u8> {
     let mut out = Vec::new();
     for c in chunks {
         let blob = std::fs::read(&conv.blobs[c.blob as usize].path).unwrap();
-        let z = &blob[c.offset as usize..(c.offset + c.compressed_len as u64) as usize];
+        let z = &blob[c.offset as usize..c.end() as usize];
         let data = zstd::decode_all(z).unwrap();
         assert_eq!(data.len(), c.len as usize);
         assert_eq!(Digest::of(&data), c.digest, "{path}: chunk digest");
@@ -359,7 +359,7 @@ fn reuses_chunks_of_earlier_images_in_the_repository() {
     let mut back = Vec::new();
     for c in chunks {
         assert_eq!(c.blob, 0);
-        back.extend(zstd::decode_all(&blob[c.offset as usize..(c.offset + c.compressed_len as u64) as usize]).unwrap());
+        back.extend(zstd::decode_all(&blob[c.offset as usize..c.end() as usize]).unwrap());
     }
     assert_eq!(back, shared);
     let new_blob = std::fs::read(&c2.blobs[0].path).unwrap();

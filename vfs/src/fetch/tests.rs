@@ -145,7 +145,7 @@ fn adjacent_misses_become_one_range_request_and_then_hit_the_cache() {
     let calls = r.fake.calls.lock().clone();
     assert_eq!(calls.len(), 1, "four adjacent chunks, one request: {calls:?}");
     let last = r.chunks.last().unwrap();
-    assert_eq!(calls[0].1, 0..last.offset + last.compressed_len as u64);
+    assert_eq!(calls[0].1, 0..last.end());
     let s = r.source.stats().snapshot();
     assert_eq!((s.requests, s.cache_misses, s.cache_hits), (1, 4, 0));
     assert_eq!(s.bytes_fetched, calls[0].1.end);
@@ -743,7 +743,7 @@ fn processes_sharing_a_node_cache_fetch_each_chunk_once_between_them() {
             assert_eq!(Digest::of(&got), chunk.digest, "wrong bytes");
         }
     }
-    let blob_len = r.chunks.last().map(|c| c.offset + c.compressed_len as u64).unwrap();
+    let blob_len = r.chunks.last().map(|c| c.end()).unwrap();
     let total: u64 = fetched(&r.fake) + others.iter().map(|(f, _)| fetched(f)).sum::<u64>();
     assert_eq!(total, blob_len, "4 processes fetched {total} bytes of a {blob_len}-byte blob: some chunk twice");
     let waits: u64 = sources.iter().map(|s| s.stats().snapshot().node_waits).sum();

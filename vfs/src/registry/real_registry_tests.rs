@@ -116,7 +116,7 @@ fn real_registry_push_range_read_verify_outage_and_recovery() {
     assert_eq!(out[1].as_ref().unwrap().as_ref(), &contents[1][..]);
     let s = stats.snapshot();
     assert_eq!(s.requests, 1, "two adjacent chunks, one range request");
-    assert_eq!(s.bytes_fetched, chunks[1].offset + chunks[1].compressed_len as u64);
+    assert_eq!(s.bytes_fetched, chunks[1].end());
     println!("chunk source: 2 chunks in {} request(s), {} bytes fetched", s.requests, s.bytes_fetched);
 
     // Outage: cached chunks still read, an uncached one fails within the deadline.
@@ -201,7 +201,7 @@ fn real_registry_throughput_figures() {
                 rt.block_on(client.get_blob_range(
                     &repo,
                     &blob_ref.digest,
-                    c.offset..c.offset + c.compressed_len as u64,
+                    c.offset..c.end(),
                 ))
                 .unwrap(),
             );
