@@ -66,6 +66,17 @@ fn lazy_image_on(test: &str, version: Version) {
         "echo hi; exit 3",
     ]);
     assert_eq!((out.code, out.stdout.as_str()), (3, "hi\n"), "{}\ncontainerd log:\n{}", out.all(), ctrd.log());
+    // l0's start went into the image's start log in the node cache when its mount went away.
+    let starts = || -> Vec<std::path::PathBuf> {
+        let dir = std::fs::read_dir(cache.join("starts"));
+        // Written as a dot-named temporary file, then renamed to the image's name.
+        let named = |p: &std::path::PathBuf| !p.file_name().unwrap().to_string_lossy().starts_with('.');
+        dir.map(|d| d.map(|e| e.unwrap().path()).filter(named).collect()).unwrap_or_default()
+    };
+    wait_for("l0's start log", Duration::from_secs(10), || !starts().is_empty());
+    assert_eq!(starts().len(), 1, "one start log for the one image: {:?}", starts());
+    let start_log = std::fs::read_to_string(&starts()[0]).unwrap();
+    assert!(start_log.lines().any(|l| l == "l /bin/sh"), "the start looked up /bin/sh:\n{start_log}");
 
     // Detached run: the lazy mount is visible and its stats show a lazy start.
     ctrd.ctr_ok(&[
@@ -87,6 +98,9 @@ fn lazy_image_on(test: &str, version: Version) {
     let out =
         ctrd.ctr(&["task", "exec", "--exec-id", "w", "l1", "sh", "-c", "echo written > /tmp/f; cat /tmp/f; ls /data"]);
     assert_eq!((out.code, out.stdout.as_str()), (0, "written\nunused.bin\n"), "{}", out.all());
+    // l1's mount replayed it before l1 ran.
+    let replayed = ctrd.log().lines().filter(|l| l.contains("replayed the image's start log (")).count();
+    assert_eq!(replayed, 1, "l1's shim replays l0's start log once; containerd log:\n{}", ctrd.log());
     let stats = harness::lazyctl::run(&["stats", &lazy.display().to_string()]).expect("lazyctl stats");
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     let image_bytes = stats["image_bytes"].as_u64().unwrap();

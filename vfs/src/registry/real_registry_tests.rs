@@ -197,14 +197,7 @@ fn real_registry_throughput_figures() {
         let t = Instant::now();
         let mut parts = Vec::new();
         for c in &chunks {
-            parts.push(
-                rt.block_on(client.get_blob_range(
-                    &repo,
-                    &blob_ref.digest,
-                    c.offset..c.end(),
-                ))
-                .unwrap(),
-            );
+            parts.push(rt.block_on(client.get_blob_range(&repo, &blob_ref.digest, c.offset..c.end())).unwrap());
         }
         let t_fetch = t.elapsed();
         let t = Instant::now();
