@@ -136,7 +136,13 @@ impl StartLog {
         let thread = {
             let (recorder, replayed) = (recorder.clone(), replayed.clone());
             std::thread::Builder::new().name("lazy-startlog".into()).spawn(move || {
-                let mut stop_now = || matches!(stopped.try_recv(), Ok(()) | Err(mpsc::TryRecvError::Disconnected));
+                // A stop asked for during the replay also ends the recording window.
+                let mut stop_asked = false;
+                let mut stop_now = || {
+                    stop_asked =
+                        stop_asked || matches!(stopped.try_recv(), Ok(()) | Err(mpsc::TryRecvError::Disconnected));
+                    stop_asked
+                };
                 let r = match read_log(&log) {
                     Ok(Some(text)) => {
                         let t0 = Instant::now();
@@ -161,7 +167,7 @@ impl StartLog {
                 };
                 *replayed.lock() = Some(r);
                 let wait = RECORD_WINDOW.saturating_sub(started.elapsed());
-                if let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                if !stop_asked && stopped.recv_timeout(wait) == Err(RecvTimeoutError::Timeout) {
                     log::debug!("start log {}: recording window closed", log.display());
                 }
                 let events = recorder.finish();
