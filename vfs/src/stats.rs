@@ -45,6 +45,9 @@ pub struct Stats {
     pub stored_file_failures: AtomicU64,
     /// Name lookups the kernel asked for (its caches had no answer).
     pub lookups: AtomicU64,
+    /// Entries (lookups, symlinks, directories) the replay of the image's start log performed,
+    /// set once it is over ([`crate::fs::startlog`]).
+    pub start_log_replayed: AtomicU64,
     /// Per registry host (mirror or server): HTTP requests, bytes received, failed attempts.
     pub hosts: parking_lot::Mutex<BTreeMap<String, HostSnapshot>>,
 }
@@ -80,6 +83,8 @@ pub struct Snapshot {
     pub stored_file_failures: u64,
     #[serde(default)]
     pub lookups: u64,
+    #[serde(default)]
+    pub start_log_replayed: u64,
     /// Which registry host served what (`host:port` -> counters).
     #[serde(default)]
     pub hosts: BTreeMap<String, HostSnapshot>,
@@ -114,6 +119,7 @@ impl Stats {
             files_stored: self.files_stored.load(Relaxed),
             stored_file_failures: self.stored_file_failures.load(Relaxed),
             lookups: self.lookups.load(Relaxed),
+            start_log_replayed: self.start_log_replayed.load(Relaxed),
             hosts: self.hosts.lock().clone(),
         }
     }

@@ -142,7 +142,7 @@ pub fn mount(
     }
     log::debug!("lazy filesystem mounted at {} ({} inodes)", mountpoint.display(), fs.index().inodes.len());
     let start_log = opts.start_log.zip(start_recorder).map(|(log, recorder)| {
-        StartLog::start(log, mountpoint.clone(), fs.index().clone(), fs.paths().clone(), recorder)
+        StartLog::start(log, mountpoint.clone(), fs.index().clone(), fs.paths().clone(), recorder, fs.stats().clone())
     });
     let prefetcher = Prefetcher::start(fs.clone(), opts.prefetch);
     Ok(Mounted { mountpoint, fs, session: Some(session), prefetcher, start_log })

@@ -382,6 +382,7 @@ fn the_next_mount_of_an_image_answers_its_start_from_the_kernel_caches() {
     let second = mount(index, src, stats.clone(), &mnt, opts()).unwrap();
     let replayed = wait_for_replay(&second);
     assert!(replayed.lookups >= 4 && replayed.links == 1 && replayed.dirs == 1, "{replayed:?}");
+    assert_eq!(read_stats(second.mountpoint()).unwrap().start_log_replayed, replayed.lookups + 2);
     let lookups = stats.lookups.load(Relaxed);
     assert!(lookups >= 4, "the replay's own lookups: {lookups}");
     let ovl = tmp.path().join("ovl");

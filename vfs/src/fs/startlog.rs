@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::index::{Index, Kind};
+use crate::stats::Stats;
 
 /// How long after mounting a mount records: a workload's start, not its whole life.
 pub const RECORD_WINDOW: Duration = Duration::from_secs(60);
@@ -122,13 +123,15 @@ impl StartLog {
 
     /// Starts the background thread of a mounted filesystem: replays `log` (if it exists) through
     /// `mountpoint`, then writes what `recorder` saw to `log` once [`RECORD_WINDOW`] has passed or
-    /// the mount stops, whichever comes first. `paths` names index inodes.
+    /// the mount stops, whichever comes first. `paths` names index inodes; `stats` gets the replay's
+    /// count.
     pub fn start(
         log: PathBuf,
         mountpoint: PathBuf,
         index: Arc<Index>,
         paths: Arc<[Box<str>]>,
         recorder: Arc<StartRecorder>,
+        stats: Arc<Stats>,
     ) -> StartLog {
         let (stop, stopped) = mpsc::channel::<()>();
         let replayed = Arc::new(Mutex::new(None));
@@ -165,6 +168,7 @@ impl StartLog {
                         Replayed::default()
                     }
                 };
+                stats.start_log_replayed.store(r.lookups + r.links + r.dirs, Ordering::Relaxed);
                 *replayed.lock() = Some(r);
                 let wait = RECORD_WINDOW.saturating_sub(started.elapsed());
                 if !stop_asked && stopped.recv_timeout(wait) == Err(RecvTimeoutError::Timeout) {
