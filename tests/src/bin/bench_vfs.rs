@@ -357,12 +357,9 @@ fn warm_reads(
 /// Waits until the mount has replayed its start log (every measured mount has one: the mount that
 /// filled the cache wrote it).
 fn wait_for_start_log_replay(mount: &LazyMount) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while mount.stats()?.start_log_replayed == 0 {
-        if Instant::now() > deadline {
-            bail!("the mount replayed no start log within 30 s; mount log:\n{}", mount.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let replayed = || mount.stats().is_ok_and(|s| s.start_log_replayed > 0);
+    if !harness::wait_until(Duration::from_secs(30), replayed) {
+        bail!("the mount replayed no start log within 30 s; mount log:\n{}", mount.log_text());
     }
     Ok(())
 }

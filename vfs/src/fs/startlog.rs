@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::digest::Hasher;
 use crate::index::{Index, Kind};
 use crate::stats::Stats;
 
@@ -222,21 +223,19 @@ impl Drop for StartLog {
 /// The log's file name for an image: a digest over what identifies its content (data blobs, tree
 /// size, first names), so an image converted again with other contents gets another log.
 pub fn log_name(index: &Index) -> String {
-    use sha2::{Digest as _, Sha256};
-    let mut h = Sha256::new();
+    let mut h = Hasher::new();
     for b in &index.blobs {
         h.update(b.digest.hex().as_bytes());
-        h.update(b.size.to_le_bytes());
+        h.update(&b.size.to_le_bytes());
     }
-    h.update((index.inodes.len() as u64).to_le_bytes());
+    h.update(&(index.inodes.len() as u64).to_le_bytes());
     if let Some(Kind::Dir { entries }) = index.inodes.first().map(|i| &i.kind) {
         for e in entries {
             h.update(&e.name);
-            h.update(e.ino.to_le_bytes());
+            h.update(&e.ino.to_le_bytes());
         }
     }
-    let digest = h.finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    h.finish().hex()
 }
 
 fn read_log(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
@@ -295,18 +294,18 @@ fn render(events: &[Event], paths: &[Box<str>]) -> Vec<u8> {
     out
 }
 
-/// What a log line asks for, resolved in the index.
-#[derive(Debug, PartialEq, Eq)]
-enum Step<'a> {
-    Lookup(&'a [u8]),
-    ReadLink(&'a [u8]),
-    ReadDir(&'a [u8]),
+/// What a log line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Lookup,
+    ReadLink,
+    ReadDir,
 }
 
 /// Parses one line and checks it against the index: every parent directory must be a directory
 /// of the index (so resolving the path never follows a symlink); a `s` entry must be a symlink and
-/// a `d` entry a directory. `None`: skip the line.
-fn resolve<'a>(line: &'a [u8], index: &Index) -> Option<Step<'a>> {
+/// a `d` entry a directory. Returns the step and the path; `None`: skip the line.
+fn resolve<'a>(line: &'a [u8], index: &Index) -> Option<(Step, &'a [u8])> {
     let (kind, path) = (line.first()?, line.get(2..)?);
     if line.get(1) != Some(&b' ') || path.first() != Some(&b'/') {
         return None;
@@ -322,16 +321,16 @@ fn resolve<'a>(line: &'a [u8], index: &Index) -> Option<Step<'a>> {
     }
     let last = valid_name(last);
     match kind {
-        b'l' => last.map(|_| Step::Lookup(path)),
+        b'l' => last.map(|_| (Step::Lookup, path)),
         b's' => {
             let ino = index.lookup(dir, last?)?;
-            matches!(index.inode(ino)?.kind, Kind::Symlink { .. }).then_some(Step::ReadLink(path))
+            matches!(index.inode(ino)?.kind, Kind::Symlink { .. }).then_some((Step::ReadLink, path))
         }
         b'd' => match last {
             // The root directory itself: "d /".
-            None if path == b"/" => Some(Step::ReadDir(path)),
+            None if path == b"/" => Some((Step::ReadDir, path)),
             None => None,
-            Some(name) => index.inode(index.lookup(dir, name)?)?.is_dir().then_some(Step::ReadDir(path)),
+            Some(name) => index.inode(index.lookup(dir, name)?)?.is_dir().then_some((Step::ReadDir, path)),
         },
         _ => None,
     }
@@ -350,30 +349,27 @@ fn replay(text: &[u8], mountpoint: &Path, index: &Index, stop: &mut dyn FnMut() 
         if n % 64 == 0 && stop() {
             break;
         }
-        let Some(step) = resolve(line, index) else {
+        let Some((step, path)) = resolve(line, index) else {
             r.skipped += 1;
             continue;
         };
-        let path = match &step {
-            Step::Lookup(p) | Step::ReadLink(p) | Step::ReadDir(p) => p,
-        };
         full.clear();
         full.extend_from_slice(root);
-        if *path != b"/" {
+        if path != b"/" {
             full.extend_from_slice(path);
         }
         let full = Path::new(OsStr::from_bytes(&full));
         // Errors are answers too (a missing name is what a negative lookup caches); nothing to report.
         match step {
-            Step::Lookup(_) => {
+            Step::Lookup => {
                 let _ = std::fs::symlink_metadata(full);
                 r.lookups += 1;
             }
-            Step::ReadLink(_) => {
+            Step::ReadLink => {
                 let _ = std::fs::read_link(full);
                 r.links += 1;
             }
-            Step::ReadDir(_) => {
+            Step::ReadDir => {
                 if let Ok(entries) = std::fs::read_dir(full) {
                     entries.for_each(drop);
                 }
