@@ -97,6 +97,27 @@ for p in "${PROFILES[@]}"; do
     fi
 done
 
+# --- FUSE over io_uring --------------------------------------------------------------------------
+# The kernel offers FUSE over io_uring (Linux 6.14+) only while the fuse module's enable_uring
+# parameter is on; the shim then answers each request on the CPU that made it (README: How it
+# works). On now (unless installing under --prefix), and at every boot: a modprobe option where fuse
+# is a module, a tmpfiles.d line where it is built in.
+echo "==> FUSE over io_uring"
+install_file "$HERE/host/modprobe.conf" "$PREFIX/etc/modprobe.d/containerd-shim-lazy.conf" 0644
+install_file "$HERE/host/tmpfiles.conf" "$PREFIX/etc/tmpfiles.d/containerd-shim-lazy.conf" 0644
+URING_KNOB=/sys/module/fuse/parameters/enable_uring
+if [ -n "$PREFIX" ]; then
+    :
+elif [ ! -e "$URING_KNOB" ]; then
+    echo "  this kernel has no FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING): the shim uses /dev/fuse"
+elif [ "$(cat "$URING_KNOB")" = Y ]; then
+    echo "  unchanged  $URING_KNOB = Y"
+elif echo Y >"$URING_KNOB" 2>/dev/null; then
+    echo "  set        $URING_KNOB = Y (mounts made from now on use it)"
+else
+    echo "  cannot set $URING_KNOB: the shim uses /dev/fuse until it is Y"
+fi
+
 # --- containerd config ---------------------------------------------------------------------------
 # The snippet follows the config file's own `version` (containerd 2.x still reads version 2 files);
 # without a file, containerd's version decides: 1.6/1.7 -> version 2, 2.x -> version 3.

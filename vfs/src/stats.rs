@@ -48,6 +48,9 @@ pub struct Stats {
     /// Entries (lookups, symlinks, directories) the replay of the image's start log performed,
     /// set once it is over ([`crate::fs::startlog`]).
     pub start_log_replayed: AtomicU64,
+    /// Requests answered through FUSE over io_uring (the kernel's per-CPU queues) rather than
+    /// /dev/fuse.
+    pub uring_requests: AtomicU64,
     /// Per registry host (mirror or server): HTTP requests, bytes received, failed attempts.
     pub hosts: parking_lot::Mutex<BTreeMap<String, HostSnapshot>>,
 }
@@ -85,6 +88,8 @@ pub struct Snapshot {
     pub lookups: u64,
     #[serde(default)]
     pub start_log_replayed: u64,
+    #[serde(default)]
+    pub uring_requests: u64,
     /// Which registry host served what (`host:port` -> counters).
     #[serde(default)]
     pub hosts: BTreeMap<String, HostSnapshot>,
@@ -120,6 +125,7 @@ impl Stats {
             stored_file_failures: self.stored_file_failures.load(Relaxed),
             lookups: self.lookups.load(Relaxed),
             start_log_replayed: self.start_log_replayed.load(Relaxed),
+            uring_requests: self.uring_requests.load(Relaxed),
             hosts: self.hosts.lock().clone(),
         }
     }

@@ -68,6 +68,10 @@ pub struct FetchConfig {
     /// minute) in `<cache.dir>/starts`, and replay them right after the next mount of the same
     /// image on this node, so the kernel's caches hold the answers before the workload asks.
     pub start_logs: bool,
+    /// Serve the container's FUSE requests through FUSE over io_uring (Linux 6.14+, when the
+    /// fuse module's `enable_uring` parameter is on): each CPU's requests are answered on that CPU,
+    /// without the cross-CPU wakeups of /dev/fuse. false: always /dev/fuse.
+    pub io_uring: bool,
 }
 
 /// `[fetch] prefetch = "none" | "prioritized" | "all"`: the filesystem's own mode, so the
@@ -156,6 +160,7 @@ impl Default for FetchConfig {
             readahead_max_mb: 16,
             passthrough: true,
             start_logs: true,
+            io_uring: true,
         }
     }
 }

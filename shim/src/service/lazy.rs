@@ -126,6 +126,7 @@ impl LazyMount {
             prefetch: config.fetch.prefetch,
             fsname: format!("lazy:{id}"),
             passthrough: config.fetch.passthrough,
+            io_uring: config.fetch.io_uring,
             ..MountOptions::default()
         };
         let mounted = builder

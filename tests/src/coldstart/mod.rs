@@ -328,7 +328,16 @@ pub fn run(opts: Options) -> Result<Report> {
                 + ")",
         );
     }
+    // What the lazy variants' FUSE requests went through (the fuse module's switch, which
+    // runtimeclass/install.sh turns on).
+    let uring = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring").unwrap_or_default();
+    let transport = if uring.trim() == "Y" { "io_uring (enable_uring=Y)" } else { "/dev/fuse (enable_uring off)" };
+    versions.insert("lazy FUSE transport".to_string(), format!("{} on Linux {}", transport, kernel_release()));
     Ok(Report { shape: bench.opts.shape.to_string(), measured, versions, samples, floors })
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
 }
 
 impl Bench {

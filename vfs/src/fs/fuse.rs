@@ -1,28 +1,24 @@
-//! The fuser 0.18 adapter: THE ONLY code in the crate that talks to /dev/fuse. It translates FUSE
-//! requests into calls on [`LazyFs`] and replies; it holds no filesystem logic of its own.
+//! The fuser 0.18 adapter: with [`super::uring`], the only code in the crate that talks to
+//! /dev/fuse. It translates FUSE requests into calls on [`LazyFs`] and replies; it holds no
+//! filesystem logic of its own.
 //!
 //! Kernel caching is on everywhere because the content never changes: long entry/attr TTLs,
 //! FOPEN_KEEP_CACHE on files, FOPEN_CACHE_DIR on directories, cached symlinks, readdirplus so an
 //! `ls -l` is one round trip per directory, and parallel lookups in a directory.
 //!
-//! Passthrough: when the kernel grants FUSE_PASSTHROUGH (and we hold CAP_SYS_ADMIN), opening a file
-//! whose verified copy is in the file store registers that copy as the inode's backing file and
-//! replies FOPEN_PASSTHROUGH: the kernel then reads (and maps) the backing file itself, no request
-//! reaches us. The kernel refuses to mix passthrough and cached opens of one inode, and all
-//! passthrough opens of an inode must share one backing id, so the mode is decided per inode when
-//! it has no open handle and kept until its last handle is released ([`InodeIo`]). The stack depth
-//! we ask for is 1: backing files live on a plain filesystem, and the mount can still be an
-//! overlayfs lower layer (the kernel's limit is 2 stacked filesystems).
+//! Passthrough ([`super::opens`]): the stack depth we ask for is 1: backing files live on a plain
+//! filesystem, and the mount can still be an overlayfs lower layer (the kernel's limit is 2 stacked
+//! filesystems).
+//!
+//! FUSE over io_uring ([`super::uring`]): when asked for and offered by the kernel, init requests it;
+//! once the ring queues are registered the kernel sends every request but FORGET and INTERRUPT there,
+//! and this adapter only answers what arrives on /dev/fuse before that (nothing, in practice).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
-
-use parking_lot::Mutex;
 
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -32,109 +28,79 @@ use fuser::{
 };
 
 use super::core::{Attr, FileKind, LazyFs, XattrReply, BLOCK_SIZE};
-use crate::stats::Stats;
+use super::opens::{OpenFiles, OpenReply, Opened, FH_CACHED, FH_PASSTHROUGH};
 
 /// How long the kernel may trust entries and attributes: the image is immutable, so "forever".
-const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Readahead we ask for: large sequential reads become few, chunk-sized requests.
 const MAX_READAHEAD: u32 = 4 << 20;
 /// Concurrent async (readahead) requests the kernel may queue for us.
 const MAX_BACKGROUND: u16 = 64;
-
-/// File handle of a cached (normal) open.
-const FH_CACHED: u64 = 0;
-/// File handle of a passthrough open.
-const FH_PASSTHROUGH: u64 = 1;
+/// Largest write the kernel may send: none ever comes (read-only), but each io_uring entry's
+/// buffer must hold this much, so it is kept at the largest read (FUSE's 256 pages).
+const MAX_WRITE: u32 = 1 << 20;
 
 /// The FUSE face of a [`LazyFs`].
 pub struct FuseAdapter {
     fs: Arc<LazyFs>,
-    /// Answer open/opendir with ENOSYS once the file checks out: the kernel then stops sending
-    /// them (one round trip less per open) and applies FOPEN_KEEP_CACHE / FOPEN_CACHE_DIR by itself.
-    /// Only when not recording and not passing through, since both need to see opens.
+    /// What init settled, for the io_uring transport too.
+    negotiated: Arc<OnceLock<Negotiated>>,
+    want_uring: bool,
     no_open: bool,
     no_opendir: bool,
-    /// Passthrough was asked for (mount option) and, after init, granted by the kernel. Cleared
-    /// for good if registering a backing file is refused for lack of privilege.
-    passthrough: AtomicBool,
-    /// Open handles per inode (FUSE inode number), and how they were opened.
-    io: Mutex<HashMap<u64, InodeIo>>,
+    opens: OpenFiles<BackingId>,
 }
 
-/// How the open handles of one inode read: all the same way (the kernel's rule).
-enum InodeIo {
-    Cached { open: u32 },
-    Passthrough { open: u32, backing: BackingId },
+/// What the FUSE handshake settled.
+#[derive(Debug, Clone, Copy)]
+pub struct Negotiated {
+    /// Answer open with ENOSYS once the file checks out: the kernel then stops sending opens (one
+    /// round trip less per open) and applies FOPEN_KEEP_CACHE by itself. Only when not recording
+    /// and not passing through, since both need to see opens.
+    pub no_open: bool,
+    /// The same for opendir (FOPEN_CACHE_DIR implied).
+    pub no_opendir: bool,
+    /// Passthrough asked for and granted.
+    pub passthrough: bool,
+    /// FUSE over io_uring asked for and granted: the ring queues must be registered now, the
+    /// kernel holds every new request until they are.
+    pub uring: bool,
 }
 
 impl FuseAdapter {
     /// `passthrough`: use FUSE passthrough for stored files if the kernel and privileges allow.
-    pub fn new(fs: Arc<LazyFs>, passthrough: bool) -> FuseAdapter {
-        let passthrough = AtomicBool::new(passthrough && fs.file_store().is_some());
-        FuseAdapter { fs, no_open: false, no_opendir: false, passthrough, io: Mutex::new(HashMap::new()) }
-    }
-
-    /// Replies to an open with passthrough if the inode's handles already pass through, or if it
-    /// has none and its stored copy is there; otherwise as a cached open (and queues the file for
-    /// the store).
-    fn open_passthrough_or_cached(&self, ino: INodeNo, reply: ReplyOpen) {
-        let Some(reply) = self.join(&mut self.io.lock(), ino, reply) else { return };
-        // No handle open: decide. The stored-file check may hash the file (first use in this
-        // process), so it runs without the lock; the decision is re-checked under it.
-        let stored = self.fs.stored_file(ino.0);
-        let mut io = self.io.lock();
-        let Some(reply) = self.join(&mut io, ino, reply) else { return };
-        let backing = stored.and_then(|file| match reply.open_backing(&file) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                if e.raw_os_error() == Some(libc::EPERM) {
-                    log::warn!(
-                        "FUSE passthrough: registering a backing file was refused ({e}); it needs CAP_SYS_ADMIN. \
-                         Serving every file through FUSE reads from now on"
-                    );
-                    self.passthrough.store(false, Ordering::Relaxed);
-                    self.fs.stop_storing();
-                } else {
-                    log::warn!(
-                        "FUSE passthrough: cannot register the stored copy of {}: {e}; serving it through FUSE reads",
-                        self.fs.path_of_fuse(ino.0)
-                    );
-                }
-                None
-            }
-        });
-        match backing {
-            Some(backing) => {
-                // Replied under the lock: a release cannot close the backing id before the kernel has it.
-                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::empty(), &backing);
-                io.insert(ino.0, InodeIo::Passthrough { open: 1, backing });
-                Stats::add(&self.fs.stats().passthrough_opens, 1);
-            }
-            None => {
-                io.insert(ino.0, InodeIo::Cached { open: 1 });
-                drop(io);
-                reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE);
-                self.fs.want_stored(ino.0);
-            }
+    /// `uring`: ask for FUSE over io_uring (only when the caller will register the queues).
+    pub fn new(fs: Arc<LazyFs>, passthrough: bool, uring: bool) -> FuseAdapter {
+        let passthrough = passthrough && fs.file_store().is_some();
+        FuseAdapter {
+            fs,
+            negotiated: Arc::new(OnceLock::new()),
+            want_uring: uring,
+            no_open: false,
+            no_opendir: false,
+            opens: OpenFiles::new(passthrough),
         }
     }
 
-    /// If `ino` has open handles, opens one more the same way and replies (`None`); otherwise
-    /// hands the reply back.
-    fn join(&self, io: &mut HashMap<u64, InodeIo>, ino: INodeNo, reply: ReplyOpen) -> Option<ReplyOpen> {
-        match io.get_mut(&ino.0) {
-            None => Some(reply),
-            Some(InodeIo::Cached { open }) => {
-                *open += 1;
-                reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE);
-                None
+    /// Filled in by the handshake.
+    pub fn negotiated(&self) -> Arc<OnceLock<Negotiated>> {
+        self.negotiated.clone()
+    }
+}
+
+impl OpenReply for ReplyOpen {
+    type Backing = BackingId;
+
+    fn register(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
+        self.open_backing(file)
+    }
+
+    fn reply(self, opened: Opened<'_, BackingId>) {
+        match opened {
+            Opened::Passthrough(backing) => {
+                self.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::empty(), backing)
             }
-            Some(InodeIo::Passthrough { open, backing }) => {
-                *open += 1;
-                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::empty(), backing);
-                Stats::add(&self.fs.stats().passthrough_opens, 1);
-                None
-            }
+            Opened::Cached => self.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE),
         }
     }
 }
@@ -204,26 +170,36 @@ impl Filesystem for FuseAdapter {
                 log::debug!("FUSE capability {name} not supported by the kernel");
             }
         }
-        if self.passthrough.load(Ordering::Relaxed) {
+        if self.opens.passthrough() {
             let granted =
                 config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
             if !granted {
                 log::info!(
                     "FUSE passthrough not supported by the kernel: every read goes through FUSE, no files are stored"
                 );
-                self.passthrough.store(false, Ordering::Relaxed);
+                self.opens.set_passthrough(false);
                 self.fs.stop_storing();
             }
         }
+        let uring = self.want_uring && config.add_capabilities(InitFlags::FUSE_OVER_IO_URING).is_ok();
+        if self.want_uring && !uring {
+            log::info!("the kernel did not offer FUSE over io_uring at init: serving requests through /dev/fuse");
+        }
         let caps = config.capabilities();
-        self.no_open = !self.fs.records()
-            && !self.passthrough.load(Ordering::Relaxed)
-            && caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_open =
+            !self.fs.records() && !self.opens.passthrough() && caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.no_opendir = caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = self.negotiated.set(Negotiated {
+            no_open: self.no_open,
+            no_opendir: self.no_opendir,
+            passthrough: self.opens.passthrough(),
+            uring,
+        });
         Ok(())
     }
 
@@ -254,7 +230,7 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
             Ok(()) if self.no_open => reply.error(Errno::ENOSYS),
-            Ok(()) if self.passthrough.load(Ordering::Relaxed) => self.open_passthrough_or_cached(ino, reply),
+            Ok(()) if self.opens.passthrough() => self.opens.open(&self.fs, ino.0, reply),
             Ok(()) => reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(e)),
         }
@@ -271,24 +247,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         reply.ok();
-        if !self.passthrough.load(Ordering::Relaxed) && self.fs.file_store().is_none() {
-            return;
-        }
-        let mut io = self.io.lock();
-        if let Some(state) = io.get_mut(&ino.0) {
-            let open = match state {
-                InodeIo::Cached { open } | InodeIo::Passthrough { open, .. } => open,
-            };
-            *open = open.saturating_sub(1);
-            if *open == 0 {
-                // Dropping a BackingId closes it in the kernel.
-                io.remove(&ino.0);
-            }
-        }
-        drop(io);
-        if fh.0 == FH_CACHED {
-            // Its reads may have brought the last chunks into the node cache.
-            self.fs.want_stored(ino.0);
+        if self.opens.passthrough() || self.fs.file_store().is_some() {
+            self.opens.release(&self.fs, ino.0, fh.0);
         }
     }
 

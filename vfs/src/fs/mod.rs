@@ -1,8 +1,10 @@
 //! The filesystem: logic over an index and a chunk source (plain Rust, testable without a mount),
-//! plus the FUSE adapter, the only code in the crate that touches /dev/fuse.
+//! plus the two FUSE transports, the only code in the crate that touches /dev/fuse.
 //!
 //! - [`core`]: [`LazyFs`], every answer the filesystem gives (lookup, getattr, readdir, read, xattrs).
-//! - [`fuse`]: the fuser adapter over [`LazyFs`].
+//! - [`fuse`]: the fuser adapter over [`LazyFs`] (/dev/fuse, and the FUSE handshake).
+//! - [`uring`]: FUSE over io_uring: per-CPU request queues, answered from [`LazyFs`] too.
+//! - [`opens`]: how each inode's open handles read (passthrough or cached), for both transports.
 //! - [`prefetch`]: background fetching of prioritized (or all) files after mounting.
 //! - [`storer`]: writes fully cached files into the verified file store (for passthrough).
 //! - [`linker`] (with [`elf`]): fetches the libraries a program being loaded needs, ahead of the loader.
@@ -15,10 +17,12 @@ pub mod elf;
 pub mod fuse;
 pub mod linker;
 pub mod mount;
+pub mod opens;
 pub mod prefetch;
 pub mod record;
 pub mod startlog;
 pub mod storer;
+pub mod uring;
 
 #[cfg(test)]
 mod mount_tests;

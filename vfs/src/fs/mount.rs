@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::AsFd;
+
 use fuser::{BackgroundSession, MountOption, SessionACL};
 use nix::errno::Errno;
 
@@ -28,6 +30,7 @@ use super::fuse::FuseAdapter;
 use super::prefetch::{PrefetchMode, Prefetcher};
 use super::record::Recorder;
 use super::startlog::{Replayed, StartLog};
+use super::uring::{Rings, Uring};
 use super::FsError;
 
 /// How long unmount waits for a prefetch batch in flight before leaving it behind.
@@ -39,7 +42,8 @@ pub struct MountOptions {
     pub prefetch: PrefetchMode,
     /// Write the order in which files are first read to this file (see [`super::record`]).
     pub record: Option<PathBuf>,
-    /// FUSE request threads: reads waiting on the network must not block metadata requests.
+    /// FUSE request threads: reads waiting on the network must not block metadata requests. Over
+    /// io_uring, the workers that serve reads (one thread per CPU answers everything else).
     pub threads: usize,
     /// Source name shown in /proc/mounts (`lazy` by default; the shim may put the image name here).
     pub fsname: String,
@@ -59,6 +63,9 @@ pub struct MountOptions {
     /// The image's start log ([`super::startlog`]): replayed after mounting if it exists, and
     /// rewritten with what this start looked up. `None`: neither.
     pub start_log: Option<PathBuf>,
+    /// Serve requests through FUSE over io_uring ([`super::uring`]) when the kernel offers it;
+    /// /dev/fuse otherwise.
+    pub io_uring: bool,
 }
 
 impl Default for MountOptions {
@@ -72,6 +79,7 @@ impl Default for MountOptions {
             file_store: None,
             passthrough: true,
             start_log: None,
+            io_uring: true,
         }
     }
 }
@@ -81,6 +89,7 @@ pub struct Mounted {
     mountpoint: PathBuf,
     fs: Arc<LazyFs>,
     session: Option<BackgroundSession>,
+    uring: Option<Uring>,
     prefetcher: Option<Prefetcher>,
     start_log: Option<StartLog>,
 }
@@ -135,17 +144,47 @@ pub fn mount(
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
 
-    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone(), passthrough), &mountpoint, &config)
-        .map_err(|source| FsError::Mount { path: mountpoint.clone(), source })?;
+    // Rings exist before the handshake asks for io_uring: once granted, the kernel holds every
+    // request until they are registered.
+    let rings = match opts.io_uring {
+        true => Rings::prepare().map_err(|why| uring_unavailable(&why)).ok(),
+        false => None,
+    };
+    let adapter = FuseAdapter::new(fs.clone(), passthrough, rings.is_some());
+    let negotiated = adapter.negotiated();
+    let mount_err = |source| FsError::Mount { path: mountpoint.clone(), source };
+    let session = fuser::Session::new(adapter, &mountpoint, &config).map_err(mount_err)?;
+    let uring = match (rings, negotiated.get()) {
+        (Some(rings), Some(n)) if n.uring => match rings.start(session.as_fd(), fs.clone(), *n, opts.threads) {
+            Ok(uring) => Some(uring),
+            Err(e) => {
+                log::warn!("FUSE over io_uring: {e}; serving requests through /dev/fuse");
+                None
+            }
+        },
+        _ => None,
+    };
+    let session = session.spawn().map_err(mount_err)?;
     if opts.readahead_kb > 0 {
         set_readahead(&mountpoint, opts.readahead_kb);
     }
-    log::debug!("lazy filesystem mounted at {} ({} inodes)", mountpoint.display(), fs.index().inodes.len());
+    log::debug!(
+        "lazy filesystem mounted at {} ({} inodes, requests through {})",
+        mountpoint.display(),
+        fs.index().inodes.len(),
+        if uring.is_some() { "io_uring" } else { "/dev/fuse" }
+    );
     let start_log = opts.start_log.zip(start_recorder).map(|(log, recorder)| {
         StartLog::start(log, mountpoint.clone(), fs.index().clone(), fs.paths().clone(), recorder, fs.stats().clone())
     });
     let prefetcher = Prefetcher::start(fs.clone(), opts.prefetch);
-    Ok(Mounted { mountpoint, fs, session: Some(session), prefetcher, start_log })
+    Ok(Mounted { mountpoint, fs, session: Some(session), uring, prefetcher, start_log })
+}
+
+/// Says once per process why mounts use /dev/fuse although io_uring was asked for.
+fn uring_unavailable(why: &str) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| log::info!("FUSE over io_uring unavailable: {why}; FUSE requests go through /dev/fuse"));
 }
 
 /// linux/capability.h
@@ -195,6 +234,11 @@ impl Mounted {
         self.session.as_ref().is_some_and(|s| !s.guard.is_finished())
     }
 
+    /// Whether requests are served through FUSE over io_uring.
+    pub fn uses_io_uring(&self) -> bool {
+        self.uring.is_some()
+    }
+
     /// True while prefetch workers are still running.
     pub fn prefetching(&self) -> bool {
         self.prefetcher.as_ref().is_some_and(|p| !p.is_finished())
@@ -223,7 +267,13 @@ impl Mounted {
         // fuser unmounts (plain umount(2), so a busy mount is refused, not yanked away from users)
         // and joins the request threads, which end when the kernel closes the connection.
         let err = match session.umount_and_join() {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                // The connection is gone: the kernel has completed every ring entry.
+                if let Some(uring) = self.uring.take() {
+                    uring.join();
+                }
+                return Ok(());
+            }
             Err(err) => err,
         };
         match err.raw_os_error().map(Errno::from_raw) {

@@ -90,21 +90,60 @@ impl Drop for OverlayGuard {
     }
 }
 
+/// Turns on the fuse module's io_uring transport (a kernel without it: the test is skipped, or
+/// fails under CI=true).
+fn fuse_io_uring_on(test: &str) -> bool {
+    const KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
+    let why = match std::fs::read_to_string(KNOB) {
+        Ok(v) if v.trim() == "Y" => return true,
+        Ok(_) => match std::fs::write(KNOB, "Y") {
+            Ok(()) => return true,
+            Err(e) => format!("cannot turn on {KNOB}: {e}"),
+        },
+        Err(e) => format!("{KNOB}: {e} (a kernel without CONFIG_FUSE_IO_URING)"),
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: prerequisite missing under CI: {why}");
+    }
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
 #[test]
 fn fuse_mount_serves_the_index_and_stacks_under_overlay() {
     if skip("fuse_mount_serves_the_index_and_stacks_under_overlay") {
         return;
     }
+    serves_the_index_and_stacks_under_overlay(false);
+}
+
+#[test]
+fn fuse_mount_over_io_uring_serves_the_index_and_stacks_under_overlay() {
+    let test = "fuse_mount_over_io_uring_serves_the_index_and_stacks_under_overlay";
+    if skip(test) || !fuse_io_uring_on(test) {
+        return;
+    }
+    serves_the_index_and_stacks_under_overlay(true);
+}
+
+/// What a user sees through the mount, served over io_uring or /dev/fuse.
+fn serves_the_index_and_stacks_under_overlay(io_uring: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("lower");
     std::fs::create_dir(&mnt).unwrap();
     let (index, src) = fixture();
     let stats = Arc::new(Stats::default());
     let record = tmp.path().join("record.txt");
-    let opts = MountOptions { prefetch: PrefetchMode::None, record: Some(record.clone()), ..MountOptions::default() };
+    let opts = MountOptions {
+        prefetch: PrefetchMode::None,
+        record: Some(record.clone()),
+        io_uring,
+        ..MountOptions::default()
+    };
     let mounted = mount(index, src.clone(), stats, &mnt, opts).unwrap();
     let mnt = mounted.mountpoint().to_path_buf();
     assert!(mounted_at(&mnt));
+    assert_eq!(mounted.uses_io_uring(), io_uring);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let line = mounts.lines().find(|l| l.split(' ').nth(1) == mnt.to_str()).unwrap();
     assert!(line.starts_with(&format!("lazy {} fuse.lazy ro,", mnt.display())), "{line}");
@@ -160,6 +199,8 @@ fn fuse_mount_serves_the_index_and_stacks_under_overlay() {
     assert!(listxattr(&mnt).is_empty());
     let snap = read_stats(&mnt).unwrap();
     assert_eq!(snap.bytes_served, (DATA.len() + SH.len()) as u64);
+    // Every request so far (this ioctl included) came through the rings, or none did.
+    assert_eq!(snap.uring_requests > 20, io_uring, "{} requests over io_uring", snap.uring_requests);
     assert_eq!(snap.image_bytes, (DATA.len() + SH.len() + 10) as u64);
     let not_lazy = read_stats(tmp.path()).unwrap_err().to_string();
     assert!(not_lazy.contains("not a lazy filesystem mount"), "{not_lazy}");

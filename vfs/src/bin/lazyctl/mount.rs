@@ -70,7 +70,7 @@ pub struct Args {
     /// Seconds a read may wait for an unreachable registry before failing with EIO.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     deadline: u64,
-    /// FUSE request threads.
+    /// FUSE request threads (over io_uring: the threads that serve reads beside one per CPU).
     #[arg(long, default_value_t = 8)]
     threads: usize,
     /// Serve every read through the FUSE request loop: no FUSE passthrough to stored files and no
@@ -86,6 +86,9 @@ pub struct Args {
     /// right after mounting.
     #[arg(long)]
     no_start_log: bool,
+    /// Serve requests through /dev/fuse even where the kernel offers FUSE over io_uring.
+    #[arg(long)]
+    no_io_uring: bool,
     /// Repository holding the data blobs (default: the one recorded in the index), e.g. a mirror.
     #[arg(long, value_name = "REPOSITORY")]
     blob_repo: Option<String>,
@@ -127,6 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         record: args.record,
         threads: args.threads,
         passthrough: !args.no_passthrough,
+        io_uring: !args.no_io_uring,
         ..MountOptions::default()
     };
     let mounted = builder
