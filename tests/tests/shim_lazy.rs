@@ -110,6 +110,11 @@ fn lazy_image_on(test: &str, version: Version) {
     // its verified stored copy.
     let read = stats["bytes_served"].as_u64().unwrap() + stats["passthrough_opens"].as_u64().unwrap();
     assert!(read > 0, "the container read through the mount: {stats}");
+    // tests/run turns FUSE over io_uring on where the kernel has it: the shim's mount then uses it.
+    let uring = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring").unwrap_or_default();
+    if uring.trim() == "Y" {
+        assert!(stats["uring_requests"].as_u64().unwrap() > 0, "FUSE over io_uring is on, but unused: {stats}");
+    }
     // l0 fetched busybox into the node cache; l1 found it there.
     assert!(fetched * 10 < image_bytes, "fetched {fetched} of {image_bytes} bytes: not lazy: {stats}");
     let served = registry.served_bytes() - served_before_runs;

@@ -126,6 +126,28 @@ fn fuse_mount_over_io_uring_serves_the_index_and_stacks_under_overlay() {
     serves_the_index_and_stacks_under_overlay(true);
 }
 
+#[test]
+fn a_refused_io_uring_registration_leaves_the_mount_on_dev_fuse() {
+    let test = "a_refused_io_uring_registration_leaves_the_mount_on_dev_fuse";
+    if skip(test) || !fuse_io_uring_on(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (index, src) = fixture();
+    // Payload buffers smaller than the kernel's max_payload_sz: every REGISTER is refused (EINVAL)
+    // after init granted io_uring, when the kernel already holds new requests for the rings.
+    super::uring::PAYLOAD_SIZE.set(Some(4096));
+    let opts = MountOptions { prefetch: PrefetchMode::None, ..MountOptions::default() };
+    let mounted = mount(index, src, Arc::new(Stats::default()), tmp.path(), opts);
+    super::uring::PAYLOAD_SIZE.set(None);
+    let mounted = mounted.unwrap();
+    assert!(!mounted.uses_io_uring());
+    assert_eq!(std::fs::read(tmp.path().join("data")).unwrap(), DATA, "served through /dev/fuse");
+    assert_eq!(read_stats(tmp.path()).unwrap().uring_requests, 0);
+    mounted.unmount().unwrap();
+    assert!(!mounted_at(tmp.path()));
+}
+
 /// What a user sees through the mount, served over io_uring or /dev/fuse.
 fn serves_the_index_and_stacks_under_overlay(io_uring: bool) {
     let tmp = tempfile::tempdir().unwrap();

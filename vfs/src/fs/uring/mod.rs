@@ -130,6 +130,7 @@ impl Rings {
             };
             let queue = Queue {
                 cpu,
+                payload_size: payload_size(),
                 qids,
                 ring,
                 dev: dev.clone(),
@@ -221,6 +222,7 @@ fn worker(answerer: &Answerer, jobs: &Mutex<Receiver<Job>>) {
 /// One CPU's queue (plus the queues of CPUs that are not online) and its ring.
 struct Queue {
     cpu: usize,
+    payload_size: usize,
     qids: Vec<u16>,
     ring: Ring,
     dev: Arc<OwnedFd>,
@@ -233,7 +235,7 @@ struct Queue {
 impl Queue {
     fn run(mut self, ready: &Sender<Result<(), String>>) {
         pin_to(self.cpu);
-        let payload_size = payload_size();
+        let payload_size = self.payload_size;
         // The first qid gets the full depth; spare queues (CPUs not online) one entry each.
         let mut entries: Vec<Option<Box<Entry>>> = Vec::new();
         for (i, &qid) in self.qids.iter().enumerate() {
@@ -390,8 +392,18 @@ fn abandon(ring: &mut Ring, dev: BorrowedFd<'_>) {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Payload buffer size for rings started by this thread (tests: a size the kernel refuses).
+    pub static PAYLOAD_SIZE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
 /// The payload buffer size the kernel requires: max(max_write, max_pages pages).
 fn payload_size() -> usize {
+    #[cfg(test)]
+    if let Some(size) = PAYLOAD_SIZE.get() {
+        return size;
+    }
     let limit = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
