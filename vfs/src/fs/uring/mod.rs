@@ -45,11 +45,16 @@ use super::fuse::Negotiated;
 /// Entries per CPU queue: requests one CPU's callers can have in the server at once (reads waiting
 /// on the network included).
 const QUEUE_DEPTH: usize = 8;
+/// Payload bytes an entry keeps resident after a reply: a READ writes up to 1 MiB into it, and
+/// 8 entries per CPU holding that would add megabytes to every shim for the container's life.
+const KEEP_RESIDENT: usize = 32 << 10;
 /// User data of the eventfd read that wakes a queue thread.
 const WAKE: u64 = u64::MAX;
 /// Requests never carry more than this, and replies never exceed the kernel's max_pages
 /// (256 pages unless /proc/sys/fs/fuse/max_pages_limit says otherwise) or the max_write we set.
 const MIN_PAYLOAD: usize = 1 << 20;
+
+const PAGE: usize = 4096;
 
 /// The fuse module's switch: the kernel offers io_uring only to connections made while it is on.
 pub const KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -131,6 +136,7 @@ impl Rings {
             let queue = Queue {
                 cpu,
                 payload_size: payload_size(),
+                trim: Vec::new(),
                 qids,
                 ring,
                 dev: dev.clone(),
@@ -223,6 +229,8 @@ fn worker(answerer: &Answerer, jobs: &Mutex<Receiver<Job>>) {
 struct Queue {
     cpu: usize,
     payload_size: usize,
+    /// Entries whose last reply was larger than [`KEEP_RESIDENT`], to trim once it is submitted.
+    trim: Vec<usize>,
     qids: Vec<u16>,
     ring: Ring,
     dev: Arc<OwnedFd>,
@@ -336,6 +344,7 @@ impl Queue {
                 }
             }
             pending.extend(self.ring.completion());
+            self.trim_payloads(&mut entries);
             if measured {
                 let callers_wait = pending.iter().all(|c| {
                     let entry = entries.get(c.user_data() as usize).and_then(Option::as_ref);
@@ -346,11 +355,33 @@ impl Queue {
         }
     }
 
+    /// Gives the pages of large replies back once the kernel has copied them (every queued commit
+    /// submitted): requests never reach that far into the payload buffer.
+    fn trim_payloads(&mut self, entries: &mut [Option<Box<Entry>>]) {
+        if self.trim.is_empty() || !self.ring.submission().is_empty() {
+            return;
+        }
+        for slot in self.trim.drain(..) {
+            let Some(entry) = entries[slot].as_mut() else { continue };
+            let range = entry.payload.as_mut_ptr_range();
+            let start = (range.start as usize + KEEP_RESIDENT).next_multiple_of(PAGE);
+            let end = range.end as usize / PAGE * PAGE;
+            if end > start {
+                // SAFETY: a page-aligned range inside the entry's own buffer, which nothing reads
+                // before writing it again (we, or the kernel with the next request).
+                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            }
+        }
+    }
+
     /// Sends the reply in `entry` and asks for the next request in it.
     fn commit(&mut self, dev: types::Fd, entries: &mut [Option<Box<Entry>>], entry: Box<Entry>) {
         let cmd = abi::cmd_req(entry.header.commit_id(), entry.qid);
         let sqe = opcode::UringCmd80::new(dev, abi::CMD_COMMIT_AND_FETCH).cmd(cmd).build().user_data(entry.slot as u64);
         let slot = entry.slot;
+        if entry.header.payload_len() > KEEP_RESIDENT {
+            self.trim.push(slot);
+        }
         entries[slot] = Some(entry);
         // SAFETY: the SQE points at no memory of ours (the entry's buffers were registered).
         while unsafe { self.ring.submission().push(&sqe) }.is_err() {
