@@ -25,7 +25,11 @@ fn prerequisites_missing() -> Option<String> {
 
 /// True if the test must be skipped; panics instead under CI=true.
 fn skip(test: &str) -> bool {
-    let Some(why) = prerequisites_missing() else { return false };
+    prerequisites_missing().is_some_and(|why| skipping(test, &why))
+}
+
+/// Says why `test` skips (true), or panics under CI=true, where nothing may skip.
+fn skipping(test: &str, why: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: prerequisite missing under CI: {why}");
     }
@@ -93,7 +97,7 @@ impl Drop for OverlayGuard {
 /// Turns on the fuse module's io_uring transport (a kernel without it: the test is skipped, or
 /// fails under CI=true).
 fn fuse_io_uring_on(test: &str) -> bool {
-    const KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
+    use super::uring::KNOB;
     let why = match std::fs::read_to_string(KNOB) {
         Ok(v) if v.trim() == "Y" => return true,
         Ok(_) => match std::fs::write(KNOB, "Y") {
@@ -102,11 +106,7 @@ fn fuse_io_uring_on(test: &str) -> bool {
         },
         Err(e) => format!("{KNOB}: {e} (a kernel without CONFIG_FUSE_IO_URING)"),
     };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: prerequisite missing under CI: {why}");
-    }
-    eprintln!("SKIP {test}: {why}");
-    false
+    !skipping(test, &why)
 }
 
 #[test]
