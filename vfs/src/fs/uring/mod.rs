@@ -159,7 +159,8 @@ impl Rings {
                 }
             }
         }
-        drop(jobs_tx);
+        // Only the threads hold senders now: one that dies before reporting ends the wait below.
+        drop((jobs_tx, ready_tx));
         for _ in 0..started {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
