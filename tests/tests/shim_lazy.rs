@@ -132,6 +132,8 @@ fn lazy_image_on(test: &str, version: Version) {
         .find(|l| l.starts_with("l1 "))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap();
+    // l0's shim exits on its own once containerd deleted l0 (after its unmount): wait for it.
+    wait_for("l0's shim to exit", Duration::from_secs(20), || ctrd.shim_pids().len() == 1);
     let shims = ctrd.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).unwrap();

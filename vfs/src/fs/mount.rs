@@ -264,6 +264,9 @@ impl Mounted {
             p.stop(PREFETCH_STOP_WAIT);
         }
         let Some(session) = self.session.take() else { return Ok(()) };
+        if let Some(uring) = &self.uring {
+            uring.unmounting();
+        }
         // fuser unmounts (plain umount(2), so a busy mount is refused, not yanked away from users)
         // and joins the request threads, which end when the kernel closes the connection.
         let err = match session.umount_and_join() {

@@ -29,7 +29,7 @@ mod answer;
 mod sched;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -122,6 +122,7 @@ impl Rings {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let mut started = 0;
         let mut wakes = Vec::new();
+        let mut tids = Vec::new();
         let mut error = None;
         for (cpu, ring) in rings {
             let mut qids = vec![cpu as u16];
@@ -137,6 +138,7 @@ impl Rings {
                 cpu,
                 payload_size: payload_size(),
                 trim: Vec::new(),
+                tid: Arc::new(AtomicI32::new(0)),
                 qids,
                 ring,
                 dev: dev.clone(),
@@ -146,6 +148,7 @@ impl Rings {
                 stop: stop.clone(),
             };
             wakes.push(queue.wake.clone());
+            tids.push(queue.tid.clone());
             let ready = ready_tx.clone();
             let t = std::thread::Builder::new().name(format!("lazy-uring-q{cpu}")).spawn(move || queue.run(&ready));
             match t {
@@ -168,7 +171,7 @@ impl Rings {
                 Err(_) => error = error.or(Some("a queue thread died".to_string())),
             }
         }
-        let server = Uring { threads, stop, wakes, dev };
+        let server = Uring { threads, tids, stop, wakes, dev };
         match error {
             None => Ok(server),
             Some(e) => {
@@ -186,6 +189,8 @@ impl Rings {
 /// A running io_uring transport. Its threads end when the connection does.
 pub struct Uring {
     threads: Vec<JoinHandle<()>>,
+    /// The queue threads' ids (0 until a thread started).
+    tids: Vec<Arc<AtomicI32>>,
     stop: Arc<AtomicBool>,
     /// Each queue thread's eventfd.
     wakes: Vec<Arc<EventFd>>,
@@ -193,6 +198,14 @@ pub struct Uring {
 }
 
 impl Uring {
+    /// Call before unmounting: the kernel's unmount waits for the queue threads to take their
+    /// entries back, so they must not wait for the CPU as SCHED_IDLE threads behind busy tasks.
+    pub fn unmounting(&self) {
+        for tid in &self.tids {
+            sched::set_other(tid.load(Ordering::Relaxed));
+        }
+    }
+
     /// Waits for the threads; call once the connection has ended (after unmounting).
     pub fn join(self) {
         for t in self.threads {
@@ -232,6 +245,8 @@ struct Queue {
     payload_size: usize,
     /// Entries whose last reply was larger than [`KEEP_RESIDENT`], to trim once it is submitted.
     trim: Vec<usize>,
+    /// This thread's id, for [`Uring::unmounting`].
+    tid: Arc<AtomicI32>,
     qids: Vec<u16>,
     ring: Ring,
     dev: Arc<OwnedFd>,
@@ -243,6 +258,7 @@ struct Queue {
 
 impl Queue {
     fn run(mut self, ready: &Sender<Result<(), String>>) {
+        self.tid.store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
         pin_to(self.cpu);
         let payload_size = self.payload_size;
         // The first qid gets the full depth; spare queues (CPUs not online) one entry each.

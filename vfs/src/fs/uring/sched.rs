@@ -109,6 +109,19 @@ impl Policy {
     }
 }
 
+/// Makes thread `tid` (of this process) SCHED_OTHER; 0 is ignored. Its own [`Policy`] may make
+/// it SCHED_IDLE again only after measuring quiet wakes.
+pub fn set_other(tid: i32) {
+    if tid == 0 {
+        return;
+    }
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on a thread id with a valid sched_param.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
+        log::debug!("FUSE ring thread {tid}: sched_setscheduler: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// The new policy (`Some(idle)`) when the thread waits `average_ns` for its CPU after a wake, or
 /// `None` to keep it.
 fn decide(idle: bool, average_ns: f64) -> Option<bool> {
