@@ -350,6 +350,9 @@ fn check_cpu_freeze() -> Result<String> {
     // Pause / resume on the same spinning worker.
     cg.freeze()?;
     ensure!(keyed(cg, "cgroup.events", "frozen")? == 1, "cgroup.events frozen != 1 after freeze");
+    // The kernel counts a task as frozen just before it schedules out, so the last stretch of its run is
+    // accounted after `frozen 1` shows (milliseconds under TCG): measure from a moment later.
+    std::thread::sleep(Duration::from_millis(200));
     let f0 = cpu_usage(cg)?;
     std::thread::sleep(Duration::from_secs(1));
     let f1 = cpu_usage(cg)?;
