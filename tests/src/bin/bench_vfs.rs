@@ -1,4 +1,5 @@
-//! `cargo run -p lazy-tests --bin bench-vfs [-- --size-mib N --samples N]`: the vfs benchmark.
+//! `cargo run -p lazy-tests --bin bench-vfs [-- --size-mib N --samples N --warm-only|--cold-only]`: the vfs
+//! benchmark.
 //!
 //! Not a test: it measures and prints a table (medians of a few samples) of
 //! - warm reads (everything in the node cache, page cache dropped) vs the same bytes on the local
@@ -35,6 +36,8 @@ struct Config {
     samples: usize,
     /// Only the warm reads (no convert, cold or curl samples).
     warm_only: bool,
+    /// No warm reads (the fully cached file store and small files part).
+    cold_only: bool,
 }
 
 /// The many-small-files tree: `TREE_DIRS` directories of `TREE_FILES` files each.
@@ -44,7 +47,7 @@ const TREE_FILES: usize = 50;
 const RANDOM_READS: usize = 4096;
 
 fn parse_args() -> Result<Config> {
-    let mut config = Config { size_mib: 1024, samples: 3, warm_only: false };
+    let mut config = Config { size_mib: 1024, samples: 3, warm_only: false, cold_only: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> Result<u64> {
@@ -57,12 +60,18 @@ fn parse_args() -> Result<Config> {
             "--size-mib" => config.size_mib = value("--size-mib")?,
             "--samples" => config.samples = value("--samples")?.max(1) as usize,
             "--warm-only" => config.warm_only = true,
+            "--cold-only" => config.cold_only = true,
             "-h" | "--help" => {
-                println!("bench-vfs [--size-mib N (default 1024)] [--samples N (default 3)] [--warm-only]");
+                println!(
+                    "bench-vfs [--size-mib N (default 1024)] [--samples N (default 3)] [--warm-only | --cold-only]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}; try --help"),
         }
+    }
+    if config.warm_only && config.cold_only {
+        bail!("--warm-only and --cold-only exclude each other");
     }
     Ok(config)
 }
@@ -168,7 +177,8 @@ fn main() -> Result<()> {
         mount.unmount()?;
     }
 
-    let warm_results = warm_reads(&config, &lazy, work.path(), &tree, size, &content)?;
+    let warm_results =
+        if config.cold_only { Vec::new() } else { warm_reads(&config, &lazy, work.path(), &tree, size, &content)? };
 
     println!();
     println!(
@@ -200,6 +210,9 @@ fn main() -> Result<()> {
         row("curl of the data blob(s), same registry, cold page cache", &curl, blob_bytes);
     }
     row("lazyctl convert registry -> registry (file bytes)", &convert_times, size);
+    if config.cold_only {
+        return Ok(());
+    }
     println!();
     println!(
         "warm reads, node cache and file store full, page cache dropped before each; {} random 4 KiB reads; \
