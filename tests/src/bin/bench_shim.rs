@@ -140,6 +140,9 @@ fn main() -> Result<()> {
             let out = ctrd.ctr_ok(&["task", "exec", "--exec-id", "p", "py", "python3", "-c", "print(42)"])?;
             let first = t.elapsed();
             let stats = harness::lazyctl::run(&["stats", &ctrd.bundle("py").join("lazy").display().to_string()])?;
+            // The resident size the container lives with: FUSE over io_uring queues give the pages
+            // of large replies back once they have been idle for 100 ms.
+            std::thread::sleep(Duration::from_millis(500));
             let rss: u64 = shim_pids_named("containerd-shim-lazy-v2", &sock).iter().map(|p| rss_kib(*p)).sum();
             println!(
                 "\nlazy python image (cold node cache): run -d + exec python3 -c 'print(42)' -> {} in {:.0}ms",
