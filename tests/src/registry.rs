@@ -153,6 +153,13 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The registry itself, without the counting proxy in front: for benchmarks of a client's
+    /// throughput on loopback, where the proxy's copies would take CPU time from the client.
+    /// Stops answering when the registry is stopped; counts nothing.
+    pub fn direct_host(&self) -> String {
+        format!("127.0.0.1:{}", self.backend_port)
+    }
+
     /// `127.0.0.1:PORT/<repo_tag>`, e.g. `reference("app:v1")`.
     pub fn reference(&self, repo_tag: &str) -> String {
         format!("{}/{repo_tag}", self.host())
