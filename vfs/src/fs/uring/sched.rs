@@ -93,32 +93,41 @@ impl Policy {
     }
 
     fn set(&mut self, idle: bool) {
-        let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: plain syscall on the calling thread (pid 0) with a valid sched_param.
-        if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
-            log::debug!(
-                "FUSE ring thread: {} (waits {:.0} us for its CPU after a wake)",
-                if idle { "SCHED_IDLE" } else { "SCHED_OTHER" },
-                self.average / 1000.0
-            );
-            self.idle = idle;
-        } else {
-            log::debug!("FUSE ring thread: sched_setscheduler: {}", std::io::Error::last_os_error());
+        match set_policy(0, idle) {
+            Ok(()) => {
+                log::debug!(
+                    "FUSE ring thread: {} (waits {:.0} us for its CPU after a wake)",
+                    if idle { "SCHED_IDLE" } else { "SCHED_OTHER" },
+                    self.average / 1000.0
+                );
+                self.idle = idle;
+            }
+            Err(e) => log::debug!("FUSE ring thread: sched_setscheduler: {e}"),
         }
     }
 }
 
-/// Makes thread `tid` (of this process) SCHED_OTHER; 0 is ignored. Its own [`Policy`] may make
-/// it SCHED_IDLE again only after measuring quiet wakes.
+/// Makes thread `tid` (of this process) SCHED_OTHER; 0 (not started yet) is ignored. The
+/// thread's own [`Policy`] is not told: if it had made the thread SCHED_IDLE, it now never
+/// switches it back (it only leaves SCHED_IDLE); if SCHED_OTHER, it may after quiet wakes, as before.
 pub fn set_other(tid: i32) {
     if tid == 0 {
         return;
     }
+    if let Err(e) = set_policy(tid, false) {
+        log::debug!("FUSE ring thread {tid}: sched_setscheduler: {e}");
+    }
+}
+
+/// Sets thread `tid` of this process (0: the calling thread) to SCHED_IDLE or SCHED_OTHER.
+fn set_policy(tid: i32, idle: bool) -> std::io::Result<()> {
+    let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: plain syscall on a thread id with a valid sched_param.
-    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
-        log::debug!("FUSE ring thread {tid}: sched_setscheduler: {}", std::io::Error::last_os_error());
+    if unsafe { libc::sched_setscheduler(tid, policy, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
