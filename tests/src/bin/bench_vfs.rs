@@ -11,7 +11,9 @@
 //!   mount of the image left, as a container's next start on a node does); "same mount" samples
 //!   read again in that mount, caches dropped in between;
 //! - cold read through a fresh mount with an empty cache vs `curl` of the same data blob(s) from
-//!   the same registry (both straight to the registry, not through the harness's counting proxy);
+//!   the same registry (both straight to the registry, not through the harness's counting proxy),
+//!   with the CPU time the whole machine spent on each (registry included): a cold read verifies,
+//!   caches and serves every byte beside the registry on the same cores, curl only receives;
 //! - `lazyctl convert` throughput.
 //!
 //! Needs root (mount, drop_caches), /dev/fuse, docker-registry, skopeo, curl, and the built
@@ -154,12 +156,13 @@ fn main() -> Result<()> {
     let mut warm = Vec::new();
     let mut hot = Vec::new();
     let mut curl = Vec::new();
+    let (mut cold_cpu, mut curl_cpu) = (Vec::new(), Vec::new());
     for i in 0..if config.warm_only { 0 } else { config.samples } {
         eprintln!("bench-vfs: mount sample {}/{}", i + 1, config.samples);
         // curl of the same data blob(s) from the same registry, alternated with the cold read and
         // with the same page cache state (the registry's blob files not cached either).
         drop_caches();
-        let start = Instant::now();
+        let (start, busy) = (Instant::now(), busy_cpu()?);
         for (digest, _) in &blobs {
             let url = format!("http://{}/v2/lazy/bench0/blobs/{digest}", registry.direct_host());
             let out = Command::new("curl").args(["-sfS", "-o", "/dev/null", &url]).output()?;
@@ -168,10 +171,13 @@ fn main() -> Result<()> {
             }
         }
         curl.push(start.elapsed());
+        curl_cpu.push(busy_cpu()? - busy);
 
         let mount = LazyMount::start(&lazy_direct, direct_blobs.clone())?;
         drop_caches();
+        let busy = busy_cpu()?;
         cold.push(read_all(&mount.join(FILE), size)?);
+        cold_cpu.push(busy_cpu()? - busy);
         // Warm: every chunk is in the node cache; the page cache is dropped, so reads go through FUSE.
         drop_caches();
         warm.push(read_all(&mount.join(FILE), size)?);
@@ -219,6 +225,21 @@ fn main() -> Result<()> {
         row("curl of the data blob(s), same registry, cold page cache", &curl, blob_bytes);
     }
     row("lazyctl convert registry -> registry (file bytes)", &convert_times, size);
+    if !config.warm_only {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_gib = |cpu: &[Duration], bytes: u64| median(cpu).as_secs_f64() / (bytes as f64 / (1 << 30) as f64);
+        let busy = |cpu: &[Duration], times: &[Duration]| {
+            100.0 * median(cpu).as_secs_f64() / (median(times).as_secs_f64() * cores as f64)
+        };
+        println!(
+            "machine CPU ({cores} cores, registry included): cold read {:.2} CPU-s per GiB ({:.0}% busy), \
+             curl {:.2} CPU-s per GiB ({:.0}% busy)",
+            per_gib(&cold_cpu, size),
+            busy(&cold_cpu, &cold),
+            per_gib(&curl_cpu, blob_bytes),
+            busy(&curl_cpu, &curl)
+        );
+    }
     if config.cold_only {
         return Ok(());
     }
@@ -450,6 +471,24 @@ fn read_all(path: &Path, expect: u64) -> Result<Duration> {
         bail!("{}: read {total} bytes, expected {expect}", path.display());
     }
     Ok(took)
+}
+
+/// CPU time the whole machine has spent busy (not idle or waiting for I/O) since boot.
+fn busy_cpu() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    // cpu  user nice system idle iowait irq softirq steal guest guest_nice (guest is in user)
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("/proc/stat has no cpu line")?
+        .split_whitespace()
+        .map(|t| t.parse().context("/proc/stat: bad cpu field"))
+        .collect::<Result<_>>()?;
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_secs_f64(busy as f64 / hz as f64))
 }
 
 fn median(times: &[Duration]) -> Duration {
