@@ -11,17 +11,18 @@
 //!   mount of the image left, as a container's next start on a node does); "same mount" samples
 //!   read again in that mount, caches dropped in between;
 //! - cold read through a fresh mount with an empty cache vs `curl` of the same data blob(s) from
-//!   the same registry (both straight to the registry, not through the harness's counting proxy),
-//!   with the CPU time the whole machine spent on each (registry included): a cold read verifies,
-//!   caches and serves every byte beside the registry on the same cores, curl only receives;
+//!   the same registry, plain and piped through `openssl dgst -sha256` (a verified download), all
+//!   straight to the registry (not through the harness's counting proxy), with the CPU time the
+//!   whole machine spent on each (registry included): a cold read verifies, caches and serves
+//!   every byte beside the registry on the same cores, plain curl only receives;
 //! - `lazyctl convert` throughput.
 //!
-//! Needs root (mount, drop_caches), /dev/fuse, docker-registry, skopeo, curl, and the built
+//! Needs root (mount, drop_caches), /dev/fuse, docker-registry, skopeo, curl, openssl, and the built
 //! binaries (`cargo build --workspace --bins`).
 
 use std::io::Read;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -81,8 +82,14 @@ fn parse_args() -> Result<Config> {
 fn main() -> Result<()> {
     harness::init_logging();
     let config = parse_args()?;
-    let prereqs =
-        [Prereq::Root, Prereq::Fuse, Prereq::Tool("docker-registry"), Prereq::Tool("skopeo"), Prereq::Tool("curl")];
+    let prereqs = [
+        Prereq::Root,
+        Prereq::Fuse,
+        Prereq::Tool("docker-registry"),
+        Prereq::Tool("skopeo"),
+        Prereq::Tool("curl"),
+        Prereq::Tool("openssl"),
+    ];
     let missing: Vec<String> = prereqs.iter().filter_map(|p| p.missing()).collect();
     if !missing.is_empty() {
         bail!("cannot run the benchmark: {}", missing.join("; "));
@@ -156,22 +163,18 @@ fn main() -> Result<()> {
     let mut warm = Vec::new();
     let mut hot = Vec::new();
     let mut curl = Vec::new();
-    let (mut cold_cpu, mut curl_cpu) = (Vec::new(), Vec::new());
+    let mut verified = Vec::new();
+    let (mut cold_cpu, mut curl_cpu, mut verified_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..if config.warm_only { 0 } else { config.samples } {
         eprintln!("bench-vfs: mount sample {}/{}", i + 1, config.samples);
-        // curl of the same data blob(s) from the same registry, alternated with the cold read and
-        // with the same page cache state (the registry's blob files not cached either).
-        drop_caches();
-        let (start, busy) = (Instant::now(), busy_cpu()?);
-        for (digest, _) in &blobs {
-            let url = format!("http://{}/v2/lazy/bench0/blobs/{digest}", registry.direct_host());
-            let out = Command::new("curl").args(["-sfS", "-o", "/dev/null", &url]).output()?;
-            if !out.status.success() {
-                bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-        }
-        curl.push(start.elapsed());
-        curl_cpu.push(busy_cpu()? - busy);
+        // curl of the same data blob(s) from the same registry, plain and verified, alternated with
+        // the cold read and with the same page cache state (the registry's blob files not cached).
+        let (took, cpu) = download(&registry.direct_host(), &blobs, false)?;
+        curl.push(took);
+        curl_cpu.push(cpu);
+        let (took, cpu) = download(&registry.direct_host(), &blobs, true)?;
+        verified.push(took);
+        verified_cpu.push(cpu);
 
         let mount = LazyMount::start(&lazy_direct, direct_blobs.clone())?;
         drop_caches();
@@ -223,6 +226,7 @@ fn main() -> Result<()> {
         row("sequential read, lazy mount, page cache hot", &hot, size);
         row("cold read, lazy mount, empty cache, from the registry", &cold, size);
         row("curl of the data blob(s), same registry, cold page cache", &curl, blob_bytes);
+        row("curl | openssl dgst -sha256 (verified), same registry, cold cache", &verified, blob_bytes);
     }
     row("lazyctl convert registry -> registry (file bytes)", &convert_times, size);
     if !config.warm_only {
@@ -233,11 +237,13 @@ fn main() -> Result<()> {
         };
         println!(
             "machine CPU ({cores} cores, registry included): cold read {:.2} CPU-s per GiB ({:.0}% busy), \
-             curl {:.2} CPU-s per GiB ({:.0}% busy)",
+             curl {:.2} ({:.0}%), verified curl {:.2} ({:.0}%)",
             per_gib(&cold_cpu, size),
             busy(&cold_cpu, &cold),
             per_gib(&curl_cpu, blob_bytes),
-            busy(&curl_cpu, &curl)
+            busy(&curl_cpu, &curl),
+            per_gib(&verified_cpu, blob_bytes),
+            busy(&verified_cpu, &verified)
         );
     }
     if config.cold_only {
@@ -471,6 +477,44 @@ fn read_all(path: &Path, expect: u64) -> Result<Duration> {
         bail!("{}: read {total} bytes, expected {expect}", path.display());
     }
     Ok(took)
+}
+
+/// Downloads every data blob with curl, page cache dropped first: to /dev/null, or (`verify`)
+/// through `openssl dgst -sha256`, checking each digest, as a verified download would. Returns
+/// the time taken and the CPU time the whole machine was busy meanwhile.
+fn download(host: &str, blobs: &[(String, u64)], verify: bool) -> Result<(Duration, Duration)> {
+    drop_caches();
+    let (start, busy) = (Instant::now(), busy_cpu()?);
+    for (digest, _) in blobs {
+        let url = format!("http://{host}/v2/lazy/bench0/blobs/{digest}");
+        let mut curl = Command::new("curl")
+            .args(["-sfS", &url])
+            .stdout(if verify { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running curl")?;
+        let hashed = match curl.stdout.take() {
+            Some(body) => Some(
+                Command::new("openssl")
+                    .args(["dgst", "-sha256", "-r"])
+                    .stdin(body)
+                    .output()
+                    .context("running openssl")?,
+            ),
+            None => None,
+        };
+        let out = curl.wait_with_output()?;
+        if !out.status.success() {
+            bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if let Some(hashed) = hashed {
+            let got = String::from_utf8_lossy(&hashed.stdout);
+            if got.split_whitespace().next() != digest.strip_prefix("sha256:") {
+                bail!("curl {url} | openssl dgst -sha256: got {got:?}, want {digest}");
+            }
+        }
+    }
+    Ok((start.elapsed(), busy_cpu()? - busy))
 }
 
 /// CPU time the whole machine has spent busy (not idle or waiting for I/O) since boot.
