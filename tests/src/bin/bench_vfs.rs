@@ -128,17 +128,18 @@ fn main() -> Result<()> {
         convert(&source, &dst, &[])?;
         convert_times.push(start.elapsed());
     }
-    let lazy = registry.reference("lazy/bench0:v1");
+    // The first sample's conversion is the image every mount reads.
+    let repo = "lazy/bench0";
+    let lazy = registry.reference(&format!("{repo}:v1"));
     // The cold read and curl talk to the registry directly: the harness's counting proxy would
     // take CPU time from the reader (this machine's 2 cores are busy during a cold read). The
     // index names the repository it was converted into (through the proxy) as the home of its
     // data blobs, so the mount is pointed at the direct one for those too.
-    let lazy_direct = format!("{}/lazy/bench0:v1", registry.direct_host());
-    let direct_blobs = MountOptions {
-        extra: vec!["--blob-repo".into(), format!("{}/lazy/bench0", registry.direct_host())],
-        ..MountOptions::default()
-    };
-    let blobs = registry.lazy_data_blobs("lazy/bench0", "v1")?;
+    let direct = registry.direct_host();
+    let lazy_direct = format!("{direct}/{repo}:v1");
+    let direct_blobs =
+        MountOptions { extra: vec!["--blob-repo".into(), format!("{direct}/{repo}")], ..MountOptions::default() };
+    let blobs = registry.lazy_data_blobs(repo, "v1")?;
     let blob_bytes: u64 = blobs.iter().map(|(_, s)| s).sum();
 
     // Local disk baseline: the same bytes in a plain file next to the work dir.
@@ -169,10 +170,10 @@ fn main() -> Result<()> {
         eprintln!("bench-vfs: mount sample {}/{}", i + 1, config.samples);
         // curl of the same data blob(s) from the same registry, plain and verified, alternated with
         // the cold read and with the same page cache state (the registry's blob files not cached).
-        let (took, cpu) = download(&registry.direct_host(), &blobs, false)?;
+        let (took, cpu) = download(&direct, repo, &blobs, false)?;
         curl.push(took);
         curl_cpu.push(cpu);
-        let (took, cpu) = download(&registry.direct_host(), &blobs, true)?;
+        let (took, cpu) = download(&direct, repo, &blobs, true)?;
         verified.push(took);
         verified_cpu.push(cpu);
 
@@ -232,18 +233,18 @@ fn main() -> Result<()> {
     if !config.warm_only {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per_gib = |cpu: &[Duration], bytes: u64| median(cpu).as_secs_f64() / (bytes as f64 / (1 << 30) as f64);
-        let busy = |cpu: &[Duration], times: &[Duration]| {
+        let busy_pct = |cpu: &[Duration], times: &[Duration]| {
             100.0 * median(cpu).as_secs_f64() / (median(times).as_secs_f64() * cores as f64)
         };
         println!(
             "machine CPU ({cores} cores, registry included): cold read {:.2} CPU-s per GiB ({:.0}% busy), \
              curl {:.2} ({:.0}%), verified curl {:.2} ({:.0}%)",
             per_gib(&cold_cpu, size),
-            busy(&cold_cpu, &cold),
+            busy_pct(&cold_cpu, &cold),
             per_gib(&curl_cpu, blob_bytes),
-            busy(&curl_cpu, &curl),
+            busy_pct(&curl_cpu, &curl),
             per_gib(&verified_cpu, blob_bytes),
-            busy(&verified_cpu, &verified)
+            busy_pct(&verified_cpu, &verified)
         );
     }
     if config.cold_only {
@@ -482,32 +483,27 @@ fn read_all(path: &Path, expect: u64) -> Result<Duration> {
 /// Downloads every data blob with curl, page cache dropped first: to /dev/null, or (`verify`)
 /// through `openssl dgst -sha256`, checking each digest, as a verified download would. Returns
 /// the time taken and the CPU time the whole machine was busy meanwhile.
-fn download(host: &str, blobs: &[(String, u64)], verify: bool) -> Result<(Duration, Duration)> {
+fn download(host: &str, repo: &str, blobs: &[(String, u64)], verify: bool) -> Result<(Duration, Duration)> {
     drop_caches();
     let (start, busy) = (Instant::now(), busy_cpu()?);
     for (digest, _) in blobs {
-        let url = format!("http://{host}/v2/lazy/bench0/blobs/{digest}");
+        let url = format!("http://{host}/v2/{repo}/blobs/{digest}");
         let mut curl = Command::new("curl")
             .args(["-sfS", &url])
             .stdout(if verify { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped())
             .spawn()
             .context("running curl")?;
-        let hashed = match curl.stdout.take() {
-            Some(body) => Some(
-                Command::new("openssl")
-                    .args(["dgst", "-sha256", "-r"])
-                    .stdin(body)
-                    .output()
-                    .context("running openssl")?,
-            ),
-            None => None,
-        };
+        // curl is waited for even when openssl fails (its pipe closes, so it ends).
+        let hashed = curl.stdout.take().map(|body| {
+            Command::new("openssl").args(["dgst", "-sha256", "-r"]).stdin(body).output().context("running openssl")
+        });
         let out = curl.wait_with_output()?;
         if !out.status.success() {
             bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr));
         }
         if let Some(hashed) = hashed {
+            let hashed = hashed?;
             let got = String::from_utf8_lossy(&hashed.stdout);
             if got.split_whitespace().next() != digest.strip_prefix("sha256:") {
                 bail!("curl {url} | openssl dgst -sha256: got {got:?}, want {digest}");
