@@ -16,6 +16,7 @@
 //! - [`lazyctl`]: drive `lazyctl convert/mount/stats/inspect` exactly as a user would.
 //! - [`scenario`]: steps the vfs tests share (publish + convert, read with errno).
 //! - [`load`]: many lazy containers of one image started at once; shim RSS sampling.
+//! - [`machine`]: what about the machine skews benchmark figures.
 //! - [`tree`]: snapshot a directory tree's metadata and contents to compare two trees.
 
 pub mod bins;
@@ -28,6 +29,7 @@ pub mod images;
 pub mod lazyctl;
 pub mod link;
 pub mod load;
+pub mod machine;
 pub mod prereq;
 pub mod registry;
 pub mod scenario;

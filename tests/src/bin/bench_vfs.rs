@@ -216,6 +216,9 @@ fn main() -> Result<()> {
             "NO (no permission for /proc/sys/vm/drop_caches: disk and warm figures include page cache)"
         }
     );
+    if let Some(reporting) = harness::machine::free_page_reporting() {
+        println!("free page reporting: {reporting}");
+    }
     println!("{:<64} {:>10} {:>12}", "case", "median", "throughput");
     let row = |name: &str, times: &[Duration], bytes: u64| {
         let m = median(times);

@@ -333,6 +333,9 @@ pub fn run(opts: Options) -> Result<Report> {
     let uring = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring").unwrap_or_default();
     let transport = if uring.trim() == "Y" { "io_uring (enable_uring=Y)" } else { "/dev/fuse (enable_uring off)" };
     versions.insert("lazy FUSE transport".to_string(), format!("{} on Linux {}", transport, kernel_release()));
+    if let Some(reporting) = crate::machine::free_page_reporting() {
+        versions.insert("free page reporting".to_string(), reporting);
+    }
     Ok(Report { shape: bench.opts.shape.to_string(), measured, versions, samples, floors })
 }
 
