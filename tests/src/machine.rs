@@ -13,7 +13,10 @@ pub fn free_page_reporting() -> Option<String> {
 /// reported, and no block is larger than [`MAX_PAGE_ORDER`].
 fn describe_reporting(order: &str) -> Option<String> {
     let order: u32 = order.trim().parse().ok()?;
-    Some(if order <= MAX_PAGE_ORDER {
+    Some(if order == u32::MAX {
+        // -1: no device has registered for page reporting.
+        "off (no device reports free pages)".to_string()
+    } else if order <= MAX_PAGE_ORDER {
         format!(
             "on (order {order}): freed memory goes back to the host and costs a fault when touched again, \
              so figures swing; `echo {} > {PAGE_REPORTING_ORDER}` turns it off",
@@ -38,6 +41,7 @@ mod tests {
         assert!(describe_reporting("9\n").unwrap().starts_with("on (order 9)"));
         assert!(describe_reporting("10").unwrap().starts_with("on (order 10)"));
         assert_eq!(describe_reporting("11\n").unwrap(), "off (order 11)");
+        assert_eq!(describe_reporting("4294967295\n").unwrap(), "off (no device reports free pages)");
         assert_eq!(describe_reporting("garbage"), None);
     }
 }
